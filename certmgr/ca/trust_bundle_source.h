@@ -1,0 +1,47 @@
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "certmgr/pki/certificate.h"
+
+namespace meshtls::certmgr {
+
+// TrustBundle is one immutable version of the roots a trust domain trusts.
+struct TrustBundle {
+  std::string trust_domain;
+  std::vector<pki::Certificate> roots;
+  uint64_t sequence = 0;
+};
+
+// TrustBundleSource holds the current trust bundle and tells subscribers when it changes.
+// Thread-safe. Subscriber callbacks run on the thread that calls Update(), outside the lock;
+// they must be quick (WatchTrustBundle streams just schedule a write).
+class TrustBundleSource {
+ public:
+  TrustBundleSource(std::string trust_domain, std::vector<pki::Certificate> roots);
+
+  std::shared_ptr<const TrustBundle> Current() const;
+  // Update publishes new roots with the next sequence number.
+  void Update(std::vector<pki::Certificate> roots);
+
+  using SubscriptionId = uint64_t;
+  SubscriptionId Subscribe(std::function<void()> on_change);
+  void Unsubscribe(SubscriptionId id);
+  size_t subscriber_count() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const TrustBundle> current_ ABSL_GUARDED_BY(mu_);
+  std::map<SubscriptionId, std::shared_ptr<std::function<void()>>> subscribers_
+      ABSL_GUARDED_BY(mu_);
+  SubscriptionId next_id_ ABSL_GUARDED_BY(mu_) = 1;
+};
+
+}  // namespace meshtls::certmgr

@@ -1,0 +1,17 @@
+#pragma once
+
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+
+namespace meshtls::pki {
+
+// OpenSslError drains this thread's OpenSSL error queue into a status: "<context>: <reasons>".
+// Draining keeps stale errors from confusing the next call on the same thread.
+absl::Status OpenSslError(absl::StatusCode code, absl::string_view context);
+
+// DrainOpenSslErrors empties the queue and returns its reasons joined with "; ".
+std::string DrainOpenSslErrors();
+
+}  // namespace meshtls::pki
