@@ -1,0 +1,207 @@
+// meshtls-certmgr: the mesh CA behind a gRPC control plane.
+//
+//   meshtls-certmgr [serve] --config FILE [--log-level LEVEL]
+//   meshtls-certmgr token create (--config FILE | --token-file PATH) --spiffe-id ID [--ttl D]
+//
+// Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration.
+
+#include <signal.h>
+
+#include <cstdio>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "certmgr/base/clock.h"
+#include "certmgr/base/file.h"
+#include "certmgr/base/log.h"
+#include "certmgr/pki/spiffe_id.h"
+#include "certmgr/server/certmgr_config.h"
+#include "certmgr/server/certmgr_server.h"
+#include "certmgr/server/join_tokens.h"
+
+namespace {
+
+using namespace meshtls;
+
+constexpr const char* kUsage =
+    "usage:\n"
+    "  meshtls-certmgr [serve] --config FILE [--log-level debug|info|warning|error]\n"
+    "  meshtls-certmgr token create (--config FILE | --token-file PATH) --spiffe-id ID "
+    "[--ttl DURATION]\n"
+    "\n"
+    "serve         run the CA: gRPC CertificateAuthority over TLS, admin /metrics /healthz /readyz\n"
+    "token create  add a join token for ID to the token file and print it (only its hash is "
+    "stored)\n";
+
+int UsageError(absl::string_view message) {
+  std::fprintf(stderr, "meshtls-certmgr: %.*s\n", static_cast<int>(message.size()),
+               message.data());
+  return 2;
+}
+
+// Flags parses "--name value" and "--name=value" pairs; positional words go to `words`.
+struct Flags {
+  std::map<std::string, std::string> values;
+  std::vector<std::string> words;
+};
+
+std::optional<std::string> ParseFlags(int argc, char** argv, const std::vector<std::string>& known,
+                                      Flags& out) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (!absl::StartsWith(arg, "--")) {
+      out.words.push_back(arg);
+      continue;
+    }
+    std::string name = arg.substr(2);
+    std::string value;
+    size_t eq = name.find('=');
+    if (eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    } else if (name != "help" && name != "version") {
+      if (i + 1 >= argc) {
+        return absl::StrCat("flag --", name, " needs a value");
+      }
+      value = argv[++i];
+    }
+    if (std::find(known.begin(), known.end(), name) == known.end()) {
+      return absl::StrCat("unknown flag --", name, " (see --help)");
+    }
+    out.values[name] = value;
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<certmgr::CertmgrConfig> LoadConfig(const std::string& path) {
+  absl::StatusOr<std::string> text = base::ReadFileToString(path);
+  if (!text.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--config: ", text.status().message()));
+  }
+  absl::StatusOr<certmgr::CertmgrConfig> config = certmgr::ParseCertmgrConfig(*text);
+  if (!config.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", config.status().message()));
+  }
+  return config;
+}
+
+int TokenCreate(const Flags& flags) {
+  std::string token_file;
+  std::string trust_domain;
+  if (auto it = flags.values.find("config"); it != flags.values.end()) {
+    absl::StatusOr<certmgr::CertmgrConfig> config = LoadConfig(it->second);
+    if (!config.ok()) {
+      return UsageError(config.status().message());
+    }
+    token_file = config->join_tokens_file;
+    trust_domain = config->trust_domain;
+    if (token_file.empty()) {
+      return UsageError("the config sets no authenticators.join_tokens.file");
+    }
+  }
+  if (auto it = flags.values.find("token-file"); it != flags.values.end()) {
+    token_file = it->second;
+  }
+  if (token_file.empty()) {
+    return UsageError("token create needs --config or --token-file");
+  }
+  auto id_flag = flags.values.find("spiffe-id");
+  if (id_flag == flags.values.end()) {
+    return UsageError("token create needs --spiffe-id");
+  }
+  absl::StatusOr<pki::SpiffeId> id = pki::SpiffeId::Parse(id_flag->second);
+  if (!id.ok()) {
+    return UsageError(absl::StrCat("--spiffe-id: ", id.status().message()));
+  }
+  if (id->path().empty()) {
+    return UsageError("--spiffe-id must name a workload (spiffe://<td>/ns/<ns>/sa/<sa>)");
+  }
+  if (!trust_domain.empty() && id->trust_domain() != trust_domain) {
+    return UsageError(absl::StrCat("--spiffe-id is not in trust domain ", trust_domain));
+  }
+  std::optional<absl::Time> expires;
+  if (auto it = flags.values.find("ttl"); it != flags.values.end()) {
+    absl::Duration ttl;
+    if (!absl::ParseDuration(it->second, &ttl) || ttl <= absl::ZeroDuration()) {
+      return UsageError("--ttl must be a positive duration such as 1h or 720h");
+    }
+    expires = absl::Now() + ttl;
+  }
+  absl::StatusOr<std::string> token = certmgr::CreateJoinToken(token_file, *id, expires);
+  if (!token.ok()) {
+    std::fprintf(stderr, "meshtls-certmgr: %s\n", std::string(token.status().message()).c_str());
+    return 1;
+  }
+  std::printf("%s\n", token->c_str());
+  return 0;
+}
+
+int Serve(const Flags& flags) {
+  auto config_flag = flags.values.find("config");
+  if (config_flag == flags.values.end()) {
+    return UsageError("--config is required (see --help)");
+  }
+  absl::StatusOr<certmgr::CertmgrConfig> config = LoadConfig(config_flag->second);
+  if (!config.ok()) {
+    return UsageError(config.status().message());
+  }
+  if (auto it = flags.values.find("log-level"); it != flags.values.end()) {
+    absl::StatusOr<base::LogLevel> level = base::ParseLogLevel(it->second);
+    if (!level.ok()) {
+      return UsageError(absl::StrCat("--log-level: ", level.status().message()));
+    }
+    config->log_level = *level;
+  }
+  base::SetLogOptions(config->log_level, config->log_format);
+
+  // Block the stop signals before any thread starts, so only sigwait() below receives them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  absl::StatusOr<std::unique_ptr<certmgr::CertmgrServer>> server =
+      certmgr::CertmgrServer::Create(*config, base::RealClock::Get());
+  if (!server.ok()) {
+    base::LogError("certmgr failed to start", {{"error", std::string(server.status().message())}});
+    return absl::IsInvalidArgument(server.status()) ? 2 : 1;
+  }
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  base::LogInfo("stopping", {{"signal", strsignal(signal_number)}});
+  (*server)->Shutdown();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags flags;
+  if (std::optional<std::string> error = ParseFlags(
+          argc, argv, {"config", "log-level", "token-file", "spiffe-id", "ttl", "help", "version"},
+          flags)) {
+    return UsageError(*error);
+  }
+  if (flags.values.count("help") != 0) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (flags.values.count("version") != 0) {
+    std::puts("meshtls-certmgr 0.1.0");
+    return 0;
+  }
+  if (flags.words.empty() || flags.words == std::vector<std::string>{"serve"}) {
+    return Serve(flags);
+  }
+  if (flags.words == std::vector<std::string>{"token", "create"}) {
+    return TokenCreate(flags);
+  }
+  return UsageError(absl::StrCat("unknown command \"", flags.words[0], "\" (see --help)"));
+}

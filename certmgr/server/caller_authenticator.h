@@ -1,0 +1,28 @@
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "certmgr/pki/certificate.h"
+#include "certmgr/pki/spiffe_id.h"
+
+namespace meshtls::certmgr {
+
+// CallerCredentials is what a caller presented, as plain values (no gRPC types).
+struct CallerCredentials {
+  std::optional<std::string> bearer_token;  // from "authorization: Bearer <token>"
+  std::vector<pki::Certificate> peer_chain;  // the mTLS client chain, leaf first (may be empty)
+};
+
+// CallerAuthenticator decides the caller's identity from its credential. Implementations are
+// thread-safe. Errors: Unauthenticated (no or bad credential), PermissionDenied (a valid
+// credential for an identity that may not obtain certificates).
+class CallerAuthenticator {
+ public:
+  virtual ~CallerAuthenticator() = default;
+  virtual absl::StatusOr<pki::SpiffeId> Authenticate(const CallerCredentials& credentials) = 0;
+};
+
+}  // namespace meshtls::certmgr

@@ -1,0 +1,159 @@
+#include "certmgr/server/certmgr_config.h"
+
+#include <arpa/inet.h>
+
+#include "absl/strings/str_cat.h"
+#include "certmgr/base/host_port.h"
+#include "certmgr/base/status_macros.h"
+#include "certmgr/base/yaml.h"
+#include "certmgr/pki/spiffe_id.h"
+
+namespace meshtls::certmgr {
+namespace {
+
+using base::ConfigMap;
+using base::YamlNode;
+
+absl::Status ReadAddress(ConfigMap& map, absl::string_view key, std::string& out) {
+  if (const YamlNode* n = map.Take(key)) {
+    MESHTLS_ASSIGN_OR_RETURN(std::string text, base::ReadString(*n, map.FieldPath(key)));
+    absl::StatusOr<base::HostPort> hp = base::ParseHostPort(text, /*allow_port_zero=*/true);
+    if (!hp.ok()) {
+      return base::FieldError(map.FieldPath(key), *n, hp.status().message());
+    }
+    if (!hp->host_is_ip) {
+      return base::FieldError(map.FieldPath(key), *n, "a listen address must be an IP address");
+    }
+    out = text;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadOptionalString(ConfigMap& map, absl::string_view key, std::string& out) {
+  if (const YamlNode* n = map.Take(key)) {
+    MESHTLS_ASSIGN_OR_RETURN(out, base::ReadString(*n, map.FieldPath(key)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadOptionalDuration(ConfigMap& map, absl::string_view key, absl::Duration& out) {
+  if (const YamlNode* n = map.Take(key)) {
+    MESHTLS_ASSIGN_OR_RETURN(out, base::ReadDuration(*n, map.FieldPath(key)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
+  MESHTLS_ASSIGN_OR_RETURN(YamlNode root, base::ParseYaml(yaml));
+  MESHTLS_ASSIGN_OR_RETURN(ConfigMap top, ConfigMap::Of(root, ""));
+  CertmgrConfig c;
+  const YamlNode* td = top.Take("trust_domain");
+  if (td == nullptr) {
+    return absl::InvalidArgumentError("trust_domain: required");
+  }
+  MESHTLS_ASSIGN_OR_RETURN(c.trust_domain, base::ReadString(*td, "trust_domain"));
+  if (absl::Status s = pki::SpiffeId::ValidateTrustDomain(c.trust_domain); !s.ok()) {
+    return base::FieldError("trust_domain", *td, s.message());
+  }
+  MESHTLS_RETURN_IF_ERROR(ReadAddress(top, "listen", c.listen));
+  if (const YamlNode* n = top.Take("server_names")) {
+    MESHTLS_ASSIGN_OR_RETURN(c.server_names, base::ReadStringList(*n, "server_names"));
+  }
+  if (const YamlNode* n = top.Take("server_ips")) {
+    MESHTLS_ASSIGN_OR_RETURN(c.server_ips, base::ReadStringList(*n, "server_ips"));
+    for (const std::string& ip : c.server_ips) {
+      unsigned char buf[16];
+      if (inet_pton(AF_INET, ip.c_str(), buf) != 1 && inet_pton(AF_INET6, ip.c_str(), buf) != 1) {
+        return base::FieldError("server_ips", *n, absl::StrCat("\"", ip, "\" is not an IP address"));
+      }
+    }
+  }
+  if (const YamlNode* n = top.Take("admin")) {
+    MESHTLS_ASSIGN_OR_RETURN(ConfigMap admin, ConfigMap::Of(*n, "admin"));
+    MESHTLS_RETURN_IF_ERROR(ReadAddress(admin, "listen", c.admin_listen));
+    MESHTLS_RETURN_IF_ERROR(admin.Finish());
+  }
+  const YamlNode* ca_node = top.Take("ca");
+  if (ca_node == nullptr) {
+    return absl::InvalidArgumentError("ca: required (ca.dir, or ca.cert and ca.key)");
+  }
+  MESHTLS_ASSIGN_OR_RETURN(ConfigMap ca, ConfigMap::Of(*ca_node, "ca"));
+  MESHTLS_RETURN_IF_ERROR(ReadOptionalString(ca, "dir", c.ca_dir));
+  MESHTLS_RETURN_IF_ERROR(ReadOptionalString(ca, "cert", c.ca_cert));
+  MESHTLS_RETURN_IF_ERROR(ReadOptionalString(ca, "key", c.ca_key));
+  MESHTLS_RETURN_IF_ERROR(ReadOptionalString(ca, "trust_bundle", c.ca_trust_bundle));
+  MESHTLS_RETURN_IF_ERROR(ReadOptionalDuration(ca, "ttl", c.ca_ttl));
+  MESHTLS_RETURN_IF_ERROR(ca.Finish());
+  const bool files = !c.ca_cert.empty() || !c.ca_key.empty();
+  if (c.ca_dir.empty() == !files) {
+    return base::FieldError("ca", *ca_node, "set exactly one of ca.dir or ca.cert + ca.key");
+  }
+  if (files && (c.ca_cert.empty() || c.ca_key.empty())) {
+    return base::FieldError("ca", *ca_node, "ca.cert and ca.key go together");
+  }
+  if (c.ca_ttl < absl::Hours(1)) {
+    return base::FieldError("ca.ttl", *ca_node, "must be at least 1h");
+  }
+  if (const YamlNode* n = top.Take("issuance")) {
+    MESHTLS_ASSIGN_OR_RETURN(ConfigMap is, ConfigMap::Of(*n, "issuance"));
+    MESHTLS_RETURN_IF_ERROR(ReadOptionalDuration(is, "default_ttl", c.issuance.default_ttl));
+    MESHTLS_RETURN_IF_ERROR(ReadOptionalDuration(is, "max_ttl", c.issuance.max_ttl));
+    MESHTLS_RETURN_IF_ERROR(ReadOptionalDuration(is, "min_ttl", c.issuance.min_ttl));
+    if (const YamlNode* b = is.Take("backdate")) {
+      absl::Duration d;
+      if (b->kind == YamlNode::Kind::kScalar && b->scalar == "0") {
+        d = absl::ZeroDuration();
+      } else {
+        MESHTLS_ASSIGN_OR_RETURN(d, base::ReadDuration(*b, "issuance.backdate"));
+      }
+      c.issuance.backdate = d;
+    }
+    MESHTLS_RETURN_IF_ERROR(is.Finish());
+    if (c.issuance.default_ttl > c.issuance.max_ttl && n->Find("max_ttl") == nullptr) {
+      c.issuance.max_ttl = c.issuance.default_ttl;  // raising the default alone raises the cap
+    }
+  }
+  if (absl::Status s = c.issuance.Validate(); !s.ok()) {
+    return s;
+  }
+  if (const YamlNode* n = top.Take("authenticators")) {
+    MESHTLS_ASSIGN_OR_RETURN(ConfigMap auth, ConfigMap::Of(*n, "authenticators"));
+    if (const YamlNode* jt = auth.Take("join_tokens")) {
+      MESHTLS_ASSIGN_OR_RETURN(ConfigMap j, ConfigMap::Of(*jt, "authenticators.join_tokens"));
+      const YamlNode* file = j.Take("file");
+      if (file == nullptr) {
+        return base::FieldError("authenticators.join_tokens.file", *jt, "required");
+      }
+      MESHTLS_ASSIGN_OR_RETURN(c.join_tokens_file,
+                               base::ReadString(*file, "authenticators.join_tokens.file"));
+      MESHTLS_RETURN_IF_ERROR(j.Finish());
+    }
+    MESHTLS_RETURN_IF_ERROR(auth.Finish());
+  }
+  if (const YamlNode* n = top.Take("log")) {
+    MESHTLS_ASSIGN_OR_RETURN(ConfigMap log, ConfigMap::Of(*n, "log"));
+    if (const YamlNode* l = log.Take("level")) {
+      MESHTLS_ASSIGN_OR_RETURN(std::string v, base::ReadString(*l, "log.level"));
+      absl::StatusOr<base::LogLevel> level = base::ParseLogLevel(v);
+      if (!level.ok()) {
+        return base::FieldError("log.level", *l, level.status().message());
+      }
+      c.log_level = *level;
+    }
+    if (const YamlNode* f = log.Take("format")) {
+      MESHTLS_ASSIGN_OR_RETURN(std::string v, base::ReadString(*f, "log.format"));
+      absl::StatusOr<base::LogFormat> format = base::ParseLogFormat(v);
+      if (!format.ok()) {
+        return base::FieldError("log.format", *f, format.status().message());
+      }
+      c.log_format = *format;
+    }
+    MESHTLS_RETURN_IF_ERROR(log.Finish());
+  }
+  MESHTLS_RETURN_IF_ERROR(top.Finish());
+  return c;
+}
+
+}  // namespace meshtls::certmgr

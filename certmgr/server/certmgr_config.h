@@ -1,0 +1,49 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "certmgr/base/log.h"
+#include "certmgr/ca/issuance_policy.h"
+
+namespace meshtls::certmgr {
+
+// CertmgrConfig is certmgr's configuration file, parsed and validated. A plain value.
+//
+//   trust_domain: example.org
+//   listen: 0.0.0.0:8443                 # gRPC over TLS
+//   server_names: [localhost, certmgr.meshtls-system.svc]  # DNS SANs of the serving cert
+//   server_ips: [127.0.0.1, "::1"]       # IP SANs of the serving cert
+//   admin: {listen: 127.0.0.1:15010}
+//   ca:
+//     dir: /var/lib/meshtls/ca           # created with a new root when empty; or:
+//     cert: ca.pem, key: ca.key, trust_bundle: roots.pem
+//     ttl: 87600h                        # lifetime of a root created in `dir`
+//   issuance: {default_ttl: 24h, max_ttl: 24h, backdate: 2m}
+//   authenticators:
+//     join_tokens: {file: /etc/meshtls/join-tokens}
+//   log: {level: info, format: text}
+struct CertmgrConfig {
+  std::string trust_domain;
+  std::string listen = "0.0.0.0:8443";
+  std::vector<std::string> server_names = {"localhost"};
+  std::vector<std::string> server_ips = {"127.0.0.1", "::1"};
+  std::string admin_listen = "127.0.0.1:15010";
+  std::string ca_dir;
+  std::string ca_cert;
+  std::string ca_key;
+  std::string ca_trust_bundle;
+  absl::Duration ca_ttl = absl::Hours(24 * 365 * 10);
+  IssuancePolicy issuance;
+  std::string join_tokens_file;
+  base::LogLevel log_level = base::LogLevel::kInfo;
+  base::LogFormat log_format = base::LogFormat::kText;
+};
+
+// ParseCertmgrConfig parses and validates the YAML text. Errors name the field and line.
+absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml);
+
+}  // namespace meshtls::certmgr

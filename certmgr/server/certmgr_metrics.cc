@@ -1,0 +1,46 @@
+#include "certmgr/server/certmgr_metrics.h"
+
+namespace meshtls::certmgr {
+
+CertmgrMetrics::CertmgrMetrics() : registry_(std::make_shared<prometheus::Registry>()) {
+  auto& requests = prometheus::BuildCounter()
+                       .Name("meshtls_certmgr_sign_requests_total")
+                       .Help("Sign requests by result.")
+                       .Register(*registry_);
+  constexpr const char* kResults[kSignResultCount] = {"success", "unauthenticated",
+                                                      "permission_denied", "invalid_csr",
+                                                      "internal"};
+  for (int i = 0; i < kSignResultCount; ++i) {
+    sign_requests_[i] = &requests.Add({{"result", kResults[i]}});
+  }
+  sign_duration_ = &prometheus::BuildHistogram()
+                        .Name("meshtls_certmgr_sign_duration_seconds")
+                        .Help("Time to authenticate and sign one request.")
+                        .Register(*registry_)
+                        .Add({}, prometheus::Histogram::BucketBoundaries{
+                                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                     0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10});
+  ca_not_after_ = &prometheus::BuildGauge()
+                       .Name("meshtls_certmgr_ca_not_after_timestamp_seconds")
+                       .Help("NotAfter of the signing CA certificate, Unix seconds.")
+                       .Register(*registry_)
+                       .Add({});
+  watchers_ = &prometheus::BuildGauge()
+                   .Name("meshtls_certmgr_trust_bundle_watchers")
+                   .Help("Open WatchTrustBundle streams.")
+                   .Register(*registry_)
+                   .Add({});
+}
+
+void CertmgrMetrics::RecordSign(SignResult result, absl::Duration elapsed) {
+  sign_requests_[static_cast<int>(result)]->Increment();
+  sign_duration_->Observe(absl::ToDoubleSeconds(elapsed));
+}
+
+void CertmgrMetrics::SetCaNotAfter(absl::Time not_after) {
+  ca_not_after_->Set(static_cast<double>(absl::ToUnixSeconds(not_after)));
+}
+
+void CertmgrMetrics::SetWatchers(size_t count) { watchers_->Set(static_cast<double>(count)); }
+
+}  // namespace meshtls::certmgr

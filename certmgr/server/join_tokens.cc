@@ -1,0 +1,127 @@
+#include "certmgr/server/join_tokens.h"
+
+#include <fcntl.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "certmgr/base/fd.h"
+#include "certmgr/base/file.h"
+#include "certmgr/base/log.h"
+
+namespace meshtls::certmgr {
+namespace {
+
+constexpr size_t kMaxTokenBytes = 8192;
+constexpr absl::string_view kTokenPrefix = "mjt_";
+
+}  // namespace
+
+std::string TokenSha256Hex(absl::string_view token) {
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), digest);
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
+}
+
+absl::StatusOr<std::string> CreateJoinToken(const std::string& path, const pki::SpiffeId& id,
+                                            std::optional<absl::Time> expires) {
+  unsigned char random[32];
+  if (RAND_bytes(random, sizeof(random)) != 1) {
+    return absl::InternalError("RAND_bytes failed");
+  }
+  std::string token = absl::StrCat(
+      kTokenPrefix,
+      absl::WebSafeBase64Escape(absl::string_view(reinterpret_cast<char*>(random), sizeof(random))));
+  const int64_t expiry = expires.has_value() ? absl::ToUnixSeconds(*expires) : 0;
+  const std::string line = absl::StrCat("v1 ", TokenSha256Hex(token), " ", id.str(), " ", expiry, "\n");
+  base::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd.valid()) {
+    return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  }
+  if (::flock(fd.get(), LOCK_EX) != 0) {
+    return absl::InternalError(absl::StrCat("cannot lock ", path, ": ", std::strerror(errno)));
+  }
+  if (::write(fd.get(), line.data(), line.size()) != static_cast<ssize_t>(line.size()) ||
+      ::fsync(fd.get()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
+  }
+  return token;
+}
+
+void JoinTokenAuthenticator::ReloadIfChanged() {
+  struct stat st;
+  FileVersion now;
+  if (::stat(path_.c_str(), &st) == 0) {
+    now = {st.st_ino, st.st_size,
+           static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+  }
+  if (now == loaded_) {
+    return;
+  }
+  absl::StatusOr<std::string> text = base::ReadFileToString(path_, 16 << 20);
+  if (!text.ok()) {
+    if (absl::IsNotFound(text.status())) {
+      by_hash_.clear();
+      loaded_ = now;
+      return;
+    }
+    base::LogError("cannot read the join token file; keeping the previous tokens",
+                   {{"path", path_}, {"error", std::string(text.status().message())}});
+    return;
+  }
+  std::map<std::string, Entry> parsed;
+  int line_number = 0;
+  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+    ++line_number;
+    if (line.empty() || line[0] == '#') {
+      continue;
+    }
+    std::vector<absl::string_view> parts = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    int64_t expiry = 0;
+    if (parts.size() != 4 || parts[0] != "v1" || parts[1].size() != 64 ||
+        !pki::SpiffeId::Parse(parts[2]).ok() || !absl::SimpleAtoi(parts[3], &expiry)) {
+      base::LogError("join token file has a malformed line; keeping the previous tokens",
+                     {{"path", path_}, {"line", absl::StrCat(line_number)}});
+      return;
+    }
+    parsed[std::string(parts[1])] =
+        Entry{std::string(parts[2]),
+              expiry == 0 ? absl::InfiniteFuture() : absl::FromUnixSeconds(expiry)};
+  }
+  by_hash_ = std::move(parsed);
+  loaded_ = now;
+}
+
+absl::StatusOr<pki::SpiffeId> JoinTokenAuthenticator::Authenticate(
+    const CallerCredentials& credentials) {
+  if (!credentials.bearer_token.has_value()) {
+    return absl::UnauthenticatedError("no bearer token");
+  }
+  const std::string& token = *credentials.bearer_token;
+  if (token.size() > kMaxTokenBytes) {
+    return absl::UnauthenticatedError("bearer token is too long");
+  }
+  const std::string hash = TokenSha256Hex(token);
+  absl::MutexLock lock(&mu_);
+  ReloadIfChanged();
+  auto it = by_hash_.find(hash);
+  if (it == by_hash_.end()) {
+    return absl::UnauthenticatedError("unknown join token");
+  }
+  if (clock_.Now() >= it->second.expires) {
+    return absl::UnauthenticatedError("join token has expired");
+  }
+  return pki::SpiffeId::Parse(it->second.spiffe_id);
+}
+
+}  // namespace meshtls::certmgr

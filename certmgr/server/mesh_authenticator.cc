@@ -1,0 +1,73 @@
+#include "certmgr/server/mesh_authenticator.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace meshtls::certmgr {
+
+absl::StatusOr<std::shared_ptr<const pki::ChainVerifier>> MeshAuthenticator::CurrentVerifier() {
+  std::shared_ptr<const TrustBundle> bundle = bundle_.Current();
+  absl::MutexLock lock(&mu_);
+  if (verifier_ == nullptr || verifier_sequence_ != bundle->sequence) {
+    absl::StatusOr<std::shared_ptr<const pki::ChainVerifier>> v =
+        pki::ChainVerifier::Create(trust_domain_, bundle->roots);
+    if (!v.ok()) {
+      return v.status();
+    }
+    verifier_ = *std::move(v);
+    verifier_sequence_ = bundle->sequence;
+  }
+  return verifier_;
+}
+
+absl::Status MeshAuthenticator::CheckAllowed(const pki::SpiffeId& id) const {
+  if (id.trust_domain() != trust_domain_) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(id.str(), " is not in trust domain ", trust_domain_));
+  }
+  if (id.path().empty()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(id.str(), " names a trust domain, not a workload"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<pki::SpiffeId> MeshAuthenticator::Authenticate(
+    const CallerCredentials& credentials) {
+  absl::Status certificate_error = absl::UnauthenticatedError("no credential presented");
+  if (!credentials.peer_chain.empty()) {
+    absl::StatusOr<std::shared_ptr<const pki::ChainVerifier>> verifier = CurrentVerifier();
+    if (!verifier.ok()) {
+      return verifier.status();
+    }
+    absl::StatusOr<pki::SpiffeId> id =
+        (*verifier)->VerifyChain(credentials.peer_chain, pki::PeerRole::kClient, clock_.Now());
+    if (id.ok()) {
+      if (absl::Status s = CheckAllowed(*id); !s.ok()) {
+        return s;
+      }
+      return id;
+    }
+    certificate_error = absl::UnauthenticatedError(
+        absl::StrCat("client certificate rejected: ", id.status().message()));
+  }
+  if (!credentials.bearer_token.has_value()) {
+    return certificate_error;
+  }
+  absl::Status token_error = absl::UnauthenticatedError("no bootstrap authenticator configured");
+  for (const auto& authenticator : bootstrap_) {
+    absl::StatusOr<pki::SpiffeId> id = authenticator->Authenticate(credentials);
+    if (id.ok()) {
+      if (absl::Status s = CheckAllowed(*id); !s.ok()) {
+        return s;
+      }
+      return id;
+    }
+    if (absl::IsPermissionDenied(id.status())) {
+      return id.status();
+    }
+    token_error = id.status();
+  }
+  return token_error;
+}
+
+}  // namespace meshtls::certmgr
