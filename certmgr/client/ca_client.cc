@@ -1,0 +1,168 @@
+#include "certmgr/client/ca_client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "meshtls/ca/v1/ca.grpc.pb.h"
+
+namespace meshtls::certmgr {
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& s, absl::string_view what) {
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                      absl::StrCat(what, ": ", s.error_message()));
+}
+
+absl::StatusOr<std::vector<pki::Certificate>> FromDerList(
+    const google::protobuf::RepeatedPtrField<std::string>& ders, absl::string_view what) {
+  std::vector<pki::Certificate> out;
+  for (const std::string& der : ders) {
+    absl::StatusOr<pki::Certificate> c = pki::Certificate::FromDer(der);
+    if (!c.ok()) {
+      return absl::InternalError(absl::StrCat("certmgr sent a bad ", what, ": ", c.status().message()));
+    }
+    out.push_back(*std::move(c));
+  }
+  return out;
+}
+
+class GrpcCaClient final : public CaClient {
+ public:
+  GrpcCaClient(std::string address, std::string server_ca_pem)
+      : address_(std::move(address)), server_ca_pem_(std::move(server_ca_pem)) {}
+
+  absl::StatusOr<SignedCredentials> Sign(const std::string& csr_der,
+                                         const CallCredentials& credentials,
+                                         absl::Duration timeout) override {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = RootsPem();
+    if (credentials.key.has_value() && !credentials.chain.empty()) {
+      absl::StatusOr<std::string> key_pem = credentials.key->ToPem();
+      if (!key_pem.ok()) {
+        return key_pem.status();
+      }
+      tls.pem_private_key = *key_pem;
+      tls.pem_cert_chain = pki::ChainToPem(credentials.chain);
+    }
+    // One channel per renewal: renewals are hours apart, and a fresh channel always presents
+    // the current certificate.
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(1 << 20);
+    std::shared_ptr<grpc::Channel> channel =
+        grpc::CreateCustomChannel(address_, grpc::SslCredentials(tls), args);
+    auto stub = meshtls::ca::v1::CertificateAuthority::NewStub(channel);
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    if (credentials.bearer_token.has_value()) {
+      context.AddMetadata("authorization", absl::StrCat("Bearer ", *credentials.bearer_token));
+    }
+    meshtls::ca::v1::SignRequest request;
+    request.set_csr(csr_der);
+    meshtls::ca::v1::SignResponse response;
+    grpc::Status status = stub->Sign(&context, request, &response);
+    if (!status.ok()) {
+      return FromGrpc(status, "certmgr Sign");
+    }
+    SignedCredentials out;
+    absl::StatusOr<std::vector<pki::Certificate>> chain =
+        FromDerList(response.certificate_chain(), "certificate chain");
+    if (!chain.ok()) {
+      return chain.status();
+    }
+    if (chain->empty()) {
+      return absl::InternalError("certmgr sent an empty certificate chain");
+    }
+    absl::StatusOr<std::vector<pki::Certificate>> roots =
+        FromDerList(response.trust_bundle().roots(), "trust bundle");
+    if (!roots.ok()) {
+      return roots.status();
+    }
+    out.chain = *std::move(chain);
+    out.roots = *std::move(roots);
+    out.bundle_sequence = response.trust_bundle().sequence();
+    out.not_after = out.chain[0].not_after();
+    return out;
+  }
+
+  absl::Status WatchTrustBundle(
+      const std::function<void(std::vector<pki::Certificate>, uint64_t)>& on_bundle) override {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = RootsPem();
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    std::shared_ptr<grpc::Channel> channel =
+        grpc::CreateCustomChannel(address_, grpc::SslCredentials(tls), args);
+    auto stub = meshtls::ca::v1::CertificateAuthority::NewStub(channel);
+    grpc::ClientContext context;
+    {
+      absl::MutexLock lock(&mu_);
+      if (cancelled_) {
+        return absl::CancelledError("watch cancelled");
+      }
+      watch_context_ = &context;
+    }
+    meshtls::ca::v1::WatchTrustBundleRequest request;
+    std::unique_ptr<grpc::ClientReader<meshtls::ca::v1::TrustBundle>> reader =
+        stub->WatchTrustBundle(&context, request);
+    meshtls::ca::v1::TrustBundle bundle;
+    absl::Status result = absl::OkStatus();
+    while (reader->Read(&bundle)) {
+      absl::StatusOr<std::vector<pki::Certificate>> roots =
+          FromDerList(bundle.roots(), "trust bundle");
+      if (!roots.ok()) {
+        result = roots.status();
+        context.TryCancel();
+        break;
+      }
+      on_bundle(*std::move(roots), bundle.sequence());
+    }
+    grpc::Status status = reader->Finish();
+    {
+      absl::MutexLock lock(&mu_);
+      watch_context_ = nullptr;
+    }
+    if (!result.ok()) {
+      return result;
+    }
+    return status.ok() ? absl::UnavailableError("certmgr closed the trust bundle stream")
+                       : FromGrpc(status, "certmgr WatchTrustBundle");
+  }
+
+  void CancelWatch() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    if (watch_context_ != nullptr) {
+      watch_context_->TryCancel();
+    }
+  }
+
+  void SetExtraRoots(std::vector<pki::Certificate> roots) override {
+    absl::MutexLock lock(&mu_);
+    extra_roots_pem_ = pki::ChainToPem(roots);
+  }
+
+ private:
+  std::string RootsPem() {
+    absl::MutexLock lock(&mu_);
+    return server_ca_pem_ + extra_roots_pem_;
+  }
+
+  const std::string address_;
+  const std::string server_ca_pem_;
+  absl::Mutex mu_;
+  std::string extra_roots_pem_ ABSL_GUARDED_BY(mu_);
+  grpc::ClientContext* watch_context_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace
+
+std::unique_ptr<CaClient> NewGrpcCaClient(std::string address, std::string server_ca_pem) {
+  return std::make_unique<GrpcCaClient>(std::move(address), std::move(server_ca_pem));
+}
+
+}  // namespace meshtls::certmgr

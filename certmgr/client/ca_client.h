@@ -1,0 +1,56 @@
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "certmgr/pki/certificate.h"
+#include "certmgr/pki/key.h"
+
+namespace meshtls::certmgr {
+
+// SignedCredentials is certmgr's answer to a CSR, as plain values.
+struct SignedCredentials {
+  std::vector<pki::Certificate> chain;  // leaf first
+  std::vector<pki::Certificate> roots;
+  uint64_t bundle_sequence = 0;
+  absl::Time not_after;
+};
+
+// CallCredentials is what the client presents: its current certificate (renewal) and/or a
+// bootstrap token. Either may be absent.
+struct CallCredentials {
+  std::vector<pki::Certificate> chain;
+  std::optional<pki::PrivateKey> key;
+  std::optional<std::string> bearer_token;
+};
+
+// CaClient talks to certmgr. Implementations are thread-safe.
+class CaClient {
+ public:
+  virtual ~CaClient() = default;
+  // Sign sends a CSR. Errors keep certmgr's status code (Unauthenticated, InvalidArgument, ...)
+  // or Unavailable / DeadlineExceeded when certmgr cannot be reached.
+  virtual absl::StatusOr<SignedCredentials> Sign(const std::string& csr_der,
+                                                 const CallCredentials& credentials,
+                                                 absl::Duration timeout) = 0;
+  // WatchTrustBundle blocks, calling `on_bundle(roots, sequence)` for each bundle received,
+  // until the stream ends (returning its status) or CancelWatch() is called.
+  virtual absl::Status WatchTrustBundle(
+      const std::function<void(std::vector<pki::Certificate>, uint64_t)>& on_bundle) = 0;
+  virtual void CancelWatch() = 0;
+  // SetExtraRoots adds roots to the ones trusted for certmgr's serving certificate (the
+  // current trust bundle, so a CA rotation keeps certmgr reachable).
+  virtual void SetExtraRoots(std::vector<pki::Certificate> roots) = 0;
+};
+
+// NewGrpcCaClient connects to `address` (host:port, or any gRPC target such as dns:///h:p),
+// trusting `server_ca_pem` (plus roots set later) for certmgr's serving certificate.
+std::unique_ptr<CaClient> NewGrpcCaClient(std::string address, std::string server_ca_pem);
+
+}  // namespace meshtls::certmgr

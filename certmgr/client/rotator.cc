@@ -1,0 +1,233 @@
+#include "certmgr/client/rotator.h"
+
+#include <algorithm>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "certmgr/base/file.h"
+#include "certmgr/base/log.h"
+#include "certmgr/pki/csr.h"
+
+namespace meshtls::certmgr {
+
+absl::Duration Rotator::Jittered(absl::Duration d, double fraction) {
+  const double factor = 1.0 + absl::Uniform(random_, -fraction, fraction);
+  return std::max(d * factor, options_.min_refresh);
+}
+
+absl::Status Rotator::RefreshOnce() {
+  absl::Status result = [&]() -> absl::Status {
+    absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::GenerateEcP256();
+    if (!key.ok()) {
+      return key.status();
+    }
+    absl::StatusOr<std::string> csr = pki::CreateCsrDer(*key);
+    if (!csr.ok()) {
+      return csr.status();
+    }
+    CallCredentials credentials;
+    {
+      absl::MutexLock lock(&mu_);
+      if (current_.has_value() && clock_.Now() < current_->chain[0].not_after()) {
+        credentials.chain = current_->chain;
+        credentials.key = current_->key;
+      }
+    }
+    if (!options_.token_file.empty()) {
+      absl::StatusOr<std::string> token = base::ReadFileToString(options_.token_file, 64 * 1024);
+      if (token.ok()) {
+        credentials.bearer_token = std::string(absl::StripAsciiWhitespace(*token));
+      } else if (credentials.chain.empty()) {
+        return absl::UnauthenticatedError(absl::StrCat(
+            "no valid certificate and no bootstrap token: ", token.status().message()));
+      }
+    }
+    absl::StatusOr<SignedCredentials> signed_credentials =
+        client_.Sign(*csr, credentials, options_.rpc_timeout);
+    if (!signed_credentials.ok()) {
+      return signed_credentials.status();
+    }
+    if (!signed_credentials->chain[0].MatchesKey(key->get())) {
+      return absl::InternalError("certmgr returned a certificate for another key");
+    }
+    absl::MutexLock publish_lock(&publish_mu_);
+    pki::CredentialBundle bundle{.chain = signed_credentials->chain,
+                                 .key = *key,
+                                 .trust_bundle = signed_credentials->roots,
+                                 .bundle_sequence = signed_credentials->bundle_sequence};
+    {
+      absl::MutexLock lock(&mu_);
+      // A newer bundle from the watch stream wins over the one in the Sign response.
+      if (latest_sequence_ > bundle.bundle_sequence) {
+        bundle.trust_bundle = latest_roots_;
+        bundle.bundle_sequence = latest_sequence_;
+      }
+    }
+    if (absl::Status s = sink_.Publish(bundle); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("new certificate not applied: ", s.message()));
+    }
+    client_.SetExtraRoots(bundle.trust_bundle);
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = clock_.Now();
+    const absl::Duration remaining = bundle.chain[0].not_after() - now;
+    latest_roots_ = bundle.trust_bundle;
+    latest_sequence_ = bundle.bundle_sequence;
+    current_ = std::move(bundle);
+    next_refresh_ = now + Jittered(remaining * options_.renew_at, options_.jitter);
+    backoff_ = absl::ZeroDuration();
+    last_success_ = now;
+    last_error_.clear();
+    base::LogInfo("certificate renewed",
+                  {{"spiffe_id", current_->chain[0].UriSans().empty()
+                                     ? std::string()
+                                     : current_->chain[0].UriSans()[0]},
+                   {"serial", current_->chain[0].SerialHex()},
+                   {"not_after", absl::FormatTime(current_->chain[0].not_after())},
+                   {"next_refresh", absl::FormatTime(next_refresh_)}});
+    return absl::OkStatus();
+  }();
+  if (!result.ok()) {
+    absl::MutexLock lock(&mu_);
+    backoff_ = backoff_ == absl::ZeroDuration()
+                   ? options_.initial_backoff
+                   : std::min(backoff_ * 2, options_.max_backoff);
+    next_refresh_ = clock_.Now() + Jittered(backoff_, 0.2);
+    last_error_ = std::string(result.message());
+    base::LogWarning("certificate renewal failed; keeping the current certificate",
+                     {{"error", last_error_},
+                      {"retry_in", absl::FormatDuration(next_refresh_ - clock_.Now())},
+                      {"have_valid_certificate",
+                       current_.has_value() && clock_.Now() < current_->chain[0].not_after()
+                           ? "true"
+                           : "false"}});
+  }
+  if (options_.on_attempt) {
+    options_.on_attempt(result);
+  }
+  return result;
+}
+
+absl::Time Rotator::NextRefresh() const {
+  absl::MutexLock lock(&mu_);
+  return next_refresh_;
+}
+
+void Rotator::OnTrustBundle(std::vector<pki::Certificate> roots, uint64_t sequence) {
+  absl::MutexLock publish_lock(&publish_mu_);
+  std::optional<pki::CredentialBundle> bundle;
+  {
+    absl::MutexLock lock(&mu_);
+    if (sequence <= latest_sequence_) {
+      return;
+    }
+    latest_roots_ = roots;
+    latest_sequence_ = sequence;
+    if (current_.has_value()) {
+      bundle = *current_;
+      bundle->trust_bundle = std::move(roots);
+      bundle->bundle_sequence = sequence;
+    }
+  }
+  base::LogInfo("trust bundle update", {{"sequence", absl::StrCat(sequence)}});
+  if (!bundle.has_value()) {
+    return;  // applied with the first certificate
+  }
+  if (absl::Status s = sink_.Publish(*bundle); !s.ok()) {
+    base::LogError("trust bundle update not applied; keeping the previous bundle",
+                   {{"sequence", absl::StrCat(sequence)}, {"error", std::string(s.message())}});
+    return;
+  }
+  client_.SetExtraRoots(bundle->trust_bundle);
+  absl::MutexLock lock(&mu_);
+  current_ = *std::move(bundle);
+}
+
+RotatorStatus Rotator::status() const {
+  absl::MutexLock lock(&mu_);
+  RotatorStatus s;
+  s.has_certificate = current_.has_value();
+  if (current_.has_value()) {
+    s.not_before = current_->chain[0].not_before();
+    s.not_after = current_->chain[0].not_after();
+    s.bundle_sequence = current_->bundle_sequence;
+  }
+  s.next_refresh = next_refresh_;
+  s.last_success = last_success_;
+  s.last_error = last_error_;
+  return s;
+}
+
+bool Rotator::WaitFor(absl::Duration d) {
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(&stopping_), d);
+  return !stopping_;
+}
+
+void Rotator::RenewLoop() {
+  while (true) {
+    absl::Duration wait;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) {
+        return;
+      }
+      wait = next_refresh_ - clock_.Now();
+    }
+    if (wait <= absl::ZeroDuration()) {
+      (void)RefreshOnce();  // logged, counted and rescheduled inside
+      continue;
+    }
+    if (!WaitFor(wait)) {
+      return;
+    }
+  }
+}
+
+void Rotator::WatchLoop() {
+  absl::Duration backoff = options_.initial_backoff;
+  while (true) {
+    bool received = false;
+    absl::Status s = client_.WatchTrustBundle(
+        [&](std::vector<pki::Certificate> roots, uint64_t sequence) {
+          received = true;
+          OnTrustBundle(std::move(roots), sequence);
+        });
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) {
+        return;
+      }
+    }
+    if (received) {
+      backoff = options_.initial_backoff;
+    }
+    base::LogWarning("trust bundle stream ended; reconnecting",
+                     {{"error", std::string(s.message())},
+                      {"retry_in", absl::FormatDuration(backoff)}});
+    if (!WaitFor(backoff)) {
+      return;
+    }
+    backoff = std::min(backoff * 2, options_.max_backoff);
+  }
+}
+
+void Rotator::Start() {
+  renew_thread_ = std::thread([this] { RenewLoop(); });
+  watch_thread_ = std::thread([this] { WatchLoop(); });
+}
+
+void Rotator::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  client_.CancelWatch();
+  if (renew_thread_.joinable()) {
+    renew_thread_.join();
+  }
+  if (watch_thread_.joinable()) {
+    watch_thread_.join();
+  }
+}
+
+}  // namespace meshtls::certmgr
