@@ -1,0 +1,65 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "certmgr/base/host_port.h"
+#include "certmgr/base/log.h"
+
+namespace meshtls::sidecar {
+
+// ListenerConfig is one inbound or outbound listener. For inbound, `target` is `forward` (the
+// local app) and `peers` is `allow`; for outbound, `target` is `connect` (the remote sidecar)
+// and `peers` is `expect`. Peer entries are exact SPIFFE IDs or "<id>/*" prefixes, validated.
+struct ListenerConfig {
+  std::string name;
+  base::HostPort listen;
+  base::HostPort target;
+  std::vector<std::string> peers;
+};
+
+// SidecarConfig is the sidecar's configuration (DESIGN §2), parsed and validated. A plain value.
+struct SidecarConfig {
+  std::string trust_domain;
+  enum class IdentityMode { kCertmgr, kFiles };
+  IdentityMode identity_mode = IdentityMode::kCertmgr;
+  struct Certmgr {
+    std::string address;
+    std::string server_ca;
+    std::string token_file;
+    double renew_at = 0.5;
+  } certmgr;
+  struct Files {
+    std::string cert;
+    std::string key;
+    std::string trust_bundle;
+  } files;
+  std::vector<ListenerConfig> inbound;
+  std::vector<ListenerConfig> outbound;
+  std::string admin_listen = "127.0.0.1:15000";
+  int workers = 0;  // 0: one per core
+  struct Tls {
+    std::string min_version = "1.3";  // "1.3" or "1.2" (then ECDHE + AEAD only)
+    bool session_resumption = true;
+  } tls;
+  struct Limits {
+    absl::Duration handshake_timeout = absl::Seconds(10);
+    absl::Duration idle_timeout = absl::Hours(1);
+    absl::Duration connect_timeout = absl::Seconds(5);
+    int max_connections = 20000;
+    absl::Duration drain_timeout = absl::Seconds(30);
+  } limits;
+  struct Log {
+    base::LogLevel level = base::LogLevel::kInfo;
+    base::LogFormat format = base::LogFormat::kText;
+  } log;
+};
+
+// ParseSidecarConfig parses and validates YAML. With `check_files`, the files the config names
+// must exist and be readable. Errors are one line naming the field (and its line).
+absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool check_files = true);
+
+}  // namespace meshtls::sidecar

@@ -1,0 +1,156 @@
+// meshtls-sidecar: the mutual-TLS sidecar.
+//
+//   meshtls-sidecar --config FILE [--admin ADDR] [--log-level LEVEL] [--workers N]
+//
+// Exit codes: 0 after a drain (SIGTERM/SIGINT), 1 runtime failure, 2 bad flags or configuration.
+
+#include <signal.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "certmgr/base/file.h"
+#include "certmgr/base/host_port.h"
+#include "certmgr/base/log.h"
+#include "sidecar/config/sidecar_config.h"
+#include "sidecar/server/server.h"
+
+namespace {
+
+using namespace meshtls;
+
+constexpr const char* kUsage =
+    "usage: meshtls-sidecar --config FILE [flags]\n"
+    "\n"
+    "  --config FILE       sidecar configuration (YAML, see README)\n"
+    "  --admin ADDR        admin listener, overrides admin.listen (e.g. 127.0.0.1:15000)\n"
+    "  --log-level LEVEL   debug, info, warning or error; overrides log.level\n"
+    "  --log-format FMT    text or json; overrides log.format\n"
+    "  --workers N         data-plane threads (0 = one per core); overrides workers\n"
+    "  --check             validate the configuration and exit (0 if valid)\n"
+    "  --help, --version\n"
+    "\n"
+    "Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads identity.files.\n";
+
+int UsageError(absl::string_view message) {
+  std::fprintf(stderr, "meshtls-sidecar: %.*s\n", static_cast<int>(message.size()),
+               message.data());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::map<std::string, std::string> flags;
+  const std::vector<std::string> known = {"config", "admin",   "log-level", "log-format",
+                                          "workers", "check",  "help",      "version"};
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (!absl::StartsWith(arg, "--")) {
+      return UsageError(absl::StrCat("unexpected argument \"", arg, "\" (see --help)"));
+    }
+    std::string name = arg.substr(2);
+    std::string value;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    } else if (name != "help" && name != "version" && name != "check") {
+      if (i + 1 >= argc) {
+        return UsageError(absl::StrCat("flag --", name, " needs a value"));
+      }
+      value = argv[++i];
+    }
+    if (std::find(known.begin(), known.end(), name) == known.end()) {
+      return UsageError(absl::StrCat("unknown flag --", name, " (see --help)"));
+    }
+    flags[name] = value;
+  }
+  if (flags.count("help") != 0) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (flags.count("version") != 0) {
+    std::puts("meshtls-sidecar 0.1.0");
+    return 0;
+  }
+  if (flags.count("config") == 0) {
+    return UsageError("--config is required (see --help)");
+  }
+  absl::StatusOr<std::string> text = base::ReadFileToString(flags["config"]);
+  if (!text.ok()) {
+    return UsageError(absl::StrCat("--config: ", text.status().message()));
+  }
+  absl::StatusOr<sidecar::SidecarConfig> config = sidecar::ParseSidecarConfig(*text);
+  if (!config.ok()) {
+    return UsageError(absl::StrCat(flags["config"], ": ", config.status().message()));
+  }
+  if (auto it = flags.find("admin"); it != flags.end()) {
+    absl::StatusOr<base::HostPort> hp = base::ParseHostPort(it->second, true);
+    if (!hp.ok() || !hp->host_is_ip) {
+      return UsageError("--admin must be an IP address and port, such as 127.0.0.1:15000");
+    }
+    config->admin_listen = hp->ToString();
+  }
+  if (auto it = flags.find("log-level"); it != flags.end()) {
+    absl::StatusOr<base::LogLevel> level = base::ParseLogLevel(it->second);
+    if (!level.ok()) {
+      return UsageError(absl::StrCat("--log-level: ", level.status().message()));
+    }
+    config->log.level = *level;
+  }
+  if (auto it = flags.find("log-format"); it != flags.end()) {
+    absl::StatusOr<base::LogFormat> format = base::ParseLogFormat(it->second);
+    if (!format.ok()) {
+      return UsageError(absl::StrCat("--log-format: ", format.status().message()));
+    }
+    config->log.format = *format;
+  }
+  if (auto it = flags.find("workers"); it != flags.end()) {
+    int workers = 0;
+    if (!absl::SimpleAtoi(it->second, &workers) || workers < 0 || workers > 256) {
+      return UsageError("--workers must be a whole number from 0 to 256");
+    }
+    config->workers = workers;
+  }
+  if (flags.count("check") != 0) {
+    std::puts("configuration is valid");
+    return 0;
+  }
+  base::SetLogOptions(config->log.level, config->log.format);
+
+  // Block the signals before any thread starts, so only sigwait() below receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  absl::StatusOr<std::unique_ptr<sidecar::Server>> server = sidecar::Server::Create(*config);
+  if (!server.ok()) {
+    base::LogError("sidecar failed to start", {{"error", std::string(server.status().message())}});
+    return absl::IsInvalidArgument(server.status()) ? 2 : 1;
+  }
+  while (true) {
+    int signal_number = 0;
+    sigwait(&signals, &signal_number);
+    if (signal_number == SIGHUP) {
+      absl::Status s = (*server)->ReloadFiles();
+      base::LogInfo("SIGHUP: reload", {{"result", s.ok() ? "ok" : std::string(s.message())}});
+      continue;
+    }
+    base::LogInfo("stopping", {{"signal", strsignal(signal_number)}});
+    (*server)->Drain();
+    break;
+  }
+  server->reset();
+  return 0;
+}

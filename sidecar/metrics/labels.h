@@ -1,0 +1,52 @@
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+// The sidecar's metric label vocabulary (DESIGN §5). These names are public API: dashboards,
+// alert rules and README list them.
+
+namespace meshtls::sidecar {
+
+enum class Direction : uint8_t { kInbound = 0, kOutbound = 1 };
+inline constexpr int kDirectionCount = 2;
+inline constexpr std::array<const char*, kDirectionCount> kDirectionNames = {"inbound",
+                                                                             "outbound"};
+
+// HandshakeResult is the `result` of meshtls_tls_handshakes_total.
+enum class HandshakeResult : uint8_t {
+  kSuccess,
+  kNoPeerCertificate,
+  kCertificateExpired,
+  kCertificateNotYetValid,
+  kUnknownAuthority,
+  kBadCertificate,
+  kCertificateRevoked,
+  kIdentityDenied,
+  kProtocolVersion,
+  kNoSharedCipher,
+  kTimeout,
+  kPeerClosed,
+  kNotTls,
+  kInternal,
+};
+inline constexpr int kHandshakeResultCount = 14;
+inline constexpr std::array<const char*, kHandshakeResultCount> kHandshakeResultNames = {
+    "success",          "no_peer_certificate", "certificate_expired", "certificate_not_yet_valid",
+    "unknown_authority", "bad_certificate",    "certificate_revoked", "identity_denied",
+    "protocol_version", "no_shared_cipher",    "timeout",             "peer_closed",
+    "not_tls",          "internal"};
+
+// RefusedReason is the `reason` of meshtls_connections_refused_total: connections closed
+// before any handshake.
+enum class RefusedReason : uint8_t { kNoCredentials, kMaxConnections, kUpstreamUnavailable };
+inline constexpr int kRefusedReasonCount = 3;
+inline constexpr std::array<const char*, kRefusedReasonCount> kRefusedReasonNames = {
+    "no_credentials", "max_connections", "upstream_unavailable"};
+
+// Handshake latency buckets, 100us .. 10s.
+inline constexpr std::array<double, 16> kHandshakeBuckets = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
+
+}  // namespace meshtls::sidecar

@@ -1,0 +1,488 @@
+#include "sidecar/proxy/connection.h"
+
+#include <openssl/err.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "certmgr/base/log.h"
+#include "sidecar/net/socket.h"
+#include "sidecar/tls/handshake_classifier.h"
+
+namespace meshtls::sidecar {
+
+Connection::Connection(uint64_t id, ConnectionEnv& env, const ListenerRuntime& listener,
+                       base::UniqueFd accepted)
+    : id_(id), env_(env), listener_(listener) {
+  // Inbound: the accepted socket speaks TLS. Outbound: it is the app's plain socket.
+  if (listener_.direction == Direction::kInbound) {
+    tls_.fd = std::move(accepted);
+  } else {
+    plain_.fd = std::move(accepted);
+  }
+  check_.authorizer = &listener_.authorizer;
+}
+
+Connection::~Connection() {
+  if (state_ != State::kClosed) {
+    destroying_ = true;  // the owner is deleting us: no on_closed callback
+    Close(/*abortive=*/true);
+  }
+}
+
+void Connection::Start() {
+  env_.counters.connections_total[DirectionIndex()].Add();
+  env_.counters.connections_active[DirectionIndex()].Add(1);
+  counted_active_ = true;
+  context_ = env_.tls.Snapshot();
+  if (context_ == nullptr) {
+    Refuse(RefusedReason::kNoCredentials, "no certificate loaded yet");
+    return;
+  }
+  if (listener_.direction == Direction::kInbound) {
+    handshake_start_ = net::EventLoop::Now();
+    StartTls();
+  } else {
+    StartUpstreamConnect();
+  }
+}
+
+void Connection::StartUpstreamConnect() {
+  state_ = State::kResolving;
+  timer_ = env_.loop.AddTimer(env_.connect_timeout, [this] {
+    timer_ = 0;
+    Refuse(RefusedReason::kUpstreamUnavailable,
+           absl::StrCat("connect to ", listener_.target.ToString(), " timed out"));
+  });
+  std::weak_ptr<bool> alive = alive_;
+  net::EventLoop& loop = env_.loop;
+  env_.resolver.Resolve(listener_.target,
+                        [this, alive, &loop](absl::StatusOr<net::SocketAddress> address) mutable {
+                          // Runs on the resolver thread (or inline for IP literals).
+                          loop.Post([this, alive, address = std::move(address)]() mutable {
+                            if (!alive.expired() && state_ == State::kResolving) {
+                              OnResolved(std::move(address));
+                            }
+                          });
+                        });
+}
+
+void Connection::OnResolved(absl::StatusOr<net::SocketAddress> address) {
+  if (!address.ok()) {
+    Refuse(RefusedReason::kUpstreamUnavailable, address.status().message());
+    return;
+  }
+  absl::StatusOr<base::UniqueFd> fd = net::ConnectTcp(*address);
+  if (!fd.ok()) {
+    Refuse(RefusedReason::kUpstreamUnavailable, fd.status().message());
+    return;
+  }
+  Side& upstream = listener_.direction == Direction::kInbound ? plain_side() : tls_side();
+  upstream.fd = *std::move(fd);
+  state_ = State::kConnecting;
+  SetInterest(upstream, EPOLLOUT);
+}
+
+void Connection::OnUpstreamConnected() {
+  Side& upstream = listener_.direction == Direction::kInbound ? plain_side() : tls_side();
+  if (int err = net::SocketError(upstream.fd.get()); err != 0) {
+    Refuse(RefusedReason::kUpstreamUnavailable,
+           absl::StrCat("connect to ", listener_.target.ToString(), ": ", std::strerror(err)));
+    return;
+  }
+  if (timer_ != 0) {
+    env_.loop.CancelTimer(timer_);
+    timer_ = 0;
+  }
+  if (listener_.direction == Direction::kInbound) {
+    EnterRelaying();
+  } else {
+    handshake_start_ = net::EventLoop::Now();
+    StartTls();
+  }
+}
+
+void Connection::StartTls() {
+  net::SetNoDelay(tls_.fd.get());
+  absl::StatusOr<SslPtr> ssl = context_->NewSsl(listener_.direction == Direction::kInbound,
+                                                tls_.fd.get(), &check_);
+  if (!ssl.ok()) {
+    env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kInternal)].Add();
+    Close(/*abortive=*/true);
+    return;
+  }
+  ssl_ = *std::move(ssl);
+  state_ = State::kHandshaking;
+  if (timer_ != 0) {
+    env_.loop.CancelTimer(timer_);
+  }
+  timer_ = env_.loop.AddTimer(env_.handshake_timeout, [this] {
+    timer_ = 0;
+    if (state_ != State::kHandshaking) {
+      return;
+    }
+    env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kTimeout)].Add();
+    if (env_.may_log()) {
+      base::LogWarning("tls handshake failed",
+                       {{"direction", kDirectionNames[DirectionIndex()]},
+                        {"listener", listener_.name},
+                        {"peer", net::PeerAddressString(tls_.fd.get())},
+                        {"result", "timeout"},
+                        {"reason", "no complete handshake before limits.handshake_timeout"}});
+    }
+    ERR_clear_error();
+    Close(/*abortive=*/true);
+  });
+  DoHandshake();
+}
+
+void Connection::DoHandshake() {
+  ERR_clear_error();
+  const int rc = SSL_do_handshake(ssl_.get());
+  if (rc == 1) {
+    OnHandshakeDone();
+    return;
+  }
+  const int err = SSL_get_error(ssl_.get(), rc);
+  if (err == SSL_ERROR_WANT_READ) {
+    SetInterest(tls_, EPOLLIN);
+    return;
+  }
+  if (err == SSL_ERROR_WANT_WRITE) {
+    SetInterest(tls_, EPOLLOUT);
+    return;
+  }
+  OnHandshakeFailed(err);
+}
+
+void Connection::OnHandshakeFailed(int ssl_error) {
+  HandshakeFailure failure = ClassifyHandshakeFailure(ssl_error, check_);
+  env_.counters.handshakes[DirectionIndex()][static_cast<int>(failure.result)].Add();
+  if (failure.result == HandshakeResult::kIdentityDenied && check_.identity_denied) {
+    env_.counters.authz_deny[listener_.id].Add();
+  }
+  if (env_.may_log()) {
+    base::LogWarning("tls handshake failed",
+                     {{"direction", kDirectionNames[DirectionIndex()]},
+                      {"listener", listener_.name},
+                      {"peer", net::PeerAddressString(tls_.fd.get())},
+                      {"peer_spiffe_id", check_.claimed_id},
+                      {"result", kHandshakeResultNames[static_cast<int>(failure.result)]},
+                      {"reason", failure.reason}});
+  }
+  // A normal close lets the alert OpenSSL queued reach the peer.
+  Close(/*abortive=*/false);
+}
+
+void Connection::OnHandshakeDone() {
+  if (timer_ != 0) {
+    env_.loop.CancelTimer(timer_);
+    timer_ = 0;
+  }
+  // The verify callback ran (a full handshake always verifies the peer); refuse to proceed
+  // on any path where it did not, rather than relay for an unverified peer.
+  if (!check_.verified || !check_.peer_id.has_value()) {
+    env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kInternal)].Add();
+    base::LogError("handshake completed without peer verification; closing",
+                   {{"listener", listener_.name}});
+    Close(/*abortive=*/true);
+    return;
+  }
+  const double seconds =
+      std::chrono::duration<double>(net::EventLoop::Now() - handshake_start_).count();
+  const int resumed = SSL_session_reused(ssl_.get()) ? 1 : 0;
+  env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kSuccess)].Add();
+  env_.counters.handshake_latency[DirectionIndex()][resumed].Observe(seconds);
+  env_.counters.authz_allow[listener_.id].Add();
+  SetInterest(tls_, 0);
+  if (listener_.direction == Direction::kInbound) {
+    StartUpstreamConnect();
+  } else {
+    EnterRelaying();
+  }
+}
+
+void Connection::EnterRelaying() {
+  state_ = State::kRelaying;
+  net::SetNoDelay(plain_.fd.get());
+  last_activity_ = net::EventLoop::Now();
+  ArmIdleTimer();
+  Progress();
+}
+
+void Connection::ArmIdleTimer() {
+  const net::MonoTime deadline = last_activity_ + env_.idle_timeout;
+  const net::MonoDuration wait = deadline - net::EventLoop::Now();
+  timer_ = env_.loop.AddTimer(wait, [this] {
+    timer_ = 0;
+    if (state_ != State::kRelaying) {
+      return;
+    }
+    if (net::EventLoop::Now() - last_activity_ >= env_.idle_timeout) {
+      Close(/*abortive=*/false);  // idle: close_notify to the peer, FIN to the app
+      return;
+    }
+    ArmIdleTimer();
+  });
+}
+
+void Connection::OnEvents(bool tls_side, uint32_t /*events*/) {
+  switch (state_) {
+    case State::kClosed:
+    case State::kResolving:
+      return;
+    case State::kConnecting:
+      OnUpstreamConnected();
+      return;
+    case State::kHandshaking:
+      if (tls_side) {
+        DoHandshake();
+      }
+      return;
+    case State::kRelaying:
+      Progress();
+      return;
+  }
+}
+
+void Connection::Progress() {
+  bool abort = false;
+  bool moved = false;
+  while (true) {
+    // Every pass tries each operation that could move bytes; the flags record what the
+    // final (idle) pass was waiting for, and only drive the epoll interest.
+    bool progress = false;
+    tls_wants_read_ = false;
+    tls_wants_write_ = false;
+    plain_write_blocked_ = false;
+
+    // App -> buffer.
+    if (!plain_eof_ && to_tls_.space() > 0) {
+      ssize_t n = ::recv(plain_.fd.get(), to_tls_.WritableSpan(), to_tls_.WritableSize(), 0);
+      if (n > 0) {
+        to_tls_.Commit(static_cast<size_t>(n));
+        progress = true;
+      } else if (n == 0) {
+        plain_eof_ = true;
+        progress = true;
+      } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        abort = true;
+        break;
+      }
+    }
+
+    // Buffer -> peer.
+    if (!to_tls_.empty()) {
+      ERR_clear_error();
+      int n = SSL_write(ssl_.get(), to_tls_.ReadableSpan(), static_cast<int>(to_tls_.size()));
+      if (n > 0) {
+        to_tls_.Consume(static_cast<size_t>(n));
+        env_.counters.bytes_sent[DirectionIndex()].Add(static_cast<uint64_t>(n));
+        progress = true;
+      } else {
+        int err = SSL_get_error(ssl_.get(), n);
+        if (err == SSL_ERROR_WANT_WRITE) {
+          tls_wants_write_ = true;
+        } else if (err == SSL_ERROR_WANT_READ) {
+          tls_wants_read_ = true;
+        } else {
+          abort = true;
+          break;
+        }
+      }
+    }
+
+    // App finished sending: forward the half-close as close_notify.
+    if (plain_eof_ && to_tls_.empty() && !tls_shutdown_sent_) {
+      ERR_clear_error();
+      int rc = SSL_shutdown(ssl_.get());
+      if (rc >= 0) {
+        tls_shutdown_sent_ = true;
+        progress = true;
+      } else {
+        int err = SSL_get_error(ssl_.get(), rc);
+        if (err == SSL_ERROR_WANT_WRITE) {
+          tls_wants_write_ = true;
+        } else if (err == SSL_ERROR_WANT_READ) {
+          tls_wants_read_ = true;
+        } else {
+          abort = true;
+          break;
+        }
+      }
+    }
+
+    // Peer -> buffer.
+    if (!tls_eof_ && to_plain_.space() > 0) {
+      ERR_clear_error();
+      int n = SSL_read(ssl_.get(), to_plain_.WritableSpan(),
+                       static_cast<int>(to_plain_.WritableSize()));
+      if (n > 0) {
+        to_plain_.Commit(static_cast<size_t>(n));
+        env_.counters.bytes_received[DirectionIndex()].Add(static_cast<uint64_t>(n));
+        progress = true;
+      } else {
+        int err = SSL_get_error(ssl_.get(), n);
+        if (err == SSL_ERROR_ZERO_RETURN) {
+          tls_eof_ = true;  // close_notify: a clean half-close
+          progress = true;
+        } else if (err == SSL_ERROR_WANT_WRITE) {
+          tls_wants_write_ = true;
+        } else if (err != SSL_ERROR_WANT_READ) {
+          abort = true;  // reset, or EOF without close_notify: possibly truncated
+          break;
+        }
+      }
+    }
+
+    // Buffer -> app.
+    if (!to_plain_.empty()) {
+      ssize_t n =
+          ::send(plain_.fd.get(), to_plain_.ReadableSpan(), to_plain_.size(), MSG_NOSIGNAL);
+      if (n > 0) {
+        to_plain_.Consume(static_cast<size_t>(n));
+        progress = true;
+      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        plain_write_blocked_ = true;
+      } else if (n < 0 && errno != EINTR) {
+        abort = true;
+        break;
+      }
+    }
+
+    // Peer finished sending: forward the half-close as FIN.
+    if (tls_eof_ && to_plain_.empty() && !plain_write_shut_) {
+      ::shutdown(plain_.fd.get(), SHUT_WR);
+      plain_write_shut_ = true;
+      progress = true;
+    }
+
+    if (!progress) {
+      break;
+    }
+    moved = true;
+  }
+  if (moved) {
+    last_activity_ = net::EventLoop::Now();
+  }
+  if (abort) {
+    ERR_clear_error();
+    Close(/*abortive=*/true);
+    return;
+  }
+  if (plain_eof_ && tls_eof_ && tls_shutdown_sent_ && plain_write_shut_) {
+    Close(/*abortive=*/false);
+    return;
+  }
+  UpdateInterest();
+}
+
+void Connection::UpdateInterest() {
+  uint32_t tls_events = 0;
+  if ((!tls_eof_ && to_plain_.space() > 0) || tls_wants_read_) {
+    tls_events |= EPOLLIN;
+  }
+  if (tls_wants_write_) {
+    tls_events |= EPOLLOUT;
+  }
+  uint32_t plain_events = 0;
+  if (!plain_eof_ && to_tls_.space() > 0) {
+    plain_events |= EPOLLIN;
+  }
+  if (plain_write_blocked_) {
+    plain_events |= EPOLLOUT;
+  }
+  SetInterest(tls_, tls_events);
+  SetInterest(plain_, plain_events);
+}
+
+void Connection::SetInterest(Side& side, uint32_t events) {
+  if (!side.fd.valid()) {
+    return;
+  }
+  // An fd with nothing to wait for leaves epoll: level-triggered EPOLLHUP would otherwise
+  // wake the loop forever once the peer has closed.
+  if (events == 0) {
+    if (side.in_epoll) {
+      env_.loop.Remove(side.fd.get());
+      side.in_epoll = false;
+    }
+    side.registered = 0;
+    return;
+  }
+  if (side.in_epoll && side.registered == events) {
+    return;
+  }
+  absl::Status s = side.in_epoll ? env_.loop.Modify(side.fd.get(), events, &side)
+                                 : env_.loop.Add(side.fd.get(), events, &side);
+  if (!s.ok()) {
+    base::LogError("epoll registration failed", {{"error", std::string(s.message())}});
+    Close(/*abortive=*/true);
+    return;
+  }
+  side.in_epoll = true;
+  side.registered = events;
+}
+
+void Connection::Refuse(RefusedReason reason, absl::string_view detail) {
+  env_.counters.refused[DirectionIndex()][static_cast<int>(reason)].Add();
+  if (env_.may_log()) {
+    base::LogWarning("connection refused",
+                     {{"direction", kDirectionNames[DirectionIndex()]},
+                      {"listener", listener_.name},
+                      {"reason", kRefusedReasonNames[static_cast<int>(reason)]},
+                      {"detail", std::string(detail)}});
+  }
+  if (ssl_ != nullptr && state_ == State::kConnecting) {
+    // Inbound: the peer is authenticated; tell it we are closing rather than resetting.
+    ERR_clear_error();
+    SSL_shutdown(ssl_.get());
+    ERR_clear_error();
+    Close(/*abortive=*/false);
+    return;
+  }
+  Close(/*abortive=*/true);
+}
+
+void Connection::Close(bool abortive) {
+  if (state_ == State::kClosed) {
+    return;
+  }
+  state_ = State::kClosed;
+  *alive_ = false;
+  if (timer_ != 0) {
+    env_.loop.CancelTimer(timer_);
+    timer_ = 0;
+  }
+  if (!abortive && ssl_ != nullptr && !tls_shutdown_sent_ &&
+      SSL_is_init_finished(ssl_.get())) {
+    ERR_clear_error();
+    SSL_shutdown(ssl_.get());  // best effort close_notify
+    ERR_clear_error();
+  }
+  for (Side* side : {&tls_, &plain_}) {
+    if (!side->fd.valid()) {
+      continue;
+    }
+    if (side->in_epoll) {
+      env_.loop.Remove(side->fd.get());
+      side->in_epoll = false;
+    }
+    if (abortive) {
+      net::SetAbortiveClose(side->fd.get());
+    }
+    side->fd.reset();
+  }
+  if (counted_active_) {
+    env_.counters.connections_active[DirectionIndex()].Add(-1);
+    counted_active_ = false;
+  }
+  if (!destroying_) {
+    env_.on_closed(id_);
+  }
+}
+
+}  // namespace meshtls::sidecar

@@ -1,0 +1,134 @@
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "certmgr/base/fd.h"
+#include "certmgr/base/host_port.h"
+#include "sidecar/metrics/labels.h"
+#include "sidecar/metrics/worker_counters.h"
+#include "sidecar/net/event_loop.h"
+#include "sidecar/net/resolver.h"
+#include "sidecar/proxy/relay_buffer.h"
+#include "sidecar/tls/peer_authorizer.h"
+#include "sidecar/tls/ssl_ptr.h"
+#include "sidecar/tls/tls_context.h"
+
+namespace meshtls::sidecar {
+
+// ListenerRuntime is what a connection needs to know about its listener. Owned by the worker;
+// immutable while the worker runs.
+struct ListenerRuntime {
+  size_t id = 0;  // index into the authz counters
+  Direction direction = Direction::kInbound;
+  std::string name;
+  base::HostPort target;  // forward (inbound) or connect (outbound)
+  PeerAuthorizer authorizer;
+};
+
+// ConnectionEnv is the worker's state a connection uses. Owned by the worker; used only on
+// the worker's thread.
+struct ConnectionEnv {
+  net::EventLoop& loop;
+  net::Resolver& resolver;
+  WorkerCounters& counters;
+  const TlsContextStore& tls;
+  net::MonoDuration handshake_timeout;
+  net::MonoDuration connect_timeout;
+  net::MonoDuration idle_timeout;
+  // on_closed is called once, from inside the connection, when it is done; the worker then
+  // deletes it from a deferred task (never during the event that closed it).
+  std::function<void(uint64_t id)> on_closed;
+  // may_log rate-limits failure log lines (one worker's budget).
+  std::function<bool()> may_log;
+};
+
+// Connection proxies one client connection. Inbound: TLS server handshake (client certificate
+// required, identity authorized inside the handshake), then a plain connection to `forward`.
+// Outbound: a plain connection from the app, a TLS client handshake to `connect` (server
+// identity checked against `expect`), then relay. Nothing is read from the app before the
+// peer is verified, and nothing from a peer reaches the app before it is authorized.
+//
+// Relaying moves bytes both ways through bounded buffers and maps half-close: a FIN from the
+// app becomes close_notify, a close_notify becomes a FIN. A reset or an unexpected EOF on
+// either side resets the other, so a truncated stream never looks complete.
+//
+// Owned by its worker and used only on the worker's thread.
+class Connection {
+ public:
+  Connection(uint64_t id, ConnectionEnv& env, const ListenerRuntime& listener,
+             base::UniqueFd accepted);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  void Start();
+  // Shutdown closes gracefully (used by drain when its deadline passes).
+  void Shutdown() { Close(/*abortive=*/false); }
+  uint64_t id() const { return id_; }
+
+ private:
+  enum class State { kResolving, kConnecting, kHandshaking, kRelaying, kClosed };
+
+  class Side final : public net::EventHandler {
+   public:
+    Side(Connection& c, bool tls) : connection_(c), tls_(tls) {}
+    void OnEvents(uint32_t events) override { connection_.OnEvents(tls_, events); }
+    base::UniqueFd fd;
+    uint32_t registered = 0;  // current epoll interest; 0 = not in epoll
+    bool in_epoll = false;
+
+   private:
+    Connection& connection_;
+    bool tls_;
+  };
+
+  void OnEvents(bool tls_side, uint32_t events);
+  void StartUpstreamConnect();
+  void OnResolved(absl::StatusOr<net::SocketAddress> address);
+  void OnUpstreamConnected();
+  void StartTls();
+  void DoHandshake();
+  void OnHandshakeFailed(int ssl_error);
+  void OnHandshakeDone();
+  void EnterRelaying();
+  void Progress();
+  void UpdateInterest();
+  void SetInterest(Side& side, uint32_t events);
+  void ArmIdleTimer();
+  void Close(bool abortive);
+  void Refuse(RefusedReason reason, absl::string_view detail);
+  int DirectionIndex() const { return static_cast<int>(listener_.direction); }
+  Side& tls_side() { return tls_; }
+  Side& plain_side() { return plain_; }
+
+  const uint64_t id_;
+  ConnectionEnv& env_;
+  const ListenerRuntime& listener_;
+  State state_ = State::kResolving;
+  Side tls_{*this, true};
+  Side plain_{*this, false};
+  std::shared_ptr<const TlsContext> context_;  // the generation this connection started with
+  SslPtr ssl_;
+  PeerCheck check_;
+  net::MonoTime handshake_start_;
+  net::MonoTime last_activity_;
+  net::EventLoop::TimerId timer_ = 0;
+
+  RelayBuffer to_tls_;    // app -> peer
+  RelayBuffer to_plain_;  // peer -> app
+  bool plain_eof_ = false;
+  bool tls_eof_ = false;
+  bool plain_write_shut_ = false;
+  bool tls_shutdown_sent_ = false;
+  bool tls_wants_read_ = false;   // a write or shutdown waits for the TLS socket to be readable
+  bool tls_wants_write_ = false;  // an SSL call waits for the TLS socket to be writable
+  bool plain_write_blocked_ = false;
+  bool destroying_ = false;
+  bool counted_active_ = false;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for resolver callbacks
+};
+
+}  // namespace meshtls::sidecar

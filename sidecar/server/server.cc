@@ -1,0 +1,330 @@
+#include "sidecar/server/server.h"
+
+#include <openssl/ssl.h>
+
+#include <atomic>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "certmgr/admin/admin_server.h"
+#include "certmgr/base/file.h"
+#include "certmgr/base/log.h"
+#include "certmgr/base/status_macros.h"
+#include "certmgr/client/ca_client.h"
+#include "certmgr/client/rotator.h"
+#include "sidecar/metrics/collector.h"
+#include "sidecar/net/resolver.h"
+#include "sidecar/net/socket.h"
+#include "sidecar/server/worker.h"
+#include "sidecar/tls/tls_context.h"
+
+namespace meshtls::sidecar {
+namespace {
+
+net::MonoDuration ToMono(absl::Duration d) {
+  return std::chrono::duration_cast<net::MonoDuration>(absl::ToChronoNanoseconds(d));
+}
+
+double UnixSeconds(absl::Time t) {
+  return t == absl::InfinitePast() ? 0 : static_cast<double>(absl::ToUnixSeconds(t));
+}
+
+std::string JsonTime(absl::Time t) {
+  if (t == absl::InfinitePast() || t == absl::InfiniteFuture()) {
+    return "null";
+  }
+  return absl::StrCat("\"", absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone()), "\"");
+}
+
+class ServerImpl final : public Server {
+ public:
+  explicit ServerImpl(const SidecarConfig& config) : config_(config) {}
+
+  ~ServerImpl() override {
+    if (rotator_ != nullptr) {
+      rotator_->Stop();
+    }
+    admin_.reset();
+    for (auto& w : workers_) {
+      w->Stop();
+    }
+  }
+
+  absl::Status Init() {
+    settings_.allow_tls12 = config_.tls.min_version == "1.2";
+    if (config_.tls.session_resumption) {
+      base::LogInfo(
+          "tls.session_resumption is accepted but not implemented yet: every handshake is full");
+    }
+    // Listener runtimes: inbound first, then outbound (this order indexes the authz counters).
+    for (const auto* list : {&config_.inbound, &config_.outbound}) {
+      for (const ListenerConfig& l : *list) {
+        MESHTLS_ASSIGN_OR_RETURN(PeerAuthorizer authorizer, PeerAuthorizer::Create(l.peers));
+        listeners_.push_back(ListenerRuntime{
+            .id = listeners_.size(),
+            .direction = list == &config_.inbound ? Direction::kInbound : Direction::kOutbound,
+            .name = l.name,
+            .target = l.target,
+            .authorizer = std::move(authorizer)});
+      }
+    }
+    resolver_ = std::make_unique<net::Resolver>();
+    const int worker_count = config_.workers > 0
+                                 ? config_.workers
+                                 : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    // Bind every worker's socket now, so a port conflict fails the start. A listener on port 0
+    // gets its port from the first bind and the other workers share it.
+    std::vector<std::vector<base::UniqueFd>> fds(worker_count);
+    std::vector<const ListenerConfig*> configs;
+    for (const auto* list : {&config_.inbound, &config_.outbound}) {
+      for (const ListenerConfig& l : *list) {
+        configs.push_back(&l);
+      }
+    }
+    for (const ListenerConfig* l : configs) {
+      MESHTLS_ASSIGN_OR_RETURN(net::SocketAddress address, net::ToSocketAddress(l->listen));
+      for (int w = 0; w < worker_count; ++w) {
+        absl::StatusOr<base::UniqueFd> fd = net::ListenTcp(address, /*reuse_port=*/true);
+        if (!fd.ok()) {
+          return absl::Status(fd.status().code(),
+                              absl::StrCat("listener ", l->name, ": ", fd.status().message()));
+        }
+        if (w == 0 && l->listen.port == 0) {
+          base::HostPort bound = l->listen;
+          bound.port = net::LocalPort(fd->get());
+          MESHTLS_ASSIGN_OR_RETURN(address, net::ToSocketAddress(bound));
+        }
+        fds[w].push_back(*std::move(fd));
+      }
+      base::LogInfo("listening", {{"listener", l->name}, {"address", address.ToString()}});
+    }
+    const WorkerLimits limits{.handshake_timeout = ToMono(config_.limits.handshake_timeout),
+                              .connect_timeout = ToMono(config_.limits.connect_timeout),
+                              .idle_timeout = ToMono(config_.limits.idle_timeout),
+                              .max_connections = config_.limits.max_connections};
+    std::vector<const WorkerCounters*> shards;
+    for (int w = 0; w < worker_count; ++w) {
+      MESHTLS_ASSIGN_OR_RETURN(std::unique_ptr<Worker> worker,
+                               Worker::Create(w, listeners_, std::move(fds[w]), store_, *resolver_,
+                                              limits, open_connections_));
+      shards.push_back(&worker->counters());
+      workers_.push_back(std::move(worker));
+    }
+    std::vector<ListenerLabel> labels;
+    for (const ListenerRuntime& l : listeners_) {
+      labels.push_back({l.direction, l.name});
+    }
+    auto collector = std::make_shared<SidecarCollector>(std::move(shards), std::move(labels),
+                                                        [this] { return CredentialState(); });
+    std::vector<admin::AdminRoute> routes;
+    routes.push_back({"/healthz", [] { return admin::HttpResponse{.body = "ok\n"}; }});
+    routes.push_back({"/readyz", [this] { return Readiness(); }});
+    routes.push_back({"/certs", [this] { return CertsJson(); }});
+    MESHTLS_ASSIGN_OR_RETURN(admin_, admin::AdminServer::Start(config_.admin_listen,
+                                                               std::move(routes), {collector}));
+    for (auto& w : workers_) {
+      w->Start();
+    }
+    listeners_up_.store(true);
+
+    if (config_.identity_mode == SidecarConfig::IdentityMode::kFiles) {
+      MESHTLS_RETURN_IF_ERROR(ReloadFiles());
+    } else {
+      absl::StatusOr<std::string> server_ca = base::ReadFileToString(config_.certmgr.server_ca);
+      if (!server_ca.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("identity.certmgr.server_ca: ", server_ca.status().message()));
+      }
+      ca_client_ = certmgr::NewGrpcCaClient(config_.certmgr.address, *server_ca);
+      certmgr::RotatorOptions options;
+      options.renew_at = config_.certmgr.renew_at;
+      options.token_file = config_.certmgr.token_file;
+      options.on_attempt = [this](const absl::Status& s) {
+        (s.ok() ? renewals_success_ : renewals_failure_).fetch_add(1);
+      };
+      rotator_ = std::make_unique<certmgr::Rotator>(options, *ca_client_, *this,
+                                                    base::RealClock::Get());
+      rotator_->Start();
+    }
+    base::LogInfo("sidecar started", {{"workers", absl::StrCat(worker_count)},
+                                      {"admin_port", absl::StrCat(admin_->port())}});
+    return absl::OkStatus();
+  }
+
+  absl::Status Publish(const pki::CredentialBundle& bundle) override {
+    const uint64_t generation = generation_.load() + 1;
+    absl::StatusOr<std::shared_ptr<const TlsContext>> context =
+        TlsContext::Create(bundle, config_.trust_domain, settings_, generation);
+    if (!context.ok()) {
+      base::LogError("new credentials refused; keeping the current TLS context",
+                     {{"error", std::string(context.status().message())}});
+      return context.status();
+    }
+    store_.Publish(*context);
+    generation_.store(generation);
+    {
+      absl::MutexLock lock(&mu_);
+      last_load_ = absl::Now();
+    }
+    base::LogInfo("tls context published",
+                  {{"identity", (*context)->identity().str()},
+                   {"generation", absl::StrCat(generation)},
+                   {"not_after", absl::FormatTime((*context)->not_after())},
+                   {"trust_bundle_roots", absl::StrCat(bundle.trust_bundle.size())}});
+    return absl::OkStatus();
+  }
+
+  absl::Status ReloadFiles() override {
+    if (config_.identity_mode != SidecarConfig::IdentityMode::kFiles) {
+      return absl::OkStatus();
+    }
+    absl::Status s = [&]() -> absl::Status {
+      MESHTLS_ASSIGN_OR_RETURN(std::string cert_pem, base::ReadFileToString(config_.files.cert));
+      MESHTLS_ASSIGN_OR_RETURN(std::string key_pem, base::ReadFileToString(config_.files.key));
+      MESHTLS_ASSIGN_OR_RETURN(std::string bundle_pem,
+                               base::ReadFileToString(config_.files.trust_bundle));
+      absl::StatusOr<std::vector<pki::Certificate>> chain = pki::ParsePemChain(cert_pem);
+      if (!chain.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("identity.files.cert: ", chain.status().message()));
+      }
+      absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::FromPem(key_pem);
+      if (!key.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("identity.files.key: ", key.status().message()));
+      }
+      absl::StatusOr<std::vector<pki::Certificate>> roots = pki::ParsePemChain(bundle_pem);
+      if (!roots.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("identity.files.trust_bundle: ", roots.status().message()));
+      }
+      return Publish(pki::CredentialBundle{.chain = *std::move(chain),
+                                           .key = *std::move(key),
+                                           .trust_bundle = *std::move(roots),
+                                           .bundle_sequence = generation_.load() + 1});
+    }();
+    (s.ok() ? renewals_success_ : renewals_failure_).fetch_add(1);
+    return s;
+  }
+
+  void Drain() override {
+    draining_.store(true);
+    base::LogInfo("draining", {{"open_connections", absl::StrCat(open_connections_.load())},
+                               {"drain_timeout", absl::FormatDuration(config_.limits.drain_timeout)}});
+    for (auto& w : workers_) {
+      w->StopAccepting();
+    }
+    const absl::Time deadline = absl::Now() + config_.limits.drain_timeout;
+    // Poll the shared connection count; draining happens once per process life.
+    while (open_connections_.load() > 0 && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    base::LogInfo("drained", {{"still_open", absl::StrCat(open_connections_.load())}});
+  }
+
+  uint16_t admin_port() const override { return admin_ == nullptr ? 0 : admin_->port(); }
+
+ private:
+  CredentialGauges CredentialState() const {
+    CredentialGauges g;
+    std::shared_ptr<const TlsContext> context = store_.Snapshot();
+    if (context != nullptr) {
+      g.not_before = UnixSeconds(context->bundle().chain[0].not_before());
+      g.not_after = UnixSeconds(context->not_after());
+      g.trust_bundle_roots = context->bundle().trust_bundle.size();
+      g.trust_bundle_sequence = context->bundle().bundle_sequence;
+    }
+    if (rotator_ != nullptr) {
+      certmgr::RotatorStatus s = rotator_->status();
+      g.renewal_due = UnixSeconds(s.next_refresh);
+      g.last_renewal = UnixSeconds(s.last_success);
+    } else {
+      absl::MutexLock lock(&mu_);
+      g.last_renewal = UnixSeconds(last_load_);
+    }
+    g.renewals_success = renewals_success_.load();
+    g.renewals_failure = renewals_failure_.load();
+    g.tls_context_generation = generation_.load();
+    return g;
+  }
+
+  admin::HttpResponse Readiness() const {
+    auto not_ready = [](std::string why) {
+      return admin::HttpResponse{.status = 503, .body = why + "\n"};
+    };
+    if (draining_.load()) {
+      return not_ready("draining");
+    }
+    if (!listeners_up_.load()) {
+      return not_ready("listeners not up");
+    }
+    std::shared_ptr<const TlsContext> context = store_.Snapshot();
+    if (context == nullptr) {
+      return not_ready("no certificate yet");
+    }
+    if (absl::Now() >= context->not_after()) {
+      return not_ready(absl::StrCat("certificate expired at ", absl::FormatTime(context->not_after())));
+    }
+    return admin::HttpResponse{.body = "ready\n"};
+  }
+
+  admin::HttpResponse CertsJson() const {
+    std::shared_ptr<const TlsContext> context = store_.Snapshot();
+    admin::HttpResponse r;
+    r.content_type = "application/json";
+    if (context == nullptr) {
+      r.body = "{\"identity\":null}\n";
+      return r;
+    }
+    const pki::Certificate& leaf = context->bundle().chain[0];
+    certmgr::RotatorStatus rs;
+    if (rotator_ != nullptr) {
+      rs = rotator_->status();
+    }
+    std::string roots;
+    for (const pki::Certificate& root : context->bundle().trust_bundle) {
+      absl::StrAppend(&roots, roots.empty() ? "" : ",", "{\"subject\":\"",
+                      base::JsonEscape(root.SubjectText()), "\",\"sha256\":\"",
+                      root.Sha256Fingerprint(), "\",\"not_after\":", JsonTime(root.not_after()),
+                      "}");
+    }
+    r.body = absl::StrCat(
+        "{\"identity\":\"", base::JsonEscape(context->identity().str()), "\",\"serial\":\"",
+        leaf.SerialHex(), "\",\"not_before\":", JsonTime(leaf.not_before()),
+        ",\"not_after\":", JsonTime(leaf.not_after()),
+        ",\"renewal_due\":", JsonTime(rs.next_refresh),
+        ",\"last_renewal_error\":\"", base::JsonEscape(rs.last_error), "\"",
+        ",\"trust_bundle\":{\"sequence\":", context->bundle().bundle_sequence, ",\"roots\":[",
+        roots, "]},\"tls_context_generation\":", context->generation(), "}\n");
+    return r;
+  }
+
+  const SidecarConfig config_;
+  TlsSettings settings_;
+  TlsContextStore store_;
+  std::vector<ListenerRuntime> listeners_;
+  std::unique_ptr<net::Resolver> resolver_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::unique_ptr<admin::AdminServer> admin_;
+  std::unique_ptr<certmgr::CaClient> ca_client_;
+  std::unique_ptr<certmgr::Rotator> rotator_;
+  std::atomic<int> open_connections_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<uint64_t> renewals_success_{0};
+  std::atomic<uint64_t> renewals_failure_{0};
+  std::atomic<bool> listeners_up_{false};
+  std::atomic<bool> draining_{false};
+  mutable absl::Mutex mu_;
+  absl::Time last_load_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(const SidecarConfig& config) {
+  auto server = std::make_unique<ServerImpl>(config);
+  MESHTLS_RETURN_IF_ERROR(server->Init());
+  return server;
+}
+
+}  // namespace meshtls::sidecar

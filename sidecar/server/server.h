@@ -1,0 +1,30 @@
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "certmgr/client/credential_sink.h"
+#include "sidecar/config/sidecar_config.h"
+
+namespace meshtls::sidecar {
+
+// Server is a running sidecar: workers with their listeners, the admin endpoint, and the
+// identity source (certmgr rotation or files). It implements CredentialSink: each published
+// bundle becomes a new immutable TlsContext swapped in atomically; a bundle that cannot be
+// used is refused and the previous context stays.
+//
+// Create/Drain/Stop/ReloadFiles run on the main thread; Publish on the rotator's threads.
+class Server : public certmgr::CredentialSink {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Create(const SidecarConfig& config);
+  ~Server() override = default;
+
+  // Drain: readiness 503 at once, stop accepting, let connections finish up to
+  // limits.drain_timeout, then close what is left.
+  virtual void Drain() = 0;
+  // ReloadFiles re-reads the files of identity.files (SIGHUP). No-op in certmgr mode.
+  virtual absl::Status ReloadFiles() = 0;
+  virtual uint16_t admin_port() const = 0;
+};
+
+}  // namespace meshtls::sidecar

@@ -1,0 +1,145 @@
+#include "sidecar/server/worker.h"
+
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "certmgr/base/log.h"
+#include "sidecar/net/socket.h"
+
+namespace meshtls::sidecar {
+
+absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
+    int index, const std::vector<ListenerRuntime>& listeners,
+    std::vector<base::UniqueFd> listen_fds, const TlsContextStore& tls, net::Resolver& resolver,
+    WorkerLimits limits, std::atomic<int>& open_connections) {
+  absl::StatusOr<std::unique_ptr<net::EventLoop>> loop = net::EventLoop::Create();
+  if (!loop.ok()) {
+    return loop.status();
+  }
+  auto worker = std::unique_ptr<Worker>(new Worker(index, tls, resolver, limits, open_connections,
+                                                   listeners.size(), *std::move(loop)));
+  for (size_t i = 0; i < listeners.size(); ++i) {
+    auto acceptor = std::make_unique<Acceptor>(*worker, listeners[i], std::move(listen_fds[i]));
+    absl::Status s = worker->loop_->Add(acceptor->fd.get(), EPOLLIN, acceptor.get());
+    if (!s.ok()) {
+      return s;
+    }
+    worker->acceptors_.push_back(std::move(acceptor));
+  }
+  return worker;
+}
+
+Worker::Worker(int index, const TlsContextStore& tls, net::Resolver& resolver,
+               WorkerLimits limits, std::atomic<int>& open_connections, size_t listener_count,
+               std::unique_ptr<net::EventLoop> loop)
+    : index_(index),
+      limits_(limits),
+      open_connections_(open_connections),
+      counters_(listener_count),
+      loop_(std::move(loop)),
+      env_{.loop = *loop_,
+           .resolver = resolver,
+           .counters = counters_,
+           .tls = tls,
+           .handshake_timeout = limits.handshake_timeout,
+           .connect_timeout = limits.connect_timeout,
+           .idle_timeout = limits.idle_timeout,
+           .on_closed = nullptr,
+           .may_log = nullptr} {
+  env_.on_closed = [this](uint64_t id) {
+    open_connections_.fetch_sub(1, std::memory_order_relaxed);
+    // Delete after the current event batch: the connection's handlers may still be on the stack.
+    loop_->Defer([this, id] { connections_.erase(id); });
+  };
+  env_.may_log = [this] { return MayLog(); };
+}
+
+Worker::~Worker() { Stop(); }
+
+bool Worker::MayLog() {
+  const net::MonoTime now = net::EventLoop::Now();
+  log_tokens_ = std::min(20.0, log_tokens_ + 10.0 * std::chrono::duration<double>(now - log_refill_).count());
+  log_refill_ = now;
+  if (log_tokens_ < 1) {
+    return false;
+  }
+  log_tokens_ -= 1;
+  return true;
+}
+
+void Worker::Accept(Acceptor& acceptor) {
+  const int direction = static_cast<int>(acceptor.listener.direction);
+  for (int i = 0; i < 64; ++i) {
+    int fd = ::accept4(acceptor.fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Out of descriptors: pause this listener briefly instead of spinning on it.
+        if (MayLog()) {
+          base::LogWarning("accept paused: out of file descriptors",
+                           {{"listener", acceptor.listener.name}, {"error", std::strerror(errno)}});
+        }
+        loop_->Remove(acceptor.fd.get());
+        acceptor.paused = true;
+        loop_->AddTimer(std::chrono::milliseconds(100), [this, &acceptor] {
+          if (acceptor.paused && acceptor.fd.valid()) {
+            acceptor.paused = false;
+            (void)loop_->Add(acceptor.fd.get(), EPOLLIN, &acceptor);
+          }
+        });
+      }
+      return;  // EAGAIN, or a connection that died before accept
+    }
+    base::UniqueFd accepted(fd);
+    if (open_connections_.fetch_add(1, std::memory_order_relaxed) >= limits_.max_connections) {
+      open_connections_.fetch_sub(1, std::memory_order_relaxed);
+      counters_.refused[direction][static_cast<int>(RefusedReason::kMaxConnections)].Add();
+      net::SetAbortiveClose(accepted.get());
+      continue;
+    }
+    const uint64_t id = next_connection_id_++;
+    auto connection = std::make_unique<Connection>(id, env_, acceptor.listener, std::move(accepted));
+    Connection* raw = connection.get();
+    connections_.emplace(id, std::move(connection));
+    raw->Start();
+  }
+}
+
+void Worker::Start() {
+  thread_ = std::thread([this] { loop_->Run(); });
+}
+
+void Worker::StopAccepting() {
+  loop_->Post([this] {
+    for (auto& acceptor : acceptors_) {
+      if (acceptor->fd.valid()) {
+        loop_->Remove(acceptor->fd.get());
+        acceptor->fd.reset();
+      }
+    }
+  });
+}
+
+void Worker::Stop() {
+  if (!thread_.joinable()) {
+    return;
+  }
+  loop_->Post([this] {
+    // Close what is left gracefully, then stop.
+    std::vector<Connection*> open;
+    for (auto& [id, c] : connections_) {
+      open.push_back(c.get());
+    }
+    for (Connection* c : open) {
+      c->Shutdown();
+    }
+    loop_->Defer([this] { loop_->Stop(); });
+  });
+  thread_.join();
+  connections_.clear();
+}
+
+}  // namespace meshtls::sidecar

@@ -1,0 +1,79 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "certmgr/base/fd.h"
+#include "sidecar/metrics/worker_counters.h"
+#include "sidecar/net/event_loop.h"
+#include "sidecar/net/resolver.h"
+#include "sidecar/proxy/connection.h"
+#include "sidecar/tls/tls_context.h"
+
+namespace meshtls::sidecar {
+
+struct WorkerLimits {
+  net::MonoDuration handshake_timeout;
+  net::MonoDuration connect_timeout;
+  net::MonoDuration idle_timeout;
+  int max_connections = 20000;
+};
+
+// Worker is one data-plane thread: its own epoll loop, its own SO_REUSEPORT listening socket
+// per listener, its own connections and its own metric shard. Other threads reach it only
+// through EventLoop::Post. `listeners`, the store, the resolver and `open_connections` (shared
+// by all workers, touched once per connection) must outlive it.
+class Worker {
+ public:
+  static absl::StatusOr<std::unique_ptr<Worker>> Create(
+      int index, const std::vector<ListenerRuntime>& listeners,
+      std::vector<base::UniqueFd> listen_fds, const TlsContextStore& tls, net::Resolver& resolver,
+      WorkerLimits limits, std::atomic<int>& open_connections);
+  ~Worker();
+
+  void Start();
+  // StopAccepting closes this worker's listening sockets (drain). Thread-safe.
+  void StopAccepting();
+  // Stop closes every connection and joins the thread. Call from the owning thread.
+  void Stop();
+  const WorkerCounters& counters() const { return counters_; }
+
+ private:
+  class Acceptor final : public net::EventHandler {
+   public:
+    Acceptor(Worker& w, const ListenerRuntime& l, base::UniqueFd fd)
+        : worker(w), listener(l), fd(std::move(fd)) {}
+    void OnEvents(uint32_t) override { worker.Accept(*this); }
+    Worker& worker;
+    const ListenerRuntime& listener;
+    base::UniqueFd fd;
+    bool paused = false;
+  };
+
+  Worker(int index, const TlsContextStore& tls, net::Resolver& resolver, WorkerLimits limits,
+         std::atomic<int>& open_connections, size_t listener_count,
+         std::unique_ptr<net::EventLoop> loop);
+  void Accept(Acceptor& acceptor);
+  bool MayLog();
+
+  const int index_;
+  WorkerLimits limits_;
+  std::atomic<int>& open_connections_;
+  WorkerCounters counters_;
+  std::unique_ptr<net::EventLoop> loop_;
+  ConnectionEnv env_;
+  std::vector<std::unique_ptr<Acceptor>> acceptors_;
+  std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
+  uint64_t next_connection_id_ = 1;
+  // Failure-log budget: a token bucket refilled at 10 lines/s, burst 20 (per worker).
+  double log_tokens_ = 20;
+  net::MonoTime log_refill_ = net::EventLoop::Now();
+  std::thread thread_;
+};
+
+}  // namespace meshtls::sidecar

@@ -1,0 +1,14 @@
+#pragma once
+
+#include <openssl/ssl.h>
+
+#include <memory>
+
+#include "certmgr/pki/openssl_ptr.h"
+
+namespace meshtls::sidecar {
+
+using SslCtxPtr = std::unique_ptr<SSL_CTX, pki::OpenSslFree<SSL_CTX_free>>;
+using SslPtr = std::unique_ptr<SSL, pki::OpenSslFree<SSL_free>>;
+
+}  // namespace meshtls::sidecar
