@@ -64,6 +64,14 @@ class Parser {
       if (Content(at_) == "---") {
         return LineError(lines_[at_].number, "only one YAML document is allowed");
       }
+      if (Content(at_) == "...") {
+        ++at_;
+        SkipBlank();
+        if (at_ >= lines_.size()) {
+          return root;
+        }
+        return LineError(lines_[at_].number, "only one YAML document is allowed");
+      }
       return LineError(lines_[at_].number, "unexpected content (check the indentation)");
     }
     return root;
@@ -197,6 +205,9 @@ class Parser {
         if (at_ >= lines_.size()) {
           break;
         }
+        if (Content(at_) == "---" || Content(at_) == "...") {
+          break;  // a document marker ends every block; ParseDocument reports it
+        }
         MESHTLS_ASSIGN_OR_RETURN(int line_indent, Indent(at_));
         if (line_indent < indent) {
           break;
@@ -284,6 +295,9 @@ class Parser {
         SkipBlank();
         if (at_ >= lines_.size()) {
           break;
+        }
+        if (Content(at_) == "---" || Content(at_) == "...") {
+          break;  // a document marker ends every block; ParseDocument reports it
         }
         MESHTLS_ASSIGN_OR_RETURN(int line_indent, Indent(at_));
         if (line_indent < indent) {

@@ -109,6 +109,12 @@ absl::StatusOr<SpiffeId> SpiffeId::Parse(absl::string_view text) {
 
 absl::StatusOr<SpiffeId> SpiffeId::ForWorkload(absl::string_view trust_domain,
                                                absl::string_view ns, absl::string_view sa) {
+  for (absl::string_view part : {ns, sa}) {
+    if (part.empty() || part.find('/') != absl::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "namespace and service account must be single non-empty segments, not \"", part, "\""));
+    }
+  }
   return Parse(absl::StrCat("spiffe://", trust_domain, "/ns/", ns, "/sa/", sa));
 }
 

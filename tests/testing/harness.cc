@@ -1,0 +1,360 @@
+#include "tests/testing/harness.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "certmgr/base/file.h"
+
+extern char** environ;
+
+namespace meshtls::testing {
+namespace {
+
+sockaddr_in Loopback(uint16_t port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return a;
+}
+
+int PollOne(int fd, short events, absl::Time deadline) {
+  while (true) {
+    const int64_t ms = std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now()));
+    pollfd p{fd, events, 0};
+    int rc = ::poll(&p, 1, static_cast<int>(ms));
+    if (rc < 0 && errno == EINTR) {
+      continue;
+    }
+    return rc;
+  }
+}
+
+}  // namespace
+
+TempDir::TempDir() {
+  std::string tmpl = (std::filesystem::temp_directory_path() / "meshtls-test.XXXXXX").string();
+  char* made = ::mkdtemp(tmpl.data());
+  path_ = made == nullptr ? "/tmp" : made;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::string TempDir::File(absl::string_view name) const { return absl::StrCat(path_, "/", name); }
+
+std::string TempDir::Write(absl::string_view name, absl::string_view contents,
+                           unsigned mode) const {
+  const std::string path = File(name);
+  (void)base::WriteFileAtomically(path, std::string(contents), mode);
+  return path;
+}
+
+std::string BinaryPath(absl::string_view name) {
+  if (const char* dir = std::getenv("MESHTLS_BINARY_DIR")) {
+    return absl::StrCat(dir, "/", name);
+  }
+  if (name == "meshtls-sidecar") {
+    return MESHTLS_SIDECAR_BINARY;
+  }
+  return MESHTLS_CERTMGR_BINARY;
+}
+
+absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(std::vector<std::string> argv,
+                                                              std::string log_path) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  std::vector<char*> args;
+  for (std::string& a : argv) {
+    args.push_back(a.data());
+  }
+  args.push_back(nullptr);
+  pid_t pid = 0;
+  int rc = ::posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    return absl::InternalError(absl::StrCat("posix_spawn ", argv[0], ": ", std::strerror(rc)));
+  }
+  return std::unique_ptr<Subprocess>(new Subprocess(pid, std::move(log_path)));
+}
+
+Subprocess::~Subprocess() {
+  if (!exit_code_.has_value()) {
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+  }
+}
+
+void Subprocess::Signal(int signal_number) {
+  if (!exit_code_.has_value()) {
+    ::kill(pid_, signal_number);
+  }
+}
+
+std::optional<int> Subprocess::WaitForExit(absl::Duration timeout) {
+  if (exit_code_.has_value()) {
+    return exit_code_;
+  }
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    int status = 0;
+    pid_t r = ::waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return exit_code_;
+    }
+    if (absl::Now() >= deadline) {
+      return std::nullopt;
+    }
+    absl::SleepFor(absl::Milliseconds(10));  // polling a child's exit with a deadline
+  }
+}
+
+std::string Subprocess::Log() const {
+  absl::StatusOr<std::string> text = base::ReadFileToString(log_path_, 64 << 20);
+  return text.ok() ? *text : std::string();
+}
+
+bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    if (condition()) {
+      return true;
+    }
+    if (absl::Now() >= deadline) {
+      return false;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+uint16_t PickFreePort() {
+  base::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a = Loopback(0);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    return 0;
+  }
+  socklen_t len = sizeof(a);
+  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  return ntohs(a.sin_port);
+}
+
+absl::StatusOr<base::UniqueFd> TcpConnect(uint16_t port, absl::Duration timeout) {
+  base::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  sockaddr_in a = Loopback(port);
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 &&
+      errno != EINPROGRESS) {
+    return absl::UnavailableError(absl::StrCat("connect: ", std::strerror(errno)));
+  }
+  if (PollOne(fd.get(), POLLOUT, absl::Now() + timeout) <= 0) {
+    return absl::DeadlineExceededError("connect timed out");
+  }
+  int err = 0;
+  socklen_t len = sizeof(err);
+  ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+  if (err != 0) {
+    return absl::UnavailableError(absl::StrCat("connect: ", std::strerror(err)));
+  }
+  int flags = ::fcntl(fd.get(), F_GETFL);
+  ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK);
+  int one = 1;
+  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return fd;
+}
+
+absl::Status SendAll(int fd, absl::string_view data) {
+  size_t sent = 0;
+  while (sent < data.size()) {
+    ssize_t n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return absl::UnavailableError(absl::StrCat("send: ", std::strerror(errno)));
+    }
+    sent += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> RecvExactly(int fd, size_t n, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::string out;
+  char buf[65536];
+  while (out.size() < n) {
+    if (PollOne(fd, POLLIN, deadline) <= 0) {
+      return absl::DeadlineExceededError(absl::StrCat("got ", out.size(), " of ", n, " bytes"));
+    }
+    ssize_t r = ::recv(fd, buf, std::min(sizeof(buf), n - out.size()), 0);
+    if (r == 0) {
+      return absl::OutOfRangeError(absl::StrCat("EOF after ", out.size(), " of ", n, " bytes"));
+    }
+    if (r < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return absl::UnavailableError(absl::StrCat("recv: ", std::strerror(errno)));
+    }
+    out.append(buf, static_cast<size_t>(r));
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> RecvUntilEof(int fd, absl::Duration timeout, size_t max) {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::string out;
+  char buf[65536];
+  while (out.size() <= max) {
+    if (PollOne(fd, POLLIN, deadline) <= 0) {
+      return absl::DeadlineExceededError(absl::StrCat("no EOF after ", out.size(), " bytes"));
+    }
+    ssize_t r = ::recv(fd, buf, sizeof(buf), 0);
+    if (r == 0) {
+      return out;
+    }
+    if (r < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return absl::UnavailableError(absl::StrCat("recv: ", std::strerror(errno)));
+    }
+    out.append(buf, static_cast<size_t>(r));
+  }
+  return absl::ResourceExhaustedError("more than max bytes");
+}
+
+std::string RandomBytes(size_t n) {
+  std::mt19937_64 rng(n * 7919 + 17);
+  std::string out(n, '\0');
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = static_cast<char>(rng() & 0xff);
+  }
+  return out;
+}
+
+absl::StatusOr<HttpResult> HttpGet(uint16_t port, absl::string_view path, absl::Duration timeout) {
+  absl::StatusOr<base::UniqueFd> fd = TcpConnect(port, timeout);
+  if (!fd.ok()) {
+    return fd.status();
+  }
+  absl::Status s = SendAll(fd->get(), absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                                   "Connection: close\r\n\r\n"));
+  if (!s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::string> response = RecvUntilEof(fd->get(), timeout);
+  if (!response.ok()) {
+    return response.status();
+  }
+  HttpResult r;
+  size_t header_end = response->find("\r\n\r\n");
+  if (response->size() < 12 || header_end == std::string::npos ||
+      !absl::SimpleAtoi(response->substr(9, 3), &r.status)) {
+    return absl::InternalError("malformed HTTP response");
+  }
+  r.body = response->substr(header_end + 4);
+  return r;
+}
+
+std::optional<double> MetricValue(absl::string_view metrics_text, absl::string_view series) {
+  for (absl::string_view line : absl::StrSplit(metrics_text, '\n')) {
+    if (absl::ConsumePrefix(&line, series) && absl::ConsumePrefix(&line, " ")) {
+      double v = 0;
+      if (absl::SimpleAtod(line, &v)) {
+        return v;
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+double ScrapeMetric(uint16_t admin_port, absl::string_view series) {
+  absl::StatusOr<HttpResult> r = HttpGet(admin_port, "/metrics");
+  if (!r.ok() || r->status != 200) {
+    return -1;
+  }
+  return MetricValue(r->body, series).value_or(-1);
+}
+
+EchoServer::EchoServer() : listen_fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+  sockaddr_in a = Loopback(0);
+  int one = 1;
+  ::setsockopt(listen_fd_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  ::bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  ::listen(listen_fd_.get(), 128);
+  socklen_t len = sizeof(a);
+  ::getsockname(listen_fd_.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  port_ = ntohs(a.sin_port);
+  accept_thread_ = std::thread([this] { AcceptLoop(); });
+}
+
+EchoServer::~EchoServer() {
+  stop_.store(true);
+  accept_thread_.join();
+  for (std::thread& t : connection_threads_) {
+    t.join();
+  }
+}
+
+void EchoServer::AcceptLoop() {
+  while (!stop_.load()) {
+    if (PollOne(listen_fd_.get(), POLLIN, absl::Now() + absl::Milliseconds(50)) <= 0) {
+      continue;
+    }
+    int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      continue;
+    }
+    connections_.fetch_add(1);
+    connection_threads_.emplace_back([this, fd] { Serve(base::UniqueFd(fd)); });
+  }
+}
+
+void EchoServer::Serve(base::UniqueFd fd) {
+  char buf[65536];
+  while (!stop_.load()) {
+    if (PollOne(fd.get(), POLLIN, absl::Now() + absl::Milliseconds(50)) <= 0) {
+      continue;
+    }
+    ssize_t n = ::recv(fd.get(), buf, sizeof(buf), 0);
+    if (n <= 0) {
+      ::shutdown(fd.get(), SHUT_WR);  // echo the half-close
+      // Wait for the other side to close too (bounded by stop_).
+      while (!stop_.load() &&
+             PollOne(fd.get(), POLLIN, absl::Now() + absl::Milliseconds(50)) <= 0) {
+      }
+      return;
+    }
+    bytes_.fetch_add(static_cast<uint64_t>(n));
+    if (!SendAll(fd.get(), absl::string_view(buf, static_cast<size_t>(n))).ok()) {
+      return;
+    }
+  }
+}
+
+}  // namespace meshtls::testing

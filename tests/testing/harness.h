@@ -1,0 +1,111 @@
+#pragma once
+
+// Helpers for integration tests: temporary directories, the real binaries as subprocesses,
+// loopback TCP with timeouts, polling with deadlines, and Prometheus scrapes.
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "certmgr/base/fd.h"
+
+namespace meshtls::testing {
+
+// TempDir is a fresh directory, removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string File(absl::string_view name) const;
+  // Write creates (or replaces) `name` and returns its path.
+  std::string Write(absl::string_view name, absl::string_view contents, unsigned mode = 0644) const;
+
+ private:
+  std::string path_;
+};
+
+// BinaryPath returns the path of a built binary ("meshtls-sidecar", "meshtls-certmgr").
+std::string BinaryPath(absl::string_view name);
+
+// Subprocess runs a binary with stdout and stderr sent to a log file. The destructor kills
+// it (SIGKILL) if it still runs.
+class Subprocess {
+ public:
+  static absl::StatusOr<std::unique_ptr<Subprocess>> Start(std::vector<std::string> argv,
+                                                           std::string log_path);
+  ~Subprocess();
+  void Signal(int signal_number);
+  // WaitForExit returns the exit code (128 + N after signal N), or nullopt on timeout.
+  std::optional<int> WaitForExit(absl::Duration timeout);
+  std::string Log() const;
+  pid_t pid() const { return pid_; }
+
+ private:
+  Subprocess(pid_t pid, std::string log_path) : pid_(pid), log_path_(std::move(log_path)) {}
+  pid_t pid_;
+  std::string log_path_;
+  std::optional<int> exit_code_;
+};
+
+// WaitFor polls `condition` every 20 ms until it holds (true) or `timeout` passes (false).
+bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout);
+
+// PickFreePort binds 127.0.0.1:0, reads the port and releases it.
+uint16_t PickFreePort();
+
+struct HttpResult {
+  int status = 0;
+  std::string body;
+};
+absl::StatusOr<HttpResult> HttpGet(uint16_t port, absl::string_view path,
+                                   absl::Duration timeout = absl::Seconds(5));
+
+// MetricValue finds one exact series ("name{label=\"v\",...}" as Prometheus prints it).
+std::optional<double> MetricValue(absl::string_view metrics_text, absl::string_view series);
+// ScrapeMetric reads a series from an admin port's /metrics; -1 when absent or unreachable.
+double ScrapeMetric(uint16_t admin_port, absl::string_view series);
+
+// Blocking loopback TCP with timeouts.
+absl::StatusOr<base::UniqueFd> TcpConnect(uint16_t port, absl::Duration timeout = absl::Seconds(5));
+absl::Status SendAll(int fd, absl::string_view data);
+// RecvExactly reads n bytes; RecvUntilEof reads until EOF (at most `max` bytes).
+absl::StatusOr<std::string> RecvExactly(int fd, size_t n, absl::Duration timeout);
+absl::StatusOr<std::string> RecvUntilEof(int fd, absl::Duration timeout, size_t max = 64 << 20);
+// RandomBytes returns n pseudo-random bytes.
+std::string RandomBytes(size_t n);
+
+// EchoServer is the "local app" of integration tests: it echoes every byte back on each
+// connection, and on EOF echoes what is left, then half-closes. It counts connections and
+// bytes, so tests can assert that nothing reached it.
+class EchoServer {
+ public:
+  EchoServer();
+  ~EchoServer();
+  uint16_t port() const { return port_; }
+  int connections() const { return connections_.load(); }
+  uint64_t bytes_received() const { return bytes_.load(); }
+
+ private:
+  void AcceptLoop();
+  void Serve(base::UniqueFd fd);
+  base::UniqueFd listen_fd_;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> connections_{0};
+  std::atomic<uint64_t> bytes_{0};
+  std::thread accept_thread_;
+  std::vector<std::thread> connection_threads_;  // touched only by accept_thread_ and ~
+};
+
+}  // namespace meshtls::testing

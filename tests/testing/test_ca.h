@@ -1,0 +1,47 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "certmgr/pki/certificate.h"
+#include "certmgr/pki/certificate_builder.h"
+#include "certmgr/pki/key.h"
+
+namespace meshtls::testing {
+
+// IssuedLeaf is a certificate minted by TestCa, with its key and chain (leaf first).
+struct IssuedLeaf {
+  std::vector<pki::Certificate> chain;
+  pki::PrivateKey key;
+  std::string ChainPem() const { return pki::ChainToPem(chain); }
+  std::string KeyPem() const;
+};
+
+// TestCa is a root CA made at test time, so nothing in the repository ever expires. Issue()
+// mints an X.509-SVID like certmgr's; IssueWith() mints anything, including the malformed
+// certificates the verification tests need. Not thread-safe.
+class TestCa {
+ public:
+  explicit TestCa(std::string trust_domain, absl::Time now = absl::Now());
+
+  IssuedLeaf Issue(const std::string& spiffe_id, absl::Duration ttl = absl::Hours(1),
+                   absl::Time now = absl::Now()) const;
+  // IssueWith signs `profile` on a fresh P-256 key.
+  IssuedLeaf IssueWith(const pki::CertificateProfile& profile) const;
+  // LeafProfile is the profile Issue() uses, to modify one field at a time.
+  static pki::CertificateProfile LeafProfile(const std::string& spiffe_id, absl::Time not_before,
+                                             absl::Time not_after);
+
+  const pki::Certificate& root() const { return root_; }
+  const pki::PrivateKey& root_key() const { return root_key_; }
+  std::string RootPem() const { return root_.ToPem(); }
+  const std::string& trust_domain() const { return trust_domain_; }
+
+ private:
+  std::string trust_domain_;
+  pki::PrivateKey root_key_;
+  pki::Certificate root_;
+};
+
+}  // namespace meshtls::testing

@@ -1,0 +1,163 @@
+#include "tests/testing/tls_peer.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <openssl/err.h>
+
+#include "absl/strings/str_cat.h"
+#include "certmgr/pki/certificate.h"
+#include "certmgr/pki/key.h"
+#include "certmgr/pki/openssl_error.h"
+#include "tests/testing/harness.h"
+
+namespace meshtls::testing {
+namespace {
+
+void SetTimeouts(int fd, absl::Duration timeout) {
+  timeval tv = absl::ToTimeval(timeout);
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+absl::Status UseIdentity(SSL_CTX* ctx, const TlsIdentity& identity) {
+  if (identity.chain_pem.empty()) {
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::vector<pki::Certificate>> chain = pki::ParsePemChain(identity.chain_pem);
+  absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::FromPem(identity.key_pem);
+  if (!chain.ok() || !key.ok()) {
+    return absl::InvalidArgumentError("bad test identity");
+  }
+  if (SSL_CTX_use_certificate(ctx, (*chain)[0].get()) != 1 ||
+      SSL_CTX_use_PrivateKey(ctx, key->get()) != 1) {
+    return pki::OpenSslError(absl::StatusCode::kInternal, "test identity");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TlsClient>> TlsClient::Connect(uint16_t port,
+                                                              const TlsIdentity& identity,
+                                                              const std::string& roots_pem,
+                                                              int max_version,
+                                                              absl::Duration timeout) {
+  auto client = std::unique_ptr<TlsClient>(new TlsClient());
+  client->ctx_.reset(SSL_CTX_new(TLS_client_method()));
+  SSL_CTX_set_max_proto_version(client->ctx_.get(), max_version);
+  SSL_CTX_set_min_proto_version(client->ctx_.get(), TLS1_2_VERSION);
+  if (absl::Status s = UseIdentity(client->ctx_.get(), identity); !s.ok()) {
+    return s;
+  }
+  if (!roots_pem.empty()) {
+    X509_STORE* store = SSL_CTX_get_cert_store(client->ctx_.get());
+    absl::StatusOr<std::vector<pki::Certificate>> roots = pki::ParsePemChain(roots_pem);
+    if (!roots.ok()) {
+      return roots.status();
+    }
+    for (const pki::Certificate& r : *roots) {
+      X509_STORE_add_cert(store, r.get());
+    }
+    SSL_CTX_set_verify(client->ctx_.get(), SSL_VERIFY_PEER, nullptr);
+  }
+  absl::StatusOr<base::UniqueFd> fd = TcpConnect(port, timeout);
+  if (!fd.ok()) {
+    return fd.status();
+  }
+  client->fd_ = *std::move(fd);
+  SetTimeouts(client->fd_.get(), timeout);
+  client->ssl_.reset(SSL_new(client->ctx_.get()));
+  SSL_set_fd(client->ssl_.get(), client->fd_.get());
+  ERR_clear_error();
+  if (SSL_connect(client->ssl_.get()) != 1) {
+    return pki::OpenSslError(absl::StatusCode::kUnavailable, "TLS handshake");
+  }
+  return client;
+}
+
+absl::Status TlsClient::Write(absl::string_view data) {
+  ERR_clear_error();
+  if (SSL_write(ssl_.get(), data.data(), static_cast<int>(data.size())) <= 0) {
+    return pki::OpenSslError(absl::StatusCode::kUnavailable, "SSL_write");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> TlsClient::Read(size_t max, absl::Duration timeout) {
+  SetTimeouts(fd_.get(), timeout);
+  std::string buf(max, '\0');
+  ERR_clear_error();
+  int n = SSL_read(ssl_.get(), buf.data(), static_cast<int>(max));
+  if (n <= 0) {
+    int err = SSL_get_error(ssl_.get(), n);
+    if (err == SSL_ERROR_ZERO_RETURN) {
+      return absl::OutOfRangeError("close_notify");
+    }
+    return pki::OpenSslError(absl::StatusCode::kUnavailable, absl::StrCat("SSL_read error ", err));
+  }
+  buf.resize(static_cast<size_t>(n));
+  return buf;
+}
+
+TlsServer::TlsServer(const TlsIdentity& identity)
+    : ctx_(SSL_CTX_new(TLS_server_method())),
+      listen_fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+  (void)UseIdentity(ctx_.get(), identity);
+  SSL_CTX_set_verify(ctx_.get(), SSL_VERIFY_PEER,
+                     [](int, X509_STORE_CTX*) { return 1; });  // request, accept anything
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  ::listen(listen_fd_.get(), 16);
+  socklen_t len = sizeof(a);
+  ::getsockname(listen_fd_.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  port_ = ntohs(a.sin_port);
+  thread_ = std::thread([this] { Run(); });
+}
+
+TlsServer::~TlsServer() {
+  stop_.store(true);
+  thread_.join();
+}
+
+void TlsServer::Run() {
+  while (!stop_.load()) {
+    pollfd p{listen_fd_.get(), POLLIN, 0};
+    if (::poll(&p, 1, 50) <= 0) {
+      continue;
+    }
+    base::UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!fd.valid()) {
+      continue;
+    }
+    accepted_.fetch_add(1);
+    SetTimeouts(fd.get(), absl::Seconds(2));
+    sidecar::SslPtr ssl(SSL_new(ctx_.get()));
+    SSL_set_fd(ssl.get(), fd.get());
+    ERR_clear_error();
+    if (SSL_accept(ssl.get()) != 1) {
+      ERR_clear_error();
+      continue;
+    }
+    handshakes_.fetch_add(1);
+    char buf[16384];
+    while (!stop_.load()) {
+      int n = SSL_read(ssl.get(), buf, sizeof(buf));
+      if (n <= 0) {
+        int err = SSL_get_error(ssl.get(), n);
+        if (err == SSL_ERROR_WANT_READ || (err == SSL_ERROR_SYSCALL && errno == EAGAIN)) {
+          continue;  // read timeout: check stop_ and keep reading
+        }
+        break;
+      }
+      bytes_.fetch_add(static_cast<uint64_t>(n));
+    }
+    ERR_clear_error();
+  }
+}
+
+}  // namespace meshtls::testing

@@ -1,0 +1,69 @@
+#pragma once
+
+// Plain OpenSSL TLS peers for tests: a client that presents any certificate (or none) to an
+// inbound listener, and a server that plays the upstream of an outbound listener.
+
+#include <openssl/ssl.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "certmgr/base/fd.h"
+#include "sidecar/tls/ssl_ptr.h"
+
+namespace meshtls::testing {
+
+struct TlsIdentity {
+  std::string chain_pem;  // empty: present no certificate
+  std::string key_pem;
+};
+
+// TlsClient is a blocking TLS client with timeouts. Not thread-safe.
+class TlsClient {
+ public:
+  // Connect connects to 127.0.0.1:port and completes a handshake. With an empty `roots_pem`
+  // the server certificate is not verified (the tests aim at the server's checks).
+  static absl::StatusOr<std::unique_ptr<TlsClient>> Connect(
+      uint16_t port, const TlsIdentity& identity, const std::string& roots_pem,
+      int max_version = TLS1_3_VERSION, absl::Duration timeout = absl::Seconds(5));
+  absl::Status Write(absl::string_view data);
+  // Read returns up to `max` bytes; an error when the peer aborted (alert, reset) or on EOF.
+  absl::StatusOr<std::string> Read(size_t max, absl::Duration timeout = absl::Seconds(5));
+
+ private:
+  TlsClient() = default;
+  sidecar::SslCtxPtr ctx_;
+  base::UniqueFd fd_;
+  sidecar::SslPtr ssl_;
+};
+
+// TlsServer accepts TLS connections on 127.0.0.1 in a thread, presenting `identity` and
+// requesting (not verifying) a client certificate, then reads until the peer closes. It counts
+// completed handshakes and application bytes received.
+class TlsServer {
+ public:
+  explicit TlsServer(const TlsIdentity& identity);
+  ~TlsServer();
+  uint16_t port() const { return port_; }
+  int handshakes() const { return handshakes_.load(); }
+  int accepted() const { return accepted_.load(); }
+  uint64_t bytes_received() const { return bytes_.load(); }
+
+ private:
+  void Run();
+  sidecar::SslCtxPtr ctx_;
+  base::UniqueFd listen_fd_;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> accepted_{0};
+  std::atomic<int> handshakes_{0};
+  std::atomic<uint64_t> bytes_{0};
+  std::thread thread_;
+};
+
+}  // namespace meshtls::testing

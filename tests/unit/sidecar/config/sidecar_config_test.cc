@@ -1,0 +1,123 @@
+#include "sidecar/config/sidecar_config.h"
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_replace.h"
+#include "tests/testing/harness.h"
+#include "tests/testing/status_matchers.h"
+
+namespace meshtls::sidecar {
+namespace {
+
+using testing::IsOk;
+using testing::StatusIs;
+
+// The DESIGN §2 example, with both identity modes present (the test removes one).
+constexpr char kDesignExample[] = R"(trust_domain: example.org
+identity:                         # exactly one of certmgr / files
+  certmgr:
+    address: certmgr.meshtls-system.svc:8443
+    server_ca: /etc/meshtls/bootstrap/ca.pem
+    token_file: /var/run/secrets/tokens/meshtls
+    renew_at: 0.5
+inbound:
+  - name: http
+    listen: 0.0.0.0:15443
+    forward: 127.0.0.1:8080
+    allow: [spiffe://example.org/ns/default/sa/frontend, spiffe://example.org/ns/ops/*]
+outbound:
+  - name: orders
+    listen: 127.0.0.1:15001
+    connect: orders.default.svc.cluster.local:15443
+    expect: [spiffe://example.org/ns/default/sa/orders]
+admin: {listen: 127.0.0.1:15000}
+workers: 0                        # 0 = one per core
+tls: {min_version: "1.3", session_resumption: true}
+limits: {handshake_timeout: 10s, idle_timeout: 1h, max_connections: 20000, drain_timeout: 30s}
+log: {level: info, format: text}  # or json
+)";
+
+TEST(SidecarConfigTest, ParsesTheDesignExample) {
+  absl::StatusOr<SidecarConfig> c = ParseSidecarConfig(kDesignExample, /*check_files=*/false);
+  ASSERT_THAT(c, IsOk());
+  EXPECT_EQ(c->trust_domain, "example.org");
+  EXPECT_EQ(c->identity_mode, SidecarConfig::IdentityMode::kCertmgr);
+  EXPECT_EQ(c->certmgr.address, "certmgr.meshtls-system.svc:8443");
+  ASSERT_EQ(c->inbound.size(), 1u);
+  EXPECT_EQ(c->inbound[0].peers.size(), 2u);
+  EXPECT_EQ(c->inbound[0].target.port, 8080);
+  ASSERT_EQ(c->outbound.size(), 1u);
+  EXPECT_EQ(c->outbound[0].target.host, "orders.default.svc.cluster.local");
+  EXPECT_EQ(c->limits.handshake_timeout, absl::Seconds(10));
+  EXPECT_EQ(c->limits.max_connections, 20000);
+  EXPECT_EQ(c->admin_listen, "127.0.0.1:15000");
+}
+
+TEST(SidecarConfigTest, FilesMode) {
+  testing::TempDir dir;
+  std::string yaml = absl::StrReplaceAll(
+      R"(trust_domain: example.org
+identity:
+  files: {cert: CERT, key: KEY, trust_bundle: BUNDLE}
+inbound:
+  - {name: a, listen: "[::1]:0", forward: "[::1]:8080", allow: spiffe://example.org/x}
+)",
+      {{"CERT", dir.Write("c.pem", "x")}, {"KEY", dir.Write("k.pem", "x")},
+       {"BUNDLE", dir.Write("b.pem", "x")}});
+  absl::StatusOr<SidecarConfig> c = ParseSidecarConfig(yaml);
+  ASSERT_THAT(c, IsOk());
+  EXPECT_EQ(c->identity_mode, SidecarConfig::IdentityMode::kFiles);
+  EXPECT_TRUE(c->inbound[0].listen.is_ipv6);
+}
+
+struct ErrorCase {
+  const char* from;  // replaced in the DESIGN example
+  const char* to;
+  const char* message;  // must appear in the error
+};
+
+class SidecarConfigErrorTest : public ::testing::TestWithParam<ErrorCase> {};
+
+TEST_P(SidecarConfigErrorTest, OneClearErrorNamingTheField) {
+  std::string yaml = absl::StrReplaceAll(kDesignExample, {{GetParam().from, GetParam().to}});
+  ASSERT_NE(yaml, kDesignExample) << "the case does not change the example";
+  EXPECT_THAT(ParseSidecarConfig(yaml, /*check_files=*/false),
+              StatusIs(absl::StatusCode::kInvalidArgument, GetParam().message));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    EachError, SidecarConfigErrorTest,
+    ::testing::Values(
+        ErrorCase{"workers: 0", "worker: 0", "worker: unknown field"},
+        ErrorCase{"    renew_at: 0.5", "    renew_at: 0.5\n    renw: 1", "identity.certmgr.renw: unknown field"},
+        ErrorCase{"    forward: 127.0.0.1:8080", "    forward: 127.0.0.1", "inbound[0].forward"},
+        ErrorCase{"listen: 0.0.0.0:15443", "listen: 0.0.0.0:99999", "inbound[0].listen"},
+        ErrorCase{"listen: 0.0.0.0:15443", "listen: myhost:15443", "must be an IP address"},
+        ErrorCase{"spiffe://example.org/ns/ops/*", "spiffe://example.org/ns//ops", "inbound[0].allow"},
+        ErrorCase{"spiffe://example.org/ns/ops/*", "spiffe://other.org/ns/ops/*", "not in trust domain"},
+        ErrorCase{"expect: [spiffe://example.org/ns/default/sa/orders]", "expect: []", "outbound[0].expect"},
+        ErrorCase{"trust_domain: example.org", "trust_domain: Example.org", "trust_domain"},
+        ErrorCase{"renew_at: 0.5", "renew_at: 1.5", "identity.certmgr.renew_at"},
+        ErrorCase{"handshake_timeout: 10s", "handshake_timeout: ten", "limits.handshake_timeout"},
+        ErrorCase{"max_connections: 20000", "max_connections: -1", "limits.max_connections"},
+        ErrorCase{"min_version: \"1.3\"", "min_version: \"1.1\"", "tls.min_version"},
+        ErrorCase{"level: info", "level: loud", "log.level"},
+        ErrorCase{"name: orders", "name: http", "used twice"},
+        ErrorCase{"listen: 127.0.0.1:15001", "listen: 0.0.0.0:15443", "used by two listeners"},
+        ErrorCase{"  certmgr:\n", "  files: {cert: a, key: b, trust_bundle: c}\n  certmgr:\n",
+                  "exactly one of certmgr or files"}));
+
+TEST(SidecarConfigTest, MissingFileNamesTheField) {
+  EXPECT_THAT(ParseSidecarConfig(kDesignExample, /*check_files=*/true),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "identity.certmgr.server_ca: file /etc/meshtls/bootstrap/ca.pem does not exist"));
+}
+
+TEST(SidecarConfigTest, NeedsAListener) {
+  EXPECT_THAT(ParseSidecarConfig("trust_domain: a\nidentity:\n  certmgr: {address: a:1, server_ca: x}\n",
+                                 false),
+              StatusIs(absl::StatusCode::kInvalidArgument, "at least one listener"));
+}
+
+}  // namespace
+}  // namespace meshtls::sidecar
