@@ -32,17 +32,32 @@ CallerCredentials ExtractCredentials(const grpc::CallbackServerContext& context)
     }
   }
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
-  if (auth != nullptr) {
-    // gRPC hands over the chain only as PEM; the leaf-only property is the fallback.
-    std::vector<grpc::string_ref> chain = auth->FindPropertyValues(GRPC_X509_PEM_CERT_CHAIN_PROPERTY_NAME);
-    if (chain.empty()) {
-      chain = auth->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
-    }
-    if (!chain.empty()) {
-      absl::StatusOr<std::vector<pki::Certificate>> parsed =
-          pki::ParsePemChain(absl::string_view(chain[0].data(), chain[0].size()));
-      if (parsed.ok()) {
-        out.peer_chain = *std::move(parsed);
+  if (auth == nullptr) {
+    return out;
+  }
+  // The leaf comes from x509_pem_cert. x509_pem_cert_chain is not reliably leaf-first, so it
+  // only supplies the other certificates (intermediates), in the order given.
+  std::vector<grpc::string_ref> leaf = auth->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
+  if (leaf.empty()) {
+    return out;
+  }
+  absl::StatusOr<pki::Certificate> leaf_cert =
+      pki::Certificate::FromPem(absl::string_view(leaf[0].data(), leaf[0].size()));
+  if (!leaf_cert.ok()) {
+    return out;
+  }
+  const std::string leaf_der = leaf_cert->ToDer();
+  out.peer_chain.push_back(*std::move(leaf_cert));
+  std::vector<grpc::string_ref> chain =
+      auth->FindPropertyValues(GRPC_X509_PEM_CERT_CHAIN_PROPERTY_NAME);
+  if (!chain.empty()) {
+    absl::StatusOr<std::vector<pki::Certificate>> parsed =
+        pki::ParsePemChain(absl::string_view(chain[0].data(), chain[0].size()));
+    if (parsed.ok()) {
+      for (pki::Certificate& c : *parsed) {
+        if (c.ToDer() != leaf_der) {
+          out.peer_chain.push_back(std::move(c));
+        }
       }
     }
   }

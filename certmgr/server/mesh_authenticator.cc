@@ -1,6 +1,7 @@
 #include "certmgr/server/mesh_authenticator.h"
 
 #include "absl/strings/str_cat.h"
+#include "certmgr/base/log.h"
 
 namespace meshtls::certmgr {
 
@@ -59,6 +60,11 @@ absl::StatusOr<pki::SpiffeId> MeshAuthenticator::Authenticate(
     if (id.ok()) {
       if (absl::Status s = CheckAllowed(*id); !s.ok()) {
         return s;
+      }
+      if (!credentials.peer_chain.empty()) {
+        base::LogWarning("client certificate rejected; authenticated by bootstrap token instead",
+                         {{"spiffe_id", id->str()},
+                          {"certificate_error", std::string(certificate_error.message())}});
       }
       return id;
     }

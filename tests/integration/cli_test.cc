@@ -1,0 +1,84 @@
+// The binaries' contract for bad input: exit code 2 and one clear line naming what is wrong.
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_split.h"
+#include "tests/testing/harness.h"
+
+namespace meshtls {
+namespace {
+
+struct RunResult {
+  int exit_code;
+  std::string output;
+};
+
+RunResult RunBinary(const testing::TempDir& dir, std::vector<std::string> argv) {
+  auto p = *testing::Subprocess::Start(std::move(argv), dir.File("out.log"));
+  std::optional<int> code = p->WaitForExit(absl::Seconds(20));
+  return {code.value_or(-1), p->Log()};
+}
+
+void ExpectOneLineError(const RunResult& r, const std::string& fragment) {
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  std::vector<std::string> lines = absl::StrSplit(r.output, '\n', absl::SkipEmpty());
+  EXPECT_EQ(lines.size(), 1u) << r.output;
+  EXPECT_NE(r.output.find(fragment), std::string::npos) << r.output;
+}
+
+constexpr char kValid[] = R"(trust_domain: mesh.test
+identity:
+  certmgr: {address: 127.0.0.1:1, server_ca: CA}
+outbound:
+  - {name: o, listen: 127.0.0.1:0, connect: 127.0.0.1:1, expect: [spiffe://mesh.test/a]}
+)";
+
+std::string WithCa(const testing::TempDir& dir, std::string yaml) {
+  const std::string ca = dir.Write("ca.pem", "x");
+  yaml.replace(yaml.find("CA"), 2, ca);
+  return yaml;
+}
+
+TEST(SidecarCliTest, ValidConfigChecks) {
+  testing::TempDir dir;
+  RunResult r = RunBinary(dir, {testing::BinaryPath("meshtls-sidecar"), "--config",
+                          dir.Write("c.yaml", WithCa(dir, kValid)), "--check"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+TEST(SidecarCliTest, UnknownFieldBadAddressBadIdMissingFile) {
+  testing::TempDir dir;
+  const std::string base = WithCa(dir, kValid);
+  const std::string bin = testing::BinaryPath("meshtls-sidecar");
+  ExpectOneLineError(RunBinary(dir, {bin, "--config", dir.Write("a.yaml", base + "colour: blue\n")}),
+                     "colour: unknown field");
+  std::string bad_address = base;
+  bad_address.replace(bad_address.find("connect: 127.0.0.1:1"), 20, "connect: 127.0.0.1:x");
+  ExpectOneLineError(RunBinary(dir, {bin, "--config", dir.Write("b.yaml", bad_address)}),
+                     "outbound[0].connect");
+  std::string bad_id = base;
+  bad_id.replace(bad_id.find("spiffe://mesh.test/a"), 20, "spiffe://mesh.test//");
+  ExpectOneLineError(RunBinary(dir, {bin, "--config", dir.Write("c.yaml", bad_id)}),
+                     "outbound[0].expect");
+  std::string missing = base;
+  missing.replace(missing.find(dir.File("ca.pem")), dir.File("ca.pem").size(), "/nonexistent/ca.pem");
+  ExpectOneLineError(RunBinary(dir, {bin, "--config", dir.Write("d.yaml", missing)}),
+                     "identity.certmgr.server_ca");
+  ExpectOneLineError(RunBinary(dir, {bin, "--config", dir.File("nope.yaml")}), "--config");
+  ExpectOneLineError(RunBinary(dir, {bin, "--bogus", "1"}), "unknown flag --bogus");
+}
+
+TEST(CertmgrCliTest, BadConfigAndBadTokenRequest) {
+  testing::TempDir dir;
+  const std::string bin = testing::BinaryPath("meshtls-certmgr");
+  ExpectOneLineError(
+      RunBinary(dir, {bin, "--config", dir.Write("c.yaml", "trust_domain: mesh.test\nca: {dir: /tmp/x}\nissuance: {default_ttl: 1y}\n")}),
+      "issuance.default_ttl");
+  ExpectOneLineError(RunBinary(dir, {bin, "token", "create", "--token-file", dir.File("t"),
+                                     "--spiffe-id", "spiffe://mesh.test"}),
+                     "--spiffe-id must name a workload");
+  ExpectOneLineError(RunBinary(dir, {bin, "frobnicate"}), "unknown command");
+}
+
+}  // namespace
+}  // namespace meshtls

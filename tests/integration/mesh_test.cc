@@ -1,0 +1,265 @@
+// End to end in certmgr mode: the real meshtls-certmgr and meshtls-sidecar binaries on
+// loopback, identities from join tokens, an echo app behind the backend sidecar.
+
+#include <gtest/gtest.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <sys/socket.h>
+
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "certmgr/base/file.h"
+#include "certmgr/client/ca_client.h"
+#include "certmgr/pki/csr.h"
+#include "certmgr/pki/openssl_ptr.h"
+#include "tests/testing/harness.h"
+#include "tests/testing/mesh_processes.h"
+#include "tests/testing/status_matchers.h"
+
+namespace meshtls {
+namespace {
+
+using testing::CertmgrProcess;
+using testing::Handshakes;
+using testing::IsOk;
+using testing::SidecarProcess;
+using testing::StatusIs;
+
+constexpr char kTd[] = "mesh.test";
+const std::string kFrontend = "spiffe://mesh.test/ns/default/sa/frontend";
+const std::string kBackend = "spiffe://mesh.test/ns/default/sa/backend";
+
+class MeshTest : public ::testing::Test {
+ protected:
+  // StartMesh runs certmgr, a backend sidecar in front of the echo app (allowing the frontend)
+  // and a frontend sidecar with an outbound listener to it.
+  void StartMesh(const std::string& certmgr_extra = "") {
+    certmgr_ = *CertmgrProcess::Start(dir_, kTd, certmgr_extra);
+    backend_port_ = testing::PickFreePort();
+    frontend_port_ = testing::PickFreePort();
+    backend_ = StartSidecar("backend", kBackend,
+                            absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:",
+                                         backend_port_, "\n    forward: 127.0.0.1:", app_.port(),
+                                         "\n    allow: [", kFrontend, "]\n"));
+    frontend_ = StartSidecar("frontend", kFrontend, OutboundToBackend(frontend_port_));
+    ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
+    ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
+  }
+
+  std::string OutboundToBackend(uint16_t listen_port) {
+    return absl::StrCat("outbound:\n  - name: backend\n    listen: 127.0.0.1:", listen_port,
+                        "\n    connect: 127.0.0.1:", backend_port_, "\n    expect: [", kBackend,
+                        "]\n");
+  }
+
+  std::unique_ptr<SidecarProcess> StartSidecar(const std::string& name, const std::string& id,
+                                               const std::string& listeners,
+                                               std::string token_file = "") {
+    if (token_file.empty()) {
+      token_file = certmgr_->TokenFile(id, name + ".token");
+    }
+    return *SidecarProcess::Start(
+        dir_, name,
+        absl::StrCat("trust_domain: ", kTd, "\nidentity:\n  certmgr:\n    address: ",
+                     certmgr_->address(), "\n    server_ca: ", certmgr_->ca_pem_path(),
+                     "\n    token_file: ", token_file, "\n", listeners));
+  }
+
+  testing::TempDir dir_;
+  testing::EchoServer app_;
+  std::unique_ptr<CertmgrProcess> certmgr_;
+  std::unique_ptr<SidecarProcess> backend_;
+  std::unique_ptr<SidecarProcess> frontend_;
+  uint16_t backend_port_ = 0;
+  uint16_t frontend_port_ = 0;
+};
+
+TEST_F(MeshTest, RoundTripOneByteAndEightMiBBothWays) {
+  StartMesh();
+  absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
+  ASSERT_THAT(conn, IsOk());
+  ASSERT_THAT(testing::SendAll(conn->get(), "x"), IsOk());
+  EXPECT_EQ(*testing::RecvExactly(conn->get(), 1, absl::Seconds(10)), "x");
+
+  const std::string payload = testing::RandomBytes(8 << 20);
+  absl::Status sent;
+  std::thread writer([&] { sent = testing::SendAll(conn->get(), payload); });
+  absl::StatusOr<std::string> echoed = testing::RecvExactly(conn->get(), payload.size(), absl::Seconds(60));
+  writer.join();
+  ASSERT_THAT(sent, IsOk());
+  ASSERT_THAT(echoed, IsOk());
+  EXPECT_TRUE(*echoed == payload) << "8 MiB came back different";
+  EXPECT_EQ(app_.bytes_received(), payload.size() + 1);
+  EXPECT_GE(frontend_->Metric(R"(meshtls_bytes_total{direction="outbound",flow="sent"})"), 8 << 20);
+  EXPECT_GE(backend_->Metric(R"(meshtls_bytes_total{direction="inbound",flow="received"})"), 8 << 20);
+  EXPECT_EQ(backend_->Metric(Handshakes("inbound", "success")), 1);
+  EXPECT_EQ(frontend_->Metric(Handshakes("outbound", "success")), 1);
+  EXPECT_EQ(backend_->Metric(R"(meshtls_authz_decisions_total{direction="inbound",decision="allow",listener="http"})"), 1);
+  EXPECT_EQ(backend_->Metric(R"(meshtls_connections_active{direction="inbound"})"), 1);
+}
+
+TEST_F(MeshTest, HalfCloseTravelsBothWays) {
+  StartMesh();
+  absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
+  ASSERT_THAT(conn, IsOk());
+  ASSERT_THAT(testing::SendAll(conn->get(), "last words"), IsOk());
+  // Our FIN must reach the app as a FIN (via close_notify); the app then echoes and closes,
+  // and that FIN must come back to us, after the data.
+  ::shutdown(conn->get(), SHUT_WR);
+  absl::StatusOr<std::string> all = testing::RecvUntilEof(conn->get(), absl::Seconds(10));
+  ASSERT_THAT(all, IsOk());
+  EXPECT_EQ(*all, "last words");
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return backend_->Metric(R"(meshtls_connections_active{direction="inbound"})") == 0; },
+      absl::Seconds(10)));
+}
+
+TEST_F(MeshTest, DeniedIdentityNeverReachesTheApp) {
+  StartMesh();
+  const uint16_t intruder_port = testing::PickFreePort();
+  auto intruder = StartSidecar("intruder", "spiffe://mesh.test/ns/default/sa/intruder",
+                               OutboundToBackend(intruder_port));
+  ASSERT_TRUE(intruder->WaitReady()) << intruder->process().Log();
+  absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(intruder_port);
+  ASSERT_THAT(conn, IsOk());
+  (void)testing::SendAll(conn->get(), "GET /secrets HTTP/1.0\r\n\r\n");
+  absl::StatusOr<std::string> reply = testing::RecvUntilEof(conn->get(), absl::Seconds(10));
+  EXPECT_TRUE(!reply.ok() || reply->empty()) << "the intruder got bytes back";
+  ASSERT_TRUE(backend_->WaitForMetric(Handshakes("inbound", "identity_denied"), 1));
+  EXPECT_EQ(backend_->Metric(R"(meshtls_authz_decisions_total{direction="inbound",decision="deny",listener="http"})"), 1);
+  EXPECT_EQ(backend_->Metric(Handshakes("inbound", "success")), 0);
+  EXPECT_EQ(app_.connections(), 0) << "a denied peer must not even open a connection to the app";
+  EXPECT_EQ(app_.bytes_received(), 0u);
+  EXPECT_NE(backend_->process().Log().find("peer_spiffe_id=spiffe://mesh.test/ns/default/sa/intruder"),
+            std::string::npos);
+}
+
+TEST_F(MeshTest, SidecarWithABadTokenStaysUnreadyAndFailsClosed) {
+  certmgr_ = *CertmgrProcess::Start(dir_, kTd);
+  backend_port_ = testing::PickFreePort();
+  const uint16_t port = testing::PickFreePort();
+  auto lost = StartSidecar("lost", kFrontend, OutboundToBackend(port),
+                           dir_.Write("bad.token", "mjt_not-a-real-token", 0600));
+  ASSERT_TRUE(lost->WaitForMetric(R"(meshtls_cert_renewals_total{result="failure"})", 1,
+                                  absl::Seconds(15)))
+      << lost->process().Log();
+  absl::StatusOr<testing::HttpResult> ready = testing::HttpGet(lost->admin_port(), "/readyz");
+  ASSERT_THAT(ready, IsOk());
+  EXPECT_EQ(ready->status, 503);
+  EXPECT_NE(ready->body.find("no certificate"), std::string::npos);
+  // Fail closed: the connection is reset at once (sometimes before connect() even returns).
+  absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(port);
+  if (conn.ok()) {
+    absl::StatusOr<std::string> reply = testing::RecvUntilEof(conn->get(), absl::Seconds(5));
+    EXPECT_TRUE(!reply.ok() || reply->empty());
+  }
+  EXPECT_TRUE(lost->WaitForMetric(
+      R"(meshtls_connections_refused_total{direction="outbound",reason="no_credentials"})", 1));
+  EXPECT_GE(testing::ScrapeMetric(certmgr_->admin_port(),
+                                  R"(meshtls_certmgr_sign_requests_total{result="unauthenticated"})"),
+            1);
+}
+
+certmgr::CallCredentials Bearer(std::string token) {
+  return {.chain = {}, .key = std::nullopt, .bearer_token = std::move(token)};
+}
+
+// ClaimingCsr is a CSR whose subject and SAN claim an identity (certmgr must ignore both).
+std::string ClaimingCsr(const pki::PrivateKey& key, const std::string& claimed) {
+  pki::X509ReqPtr req(X509_REQ_new());
+  X509_REQ_set_pubkey(req.get(), key.get());
+  X509_NAME* name = X509_REQ_get_subject_name(req.get());
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>(claimed.c_str()), -1, -1, 0);
+  STACK_OF(X509_EXTENSION)* exts = sk_X509_EXTENSION_new_null();
+  const std::string san = "URI:" + claimed;
+  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, nullptr, NID_subject_alt_name, san.c_str());
+  sk_X509_EXTENSION_push(exts, ext);
+  X509_REQ_add_extensions(req.get(), exts);
+  sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+  X509_REQ_sign(req.get(), key.get(), EVP_sha256());
+  unsigned char* der = nullptr;
+  int len = i2d_X509_REQ(req.get(), &der);
+  std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(len));
+  OPENSSL_free(der);
+  return out;
+}
+
+TEST_F(MeshTest, CertmgrRefusesBadCredentialsAndIgnoresClaimedIdentity) {
+  certmgr_ = *CertmgrProcess::Start(dir_, kTd);
+  auto client = certmgr::NewGrpcCaClient(certmgr_->address(),
+                                         *base::ReadFileToString(certmgr_->ca_pem_path()));
+  pki::PrivateKey key = *pki::PrivateKey::GenerateEcP256();
+  const std::string csr = *pki::CreateCsrDer(key);
+
+  EXPECT_THAT(client->Sign(csr, Bearer("mjt_bogus"), absl::Seconds(10)),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(client->Sign(csr, {}, absl::Seconds(10)), StatusIs(absl::StatusCode::kUnauthenticated));
+
+  const std::string token = certmgr_->Token(kFrontend);
+  EXPECT_THAT(client->Sign("garbage", Bearer(token), absl::Seconds(10)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  pki::PrivateKey rsa_small(*pki::PrivateKey::FromPem([] {
+    pki::EvpPkeyPtr k(EVP_RSA_gen(1024));
+    pki::BioPtr bio(BIO_new(BIO_s_mem()));
+    PEM_write_bio_PrivateKey(bio.get(), k.get(), nullptr, nullptr, 0, nullptr, nullptr);
+    char* data = nullptr;
+    long n = BIO_get_mem_data(bio.get(), &data);
+    return std::string(data, static_cast<size_t>(n));
+  }()));
+  EXPECT_THAT(client->Sign(*pki::CreateCsrDer(rsa_small), Bearer(token), absl::Seconds(10)),
+              StatusIs(absl::StatusCode::kInvalidArgument, "2048"));
+
+  absl::StatusOr<certmgr::SignedCredentials> issued =
+      client->Sign(ClaimingCsr(key, "spiffe://mesh.test/ns/kube-system/sa/admin"),
+                   Bearer(token), absl::Seconds(10));
+  ASSERT_THAT(issued, IsOk());
+  EXPECT_EQ(issued->chain[0].UriSans(), std::vector<std::string>{kFrontend})
+      << "the identity comes from the token, never from the CSR";
+  EXPECT_TRUE(issued->chain[0].MatchesKey(key.get()));
+  EXPECT_EQ(issued->roots.size(), 1u);
+
+  const uint16_t admin = certmgr_->admin_port();
+  EXPECT_EQ(testing::ScrapeMetric(admin, R"(meshtls_certmgr_sign_requests_total{result="unauthenticated"})"), 2);
+  EXPECT_EQ(testing::ScrapeMetric(admin, R"(meshtls_certmgr_sign_requests_total{result="invalid_csr"})"), 2);
+  EXPECT_EQ(testing::ScrapeMetric(admin, R"(meshtls_certmgr_sign_requests_total{result="success"})"), 1);
+
+  // Renewal over mTLS keeps the certificate's identity even with another identity's token.
+  const std::string other_token = certmgr_->Token("spiffe://mesh.test/ns/default/sa/other");
+  pki::PrivateKey next = *pki::PrivateKey::GenerateEcP256();
+  absl::StatusOr<certmgr::SignedCredentials> renewed = client->Sign(
+      *pki::CreateCsrDer(next), {.chain = issued->chain, .key = key, .bearer_token = other_token},
+      absl::Seconds(10));
+  ASSERT_THAT(renewed, IsOk());
+  EXPECT_EQ(renewed->chain[0].UriSans(), std::vector<std::string>{kFrontend})
+      << certmgr_->process().Log();
+}
+
+TEST_F(MeshTest, RenewalSwapsTheCertificateWhileALiveConnectionKeepsWorking) {
+  // 8 s certificates: each sidecar renews about 4 s after it got one.
+  StartMesh("issuance: {default_ttl: 8s, min_ttl: 5s, backdate: 0}\n");
+  absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
+  ASSERT_THAT(conn, IsOk());
+  ASSERT_THAT(testing::SendAll(conn->get(), "before"), IsOk());
+  EXPECT_EQ(*testing::RecvExactly(conn->get(), 6, absl::Seconds(10)), "before");
+  const std::string serial_before = testing::HttpGet(frontend_->admin_port(), "/certs")->body;
+
+  ASSERT_TRUE(frontend_->WaitForMetric("meshtls_tls_context_generation", 2, absl::Seconds(20)));
+  ASSERT_TRUE(backend_->WaitForMetric("meshtls_tls_context_generation", 2, absl::Seconds(20)));
+  EXPECT_NE(testing::HttpGet(frontend_->admin_port(), "/certs")->body, serial_before);
+  EXPECT_GE(frontend_->Metric(R"(meshtls_cert_renewals_total{result="success"})"), 2);
+
+  // The connection opened under the old certificates still carries bytes.
+  ASSERT_THAT(testing::SendAll(conn->get(), "after"), IsOk());
+  EXPECT_EQ(*testing::RecvExactly(conn->get(), 5, absl::Seconds(10)), "after");
+  // And a new connection handshakes with the new ones.
+  absl::StatusOr<base::UniqueFd> fresh = testing::TcpConnect(frontend_port_);
+  ASSERT_THAT(fresh, IsOk());
+  ASSERT_THAT(testing::SendAll(fresh->get(), "new"), IsOk());
+  EXPECT_EQ(*testing::RecvExactly(fresh->get(), 3, absl::Seconds(10)), "new");
+  EXPECT_EQ(backend_->Metric(Handshakes("inbound", "success")), 2);
+}
+
+}  // namespace
+}  // namespace meshtls

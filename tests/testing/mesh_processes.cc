@@ -1,0 +1,92 @@
+#include "tests/testing/mesh_processes.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "certmgr/base/file.h"
+
+namespace meshtls::testing {
+
+absl::StatusOr<std::unique_ptr<CertmgrProcess>> CertmgrProcess::Start(
+    const TempDir& dir, const std::string& trust_domain, const std::string& extra_yaml) {
+  auto c = std::unique_ptr<CertmgrProcess>(new CertmgrProcess(dir));
+  c->grpc_port_ = PickFreePort();
+  c->admin_port_ = PickFreePort();
+  c->config_path_ = dir.Write(
+      "certmgr.yaml",
+      absl::StrCat("trust_domain: ", trust_domain, "\nlisten: 127.0.0.1:", c->grpc_port_,
+                   "\nadmin: {listen: 127.0.0.1:", c->admin_port_, "}\nca: {dir: ", dir.File("ca"),
+                   "}\nauthenticators:\n  join_tokens: {file: ", dir.File("join-tokens"), "}\n",
+                   extra_yaml));
+  absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Start(
+      {BinaryPath("meshtls-certmgr"), "--config", c->config_path_}, dir.File("certmgr.log"));
+  if (!p.ok()) {
+    return p.status();
+  }
+  c->process_ = *std::move(p);
+  const uint16_t admin = c->admin_port_;
+  if (!WaitFor(
+          [admin] {
+            absl::StatusOr<HttpResult> r = HttpGet(admin, "/readyz", absl::Seconds(1));
+            return r.ok() && r->status == 200;
+          },
+          absl::Seconds(20))) {
+    return absl::UnavailableError(absl::StrCat("certmgr not ready:\n", c->process_->Log()));
+  }
+  return c;
+}
+
+std::string CertmgrProcess::Token(const std::string& spiffe_id) const {
+  const std::string out = dir_.File("token-create.out");
+  absl::StatusOr<std::unique_ptr<Subprocess>> p =
+      Subprocess::Start({BinaryPath("meshtls-certmgr"), "token", "create", "--config",
+                         config_path_, "--spiffe-id", spiffe_id},
+                        out);
+  if (!p.ok() || (*p)->WaitForExit(absl::Seconds(10)) != 0) {
+    return "";
+  }
+  return std::string(absl::StripAsciiWhitespace(*base::ReadFileToString(out)));
+}
+
+std::string CertmgrProcess::TokenFile(const std::string& spiffe_id,
+                                      const std::string& name) const {
+  return dir_.Write(name, Token(spiffe_id), 0600);
+}
+
+absl::StatusOr<std::unique_ptr<SidecarProcess>> SidecarProcess::Start(const TempDir& dir,
+                                                                      const std::string& name,
+                                                                      const std::string& yaml) {
+  auto s = std::unique_ptr<SidecarProcess>(new SidecarProcess());
+  s->admin_port_ = PickFreePort();
+  const std::string config = dir.Write(
+      name + ".yaml", absl::StrCat(yaml, "\nadmin: {listen: 127.0.0.1:", s->admin_port_, "}\n"));
+  absl::StatusOr<std::unique_ptr<Subprocess>> p =
+      Subprocess::Start({BinaryPath("meshtls-sidecar"), "--config", config, "--workers", "2"},
+                        dir.File(name + ".log"));
+  if (!p.ok()) {
+    return p.status();
+  }
+  s->process_ = *std::move(p);
+  return s;
+}
+
+bool SidecarProcess::WaitReady(absl::Duration timeout) {
+  const uint16_t admin = admin_port_;
+  return WaitFor(
+      [admin] {
+        absl::StatusOr<HttpResult> r = HttpGet(admin, "/readyz", absl::Seconds(1));
+        return r.ok() && r->status == 200;
+      },
+      timeout);
+}
+
+bool SidecarProcess::WaitForMetric(const std::string& series, double value,
+                                   absl::Duration timeout) const {
+  return WaitFor([&] { return Metric(series) >= value; }, timeout);
+}
+
+std::string Handshakes(const std::string& direction, const std::string& result) {
+  return absl::StrCat("meshtls_tls_handshakes_total{direction=\"", direction, "\",result=\"",
+                      result, "\"}");
+}
+
+}  // namespace meshtls::testing

@@ -1,0 +1,63 @@
+#pragma once
+
+// The real binaries as test fixtures: certmgr with a fresh CA, sidecars from YAML.
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "tests/testing/harness.h"
+
+namespace meshtls::testing {
+
+// CertmgrProcess runs meshtls-certmgr on loopback with a CA directory in `dir`.
+class CertmgrProcess {
+ public:
+  // `extra_yaml` is appended to the config (for example an issuance section).
+  static absl::StatusOr<std::unique_ptr<CertmgrProcess>> Start(const TempDir& dir,
+                                                               const std::string& trust_domain,
+                                                               const std::string& extra_yaml = "");
+  // Token runs `meshtls-certmgr token create` and returns the new token.
+  std::string Token(const std::string& spiffe_id) const;
+  // TokenFile writes a new token for `spiffe_id` to a file and returns its path.
+  std::string TokenFile(const std::string& spiffe_id, const std::string& name) const;
+
+  uint16_t grpc_port() const { return grpc_port_; }
+  uint16_t admin_port() const { return admin_port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
+  std::string ca_pem_path() const { return dir_.File("ca/ca.pem"); }
+  Subprocess& process() { return *process_; }
+
+ private:
+  CertmgrProcess(const TempDir& dir) : dir_(dir) {}
+  const TempDir& dir_;
+  std::string config_path_;
+  uint16_t grpc_port_ = 0;
+  uint16_t admin_port_ = 0;
+  std::unique_ptr<Subprocess> process_;
+};
+
+// SidecarProcess runs meshtls-sidecar with the given YAML (the admin section is added).
+class SidecarProcess {
+ public:
+  static absl::StatusOr<std::unique_ptr<SidecarProcess>> Start(const TempDir& dir,
+                                                               const std::string& name,
+                                                               const std::string& yaml);
+  // WaitReady polls /readyz until 200 (false after `timeout`).
+  bool WaitReady(absl::Duration timeout = absl::Seconds(20));
+  double Metric(const std::string& series) const { return ScrapeMetric(admin_port_, series); }
+  // WaitForMetric polls until the series reaches at least `value`.
+  bool WaitForMetric(const std::string& series, double value,
+                     absl::Duration timeout = absl::Seconds(10)) const;
+  uint16_t admin_port() const { return admin_port_; }
+  Subprocess& process() { return *process_; }
+
+ private:
+  uint16_t admin_port_ = 0;
+  std::unique_ptr<Subprocess> process_;
+};
+
+// Handshakes returns the series name of meshtls_tls_handshakes_total for a direction/result.
+std::string Handshakes(const std::string& direction, const std::string& result);
+
+}  // namespace meshtls::testing
