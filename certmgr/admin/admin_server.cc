@@ -4,10 +4,18 @@
 #include <prometheus/collectable.h>
 #include <prometheus/text_serializer.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "certmgr/base/fd.h"
 #include "certmgr/base/host_port.h"
 
 namespace meshtls::admin {
@@ -138,16 +146,49 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(
   mg_server_port server_ports[4];
   int n = mg_get_server_ports(ctx, 4, server_ports);
   uint16_t port = n > 0 ? static_cast<uint16_t>(server_ports[0].port) : hp->port;
-  return std::unique_ptr<AdminServer>(new AdminServer(std::move(impl), port));
+  auto server = std::unique_ptr<AdminServer>(new AdminServer(std::move(impl), port));
+  server->listen_is_ipv6_ = hp->is_ipv6;
+  return server;
 }
 
 AdminServer::AdminServer(std::unique_ptr<Impl> impl, uint16_t port)
     : impl_(std::move(impl)), port_(port) {}
 
 AdminServer::~AdminServer() {
-  if (impl_ != nullptr && impl_->ctx != nullptr) {
-    mg_stop(impl_->ctx);  // joins civetweb's threads: no handler runs after this
+  if (impl_ == nullptr || impl_->ctx == nullptr) {
+    return;
   }
+  // mg_stop joins civetweb's threads (no handler runs after it returns), but its listener
+  // thread only notices the stop flag when its poll() returns, which by itself takes up to
+  // 2 s. A connection to our own port wakes it at once.
+  std::atomic<bool> stopped{false};
+  std::thread stopper([&] {
+    mg_stop(impl_->ctx);
+    stopped.store(true);
+  });
+  const bool v6 = listen_is_ipv6_;
+  for (int i = 0; i < 200 && !stopped.load(); ++i) {
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    if (v6) {
+      auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+      a->sin6_family = AF_INET6;
+      a->sin6_port = htons(port_);
+      a->sin6_addr = in6addr_loopback;
+      len = sizeof(*a);
+    } else {
+      auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+      a->sin_family = AF_INET;
+      a->sin_port = htons(port_);
+      a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      len = sizeof(*a);
+    }
+    base::UniqueFd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ::connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), len);
+    fd.reset();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  stopper.join();
 }
 
 }  // namespace meshtls::admin

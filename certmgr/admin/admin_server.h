@@ -48,6 +48,7 @@ class AdminServer {
   explicit AdminServer(std::unique_ptr<Impl> impl, uint16_t port);
   std::unique_ptr<Impl> impl_;
   uint16_t port_;
+  bool listen_is_ipv6_ = false;
 };
 
 }  // namespace meshtls::admin

@@ -1,5 +1,7 @@
 #include "tests/testing/harness.h"
 
+#include <gtest/gtest.h>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -101,14 +103,35 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(std::vector<std::s
   if (rc != 0) {
     return absl::InternalError(absl::StrCat("posix_spawn ", argv[0], ": ", std::strerror(rc)));
   }
-  return std::unique_ptr<Subprocess>(new Subprocess(pid, std::move(log_path)));
+  auto process = std::unique_ptr<Subprocess>(new Subprocess(pid, std::move(log_path)));
+  process->args0_ = argv[0];
+  return process;
 }
 
 Subprocess::~Subprocess() {
+  // Stop it the way production does (SIGTERM: drain, exit 0), so every test also checks a
+  // clean shutdown, and under sanitizers a leak-free exit.
   if (!exit_code_.has_value()) {
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
+    ::kill(pid_, SIGTERM);
+    if (!WaitForExit(absl::Seconds(15)).has_value()) {
+      ::kill(pid_, SIGKILL);
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+      ADD_FAILURE() << args0_ << " did not exit within 15 s of SIGTERM; log:\n" << Log();
+      return;
+    }
+    if (*exit_code_ != 0 && !expect_nonzero_exit_) {
+      ADD_FAILURE() << args0_ << " exited with " << *exit_code_ << " after SIGTERM; log:\n"
+                    << Log();
+    }
+  }
+  const std::string log = Log();
+  for (const char* report : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                             "WARNING: ThreadSanitizer"}) {
+    if (log.find(report) != std::string::npos) {
+      ADD_FAILURE() << args0_ << " reported \"" << report << "\"; log:\n" << log;
+      break;
+    }
   }
 }
 

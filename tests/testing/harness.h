@@ -38,8 +38,9 @@ class TempDir {
 // BinaryPath returns the path of a built binary ("meshtls-sidecar", "meshtls-certmgr").
 std::string BinaryPath(absl::string_view name);
 
-// Subprocess runs a binary with stdout and stderr sent to a log file. The destructor kills
-// it (SIGKILL) if it still runs.
+// Subprocess runs a binary with stdout and stderr sent to a log file. If it still runs at
+// destruction it gets SIGTERM and must exit 0 within 15 s (else the test fails and it is
+// killed); a sanitizer report in its log also fails the test.
 class Subprocess {
  public:
   static absl::StatusOr<std::unique_ptr<Subprocess>> Start(std::vector<std::string> argv,
@@ -50,10 +51,14 @@ class Subprocess {
   std::optional<int> WaitForExit(absl::Duration timeout);
   std::string Log() const;
   pid_t pid() const { return pid_; }
+  // ExpectNonzeroExit: a non-zero exit after SIGTERM is not a failure (negative tests).
+  void ExpectNonzeroExit() { expect_nonzero_exit_ = true; }
 
  private:
   Subprocess(pid_t pid, std::string log_path) : pid_(pid), log_path_(std::move(log_path)) {}
   pid_t pid_;
+  std::string args0_;
+  bool expect_nonzero_exit_ = false;
   std::string log_path_;
   std::optional<int> exit_code_;
 };
