@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds, and runs every ctest test (unit and
-# integration: real processes, real handshakes, certificates minted at test time).
+# integration: real processes, real handshakes, certificates minted at test time), first in a
+# normal build, then in an ASan+UBSan build (leaks included, in the real binaries too: the
+# integration tests stop them with SIGTERM and fail on any sanitizer report).
+# MESHTLS_SKIP_SANITIZERS=1 runs only the normal build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+
+echo "== build and test (RelWithDebInfo)"
 BUILD_DIR=build scripts/build.sh
-cd build
-ctest --output-on-failure --timeout 300 -j2
+(cd build && ctest --output-on-failure --timeout 300 -j2)
+
+if [ "${MESHTLS_SKIP_SANITIZERS:-0}" != "1" ]; then
+  echo "== build and test (ASan + UBSan)"
+  BUILD_DIR=build-asan scripts/build.sh -DMESHTLS_SANITIZE=address,undefined
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+  (cd build-asan && ctest --output-on-failure --timeout 600 -j2)
+fi

@@ -436,15 +436,9 @@ void Connection::Refuse(RefusedReason reason, absl::string_view detail) {
                       {"reason", kRefusedReasonNames[static_cast<int>(reason)]},
                       {"detail", std::string(detail)}});
   }
-  if (ssl_ != nullptr && state_ == State::kConnecting) {
-    // Inbound: the peer is authenticated; tell it we are closing rather than resetting.
-    ERR_clear_error();
-    SSL_shutdown(ssl_.get());
-    ERR_clear_error();
-    Close(/*abortive=*/false);
-    return;
-  }
-  Close(/*abortive=*/true);
+  // Inbound after the handshake, the peer is authenticated: close with close_notify (Close sends
+  // it) rather than a reset. Everything else is reset.
+  Close(/*abortive=*/!(ssl_ != nullptr && SSL_is_init_finished(ssl_.get())));
 }
 
 void Connection::Close(bool abortive) {

@@ -304,8 +304,10 @@ class ServerImpl final : public Server {
   TlsSettings settings_;
   TlsContextStore store_;
   std::vector<ListenerRuntime> listeners_;
-  std::unique_ptr<net::Resolver> resolver_;
   std::vector<std::unique_ptr<Worker>> workers_;
+  // Declared after workers_, so it is destroyed (its thread joined) before their event loops:
+  // a DNS answer in flight must never be posted to a destroyed loop.
+  std::unique_ptr<net::Resolver> resolver_;
   std::unique_ptr<admin::AdminServer> admin_;
   std::unique_ptr<certmgr::CaClient> ca_client_;
   std::unique_ptr<certmgr::Rotator> rotator_;
