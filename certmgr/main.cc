@@ -34,13 +34,13 @@ constexpr const char* kUsage =
     "  meshtls-certmgr token create (--config FILE | --token-file PATH) --spiffe-id ID "
     "[--ttl DURATION]\n"
     "\n"
-    "serve         run the CA: gRPC CertificateAuthority over TLS, admin /metrics /healthz /readyz\n"
+    "serve         run the CA: gRPC CertificateAuthority over TLS, admin /metrics /healthz "
+    "/readyz\n"
     "token create  add a join token for ID to the token file and print it (only its hash is "
     "stored)\n";
 
 int UsageError(absl::string_view message) {
-  std::fprintf(stderr, "meshtls-certmgr: %.*s\n", static_cast<int>(message.size()),
-               message.data());
+  std::fprintf(stderr, "meshtls-certmgr: %.*s\n", static_cast<int>(message.size()), message.data());
   return 2;
 }
 

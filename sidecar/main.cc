@@ -40,8 +40,7 @@ constexpr const char* kUsage =
     "Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads identity.files.\n";
 
 int UsageError(absl::string_view message) {
-  std::fprintf(stderr, "meshtls-sidecar: %.*s\n", static_cast<int>(message.size()),
-               message.data());
+  std::fprintf(stderr, "meshtls-sidecar: %.*s\n", static_cast<int>(message.size()), message.data());
   return 2;
 }
 
@@ -49,8 +48,8 @@ int UsageError(absl::string_view message) {
 
 int main(int argc, char** argv) {
   std::map<std::string, std::string> flags;
-  const std::vector<std::string> known = {"config", "admin",   "log-level", "log-format",
-                                          "workers", "check",  "help",      "version"};
+  const std::vector<std::string> known = {"config",  "admin", "log-level", "log-format",
+                                          "workers", "check", "help",      "version"};
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (!absl::StartsWith(arg, "--")) {

@@ -42,7 +42,7 @@ class AdminServer {
   // port is the bound port (useful when listening on port 0).
   uint16_t port() const { return port_; }
 
- struct Impl;  // opaque; public only so the .cc's civetweb callbacks can name it
+  struct Impl;  // opaque; public only so the .cc's civetweb callbacks can name it
 
  private:
   explicit AdminServer(std::unique_ptr<Impl> impl, uint16_t port);

@@ -6,11 +6,10 @@
 #include <cstdio>
 #include <cstdlib>
 
-#define MESHTLS_CHECK(cond, message)                                                       \
-  do {                                                                                     \
-    if (!(cond)) [[unlikely]] {                                                            \
-      std::fprintf(stderr, "%s:%d: check failed: %s: %s\n", __FILE__, __LINE__, #cond, \
-                   (message));                                                             \
-      std::abort();                                                                        \
-    }                                                                                      \
+#define MESHTLS_CHECK(cond, message)                                                               \
+  do {                                                                                             \
+    if (!(cond)) [[unlikely]] {                                                                    \
+      std::fprintf(stderr, "%s:%d: check failed: %s: %s\n", __FILE__, __LINE__, #cond, (message)); \
+      std::abort();                                                                                \
+    }                                                                                              \
   } while (0)

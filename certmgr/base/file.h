@@ -8,8 +8,7 @@ namespace meshtls::base {
 
 // ReadFileToString reads a whole file of at most `max_bytes`. Errors name the path:
 // NotFound, PermissionDenied, InvalidArgument (too large), Internal.
-absl::StatusOr<std::string> ReadFileToString(const std::string& path,
-                                             size_t max_bytes = 1 << 20);
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max_bytes = 1 << 20);
 
 // WriteFileAtomically writes `contents` to a temporary file beside `path` with `mode`, fsyncs
 // it and renames it over `path`, so readers see the old or the new file, never half of one.

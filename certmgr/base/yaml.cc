@@ -332,8 +332,8 @@ class Parser {
         }
       } else if (StartsSequenceItem(rest) || FindMappingColon(rest) != absl::string_view::npos) {
         // "- key: value" or "- - x": a block node whose indent is the item's column.
-        MESHTLS_ASSIGN_OR_RETURN(
-            item, ParseBlock(static_cast<int>(item_column), depth + 1, item_column));
+        MESHTLS_ASSIGN_OR_RETURN(item,
+                                 ParseBlock(static_cast<int>(item_column), depth + 1, item_column));
       } else {
         MESHTLS_ASSIGN_OR_RETURN(item, ParseInlineValue(at_, item_column, depth + 1));
         item.line = number;
@@ -359,8 +359,8 @@ class Parser {
         }
         continue;
       }
-      if ((c == '"' || c == '\'') && (i == 0 || s[i - 1] == ' ' || s[i - 1] == '[' ||
-                                      s[i - 1] == '{' || s[i - 1] == ',')) {
+      if ((c == '"' || c == '\'') &&
+          (i == 0 || s[i - 1] == ' ' || s[i - 1] == '[' || s[i - 1] == '{' || s[i - 1] == ',')) {
         quote = c;
       } else if (c == '#' && (i == 0 || IsSpace(s[i - 1]))) {
         s = s.substr(0, i);
@@ -574,8 +574,8 @@ class Parser {
       return ParseFlow(depth + 1);
     }
     if (c == ',' || c == ']' || c == '}' || c == ':') {
-      return LineError(FlowLineNumber(), absl::StrCat("expected a value before '", std::string(1, c),
-                                                      "'"));
+      return LineError(FlowLineNumber(),
+                       absl::StrCat("expected a value before '", std::string(1, c), "'"));
     }
     return ParseFlowScalar();
   }
@@ -626,8 +626,8 @@ class Parser {
         return node;
       }
       if (sep != ',') {
-        return LineError(FlowLineNumber(), absl::StrCat("expected ',' or '", std::string(1, close),
-                                                        "'"));
+        return LineError(FlowLineNumber(),
+                         absl::StrCat("expected ',' or '", std::string(1, close), "'"));
       }
       ++flow_col_;
       MESHTLS_ASSIGN_OR_RETURN(char after, NextFlowChar());
@@ -767,7 +767,8 @@ absl::StatusOr<std::vector<std::string>> ReadStringList(const YamlNode& node,
     return out;
   }
   if (node.kind != YamlNode::Kind::kSequence) {
-    return FieldError(path, node, absl::StrCat("must be a list of strings, not ", KindName(node.kind)));
+    return FieldError(path, node,
+                      absl::StrCat("must be a list of strings, not ", KindName(node.kind)));
   }
   for (size_t i = 0; i < node.items.size(); ++i) {
     MESHTLS_ASSIGN_OR_RETURN(std::string s,

@@ -12,12 +12,12 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace meshtls::base {
@@ -25,9 +25,9 @@ namespace meshtls::base {
 struct YamlNode {
   enum class Kind { kNull, kScalar, kMapping, kSequence };
   Kind kind = Kind::kNull;
-  int line = 0;                // 1-based line where the node starts
-  std::string scalar;          // kScalar
-  bool quoted = false;         // kScalar written in quotes (never null, never a number)
+  int line = 0;         // 1-based line where the node starts
+  std::string scalar;   // kScalar
+  bool quoted = false;  // kScalar written in quotes (never null, never a number)
   std::vector<std::pair<std::string, YamlNode>> entries;  // kMapping, in document order
   std::vector<YamlNode> items;                            // kSequence
 

@@ -45,8 +45,7 @@ absl::StatusOr<CaMaterial> CreateRoot(absl::string_view trust_domain, absl::Dura
 
 }  // namespace
 
-absl::Status CheckCaMaterial(const CaMaterial& ca, absl::string_view trust_domain,
-                             absl::Time now) {
+absl::Status CheckCaMaterial(const CaMaterial& ca, absl::string_view trust_domain, absl::Time now) {
   if (!ca.cert.MatchesKey(ca.key.get())) {
     return absl::InvalidArgumentError("the CA key does not match the CA certificate");
   }
@@ -55,12 +54,12 @@ absl::Status CheckCaMaterial(const CaMaterial& ca, absl::string_view trust_domai
         "the CA certificate is not a CA (needs CA:TRUE and keyCertSign)");
   }
   if (now >= ca.cert.not_after()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the CA certificate expired at ", absl::FormatTime(ca.cert.not_after())));
+    return absl::FailedPreconditionError(
+        absl::StrCat("the CA certificate expired at ", absl::FormatTime(ca.cert.not_after())));
   }
   if (now < ca.cert.not_before()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the CA certificate is not valid before ", absl::FormatTime(ca.cert.not_before())));
+    return absl::FailedPreconditionError(absl::StrCat("the CA certificate is not valid before ",
+                                                      absl::FormatTime(ca.cert.not_before())));
   }
   if (ca.roots.empty()) {
     return absl::InvalidArgumentError("the trust bundle is empty");
@@ -85,8 +84,7 @@ absl::StatusOr<CaMaterial> LoadOrCreateCaInDir(const std::string& dir,
   const std::string lock_path = absl::StrCat(dir, "/.lock");
   base::UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!lock.valid() || ::flock(lock.get(), LOCK_EX) != 0) {
-    return absl::InternalError(
-        absl::StrCat("cannot lock ", lock_path, ": ", std::strerror(errno)));
+    return absl::InternalError(absl::StrCat("cannot lock ", lock_path, ": ", std::strerror(errno)));
   }
   const std::string cert_path = absl::StrCat(dir, "/ca.pem");
   const std::string key_path = absl::StrCat(dir, "/ca.key");
@@ -109,11 +107,10 @@ absl::StatusOr<CaMaterial> LoadOrCreateCaInDir(const std::string& dir,
   MESHTLS_ASSIGN_OR_RETURN(std::string key_pem, ca.key.ToPem());
   MESHTLS_RETURN_IF_ERROR(base::WriteFileAtomically(key_path, key_pem, 0600));
   MESHTLS_RETURN_IF_ERROR(base::WriteFileAtomically(cert_path, ca.cert.ToPem(), 0644));
-  base::LogInfo("created a new root CA",
-                {{"dir", dir},
-                 {"subject", ca.cert.SubjectText()},
-                 {"not_after", absl::FormatTime(ca.cert.not_after())},
-                 {"sha256", ca.cert.Sha256Fingerprint()}});
+  base::LogInfo("created a new root CA", {{"dir", dir},
+                                          {"subject", ca.cert.SubjectText()},
+                                          {"not_after", absl::FormatTime(ca.cert.not_after())},
+                                          {"sha256", ca.cert.Sha256Fingerprint()}});
   return ca;
 }
 
@@ -149,8 +146,8 @@ absl::StatusOr<CaMaterial> LoadCaFromFiles(const std::string& cert_path,
     ca.roots = *std::move(roots);
   } else if (ca.roots.empty()) {
     if (!IsSelfSigned(ca.cert)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          cert_path, " holds an intermediate CA; give the root in ca.trust_bundle"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(cert_path, " holds an intermediate CA; give the root in ca.trust_bundle"));
     }
     ca.roots.push_back(ca.cert);
   }

@@ -21,7 +21,8 @@ absl::StatusOr<std::vector<pki::Certificate>> FromDerList(
   for (const std::string& der : ders) {
     absl::StatusOr<pki::Certificate> c = pki::Certificate::FromDer(der);
     if (!c.ok()) {
-      return absl::InternalError(absl::StrCat("certmgr sent a bad ", what, ": ", c.status().message()));
+      return absl::InternalError(
+          absl::StrCat("certmgr sent a bad ", what, ": ", c.status().message()));
     }
     out.push_back(*std::move(c));
   }

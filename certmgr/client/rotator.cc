@@ -77,29 +77,28 @@ absl::Status Rotator::RefreshOnce() {
     backoff_ = absl::ZeroDuration();
     last_success_ = now;
     last_error_.clear();
-    base::LogInfo("certificate renewed",
-                  {{"spiffe_id", current_->chain[0].UriSans().empty()
-                                     ? std::string()
-                                     : current_->chain[0].UriSans()[0]},
-                   {"serial", current_->chain[0].SerialHex()},
-                   {"not_after", absl::FormatTime(current_->chain[0].not_after())},
-                   {"next_refresh", absl::FormatTime(next_refresh_)}});
+    base::LogInfo(
+        "certificate renewed",
+        {{"spiffe_id",
+          current_->chain[0].UriSans().empty() ? std::string() : current_->chain[0].UriSans()[0]},
+         {"serial", current_->chain[0].SerialHex()},
+         {"not_after", absl::FormatTime(current_->chain[0].not_after())},
+         {"next_refresh", absl::FormatTime(next_refresh_)}});
     return absl::OkStatus();
   }();
   if (!result.ok()) {
     absl::MutexLock lock(&mu_);
-    backoff_ = backoff_ == absl::ZeroDuration()
-                   ? options_.initial_backoff
-                   : std::min(backoff_ * 2, options_.max_backoff);
+    backoff_ = backoff_ == absl::ZeroDuration() ? options_.initial_backoff
+                                                : std::min(backoff_ * 2, options_.max_backoff);
     next_refresh_ = clock_.Now() + Jittered(backoff_, 0.2);
     last_error_ = std::string(result.message());
-    base::LogWarning("certificate renewal failed; keeping the current certificate",
-                     {{"error", last_error_},
-                      {"retry_in", absl::FormatDuration(next_refresh_ - clock_.Now())},
-                      {"have_valid_certificate",
-                       current_.has_value() && clock_.Now() < current_->chain[0].not_after()
-                           ? "true"
-                           : "false"}});
+    base::LogWarning(
+        "certificate renewal failed; keeping the current certificate",
+        {{"error", last_error_},
+         {"retry_in", absl::FormatDuration(next_refresh_ - clock_.Now())},
+         {"have_valid_certificate",
+          current_.has_value() && clock_.Now() < current_->chain[0].not_after() ? "true"
+                                                                                : "false"}});
   }
   if (options_.on_attempt) {
     options_.on_attempt(result);
@@ -187,8 +186,8 @@ void Rotator::WatchLoop() {
   absl::Duration backoff = options_.initial_backoff;
   while (true) {
     bool received = false;
-    absl::Status s = client_.WatchTrustBundle(
-        [&](std::vector<pki::Certificate> roots, uint64_t sequence) {
+    absl::Status s =
+        client_.WatchTrustBundle([&](std::vector<pki::Certificate> roots, uint64_t sequence) {
           received = true;
           OnTrustBundle(std::move(roots), sequence);
         });
@@ -201,9 +200,9 @@ void Rotator::WatchLoop() {
     if (received) {
       backoff = options_.initial_backoff;
     }
-    base::LogWarning("trust bundle stream ended; reconnecting",
-                     {{"error", std::string(s.message())},
-                      {"retry_in", absl::FormatDuration(backoff)}});
+    base::LogWarning(
+        "trust bundle stream ended; reconnecting",
+        {{"error", std::string(s.message())}, {"retry_in", absl::FormatDuration(backoff)}});
     if (!WaitFor(backoff)) {
       return;
     }

@@ -52,8 +52,7 @@ struct RotatorStatus {
 // test's); OnTrustBundle() and status() on any thread. Publish calls are serialized.
 class Rotator {
  public:
-  Rotator(RotatorOptions options, CaClient& client, CredentialSink& sink,
-          const base::Clock& clock)
+  Rotator(RotatorOptions options, CaClient& client, CredentialSink& sink, const base::Clock& clock)
       : options_(std::move(options)), client_(client), sink_(sink), clock_(clock) {}
   ~Rotator() { Stop(); }
 

@@ -79,8 +79,8 @@ absl::Time Certificate::not_after() const { return Asn1TimeToAbsl(X509_get0_notA
 
 std::vector<std::string> Certificate::UriSans() const {
   std::vector<std::string> out;
-  GeneralNamesPtr names(static_cast<GENERAL_NAMES*>(
-      X509_get_ext_d2i(get(), NID_subject_alt_name, nullptr, nullptr)));
+  GeneralNamesPtr names(
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(get(), NID_subject_alt_name, nullptr, nullptr)));
   if (names == nullptr) {
     ERR_clear_error();
     return out;

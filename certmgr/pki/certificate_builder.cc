@@ -47,7 +47,8 @@ absl::Status AddGeneralName(GENERAL_NAMES* names, int type, const std::string& v
     GENERAL_NAME_set0_value(name, GEN_IPADD, ip);
   } else {
     ASN1_IA5STRING* text = ASN1_IA5STRING_new();
-    if (text == nullptr || ASN1_STRING_set(text, value.data(), static_cast<int>(value.size())) != 1) {
+    if (text == nullptr ||
+        ASN1_STRING_set(text, value.data(), static_cast<int>(value.size())) != 1) {
       ASN1_IA5STRING_free(text);
       GENERAL_NAME_free(name);
       return OpenSslError(absl::StatusCode::kInternal, "SAN string");
@@ -105,8 +106,8 @@ absl::StatusOr<Certificate> BuildCertificate(const CertificateProfile& profile,
   MESHTLS_RETURN_IF_ERROR(AddNameEntry(subject.get(), "O", profile.organization));
   MESHTLS_RETURN_IF_ERROR(AddNameEntry(subject.get(), "CN", profile.common_name));
   if (X509_set_subject_name(cert.get(), subject.get()) != 1 ||
-      X509_set_issuer_name(cert.get(), issuer == nullptr ? subject.get()
-                                                         : X509_get_subject_name(issuer->get())) !=
+      X509_set_issuer_name(
+          cert.get(), issuer == nullptr ? subject.get() : X509_get_subject_name(issuer->get())) !=
           1 ||
       X509_set_pubkey(cert.get(), subject_key) != 1) {
     return OpenSslError(absl::StatusCode::kInternal, "certificate names or key");
@@ -116,8 +117,8 @@ absl::StatusOr<Certificate> BuildCertificate(const CertificateProfile& profile,
 
   X509V3_CTX ctx;
   X509V3_set_ctx_nodb(&ctx);
-  X509V3_set_ctx(&ctx, issuer == nullptr ? cert.get() : issuer->get(), cert.get(), nullptr,
-                 nullptr, 0);
+  X509V3_set_ctx(&ctx, issuer == nullptr ? cert.get() : issuer->get(), cert.get(), nullptr, nullptr,
+                 0);
   if (profile.include_basic_constraints) {
     std::string bc = profile.is_ca ? "critical,CA:TRUE" : "critical,CA:FALSE";
     if (profile.is_ca && profile.path_length.has_value()) {

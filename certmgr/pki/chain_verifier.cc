@@ -50,7 +50,7 @@ absl::StatusOr<std::shared_ptr<const ChainVerifier>> ChainVerifier::Create(
       new ChainVerifier(std::move(trust_domain), std::move(roots), std::move(store)));
 }
 
-absl::StatusOr<SpiffeId> ChainVerifier::Verify(X509* leaf, STACK_OF(X509)* untrusted,
+absl::StatusOr<SpiffeId> ChainVerifier::Verify(X509* leaf, STACK_OF(X509) * untrusted,
                                                PeerRole role, absl::Time now,
                                                int* x509_error) const {
   if (x509_error != nullptr) {
@@ -67,8 +67,8 @@ absl::StatusOr<SpiffeId> ChainVerifier::Verify(X509* leaf, STACK_OF(X509)* untru
   X509_VERIFY_PARAM_set_time(param, absl::ToTimeT(now));
   X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_X509_STRICT);
   X509_VERIFY_PARAM_set_depth(param, kMaxChainDepth);
-  X509_STORE_CTX_set_purpose(ctx.get(), role == PeerRole::kClient ? X509_PURPOSE_SSL_CLIENT
-                                                                  : X509_PURPOSE_SSL_SERVER);
+  X509_STORE_CTX_set_purpose(
+      ctx.get(), role == PeerRole::kClient ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER);
   if (X509_verify_cert(ctx.get()) != 1) {
     int err = X509_STORE_CTX_get_error(ctx.get());
     if (err == X509_V_OK) {
@@ -124,8 +124,7 @@ absl::StatusOr<SpiffeId> CheckSvidLeaf(X509* leaf, PeerRole role, absl::string_v
                   "leaf has keyCertSign or cRLSign key usage");
     }
     if ((key_usage & KU_DIGITAL_SIGNATURE) == 0) {
-      return Fail(X509_V_ERR_INVALID_PURPOSE, x509_error,
-                  "leaf key usage lacks digitalSignature");
+      return Fail(X509_V_ERR_INVALID_PURPOSE, x509_error, "leaf key usage lacks digitalSignature");
     }
   }
   const uint32_t eku = X509_get_extended_key_usage(leaf);
@@ -145,9 +144,9 @@ absl::StatusOr<SpiffeId> CheckSvidLeaf(X509* leaf, PeerRole role, absl::string_v
     return Fail(X509_V_ERR_APPLICATION_VERIFICATION, x509_error, id.status().message());
   }
   if (id->trust_domain() != trust_domain) {
-    return Fail(X509_V_ERR_APPLICATION_VERIFICATION, x509_error,
-                absl::StrCat("leaf SPIFFE ID ", id->str(), " is not in trust domain ",
-                             trust_domain));
+    return Fail(
+        X509_V_ERR_APPLICATION_VERIFICATION, x509_error,
+        absl::StrCat("leaf SPIFFE ID ", id->str(), " is not in trust domain ", trust_domain));
   }
   if (x509_error != nullptr) {
     *x509_error = X509_V_OK;

@@ -31,7 +31,7 @@ class ChainVerifier {
   // Verify returns the leaf's SPIFFE ID, or an error: FailedPrecondition for a certificate
   // outside its validity, Unauthenticated for anything else. `*x509_error` (if given) is set
   // to the X509_V_ERR_* code that explains the failure (X509_V_OK on success).
-  absl::StatusOr<SpiffeId> Verify(X509* leaf, STACK_OF(X509)* untrusted, PeerRole role,
+  absl::StatusOr<SpiffeId> Verify(X509* leaf, STACK_OF(X509) * untrusted, PeerRole role,
                                   absl::Time now, int* x509_error = nullptr) const;
   // VerifyChain is Verify for a chain held as Certificates, leaf first.
   absl::StatusOr<SpiffeId> VerifyChain(const std::vector<Certificate>& chain, PeerRole role,
@@ -42,7 +42,9 @@ class ChainVerifier {
 
  private:
   ChainVerifier(std::string trust_domain, std::vector<Certificate> roots, X509StorePtr store)
-      : trust_domain_(std::move(trust_domain)), roots_(std::move(roots)), store_(std::move(store)) {}
+      : trust_domain_(std::move(trust_domain)),
+        roots_(std::move(roots)),
+        store_(std::move(store)) {}
 
   std::string trust_domain_;
   std::vector<Certificate> roots_;

@@ -35,9 +35,8 @@ absl::StatusOr<PrivateKey> PrivateKey::FromPem(absl::string_view pem) {
 
 absl::StatusOr<std::string> PrivateKey::ToPem() const {
   BioPtr bio(BIO_new(BIO_s_mem()));
-  if (bio == nullptr ||
-      PEM_write_bio_PKCS8PrivateKey(bio.get(), key_.get(), nullptr, nullptr, 0, nullptr,
-                                    nullptr) != 1) {
+  if (bio == nullptr || PEM_write_bio_PKCS8PrivateKey(bio.get(), key_.get(), nullptr, nullptr, 0,
+                                                      nullptr, nullptr) != 1) {
     return OpenSslError(absl::StatusCode::kInternal, "writing a private key as PEM");
   }
   char* data = nullptr;

@@ -79,8 +79,8 @@ absl::Status SpiffeId::ValidateTrustDomain(absl::string_view td) {
 
 absl::StatusOr<SpiffeId> SpiffeId::Parse(absl::string_view text) {
   auto invalid = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat("\"", text.substr(0, 256),
-                                                   "\" is not a SPIFFE ID: ", why));
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", text.substr(0, 256), "\" is not a SPIFFE ID: ", why));
   };
   if (text.size() > kMaxIdLength) {
     return invalid("longer than 2048 bytes");
@@ -107,8 +107,8 @@ absl::StatusOr<SpiffeId> SpiffeId::Parse(absl::string_view text) {
   return SpiffeId(std::string(text), td.size());
 }
 
-absl::StatusOr<SpiffeId> SpiffeId::ForWorkload(absl::string_view trust_domain,
-                                               absl::string_view ns, absl::string_view sa) {
+absl::StatusOr<SpiffeId> SpiffeId::ForWorkload(absl::string_view trust_domain, absl::string_view ns,
+                                               absl::string_view sa) {
   for (absl::string_view part : {ns, sa}) {
     if (part.empty() || part.find('/') != absl::string_view::npos) {
       return absl::InvalidArgumentError(absl::StrCat(

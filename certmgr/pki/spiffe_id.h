@@ -1,10 +1,10 @@
 #pragma once
 
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace meshtls::pki {
 
@@ -18,8 +18,8 @@ class SpiffeId {
   // ValidateTrustDomain checks a bare trust domain name ("example.org").
   static absl::Status ValidateTrustDomain(absl::string_view trust_domain);
   // ForWorkload builds spiffe://<td>/ns/<ns>/sa/<sa>, validating each part.
-  static absl::StatusOr<SpiffeId> ForWorkload(absl::string_view trust_domain,
-                                              absl::string_view ns, absl::string_view sa);
+  static absl::StatusOr<SpiffeId> ForWorkload(absl::string_view trust_domain, absl::string_view ns,
+                                              absl::string_view sa);
 
   const std::string& str() const { return text_; }
   absl::string_view trust_domain() const {

@@ -211,14 +211,14 @@ void FillTrustBundle(const TrustBundle& bundle, meshtls::ca::v1::TrustBundle& ou
 grpc::Status CaService::DoSign(grpc::CallbackServerContext& context, const SignRequest& request,
                                SignResponse& response, SignResult& result) {
   CallerCredentials credentials = ExtractCredentials(context);
-  const char* credential_kind = !credentials.peer_chain.empty() ? "certificate"
+  const char* credential_kind = !credentials.peer_chain.empty()        ? "certificate"
                                 : credentials.bearer_token.has_value() ? "token"
-                                                                        : "none";
+                                                                       : "none";
   absl::StatusOr<pki::SpiffeId> id = authenticator_.Authenticate(credentials);
   if (!id.ok()) {
-    result = absl::IsPermissionDenied(id.status()) ? SignResult::kPermissionDenied
+    result = absl::IsPermissionDenied(id.status())  ? SignResult::kPermissionDenied
              : absl::IsUnauthenticated(id.status()) ? SignResult::kUnauthenticated
-                                                     : SignResult::kInternal;
+                                                    : SignResult::kInternal;
     base::LogWarning("sign refused", {{"peer", context.peer()},
                                       {"credential", credential_kind},
                                       {"error", std::string(id.status().message())}});
@@ -239,8 +239,8 @@ grpc::Status CaService::DoSign(grpc::CallbackServerContext& context, const SignR
   absl::StatusOr<IssuedCertificate> issued = signer_.SignWorkload(*csr, *id, ttl);
   if (!issued.ok()) {
     result = SignResult::kInternal;
-    base::LogError("signing failed", {{"spiffe_id", id->str()},
-                                      {"error", std::string(issued.status().message())}});
+    base::LogError("signing failed",
+                   {{"spiffe_id", id->str()}, {"error", std::string(issued.status().message())}});
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "signing failed; retry later");
   }
   for (const pki::Certificate& c : issued->chain) {

@@ -12,7 +12,7 @@ namespace meshtls::certmgr {
 
 // CallerCredentials is what a caller presented, as plain values (no gRPC types).
 struct CallerCredentials {
-  std::optional<std::string> bearer_token;  // from "authorization: Bearer <token>"
+  std::optional<std::string> bearer_token;   // from "authorization: Bearer <token>"
   std::vector<pki::Certificate> peer_chain;  // the mTLS client chain, leaf first (may be empty)
 };
 

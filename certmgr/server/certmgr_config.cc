@@ -66,7 +66,8 @@ absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
     for (const std::string& ip : c.server_ips) {
       unsigned char buf[16];
       if (inet_pton(AF_INET, ip.c_str(), buf) != 1 && inet_pton(AF_INET6, ip.c_str(), buf) != 1) {
-        return base::FieldError("server_ips", *n, absl::StrCat("\"", ip, "\" is not an IP address"));
+        return base::FieldError("server_ips", *n,
+                                absl::StrCat("\"", ip, "\" is not an IP address"));
       }
     }
   }

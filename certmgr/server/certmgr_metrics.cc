@@ -7,9 +7,8 @@ CertmgrMetrics::CertmgrMetrics() : registry_(std::make_shared<prometheus::Regist
                        .Name("meshtls_certmgr_sign_requests_total")
                        .Help("Sign requests by result.")
                        .Register(*registry_);
-  constexpr const char* kResults[kSignResultCount] = {"success", "unauthenticated",
-                                                      "permission_denied", "invalid_csr",
-                                                      "internal"};
+  constexpr const char* kResults[kSignResultCount] = {
+      "success", "unauthenticated", "permission_denied", "invalid_csr", "internal"};
   for (int i = 0; i < kSignResultCount; ++i) {
     sign_requests_[i] = &requests.Add({{"result", kResults[i]}});
   }

@@ -34,7 +34,8 @@ class CertmgrServerImpl final : public CertmgrServer {
   absl::Status Start() {
     std::vector<std::unique_ptr<CallerAuthenticator>> bootstrap;
     if (!config_.join_tokens_file.empty()) {
-      bootstrap.push_back(std::make_unique<JoinTokenAuthenticator>(config_.join_tokens_file, clock_));
+      bootstrap.push_back(
+          std::make_unique<JoinTokenAuthenticator>(config_.join_tokens_file, clock_));
     }
     authenticator_ = std::make_unique<MeshAuthenticator>(config_.trust_domain, bundle_,
                                                          std::move(bootstrap), clock_);
@@ -80,8 +81,8 @@ class CertmgrServerImpl final : public CertmgrServer {
                         return admin::HttpResponse{.body = "ready\n"};
                       }});
     MESHTLS_ASSIGN_OR_RETURN(
-        admin_, admin::AdminServer::Start(config_.admin_listen, std::move(routes),
-                                          {metrics_.registry()}));
+        admin_,
+        admin::AdminServer::Start(config_.admin_listen, std::move(routes), {metrics_.registry()}));
     ready_.store(true);
     base::LogInfo("certmgr serving",
                   {{"trust_domain", config_.trust_domain},

@@ -39,11 +39,12 @@ absl::StatusOr<std::string> CreateJoinToken(const std::string& path, const pki::
   if (RAND_bytes(random, sizeof(random)) != 1) {
     return absl::InternalError("RAND_bytes failed");
   }
-  std::string token = absl::StrCat(
-      kTokenPrefix,
-      absl::WebSafeBase64Escape(absl::string_view(reinterpret_cast<char*>(random), sizeof(random))));
+  std::string token =
+      absl::StrCat(kTokenPrefix, absl::WebSafeBase64Escape(absl::string_view(
+                                     reinterpret_cast<char*>(random), sizeof(random))));
   const int64_t expiry = expires.has_value() ? absl::ToUnixSeconds(*expires) : 0;
-  const std::string line = absl::StrCat("v1 ", TokenSha256Hex(token), " ", id.str(), " ", expiry, "\n");
+  const std::string line =
+      absl::StrCat("v1 ", TokenSha256Hex(token), " ", id.str(), " ", expiry, "\n");
   base::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
   if (!fd.valid()) {
     return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));

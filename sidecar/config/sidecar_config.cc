@@ -15,8 +15,8 @@ namespace {
 using base::ConfigMap;
 using base::YamlNode;
 
-absl::Status ReadFilePath(ConfigMap& map, absl::string_view key, bool required,
-                          bool check_files, const YamlNode& parent, std::string& out) {
+absl::Status ReadFilePath(ConfigMap& map, absl::string_view key, bool required, bool check_files,
+                          const YamlNode& parent, std::string& out) {
   const YamlNode* n = map.Take(key);
   if (n == nullptr) {
     if (required) {
@@ -76,7 +76,8 @@ absl::StatusOr<std::vector<ListenerConfig>> ReadListeners(const YamlNode& node,
     }
     MESHTLS_ASSIGN_OR_RETURN(l.name, base::ReadString(*name, map.FieldPath("name")));
     if (l.name.empty() || l.name.size() > 64 ||
-        l.name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") !=
+        l.name.find_first_not_of(
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") !=
             std::string::npos) {
       return base::FieldError(map.FieldPath("name"), *name,
                               "must be 1-64 characters of A-Z a-z 0-9 _ - .");

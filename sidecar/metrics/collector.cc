@@ -68,9 +68,8 @@ std::vector<MetricFamily> SidecarCollector::Collect() const {
           cumulative += s->handshake_latency[d][resumed].bucket(b);
         }
         ClientMetric::Bucket bucket;
-        bucket.upper_bound = b < kHandshakeBuckets.size()
-                                 ? kHandshakeBuckets[b]
-                                 : std::numeric_limits<double>::infinity();
+        bucket.upper_bound = b < kHandshakeBuckets.size() ? kHandshakeBuckets[b]
+                                                          : std::numeric_limits<double>::infinity();
         bucket.cumulative_count = cumulative;
         m.histogram.bucket.push_back(bucket);
       }
@@ -84,10 +83,10 @@ std::vector<MetricFamily> SidecarCollector::Collect() const {
   }
   out.push_back(std::move(latency));
 
-  MetricFamily active = Family("meshtls_connections_active", "Open proxied connections.",
-                               MetricType::Gauge);
-  MetricFamily total = Family("meshtls_connections_total", "Accepted connections.",
-                              MetricType::Counter);
+  MetricFamily active =
+      Family("meshtls_connections_active", "Open proxied connections.", MetricType::Gauge);
+  MetricFamily total =
+      Family("meshtls_connections_total", "Accepted connections.", MetricType::Counter);
   MetricFamily bytes = Family("meshtls_bytes_total",
                               "Application bytes relayed; received from / sent to the remote peer.",
                               MetricType::Counter);
@@ -123,9 +122,9 @@ std::vector<MetricFamily> SidecarCollector::Collect() const {
   out.push_back(std::move(bytes));
   out.push_back(std::move(refused));
 
-  MetricFamily authz = Family("meshtls_authz_decisions_total",
-                              "Peer identity authorization decisions by listener.",
-                              MetricType::Counter);
+  MetricFamily authz =
+      Family("meshtls_authz_decisions_total", "Peer identity authorization decisions by listener.",
+             MetricType::Counter);
   for (size_t i = 0; i < listeners_.size(); ++i) {
     uint64_t allow = 0, deny = 0;
     for (const WorkerCounters* s : shards_) {

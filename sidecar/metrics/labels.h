@@ -10,8 +10,7 @@ namespace meshtls::sidecar {
 
 enum class Direction : uint8_t { kInbound = 0, kOutbound = 1 };
 inline constexpr int kDirectionCount = 2;
-inline constexpr std::array<const char*, kDirectionCount> kDirectionNames = {"inbound",
-                                                                             "outbound"};
+inline constexpr std::array<const char*, kDirectionCount> kDirectionNames = {"inbound", "outbound"};
 
 // HandshakeResult is the `result` of meshtls_tls_handshakes_total.
 enum class HandshakeResult : uint8_t {
@@ -32,10 +31,20 @@ enum class HandshakeResult : uint8_t {
 };
 inline constexpr int kHandshakeResultCount = 14;
 inline constexpr std::array<const char*, kHandshakeResultCount> kHandshakeResultNames = {
-    "success",          "no_peer_certificate", "certificate_expired", "certificate_not_yet_valid",
-    "unknown_authority", "bad_certificate",    "certificate_revoked", "identity_denied",
-    "protocol_version", "no_shared_cipher",    "timeout",             "peer_closed",
-    "not_tls",          "internal"};
+    "success",
+    "no_peer_certificate",
+    "certificate_expired",
+    "certificate_not_yet_valid",
+    "unknown_authority",
+    "bad_certificate",
+    "certificate_revoked",
+    "identity_denied",
+    "protocol_version",
+    "no_shared_cipher",
+    "timeout",
+    "peer_closed",
+    "not_tls",
+    "internal"};
 
 // RefusedReason is the `reason` of meshtls_connections_refused_total: connections closed
 // before any handshake.

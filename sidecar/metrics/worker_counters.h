@@ -12,8 +12,9 @@ namespace meshtls::sidecar {
 // relaxed load+store, no read-modify-write, so the hot path has no locked instruction.
 class Counter {
  public:
-  void Add(uint64_t n = 1) { value_.store(value_.load(std::memory_order_relaxed) + n,
-                                          std::memory_order_relaxed); }
+  void Add(uint64_t n = 1) {
+    value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
   uint64_t Get() const { return value_.load(std::memory_order_relaxed); }
 
  private:
@@ -23,8 +24,9 @@ class Counter {
 // Gauge is a single-writer up/down value.
 class Gauge {
  public:
-  void Add(int64_t n) { value_.store(value_.load(std::memory_order_relaxed) + n,
-                                     std::memory_order_relaxed); }
+  void Add(int64_t n) {
+    value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
   int64_t Get() const { return value_.load(std::memory_order_relaxed); }
 
  private:

@@ -110,8 +110,8 @@ int EventLoop::NextTimeoutMs() const {
   if (timers_.empty()) {
     return 1000;
   }
-  auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(timers_.begin()->first.first -
-                                                                    Now());
+  auto wait =
+      std::chrono::duration_cast<std::chrono::milliseconds>(timers_.begin()->first.first - Now());
   if (wait.count() <= 0) {
     return 0;
   }

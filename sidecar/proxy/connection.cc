@@ -107,8 +107,8 @@ void Connection::OnUpstreamConnected() {
 
 void Connection::StartTls() {
   net::SetNoDelay(tls_.fd.get());
-  absl::StatusOr<SslPtr> ssl = context_->NewSsl(listener_.direction == Direction::kInbound,
-                                                tls_.fd.get(), &check_);
+  absl::StatusOr<SslPtr> ssl =
+      context_->NewSsl(listener_.direction == Direction::kInbound, tls_.fd.get(), &check_);
   if (!ssl.ok()) {
     env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kInternal)].Add();
     Close(/*abortive=*/true);
@@ -340,8 +340,7 @@ void Connection::Progress() {
 
     // Buffer -> app.
     if (!to_plain_.empty()) {
-      ssize_t n =
-          ::send(plain_.fd.get(), to_plain_.ReadableSpan(), to_plain_.size(), MSG_NOSIGNAL);
+      ssize_t n = ::send(plain_.fd.get(), to_plain_.ReadableSpan(), to_plain_.size(), MSG_NOSIGNAL);
       if (n > 0) {
         to_plain_.Consume(static_cast<size_t>(n));
         progress = true;
@@ -451,8 +450,7 @@ void Connection::Close(bool abortive) {
     env_.loop.CancelTimer(timer_);
     timer_ = 0;
   }
-  if (!abortive && ssl_ != nullptr && !tls_shutdown_sent_ &&
-      SSL_is_init_finished(ssl_.get())) {
+  if (!abortive && ssl_ != nullptr && !tls_shutdown_sent_ && SSL_is_init_finished(ssl_.get())) {
     ERR_clear_error();
     SSL_shutdown(ssl_.get());  // best effort close_notify
     ERR_clear_error();

@@ -70,9 +70,9 @@ class ServerImpl final : public Server {
       }
     }
     resolver_ = std::make_unique<net::Resolver>();
-    const int worker_count = config_.workers > 0
-                                 ? config_.workers
-                                 : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    const int worker_count =
+        config_.workers > 0 ? config_.workers
+                            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
     // Bind every worker's socket now, so a port conflict fails the start. A listener on port 0
     // gets its port from the first bind and the other workers share it.
     std::vector<std::vector<base::UniqueFd>> fds(worker_count);
@@ -121,8 +121,8 @@ class ServerImpl final : public Server {
     routes.push_back({"/healthz", [] { return admin::HttpResponse{.body = "ok\n"}; }});
     routes.push_back({"/readyz", [this] { return Readiness(); }});
     routes.push_back({"/certs", [this] { return CertsJson(); }});
-    MESHTLS_ASSIGN_OR_RETURN(admin_, admin::AdminServer::Start(config_.admin_listen,
-                                                               std::move(routes), {collector}));
+    MESHTLS_ASSIGN_OR_RETURN(
+        admin_, admin::AdminServer::Start(config_.admin_listen, std::move(routes), {collector}));
     for (auto& w : workers_) {
       w->Start();
     }
@@ -143,8 +143,8 @@ class ServerImpl final : public Server {
       options.on_attempt = [this](const absl::Status& s) {
         (s.ok() ? renewals_success_ : renewals_failure_).fetch_add(1);
       };
-      rotator_ = std::make_unique<certmgr::Rotator>(options, *ca_client_, *this,
-                                                    base::RealClock::Get());
+      rotator_ =
+          std::make_unique<certmgr::Rotator>(options, *ca_client_, *this, base::RealClock::Get());
       rotator_->Start();
     }
     base::LogInfo("sidecar started", {{"workers", absl::StrCat(worker_count)},
@@ -210,8 +210,9 @@ class ServerImpl final : public Server {
 
   void Drain() override {
     draining_.store(true);
-    base::LogInfo("draining", {{"open_connections", absl::StrCat(open_connections_.load())},
-                               {"drain_timeout", absl::FormatDuration(config_.limits.drain_timeout)}});
+    base::LogInfo("draining",
+                  {{"open_connections", absl::StrCat(open_connections_.load())},
+                   {"drain_timeout", absl::FormatDuration(config_.limits.drain_timeout)}});
     for (auto& w : workers_) {
       w->StopAccepting();
     }
@@ -264,7 +265,8 @@ class ServerImpl final : public Server {
       return not_ready("no certificate yet");
     }
     if (absl::Now() >= context->not_after()) {
-      return not_ready(absl::StrCat("certificate expired at ", absl::FormatTime(context->not_after())));
+      return not_ready(
+          absl::StrCat("certificate expired at ", absl::FormatTime(context->not_after())));
     }
     return admin::HttpResponse{.body = "ready\n"};
   }
@@ -293,8 +295,8 @@ class ServerImpl final : public Server {
         "{\"identity\":\"", base::JsonEscape(context->identity().str()), "\",\"serial\":\"",
         leaf.SerialHex(), "\",\"not_before\":", JsonTime(leaf.not_before()),
         ",\"not_after\":", JsonTime(leaf.not_after()),
-        ",\"renewal_due\":", JsonTime(rs.next_refresh),
-        ",\"last_renewal_error\":\"", base::JsonEscape(rs.last_error), "\"",
+        ",\"renewal_due\":", JsonTime(rs.next_refresh), ",\"last_renewal_error\":\"",
+        base::JsonEscape(rs.last_error), "\"",
         ",\"trust_bundle\":{\"sequence\":", context->bundle().bundle_sequence, ",\"roots\":[",
         roots, "]},\"tls_context_generation\":", context->generation(), "}\n");
     return r;

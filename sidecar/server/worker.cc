@@ -33,8 +33,8 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
   return worker;
 }
 
-Worker::Worker(int index, const TlsContextStore& tls, net::Resolver& resolver,
-               WorkerLimits limits, std::atomic<int>& open_connections, size_t listener_count,
+Worker::Worker(int index, const TlsContextStore& tls, net::Resolver& resolver, WorkerLimits limits,
+               std::atomic<int>& open_connections, size_t listener_count,
                std::unique_ptr<net::EventLoop> loop)
     : index_(index),
       limits_(limits),
@@ -62,7 +62,8 @@ Worker::~Worker() { Stop(); }
 
 bool Worker::MayLog() {
   const net::MonoTime now = net::EventLoop::Now();
-  log_tokens_ = std::min(20.0, log_tokens_ + 10.0 * std::chrono::duration<double>(now - log_refill_).count());
+  log_tokens_ =
+      std::min(20.0, log_tokens_ + 10.0 * std::chrono::duration<double>(now - log_refill_).count());
   log_refill_ = now;
   if (log_tokens_ < 1) {
     return false;
@@ -101,7 +102,8 @@ void Worker::Accept(Acceptor& acceptor) {
       continue;
     }
     const uint64_t id = next_connection_id_++;
-    auto connection = std::make_unique<Connection>(id, env_, acceptor.listener, std::move(accepted));
+    auto connection =
+        std::make_unique<Connection>(id, env_, acceptor.listener, std::move(accepted));
     Connection* raw = connection.get();
     connections_.emplace(id, std::move(connection));
     raw->Start();

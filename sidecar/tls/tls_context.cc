@@ -21,7 +21,8 @@ int VerifyPeer(X509_STORE_CTX* store_ctx, void* arg) {
   const auto* context = static_cast<const TlsContext*>(arg);
   SSL* ssl = static_cast<SSL*>(
       X509_STORE_CTX_get_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
-  auto* check = ssl == nullptr ? nullptr : static_cast<PeerCheck*>(SSL_get_ex_data(ssl, PeerCheckIndex()));
+  auto* check =
+      ssl == nullptr ? nullptr : static_cast<PeerCheck*>(SSL_get_ex_data(ssl, PeerCheckIndex()));
   if (check == nullptr) {
     X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_UNSPECIFIED);
     return 0;
@@ -63,9 +64,10 @@ absl::Status Configure(SSL_CTX* ctx, const pki::CredentialBundle& bundle,
     return pki::OpenSslError(absl::StatusCode::kInternal, "setting TLS versions");
   }
   if (settings.allow_tls12 &&
-      SSL_CTX_set_cipher_list(ctx, "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
-                                   "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:"
-                                   "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305") != 1) {
+      SSL_CTX_set_cipher_list(ctx,
+                              "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                              "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:"
+                              "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305") != 1) {
     return pki::OpenSslError(absl::StatusCode::kInternal, "setting TLS 1.2 ciphers");
   }
   if (SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384") != 1) {
@@ -134,8 +136,10 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(
   if (context->server_ == nullptr || context->client_ == nullptr) {
     return pki::OpenSslError(absl::StatusCode::kInternal, "SSL_CTX_new");
   }
-  MESHTLS_RETURN_IF_ERROR(Configure(context->server_.get(), context->bundle_, settings, context.get()));
-  MESHTLS_RETURN_IF_ERROR(Configure(context->client_.get(), context->bundle_, settings, context.get()));
+  MESHTLS_RETURN_IF_ERROR(
+      Configure(context->server_.get(), context->bundle_, settings, context.get()));
+  MESHTLS_RETURN_IF_ERROR(
+      Configure(context->client_.get(), context->bundle_, settings, context.get()));
   ERR_clear_error();
   return std::shared_ptr<const TlsContext>(std::move(context));
 }

@@ -42,7 +42,7 @@ std::string WithCa(const testing::TempDir& dir, std::string yaml) {
 TEST(SidecarCliTest, ValidConfigChecks) {
   testing::TempDir dir;
   RunResult r = RunBinary(dir, {testing::BinaryPath("meshtls-sidecar"), "--config",
-                          dir.Write("c.yaml", WithCa(dir, kValid)), "--check"});
+                                dir.Write("c.yaml", WithCa(dir, kValid)), "--check"});
   EXPECT_EQ(r.exit_code, 0) << r.output;
 }
 
@@ -50,8 +50,9 @@ TEST(SidecarCliTest, UnknownFieldBadAddressBadIdMissingFile) {
   testing::TempDir dir;
   const std::string base = WithCa(dir, kValid);
   const std::string bin = testing::BinaryPath("meshtls-sidecar");
-  ExpectOneLineError(RunBinary(dir, {bin, "--config", dir.Write("a.yaml", base + "colour: blue\n")}),
-                     "colour: unknown field");
+  ExpectOneLineError(
+      RunBinary(dir, {bin, "--config", dir.Write("a.yaml", base + "colour: blue\n")}),
+      "colour: unknown field");
   std::string bad_address = base;
   bad_address.replace(bad_address.find("connect: 127.0.0.1:1"), 20, "connect: 127.0.0.1:x");
   ExpectOneLineError(RunBinary(dir, {bin, "--config", dir.Write("b.yaml", bad_address)}),
@@ -61,7 +62,8 @@ TEST(SidecarCliTest, UnknownFieldBadAddressBadIdMissingFile) {
   ExpectOneLineError(RunBinary(dir, {bin, "--config", dir.Write("c.yaml", bad_id)}),
                      "outbound[0].expect");
   std::string missing = base;
-  missing.replace(missing.find(dir.File("ca.pem")), dir.File("ca.pem").size(), "/nonexistent/ca.pem");
+  missing.replace(missing.find(dir.File("ca.pem")), dir.File("ca.pem").size(),
+                  "/nonexistent/ca.pem");
   ExpectOneLineError(RunBinary(dir, {bin, "--config", dir.Write("d.yaml", missing)}),
                      "identity.certmgr.server_ca");
   ExpectOneLineError(RunBinary(dir, {bin, "--config", dir.File("nope.yaml")}), "--config");
@@ -72,7 +74,11 @@ TEST(CertmgrCliTest, BadConfigAndBadTokenRequest) {
   testing::TempDir dir;
   const std::string bin = testing::BinaryPath("meshtls-certmgr");
   ExpectOneLineError(
-      RunBinary(dir, {bin, "--config", dir.Write("c.yaml", "trust_domain: mesh.test\nca: {dir: /tmp/x}\nissuance: {default_ttl: 1y}\n")}),
+      RunBinary(
+          dir,
+          {bin, "--config",
+           dir.Write("c.yaml",
+                     "trust_domain: mesh.test\nca: {dir: /tmp/x}\nissuance: {default_ttl: 1y}\n")}),
       "issuance.default_ttl");
   ExpectOneLineError(RunBinary(dir, {bin, "token", "create", "--token-file", dir.File("t"),
                                      "--spiffe-id", "spiffe://mesh.test"}),

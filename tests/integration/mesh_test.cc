@@ -38,10 +38,10 @@ class MeshTest : public ::testing::Test {
     certmgr_ = *CertmgrProcess::Start(dir_, kTd, certmgr_extra);
     backend_port_ = testing::PickFreePort();
     frontend_port_ = testing::PickFreePort();
-    backend_ = StartSidecar("backend", kBackend,
-                            absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:",
-                                         backend_port_, "\n    forward: 127.0.0.1:", app_.port(),
-                                         "\n    allow: [", kFrontend, "]\n"));
+    backend_ = StartSidecar(
+        "backend", kBackend,
+        absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:", backend_port_,
+                     "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n"));
     frontend_ = StartSidecar("frontend", kFrontend, OutboundToBackend(frontend_port_));
     ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
     ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
@@ -85,17 +85,22 @@ TEST_F(MeshTest, RoundTripOneByteAndEightMiBBothWays) {
   const std::string payload = testing::RandomBytes(8 << 20);
   absl::Status sent;
   std::thread writer([&] { sent = testing::SendAll(conn->get(), payload); });
-  absl::StatusOr<std::string> echoed = testing::RecvExactly(conn->get(), payload.size(), absl::Seconds(60));
+  absl::StatusOr<std::string> echoed =
+      testing::RecvExactly(conn->get(), payload.size(), absl::Seconds(60));
   writer.join();
   ASSERT_THAT(sent, IsOk());
   ASSERT_THAT(echoed, IsOk());
   EXPECT_TRUE(*echoed == payload) << "8 MiB came back different";
   EXPECT_EQ(app_.bytes_received(), payload.size() + 1);
   EXPECT_GE(frontend_->Metric(R"(meshtls_bytes_total{direction="outbound",flow="sent"})"), 8 << 20);
-  EXPECT_GE(backend_->Metric(R"(meshtls_bytes_total{direction="inbound",flow="received"})"), 8 << 20);
+  EXPECT_GE(backend_->Metric(R"(meshtls_bytes_total{direction="inbound",flow="received"})"),
+            8 << 20);
   EXPECT_EQ(backend_->Metric(Handshakes("inbound", "success")), 1);
   EXPECT_EQ(frontend_->Metric(Handshakes("outbound", "success")), 1);
-  EXPECT_EQ(backend_->Metric(R"(meshtls_authz_decisions_total{direction="inbound",decision="allow",listener="http"})"), 1);
+  EXPECT_EQ(
+      backend_->Metric(
+          R"(meshtls_authz_decisions_total{direction="inbound",decision="allow",listener="http"})"),
+      1);
   EXPECT_EQ(backend_->Metric(R"(meshtls_connections_active{direction="inbound"})"), 1);
 }
 
@@ -127,12 +132,16 @@ TEST_F(MeshTest, DeniedIdentityNeverReachesTheApp) {
   absl::StatusOr<std::string> reply = testing::RecvUntilEof(conn->get(), absl::Seconds(10));
   EXPECT_TRUE(!reply.ok() || reply->empty()) << "the intruder got bytes back";
   ASSERT_TRUE(backend_->WaitForMetric(Handshakes("inbound", "identity_denied"), 1));
-  EXPECT_EQ(backend_->Metric(R"(meshtls_authz_decisions_total{direction="inbound",decision="deny",listener="http"})"), 1);
+  EXPECT_EQ(
+      backend_->Metric(
+          R"(meshtls_authz_decisions_total{direction="inbound",decision="deny",listener="http"})"),
+      1);
   EXPECT_EQ(backend_->Metric(Handshakes("inbound", "success")), 0);
   EXPECT_EQ(app_.connections(), 0) << "a denied peer must not even open a connection to the app";
   EXPECT_EQ(app_.bytes_received(), 0u);
-  EXPECT_NE(backend_->process().Log().find("peer_spiffe_id=spiffe://mesh.test/ns/default/sa/intruder"),
-            std::string::npos);
+  EXPECT_NE(
+      backend_->process().Log().find("peer_spiffe_id=spiffe://mesh.test/ns/default/sa/intruder"),
+      std::string::npos);
 }
 
 TEST_F(MeshTest, SidecarWithABadTokenStaysUnreadyAndFailsClosed) {
@@ -141,8 +150,8 @@ TEST_F(MeshTest, SidecarWithABadTokenStaysUnreadyAndFailsClosed) {
   const uint16_t port = testing::PickFreePort();
   auto lost = StartSidecar("lost", kFrontend, OutboundToBackend(port),
                            dir_.Write("bad.token", "mjt_not-a-real-token", 0600));
-  ASSERT_TRUE(lost->WaitForMetric(R"(meshtls_cert_renewals_total{result="failure"})", 1,
-                                  absl::Seconds(15)))
+  ASSERT_TRUE(
+      lost->WaitForMetric(R"(meshtls_cert_renewals_total{result="failure"})", 1, absl::Seconds(15)))
       << lost->process().Log();
   absl::StatusOr<testing::HttpResult> ready = testing::HttpGet(lost->admin_port(), "/readyz");
   ASSERT_THAT(ready, IsOk());
@@ -156,9 +165,10 @@ TEST_F(MeshTest, SidecarWithABadTokenStaysUnreadyAndFailsClosed) {
   }
   EXPECT_TRUE(lost->WaitForMetric(
       R"(meshtls_connections_refused_total{direction="outbound",reason="no_credentials"})", 1));
-  EXPECT_GE(testing::ScrapeMetric(certmgr_->admin_port(),
-                                  R"(meshtls_certmgr_sign_requests_total{result="unauthenticated"})"),
-            1);
+  EXPECT_GE(
+      testing::ScrapeMetric(certmgr_->admin_port(),
+                            R"(meshtls_certmgr_sign_requests_total{result="unauthenticated"})"),
+      1);
 }
 
 certmgr::CallCredentials Bearer(std::string token) {
@@ -195,7 +205,8 @@ TEST_F(MeshTest, CertmgrRefusesBadCredentialsAndIgnoresClaimedIdentity) {
 
   EXPECT_THAT(client->Sign(csr, Bearer("mjt_bogus"), absl::Seconds(10)),
               StatusIs(absl::StatusCode::kUnauthenticated));
-  EXPECT_THAT(client->Sign(csr, {}, absl::Seconds(10)), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(client->Sign(csr, {}, absl::Seconds(10)),
+              StatusIs(absl::StatusCode::kUnauthenticated));
 
   const std::string token = certmgr_->Token(kFrontend);
   EXPECT_THAT(client->Sign("garbage", Bearer(token), absl::Seconds(10)),
@@ -212,8 +223,8 @@ TEST_F(MeshTest, CertmgrRefusesBadCredentialsAndIgnoresClaimedIdentity) {
               StatusIs(absl::StatusCode::kInvalidArgument, "2048"));
 
   absl::StatusOr<certmgr::SignedCredentials> issued =
-      client->Sign(ClaimingCsr(key, "spiffe://mesh.test/ns/kube-system/sa/admin"),
-                   Bearer(token), absl::Seconds(10));
+      client->Sign(ClaimingCsr(key, "spiffe://mesh.test/ns/kube-system/sa/admin"), Bearer(token),
+                   absl::Seconds(10));
   ASSERT_THAT(issued, IsOk());
   EXPECT_EQ(issued->chain[0].UriSans(), std::vector<std::string>{kFrontend})
       << "the identity comes from the token, never from the CSR";
@@ -221,9 +232,14 @@ TEST_F(MeshTest, CertmgrRefusesBadCredentialsAndIgnoresClaimedIdentity) {
   EXPECT_EQ(issued->roots.size(), 1u);
 
   const uint16_t admin = certmgr_->admin_port();
-  EXPECT_EQ(testing::ScrapeMetric(admin, R"(meshtls_certmgr_sign_requests_total{result="unauthenticated"})"), 2);
-  EXPECT_EQ(testing::ScrapeMetric(admin, R"(meshtls_certmgr_sign_requests_total{result="invalid_csr"})"), 2);
-  EXPECT_EQ(testing::ScrapeMetric(admin, R"(meshtls_certmgr_sign_requests_total{result="success"})"), 1);
+  EXPECT_EQ(testing::ScrapeMetric(
+                admin, R"(meshtls_certmgr_sign_requests_total{result="unauthenticated"})"),
+            2);
+  EXPECT_EQ(
+      testing::ScrapeMetric(admin, R"(meshtls_certmgr_sign_requests_total{result="invalid_csr"})"),
+      2);
+  EXPECT_EQ(
+      testing::ScrapeMetric(admin, R"(meshtls_certmgr_sign_requests_total{result="success"})"), 1);
 
   // Renewal over mTLS keeps the certificate's identity even with another identity's token.
   const std::string other_token = certmgr_->Token("spiffe://mesh.test/ns/default/sa/other");

@@ -27,9 +27,9 @@ class PeerVerificationTest : public ::testing::Test {
   // FilesIdentity writes `leaf` and the CA root and returns the identity.files section.
   std::string FilesIdentity(const std::string& name, const testing::IssuedLeaf& leaf) {
     return absl::StrCat("trust_domain: mesh.test\nidentity:\n  files:\n    cert: ",
-                        dir_.Write(name + ".crt", leaf.ChainPem()), "\n    key: ",
-                        dir_.Write(name + ".key", leaf.KeyPem(), 0600), "\n    trust_bundle: ",
-                        dir_.Write("bundle.pem", ca_.RootPem()), "\n");
+                        dir_.Write(name + ".crt", leaf.ChainPem()),
+                        "\n    key: ", dir_.Write(name + ".key", leaf.KeyPem(), 0600),
+                        "\n    trust_bundle: ", dir_.Write("bundle.pem", ca_.RootPem()), "\n");
   }
 
   // StartBackend runs an inbound listener in front of the echo app, allowing the frontend.
@@ -55,7 +55,8 @@ class PeerVerificationTest : public ::testing::Test {
       EXPECT_FALSE((*client)->Read(100).ok());
     }
     EXPECT_TRUE(backend_->WaitForMetric(Handshakes("inbound", result), 1))
-        << result << " not counted; log:\n" << backend_->process().Log();
+        << result << " not counted; log:\n"
+        << backend_->process().Log();
     EXPECT_EQ(backend_->Metric(Handshakes("inbound", "success")), 0);
     EXPECT_EQ(app_.connections(), 0);
     EXPECT_EQ(app_.bytes_received(), 0u);
@@ -111,7 +112,8 @@ TEST_F(PeerVerificationTest, NotYetValidClientCertificate) {
 
 TEST_F(PeerVerificationTest, CaTrueLeafIsABadCertificate) {
   StartBackend();
-  pki::CertificateProfile p = TestCa::LeafProfile(kFrontend, now_ - absl::Hours(1), now_ + absl::Hours(1));
+  pki::CertificateProfile p =
+      TestCa::LeafProfile(kFrontend, now_ - absl::Hours(1), now_ + absl::Hours(1));
   p.is_ca = true;
   p.common_name = "sneaky";
   ExpectRefused(AsIdentity(ca_.IssueWith(p)), "bad_certificate");
@@ -119,14 +121,16 @@ TEST_F(PeerVerificationTest, CaTrueLeafIsABadCertificate) {
 
 TEST_F(PeerVerificationTest, TwoUriSansIsABadCertificate) {
   StartBackend();
-  pki::CertificateProfile p = TestCa::LeafProfile(kFrontend, now_ - absl::Hours(1), now_ + absl::Hours(1));
+  pki::CertificateProfile p =
+      TestCa::LeafProfile(kFrontend, now_ - absl::Hours(1), now_ + absl::Hours(1));
   p.uri_sans.push_back("spiffe://mesh.test/ns/kube-system/sa/admin");
   ExpectRefused(AsIdentity(ca_.IssueWith(p)), "bad_certificate");
 }
 
 TEST_F(PeerVerificationTest, ValidButNotAllowedIdentity) {
   StartBackend();
-  ExpectRefused(AsIdentity(ca_.Issue("spiffe://mesh.test/ns/default/sa/intruder")), "identity_denied");
+  ExpectRefused(AsIdentity(ca_.Issue("spiffe://mesh.test/ns/default/sa/intruder")),
+                "identity_denied");
 }
 
 TEST_F(PeerVerificationTest, Tls12OnlyClient) {
@@ -144,7 +148,8 @@ TEST_F(PeerVerificationTest, PlaintextOnTheTlsPort) {
   ASSERT_THAT(conn, IsOk());
   ASSERT_THAT(testing::SendAll(conn->get(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n"), IsOk());
   (void)testing::RecvUntilEof(conn->get(), absl::Seconds(5));
-  EXPECT_TRUE(backend_->WaitForMetric(Handshakes("inbound", "not_tls"), 1)) << backend_->process().Log();
+  EXPECT_TRUE(backend_->WaitForMetric(Handshakes("inbound", "not_tls"), 1))
+      << backend_->process().Log();
   EXPECT_EQ(app_.connections(), 0);
 }
 
@@ -172,7 +177,8 @@ class OutboundVerificationTest : public PeerVerificationTest {
         dir_, "frontend",
         absl::StrCat(FilesIdentity("frontend", ca_.Issue(kFrontend)),
                      "outbound:\n  - name: backend\n    listen: 127.0.0.1:", port_,
-                     "\n    connect: 127.0.0.1:", upstream_port, "\n    expect: [", kBackend, "]\n"));
+                     "\n    connect: 127.0.0.1:", upstream_port, "\n    expect: [", kBackend,
+                     "]\n"));
     ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
   }
 
@@ -197,7 +203,10 @@ TEST_F(OutboundVerificationTest, ServerWithTheWrongIdentity) {
   testing::TlsServer impostor(AsIdentity(ca_.Issue("spiffe://mesh.test/ns/default/sa/impostor")));
   StartFrontend(impostor.port());
   ExpectNothingSent(impostor, "identity_denied");
-  EXPECT_EQ(frontend_->Metric(R"(meshtls_authz_decisions_total{direction="outbound",decision="deny",listener="backend"})"), 1);
+  EXPECT_EQ(
+      frontend_->Metric(
+          R"(meshtls_authz_decisions_total{direction="outbound",decision="deny",listener="backend"})"),
+      1);
 }
 
 TEST_F(OutboundVerificationTest, ServerFromAnotherCa) {
@@ -226,7 +235,8 @@ TEST_F(OutboundVerificationTest, UnreachableUpstreamIsCountedAndTheAppConnection
     EXPECT_TRUE(!reply.ok() || reply->empty());
   }
   EXPECT_TRUE(frontend_->WaitForMetric(
-      R"(meshtls_connections_refused_total{direction="outbound",reason="upstream_unavailable"})", 1));
+      R"(meshtls_connections_refused_total{direction="outbound",reason="upstream_unavailable"})",
+      1));
 }
 
 }  // namespace

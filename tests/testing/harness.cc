@@ -1,9 +1,8 @@
 #include "tests/testing/harness.h"
 
-#include <gtest/gtest.h>
-
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -126,8 +125,8 @@ Subprocess::~Subprocess() {
     }
   }
   const std::string log = Log();
-  for (const char* report : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                             "WARNING: ThreadSanitizer"}) {
+  for (const char* report : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                             "runtime error:", "WARNING: ThreadSanitizer"}) {
     if (log.find(report) != std::string::npos) {
       ADD_FAILURE() << args0_ << " reported \"" << report << "\"; log:\n" << log;
       break;
@@ -298,7 +297,8 @@ absl::StatusOr<HttpResult> HttpGet(uint16_t port, absl::string_view path, absl::
   if (!fd.ok()) {
     return fd.status();
   }
-  absl::Status s = SendAll(fd->get(), absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+  absl::Status s = SendAll(fd->get(), absl::StrCat("GET ", path,
+                                                   " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                                    "Connection: close\r\n\r\n"));
   if (!s.ok()) {
     return s;

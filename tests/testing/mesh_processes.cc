@@ -38,8 +38,8 @@ absl::StatusOr<std::unique_ptr<CertmgrProcess>> CertmgrProcess::Start(
 std::string CertmgrProcess::Token(const std::string& spiffe_id) const {
   const std::string out = dir_.File("token-create.out");
   absl::StatusOr<std::unique_ptr<Subprocess>> p =
-      Subprocess::Start({BinaryPath("meshtls-certmgr"), "token", "create", "--config",
-                         config_path_, "--spiffe-id", spiffe_id},
+      Subprocess::Start({BinaryPath("meshtls-certmgr"), "token", "create", "--config", config_path_,
+                         "--spiffe-id", spiffe_id},
                         out);
   if (!p.ok() || (*p)->WaitForExit(absl::Seconds(10)) != 0) {
     return "";
@@ -47,8 +47,7 @@ std::string CertmgrProcess::Token(const std::string& spiffe_id) const {
   return std::string(absl::StripAsciiWhitespace(*base::ReadFileToString(out)));
 }
 
-std::string CertmgrProcess::TokenFile(const std::string& spiffe_id,
-                                      const std::string& name) const {
+std::string CertmgrProcess::TokenFile(const std::string& spiffe_id, const std::string& name) const {
   return dir_.Write(name, Token(spiffe_id), 0600);
 }
 

@@ -2,10 +2,9 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
 #include <poll.h>
 #include <sys/socket.h>
-
-#include <openssl/err.h>
 
 #include "absl/strings/str_cat.h"
 #include "certmgr/pki/certificate.h"

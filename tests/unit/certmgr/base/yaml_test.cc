@@ -52,15 +52,21 @@ tilde: ~
 }
 
 TEST(YamlTest, ErrorsNameTheLine) {
-  EXPECT_THAT(ParseYaml("a: 1\na: 2\n"), StatusIs(absl::StatusCode::kInvalidArgument, "line 2: duplicate key"));
+  EXPECT_THAT(ParseYaml("a: 1\na: 2\n"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "line 2: duplicate key"));
   EXPECT_THAT(ParseYaml("a:\n\tb: 1\n"), StatusIs(absl::StatusCode::kInvalidArgument, "tabs"));
   EXPECT_THAT(ParseYaml("a: &x 1\n"), StatusIs(absl::StatusCode::kInvalidArgument, "anchors"));
-  EXPECT_THAT(ParseYaml("a: |\n  text\n"), StatusIs(absl::StatusCode::kInvalidArgument, "block scalars"));
-  EXPECT_THAT(ParseYaml("a: [1, 2\n"), StatusIs(absl::StatusCode::kInvalidArgument, "unterminated"));
-  EXPECT_THAT(ParseYaml("a: \"open\n"), StatusIs(absl::StatusCode::kInvalidArgument, "unterminated"));
+  EXPECT_THAT(ParseYaml("a: |\n  text\n"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "block scalars"));
+  EXPECT_THAT(ParseYaml("a: [1, 2\n"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "unterminated"));
+  EXPECT_THAT(ParseYaml("a: \"open\n"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "unterminated"));
   EXPECT_THAT(ParseYaml("a: 1\n  b: 2\n"), StatusIs(absl::StatusCode::kInvalidArgument, "line 2"));
-  EXPECT_THAT(ParseYaml("a: 1\n---\nb: 2\n"), StatusIs(absl::StatusCode::kInvalidArgument, "one YAML document"));
-  EXPECT_THAT(ParseYaml(std::string("a: \0", 4)), StatusIs(absl::StatusCode::kInvalidArgument, "NUL"));
+  EXPECT_THAT(ParseYaml("a: 1\n---\nb: 2\n"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "one YAML document"));
+  EXPECT_THAT(ParseYaml(std::string("a: \0", 4)),
+              StatusIs(absl::StatusCode::kInvalidArgument, "NUL"));
 }
 
 TEST(YamlTest, DeepNestingIsAnErrorNotACrash) {
@@ -78,17 +84,19 @@ TEST(ConfigMapTest, ReportsUnknownFieldsWithTheirPath) {
   ConfigMap top = *ConfigMap::Of(doc, "");
   ConfigMap limits = *ConfigMap::Of(*top.Take("limits"), "limits");
   EXPECT_THAT(ReadDuration(*limits.Take("handshake_timeout"), "limits.handshake_timeout"), IsOk());
-  EXPECT_THAT(limits.Finish(),
-              StatusIs(absl::StatusCode::kInvalidArgument, "limits.idle_timout: unknown field (line 3)"));
+  EXPECT_THAT(limits.Finish(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                        "limits.idle_timout: unknown field (line 3)"));
 }
 
 TEST(ConfigMapTest, TypedReaders) {
   YamlNode doc = *ParseYaml("d: 0s\nb: yes\nn: 1.5\ni: 70000\nq: \"true\"\n");
-  EXPECT_THAT(ReadDuration(*doc.Find("d"), "d"), StatusIs(absl::StatusCode::kInvalidArgument, "positive"));
+  EXPECT_THAT(ReadDuration(*doc.Find("d"), "d"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "positive"));
   EXPECT_THAT(ReadBool(*doc.Find("b"), "b"), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(ReadBool(*doc.Find("q"), "q"), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ(*ReadNumber(*doc.Find("n"), "n"), 1.5);
-  EXPECT_THAT(ReadInt(*doc.Find("i"), "i", 0, 65535), StatusIs(absl::StatusCode::kInvalidArgument, "0 to 65535"));
+  EXPECT_THAT(ReadInt(*doc.Find("i"), "i", 0, 65535),
+              StatusIs(absl::StatusCode::kInvalidArgument, "0 to 65535"));
 }
 
 TEST(HostPortTest, ParsesAndRejects) {
@@ -96,7 +104,8 @@ TEST(HostPortTest, ParsesAndRejects) {
   EXPECT_TRUE(ParseHostPort("[::1]:15443")->is_ipv6);
   EXPECT_EQ(ParseHostPort("[::1]:15443")->ToString(), "[::1]:15443");
   EXPECT_FALSE(ParseHostPort("orders.default.svc:15443")->host_is_ip);
-  EXPECT_THAT(ParseHostPort("127.0.0.1"), StatusIs(absl::StatusCode::kInvalidArgument, "host:port"));
+  EXPECT_THAT(ParseHostPort("127.0.0.1"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "host:port"));
   EXPECT_THAT(ParseHostPort("::1:80"), StatusIs(absl::StatusCode::kInvalidArgument, "brackets"));
   EXPECT_THAT(ParseHostPort("host:99999"), StatusIs(absl::StatusCode::kInvalidArgument, "port"));
   EXPECT_THAT(ParseHostPort("host:0"), StatusIs(absl::StatusCode::kInvalidArgument, "port 0"));

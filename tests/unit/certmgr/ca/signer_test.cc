@@ -20,7 +20,9 @@ class SignerTest : public ::testing::Test {
   SignerTest()
       : clock_(absl::FromUnixSeconds(1'800'000'000)),
         ca_("mesh.test", clock_.Now()),
-        signer_(CaMaterial{.cert = ca_.root(), .key = ca_.root_key(), .intermediates = {},
+        signer_(CaMaterial{.cert = ca_.root(),
+                           .key = ca_.root_key(),
+                           .intermediates = {},
                            .roots = {ca_.root()}},
                 IssuancePolicy{}, clock_) {}
 
@@ -60,7 +62,7 @@ TEST_F(SignerTest, CapsAndFloorsTheRequestedTtl) {
     return c.chain[0].not_after() - clock_.Now();
   };
   EXPECT_EQ(ttl_of(absl::Hours(1)), absl::Hours(1));
-  EXPECT_EQ(ttl_of(absl::Hours(24 * 365)), absl::Hours(24));  // max_ttl
+  EXPECT_EQ(ttl_of(absl::Hours(24 * 365)), absl::Hours(24));    // max_ttl
   EXPECT_EQ(ttl_of(absl::Milliseconds(10)), absl::Seconds(5));  // min_ttl
 }
 

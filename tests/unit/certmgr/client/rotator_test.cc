@@ -36,9 +36,11 @@ class FakeCaClient final : public CaClient {
     pki::VerifiedCsr csr = *pki::ParseAndVerifyCsr(csr_der);
     pki::CertificateProfile p =
         testing::TestCa::LeafProfile(kId, clock_.Now() - absl::Minutes(2), clock_.Now() + ttl);
-    pki::Certificate leaf = *pki::BuildCertificate(p, csr.public_key.get(), &ca_.root(),
-                                                   ca_.root_key().get());
-    return SignedCredentials{.chain = {leaf}, .roots = {ca_.root()}, .bundle_sequence = 1,
+    pki::Certificate leaf =
+        *pki::BuildCertificate(p, csr.public_key.get(), &ca_.root(), ca_.root_key().get());
+    return SignedCredentials{.chain = {leaf},
+                             .roots = {ca_.root()},
+                             .bundle_sequence = 1,
                              .not_after = leaf.not_after()};
   }
   absl::Status WatchTrustBundle(
@@ -142,8 +144,8 @@ TEST_F(RotatorTest, NoCredentialAtAllIsAClearError) {
   RotatorOptions o = Options();
   o.token_file = dir_.File("missing-token");
   Rotator rotator(o, client_, sink_, clock_);
-  EXPECT_THAT(rotator.RefreshOnce(),
-              StatusIs(absl::StatusCode::kUnauthenticated, "no valid certificate and no bootstrap token"));
+  EXPECT_THAT(rotator.RefreshOnce(), StatusIs(absl::StatusCode::kUnauthenticated,
+                                              "no valid certificate and no bootstrap token"));
   EXPECT_TRUE(client_.calls.empty());
 }
 

@@ -17,9 +17,7 @@ constexpr char kId[] = "spiffe://mesh.test/ns/default/sa/frontend";
 
 class ChainVerifierTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    verifier_ = *ChainVerifier::Create("mesh.test", {ca_.root()});
-  }
+  void SetUp() override { verifier_ = *ChainVerifier::Create("mesh.test", {ca_.root()}); }
   absl::StatusOr<SpiffeId> Verify(const testing::IssuedLeaf& leaf,
                                   PeerRole role = PeerRole::kClient) {
     return verifier_->VerifyChain(leaf.chain, role, now_, &x509_error_);
@@ -51,7 +49,8 @@ TEST_F(ChainVerifierTest, RejectsCaTrueLeaf) {
 TEST_F(ChainVerifierTest, RejectsKeyCertSignOnLeaf) {
   CertificateProfile p = TestCa::LeafProfile(kId, now_ - absl::Minutes(1), now_ + absl::Hours(1));
   p.key_cert_sign = true;
-  EXPECT_THAT(Verify(ca_.IssueWith(p)), StatusIs(absl::StatusCode::kUnauthenticated, "keyCertSign"));
+  EXPECT_THAT(Verify(ca_.IssueWith(p)),
+              StatusIs(absl::StatusCode::kUnauthenticated, "keyCertSign"));
 }
 
 TEST_F(ChainVerifierTest, RejectsTwoUriSans) {
@@ -68,14 +67,16 @@ TEST_F(ChainVerifierTest, RejectsNoUriSan) {
 }
 
 TEST_F(ChainVerifierTest, RejectsForeignTrustDomainEvenWhenSignedByOurRoot) {
-  testing::IssuedLeaf leaf = ca_.Issue("spiffe://other.test/ns/default/sa/frontend", absl::Hours(1), now_);
+  testing::IssuedLeaf leaf =
+      ca_.Issue("spiffe://other.test/ns/default/sa/frontend", absl::Hours(1), now_);
   EXPECT_THAT(Verify(leaf), StatusIs(absl::StatusCode::kUnauthenticated, "trust domain"));
 }
 
 TEST_F(ChainVerifierTest, RejectsMalformedSpiffeUri) {
   CertificateProfile p = TestCa::LeafProfile("spiffe://mesh.test/ns//sa", now_ - absl::Minutes(1),
                                              now_ + absl::Hours(1));
-  EXPECT_THAT(Verify(ca_.IssueWith(p)), StatusIs(absl::StatusCode::kUnauthenticated, "empty segment"));
+  EXPECT_THAT(Verify(ca_.IssueWith(p)),
+              StatusIs(absl::StatusCode::kUnauthenticated, "empty segment"));
 }
 
 TEST_F(ChainVerifierTest, RejectsMissingRoleEku) {
@@ -86,15 +87,18 @@ TEST_F(ChainVerifierTest, RejectsMissingRoleEku) {
   EXPECT_THAT(Verify(server_only, PeerRole::kServer), IsOk());
   p.client_auth = true;
   p.server_auth = false;
-  EXPECT_THAT(Verify(ca_.IssueWith(p), PeerRole::kServer), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(Verify(ca_.IssueWith(p), PeerRole::kServer),
+              StatusIs(absl::StatusCode::kUnauthenticated));
 }
 
 TEST_F(ChainVerifierTest, RejectsExpiredAndNotYetValid) {
-  EXPECT_THAT(Verify(ca_.IssueWith(TestCa::LeafProfile(kId, now_ - absl::Hours(2), now_ - absl::Hours(1)))),
-              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(
+      Verify(ca_.IssueWith(TestCa::LeafProfile(kId, now_ - absl::Hours(2), now_ - absl::Hours(1)))),
+      StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_EQ(x509_error_, X509_V_ERR_CERT_HAS_EXPIRED);
-  EXPECT_THAT(Verify(ca_.IssueWith(TestCa::LeafProfile(kId, now_ + absl::Hours(1), now_ + absl::Hours(2)))),
-              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(
+      Verify(ca_.IssueWith(TestCa::LeafProfile(kId, now_ + absl::Hours(1), now_ + absl::Hours(2)))),
+      StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_EQ(x509_error_, X509_V_ERR_CERT_NOT_YET_VALID);
 }
 
@@ -108,8 +112,12 @@ TEST_F(ChainVerifierTest, RejectsAnotherCa) {
 TEST_F(ChainVerifierTest, TrustsEveryRootOfTheBundle) {
   TestCa next("mesh.test", now_);
   auto both = *ChainVerifier::Create("mesh.test", {ca_.root(), next.root()});
-  EXPECT_THAT(both->VerifyChain(ca_.Issue(kId, absl::Hours(1), now_).chain, PeerRole::kClient, now_), IsOk());
-  EXPECT_THAT(both->VerifyChain(next.Issue(kId, absl::Hours(1), now_).chain, PeerRole::kClient, now_), IsOk());
+  EXPECT_THAT(
+      both->VerifyChain(ca_.Issue(kId, absl::Hours(1), now_).chain, PeerRole::kClient, now_),
+      IsOk());
+  EXPECT_THAT(
+      both->VerifyChain(next.Issue(kId, absl::Hours(1), now_).chain, PeerRole::kClient, now_),
+      IsOk());
 }
 
 TEST(ChainVerifierCreateTest, RefusesBadBundles) {
@@ -118,7 +126,8 @@ TEST(ChainVerifierCreateTest, RefusesBadBundles) {
   testing::IssuedLeaf leaf = ca.Issue(kId);
   EXPECT_THAT(ChainVerifier::Create("mesh.test", {leaf.chain[0]}),
               StatusIs(absl::StatusCode::kInvalidArgument, "not a CA"));
-  EXPECT_THAT(ChainVerifier::Create("Bad_TD!", {ca.root()}), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ChainVerifier::Create("Bad_TD!", {ca.root()}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

@@ -83,7 +83,8 @@ TEST(CsrTest, RejectsGarbageEmptyOversizedAndTrailingBytes) {
   EXPECT_THAT(ParseAndVerifyCsr(std::string(20000, 'x')),
               StatusIs(absl::StatusCode::kInvalidArgument, "limit"));
   std::string der = *CreateCsrDer(*PrivateKey::GenerateEcP256());
-  EXPECT_THAT(ParseAndVerifyCsr(der + "x"), StatusIs(absl::StatusCode::kInvalidArgument, "trailing"));
+  EXPECT_THAT(ParseAndVerifyCsr(der + "x"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "trailing"));
 }
 
 }  // namespace

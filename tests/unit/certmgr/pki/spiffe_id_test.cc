@@ -28,7 +28,8 @@ TEST(SpiffeIdTest, ForWorkloadBuildsTheMeshShape) {
   absl::StatusOr<SpiffeId> id = SpiffeId::ForWorkload("td", "ops", "api");
   ASSERT_THAT(id, IsOk());
   EXPECT_EQ(id->str(), "spiffe://td/ns/ops/sa/api");
-  EXPECT_THAT(SpiffeId::ForWorkload("td", "a/b", "c"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(SpiffeId::ForWorkload("td", "a/b", "c"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 struct InvalidCase {
@@ -87,7 +88,8 @@ TEST(SpiffeIdMatcherTest, RejectsWildcardsElsewhere) {
               StatusIs(absl::StatusCode::kInvalidArgument, "last segment"));
   EXPECT_THAT(SpiffeIdMatcher::Parse("spiffe://td/ns/a*"),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(SpiffeIdMatcher::Parse("spiffe://TD/*"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(SpiffeIdMatcher::Parse("spiffe://TD/*"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

@@ -46,7 +46,8 @@ TEST(JoinTokensTest, ExpiresAndPicksUpNewTokensWithoutRestart) {
   testing::TempDir dir;
   testing::FakeClock clock(absl::Now());
   const std::string path = dir.File("tokens");
-  std::string first = *CreateJoinToken(path, Id("spiffe://mesh.test/ns/a/sa/b"), clock.Now() + absl::Hours(1));
+  std::string first =
+      *CreateJoinToken(path, Id("spiffe://mesh.test/ns/a/sa/b"), clock.Now() + absl::Hours(1));
   JoinTokenAuthenticator auth(path, clock);
   EXPECT_THAT(auth.Authenticate({.bearer_token = first, .peer_chain = {}}), IsOk());
   std::string second = *CreateJoinToken(path, Id("spiffe://mesh.test/ns/a/sa/c"), std::nullopt);
@@ -74,13 +75,15 @@ TEST(MeshAuthenticatorTest, CertificateFirstThenTokenAndTrustDomainPolicy) {
   testing::TestCa ca("mesh.test", clock.Now());
   TrustBundleSource bundle("mesh.test", {ca.root()});
   const std::string path = dir.File("tokens");
-  std::string token = *CreateJoinToken(path, Id("spiffe://mesh.test/ns/a/sa/token-id"), std::nullopt);
+  std::string token =
+      *CreateJoinToken(path, Id("spiffe://mesh.test/ns/a/sa/token-id"), std::nullopt);
   std::string foreign = *CreateJoinToken(path, Id("spiffe://other.test/ns/a/sa/x"), std::nullopt);
   std::vector<std::unique_ptr<CallerAuthenticator>> bootstrap;
   bootstrap.push_back(std::make_unique<JoinTokenAuthenticator>(path, clock));
   MeshAuthenticator auth("mesh.test", bundle, std::move(bootstrap), clock);
 
-  testing::IssuedLeaf current = ca.Issue("spiffe://mesh.test/ns/a/sa/cert-id", absl::Hours(1), clock.Now());
+  testing::IssuedLeaf current =
+      ca.Issue("spiffe://mesh.test/ns/a/sa/cert-id", absl::Hours(1), clock.Now());
   // A valid certificate wins over the token: renewal keeps the certificate's identity.
   EXPECT_EQ(auth.Authenticate({.bearer_token = token, .peer_chain = current.chain})->str(),
             "spiffe://mesh.test/ns/a/sa/cert-id");

@@ -62,7 +62,8 @@ identity:
 inbound:
   - {name: a, listen: "[::1]:0", forward: "[::1]:8080", allow: spiffe://example.org/x}
 )",
-      {{"CERT", dir.Write("c.pem", "x")}, {"KEY", dir.Write("k.pem", "x")},
+      {{"CERT", dir.Write("c.pem", "x")},
+       {"KEY", dir.Write("k.pem", "x")},
        {"BUNDLE", dir.Write("b.pem", "x")}});
   absl::StatusOr<SidecarConfig> c = ParseSidecarConfig(yaml);
   ASSERT_THAT(c, IsOk());
@@ -89,13 +90,17 @@ INSTANTIATE_TEST_SUITE_P(
     EachError, SidecarConfigErrorTest,
     ::testing::Values(
         ErrorCase{"workers: 0", "worker: 0", "worker: unknown field"},
-        ErrorCase{"    renew_at: 0.5", "    renew_at: 0.5\n    renw: 1", "identity.certmgr.renw: unknown field"},
+        ErrorCase{"    renew_at: 0.5", "    renew_at: 0.5\n    renw: 1",
+                  "identity.certmgr.renw: unknown field"},
         ErrorCase{"    forward: 127.0.0.1:8080", "    forward: 127.0.0.1", "inbound[0].forward"},
         ErrorCase{"listen: 0.0.0.0:15443", "listen: 0.0.0.0:99999", "inbound[0].listen"},
         ErrorCase{"listen: 0.0.0.0:15443", "listen: myhost:15443", "must be an IP address"},
-        ErrorCase{"spiffe://example.org/ns/ops/*", "spiffe://example.org/ns//ops", "inbound[0].allow"},
-        ErrorCase{"spiffe://example.org/ns/ops/*", "spiffe://other.org/ns/ops/*", "not in trust domain"},
-        ErrorCase{"expect: [spiffe://example.org/ns/default/sa/orders]", "expect: []", "outbound[0].expect"},
+        ErrorCase{"spiffe://example.org/ns/ops/*", "spiffe://example.org/ns//ops",
+                  "inbound[0].allow"},
+        ErrorCase{"spiffe://example.org/ns/ops/*", "spiffe://other.org/ns/ops/*",
+                  "not in trust domain"},
+        ErrorCase{"expect: [spiffe://example.org/ns/default/sa/orders]", "expect: []",
+                  "outbound[0].expect"},
         ErrorCase{"trust_domain: example.org", "trust_domain: Example.org", "trust_domain"},
         ErrorCase{"renew_at: 0.5", "renew_at: 1.5", "identity.certmgr.renew_at"},
         ErrorCase{"handshake_timeout: 10s", "handshake_timeout: ten", "limits.handshake_timeout"},
@@ -108,14 +113,15 @@ INSTANTIATE_TEST_SUITE_P(
                   "exactly one of certmgr or files"}));
 
 TEST(SidecarConfigTest, MissingFileNamesTheField) {
-  EXPECT_THAT(ParseSidecarConfig(kDesignExample, /*check_files=*/true),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       "identity.certmgr.server_ca: file /etc/meshtls/bootstrap/ca.pem does not exist"));
+  EXPECT_THAT(
+      ParseSidecarConfig(kDesignExample, /*check_files=*/true),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               "identity.certmgr.server_ca: file /etc/meshtls/bootstrap/ca.pem does not exist"));
 }
 
 TEST(SidecarConfigTest, NeedsAListener) {
-  EXPECT_THAT(ParseSidecarConfig("trust_domain: a\nidentity:\n  certmgr: {address: a:1, server_ca: x}\n",
-                                 false),
+  EXPECT_THAT(ParseSidecarConfig(
+                  "trust_domain: a\nidentity:\n  certmgr: {address: a:1, server_ca: x}\n", false),
               StatusIs(absl::StatusCode::kInvalidArgument, "at least one listener"));
 }
 
