@@ -6,6 +6,7 @@
 #include <openssl/x509v3.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -102,6 +103,97 @@ TEST_F(MeshTest, RoundTripOneByteAndEightMiBBothWays) {
           R"(meshtls_authz_decisions_total{direction="inbound",decision="allow",listener="http"})"),
       1);
   EXPECT_EQ(backend_->Metric(R"(meshtls_connections_active{direction="inbound"})"), 1);
+}
+
+TEST_F(MeshTest, EveryMetricSeriesExistsFromStart) {
+  StartMesh();
+  absl::StatusOr<testing::HttpResult> scrape = testing::HttpGet(backend_->admin_port(), "/metrics");
+  ASSERT_THAT(scrape, IsOk());
+  for (const char* direction : {"inbound", "outbound"}) {
+    for (const char* result :
+         {"success", "no_peer_certificate", "certificate_expired", "certificate_not_yet_valid",
+          "unknown_authority", "bad_certificate", "certificate_revoked", "identity_denied",
+          "protocol_version", "no_shared_cipher", "timeout", "peer_closed", "not_tls",
+          "internal"}) {
+      EXPECT_EQ(testing::MetricValue(scrape->body, Handshakes(direction, result)), 0)
+          << direction << " " << result;
+    }
+    for (const char* resumed : {"false", "true"}) {
+      EXPECT_EQ(testing::MetricValue(
+                    scrape->body,
+                    absl::StrCat("meshtls_tls_handshake_duration_seconds_count{direction=\"",
+                                 direction, "\",resumed=\"", resumed, "\"}")),
+                0);
+    }
+    EXPECT_EQ(
+        testing::MetricValue(scrape->body, absl::StrCat("meshtls_connections_active{direction=\"",
+                                                        direction, "\"}")),
+        0);
+  }
+  EXPECT_EQ(
+      testing::MetricValue(
+          scrape->body,
+          R"(meshtls_authz_decisions_total{direction="inbound",decision="deny",listener="http"})"),
+      0);
+  // The certificate gauges describe the certificate certmgr issued: valid now, ~24 h left.
+  const double now = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+  const double not_after =
+      *testing::MetricValue(scrape->body, "meshtls_cert_not_after_timestamp_seconds");
+  EXPECT_GT(not_after, now + 23 * 3600);
+  EXPECT_LT(not_after, now + 25 * 3600);
+  EXPECT_LT(*testing::MetricValue(scrape->body, "meshtls_cert_not_before_timestamp_seconds"), now);
+  EXPECT_GT(*testing::MetricValue(scrape->body, "meshtls_cert_renewal_due_timestamp_seconds"), now);
+  EXPECT_EQ(testing::MetricValue(scrape->body, "meshtls_trust_bundle_roots"), 1);
+  EXPECT_EQ(testing::MetricValue(scrape->body, "meshtls_trust_bundle_sequence"), 1);
+  EXPECT_EQ(testing::MetricValue(scrape->body, R"(meshtls_cert_renewals_total{result="success"})"),
+            1);
+}
+
+TEST_F(MeshTest, WatchTrustBundleSendsTheBundleAndStaysOpen) {
+  StartMesh();
+  // Both sidecars hold a watch open.
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        return testing::ScrapeMetric(certmgr_->admin_port(),
+                                     "meshtls_certmgr_trust_bundle_watchers") == 2;
+      },
+      absl::Seconds(10)));
+  auto client = certmgr::NewGrpcCaClient(certmgr_->address(),
+                                         *base::ReadFileToString(certmgr_->ca_pem_path()));
+  std::atomic<int> received{0};
+  std::atomic<uint64_t> sequence{0};
+  std::string root_der;
+  absl::Status ended;
+  std::thread watcher([&] {
+    ended = client->WatchTrustBundle([&](std::vector<pki::Certificate> roots, uint64_t seq) {
+      if (received.load() == 0 && roots.size() == 1) {
+        root_der = roots[0].ToDer();
+      }
+      sequence.store(seq);
+      received.fetch_add(1);
+    });
+  });
+  EXPECT_TRUE(testing::WaitFor([&] { return received.load() == 1; }, absl::Seconds(10)));
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        return testing::ScrapeMetric(certmgr_->admin_port(),
+                                     "meshtls_certmgr_trust_bundle_watchers") == 3;
+      },
+      absl::Seconds(10)))
+      << "the stream must stay open after the first bundle";
+  client->CancelWatch();
+  watcher.join();
+  EXPECT_EQ(received.load(), 1);
+  EXPECT_EQ(sequence.load(), 1u);
+  EXPECT_EQ(root_der,
+            pki::Certificate::FromPem(*base::ReadFileToString(certmgr_->ca_pem_path()))->ToDer());
+  EXPECT_THAT(ended, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        return testing::ScrapeMetric(certmgr_->admin_port(),
+                                     "meshtls_certmgr_trust_bundle_watchers") == 2;
+      },
+      absl::Seconds(10)));
 }
 
 TEST_F(MeshTest, HalfCloseTravelsBothWays) {
