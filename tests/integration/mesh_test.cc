@@ -1,12 +1,17 @@
 // End to end in certmgr mode: the real meshtls-certmgr and meshtls-sidecar binaries on
 // loopback, identities from join tokens, an echo app behind the backend sidecar.
 
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <atomic>
+#include <cstdio>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -194,6 +199,90 @@ TEST_F(MeshTest, WatchTrustBundleSendsTheBundleAndStaysOpen) {
                                      "meshtls_certmgr_trust_bundle_watchers") == 2;
       },
       absl::Seconds(10)));
+}
+
+// StalledApp accepts one connection and reads nothing until told to drain it.
+class StalledApp {
+ public:
+  StalledApp() : listen_fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    ::listen(listen_fd_.get(), 4);
+    socklen_t len = sizeof(a);
+    ::getsockname(listen_fd_.get(), reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+  }
+  uint16_t port() const { return port_; }
+  // Drain accepts the connection and reads exactly n bytes.
+  absl::StatusOr<std::string> Drain(size_t n) {
+    base::UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    return testing::RecvExactly(fd.get(), n, absl::Seconds(60));
+  }
+
+ private:
+  base::UniqueFd listen_fd_;
+  uint16_t port_ = 0;
+};
+
+int64_t RssKiB(pid_t pid) {
+  absl::StatusOr<std::string> status =
+      base::ReadFileToString(absl::StrCat("/proc/", pid, "/status"));
+  if (!status.ok()) {
+    return -1;
+  }
+  size_t at = status->find("VmRSS:");
+  return at == std::string::npos ? -1 : std::atoll(status->c_str() + at + 6);
+}
+
+TEST_F(MeshTest, SlowAppSlowsTheWriterInsteadOfGrowingMemory) {
+  StalledApp stalled;
+  certmgr_ = *CertmgrProcess::Start(dir_, kTd);
+  backend_port_ = testing::PickFreePort();
+  frontend_port_ = testing::PickFreePort();
+  backend_ =
+      StartSidecar("backend", kBackend,
+                   absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:", backend_port_,
+                                "\n    forward: 127.0.0.1:", stalled.port(), "\n    allow: [",
+                                kFrontend, "]\n"));
+  frontend_ = StartSidecar("frontend", kFrontend, OutboundToBackend(frontend_port_));
+  ASSERT_TRUE(backend_->WaitReady());
+  ASSERT_TRUE(frontend_->WaitReady());
+  const int64_t rss_before = RssKiB(backend_->process().pid()) + RssKiB(frontend_->process().pid());
+
+  absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
+  ASSERT_THAT(conn, IsOk());
+  ::fcntl(conn->get(), F_SETFL, O_NONBLOCK);
+  // Write until the mesh pushes back (bounded: 256 MiB or 20 s). With bounded relay buffers
+  // only the kernel's socket buffers (a few MiB per socket) can absorb bytes.
+  const std::string chunk = testing::RandomBytes(64 * 1024);
+  std::string written;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  absl::Time last_progress = absl::Now();
+  while (written.size() < (256u << 20) && absl::Now() < deadline &&
+         absl::Now() - last_progress < absl::Milliseconds(500)) {
+    ssize_t n = ::send(conn->get(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
+    if (n > 0) {
+      written.append(chunk.data(), static_cast<size_t>(n));
+      last_progress = absl::Now();
+    } else {
+      pollfd p{conn->get(), POLLOUT, 0};
+      ::poll(&p, 1, 50);
+    }
+  }
+  std::printf("backlog absorbed before the writer was slowed: %zu KiB\n", written.size() / 1024);
+  EXPECT_LT(written.size(), 96u << 20) << "the writer was never slowed down";
+  const int64_t rss_after = RssKiB(backend_->process().pid()) + RssKiB(frontend_->process().pid());
+  std::printf("sidecar RSS growth with that backlog: %lld KiB\n",
+              static_cast<long long>(rss_after - rss_before));
+  EXPECT_LT(rss_after - rss_before, 16 * 1024) << "sidecar memory grew with the backlog";
+
+  // Nothing is lost: once the app reads, every byte arrives in order.
+  ::fcntl(conn->get(), F_SETFL, 0);
+  absl::StatusOr<std::string> received = stalled.Drain(written.size());
+  ASSERT_THAT(received, IsOk());
+  EXPECT_TRUE(*received == written);
 }
 
 TEST_F(MeshTest, HalfCloseTravelsBothWays) {

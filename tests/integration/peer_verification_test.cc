@@ -3,6 +3,7 @@
 // its own result, and never lets a byte through.
 
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include "absl/strings/str_cat.h"
 #include "tests/testing/harness.h"
@@ -166,6 +167,64 @@ TEST_F(PeerVerificationTest, SilentClientTimesOutWithoutBlockingOthers) {
   EXPECT_TRUE(backend_->WaitForMetric(Handshakes("inbound", "timeout"), 1, absl::Seconds(5)));
   absl::StatusOr<std::string> rest = testing::RecvUntilEof(silent->get(), absl::Seconds(5));
   EXPECT_TRUE(!rest.ok() || rest->empty()) << "the silent connection must be closed";
+}
+
+TEST_F(PeerVerificationTest, IdleConnectionIsClosedGracefully) {
+  StartBackend("limits: {idle_timeout: 1s}\n");
+  absl::StatusOr<std::unique_ptr<testing::TlsClient>> client =
+      testing::TlsClient::Connect(port_, AsIdentity(ca_.Issue(kFrontend)), ca_.RootPem());
+  ASSERT_THAT(client, IsOk());
+  ASSERT_THAT((*client)->Write("x"), IsOk());
+  EXPECT_EQ(*(*client)->Read(1), "x");
+  // Then silence: the sidecar closes with close_notify (not a reset) after about 1 s.
+  const absl::Time start = absl::Now();
+  EXPECT_THAT((*client)->Read(1, absl::Seconds(10)),
+              testing::StatusIs(absl::StatusCode::kOutOfRange));
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(500));
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return backend_->Metric(R"(meshtls_connections_active{direction="inbound"})") == 0; },
+      absl::Seconds(5)));
+}
+
+TEST_F(PeerVerificationTest, MaxConnectionsRefusesAndCounts) {
+  StartBackend("limits: {max_connections: 1}\n");
+  absl::StatusOr<std::unique_ptr<testing::TlsClient>> first =
+      testing::TlsClient::Connect(port_, AsIdentity(ca_.Issue(kFrontend)), ca_.RootPem());
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT((*first)->Write("1"), IsOk());
+  EXPECT_EQ(*(*first)->Read(1), "1");
+  absl::StatusOr<std::unique_ptr<testing::TlsClient>> second =
+      testing::TlsClient::Connect(port_, AsIdentity(ca_.Issue(kFrontend)), ca_.RootPem());
+  EXPECT_FALSE(second.ok());
+  EXPECT_TRUE(backend_->WaitForMetric(
+      R"(meshtls_connections_refused_total{direction="inbound",reason="max_connections"})", 1));
+  // The first connection is untouched.
+  ASSERT_THAT((*first)->Write("2"), IsOk());
+  EXPECT_EQ(*(*first)->Read(1), "2");
+}
+
+TEST_F(PeerVerificationTest, SigtermDrainsLiveConnectionsThenExitsZero) {
+  StartBackend();
+  absl::StatusOr<std::unique_ptr<testing::TlsClient>> client =
+      testing::TlsClient::Connect(port_, AsIdentity(ca_.Issue(kFrontend)), ca_.RootPem());
+  ASSERT_THAT(client, IsOk());
+  backend_->process().Signal(SIGTERM);
+  // Readiness drops at once; new connections are no longer accepted.
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        absl::StatusOr<testing::HttpResult> r =
+            testing::HttpGet(backend_->admin_port(), "/readyz", absl::Seconds(1));
+        return r.ok() && r->status == 503 && r->body.find("draining") != std::string::npos;
+      },
+      absl::Seconds(5)));
+  EXPECT_TRUE(testing::WaitFor([&] { return !testing::TcpConnect(port_, absl::Seconds(1)).ok(); },
+                               absl::Seconds(5)));
+  // The live connection keeps working while draining.
+  ASSERT_THAT((*client)->Write("still here"), IsOk());
+  EXPECT_EQ(*(*client)->Read(10), "still here");
+  EXPECT_FALSE(backend_->process().WaitForExit(absl::Milliseconds(200)).has_value());
+  client->reset();  // the last connection ends: the drain completes
+  EXPECT_EQ(backend_->process().WaitForExit(absl::Seconds(10)), 0) << backend_->process().Log();
 }
 
 class OutboundVerificationTest : public PeerVerificationTest {
