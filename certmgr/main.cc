@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "certmgr/base/clock.h"
 #include "certmgr/base/file.h"
+#include "certmgr/base/flags.h"
 #include "certmgr/base/log.h"
 #include "certmgr/pki/spiffe_id.h"
 #include "certmgr/server/certmgr_config.h"
@@ -44,40 +45,6 @@ int UsageError(absl::string_view message) {
   return 2;
 }
 
-// Flags parses "--name value" and "--name=value" pairs; positional words go to `words`.
-struct Flags {
-  std::map<std::string, std::string> values;
-  std::vector<std::string> words;
-};
-
-std::optional<std::string> ParseFlags(int argc, char** argv, const std::vector<std::string>& known,
-                                      Flags& out) {
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (!absl::StartsWith(arg, "--")) {
-      out.words.push_back(arg);
-      continue;
-    }
-    std::string name = arg.substr(2);
-    std::string value;
-    size_t eq = name.find('=');
-    if (eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    } else if (name != "help" && name != "version") {
-      if (i + 1 >= argc) {
-        return absl::StrCat("flag --", name, " needs a value");
-      }
-      value = argv[++i];
-    }
-    if (std::find(known.begin(), known.end(), name) == known.end()) {
-      return absl::StrCat("unknown flag --", name, " (see --help)");
-    }
-    out.values[name] = value;
-  }
-  return std::nullopt;
-}
-
 absl::StatusOr<certmgr::CertmgrConfig> LoadConfig(const std::string& path) {
   absl::StatusOr<std::string> text = base::ReadFileToString(path);
   if (!text.ok()) {
@@ -90,7 +57,7 @@ absl::StatusOr<certmgr::CertmgrConfig> LoadConfig(const std::string& path) {
   return config;
 }
 
-int TokenCreate(const Flags& flags) {
+int TokenCreate(const base::Flags& flags) {
   std::string token_file;
   std::string trust_domain;
   if (auto it = flags.values.find("config"); it != flags.values.end()) {
@@ -141,7 +108,7 @@ int TokenCreate(const Flags& flags) {
   return 0;
 }
 
-int Serve(const Flags& flags) {
+int Serve(const base::Flags& flags) {
   auto config_flag = flags.values.find("config");
   if (config_flag == flags.values.end()) {
     return UsageError("--config is required (see --help)");
@@ -183,25 +150,24 @@ int Serve(const Flags& flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Flags flags;
-  if (std::optional<std::string> error = ParseFlags(
-          argc, argv, {"config", "log-level", "token-file", "spiffe-id", "ttl", "help", "version"},
-          flags)) {
-    return UsageError(*error);
+  absl::StatusOr<base::Flags> flags = base::ParseFlags(
+      argc, argv, {"config", "log-level", "token-file", "spiffe-id", "ttl"}, {"help", "version"});
+  if (!flags.ok()) {
+    return UsageError(flags.status().message());
   }
-  if (flags.values.count("help") != 0) {
+  if (flags->Has("help")) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  if (flags.values.count("version") != 0) {
+  if (flags->Has("version")) {
     std::puts("meshtls-certmgr 0.1.0");
     return 0;
   }
-  if (flags.words.empty() || flags.words == std::vector<std::string>{"serve"}) {
-    return Serve(flags);
+  if (flags->words.empty() || flags->words == std::vector<std::string>{"serve"}) {
+    return Serve(*flags);
   }
-  if (flags.words == std::vector<std::string>{"token", "create"}) {
-    return TokenCreate(flags);
+  if (flags->words == std::vector<std::string>{"token", "create"}) {
+    return TokenCreate(*flags);
   }
-  return UsageError(absl::StrCat("unknown command \"", flags.words[0], "\" (see --help)"));
+  return UsageError(absl::StrCat("unknown command \"", flags->words[0], "\" (see --help)"));
 }

@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "certmgr/base/file.h"
+#include "certmgr/base/flags.h"
 #include "certmgr/base/host_port.h"
 #include "certmgr/base/log.h"
 #include "sidecar/config/sidecar_config.h"
@@ -47,30 +48,16 @@ int UsageError(absl::string_view message) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> flags;
-  const std::vector<std::string> known = {"config",  "admin", "log-level", "log-format",
-                                          "workers", "check", "help",      "version"};
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (!absl::StartsWith(arg, "--")) {
-      return UsageError(absl::StrCat("unexpected argument \"", arg, "\" (see --help)"));
-    }
-    std::string name = arg.substr(2);
-    std::string value;
-    if (size_t eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    } else if (name != "help" && name != "version" && name != "check") {
-      if (i + 1 >= argc) {
-        return UsageError(absl::StrCat("flag --", name, " needs a value"));
-      }
-      value = argv[++i];
-    }
-    if (std::find(known.begin(), known.end(), name) == known.end()) {
-      return UsageError(absl::StrCat("unknown flag --", name, " (see --help)"));
-    }
-    flags[name] = value;
+  absl::StatusOr<base::Flags> parsed =
+      base::ParseFlags(argc, argv, {"config", "admin", "log-level", "log-format", "workers"},
+                       {"check", "help", "version"});
+  if (!parsed.ok()) {
+    return UsageError(parsed.status().message());
   }
+  if (!parsed->words.empty()) {
+    return UsageError(absl::StrCat("unexpected argument \"", parsed->words[0], "\" (see --help)"));
+  }
+  std::map<std::string, std::string>& flags = parsed->values;
   if (flags.count("help") != 0) {
     std::fputs(kUsage, stdout);
     return 0;

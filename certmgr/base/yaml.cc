@@ -6,6 +6,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "certmgr/base/host_port.h"
 #include "certmgr/base/status_macros.h"
 
 namespace meshtls::base {
@@ -194,6 +195,25 @@ class Parser {
     return node;
   }
 
+  // NextSibling skips blank lines and tells whether the next line continues the block at
+  // `indent`: a "- item" line for a sequence, a "key: value" line for a mapping. A shallower
+  // line or a document marker ends the block; a deeper one is an error.
+  absl::StatusOr<bool> NextSibling(int indent, bool sequence) {
+    SkipBlank();
+    if (at_ >= lines_.size() || Content(at_) == "---" || Content(at_) == "...") {
+      return false;  // ParseDocument reports a second document
+    }
+    MESHTLS_ASSIGN_OR_RETURN(int line_indent, Indent(at_));
+    if (line_indent < indent) {
+      return false;
+    }
+    if (line_indent > indent) {
+      return LineError(lines_[at_].number, "unexpected indentation");
+    }
+    // A sequence item at a mapping's level belongs to the parent ("key:\n- item").
+    return StartsSequenceItem(Content(at_)) == sequence;
+  }
+
   absl::StatusOr<YamlNode> ParseMapping(int indent, int depth, size_t first_column) {
     YamlNode node;
     node.kind = YamlNode::Kind::kMapping;
@@ -201,22 +221,9 @@ class Parser {
     bool first = true;
     while (true) {
       if (!first) {
-        SkipBlank();
-        if (at_ >= lines_.size()) {
+        MESHTLS_ASSIGN_OR_RETURN(bool more, NextSibling(indent, /*sequence=*/false));
+        if (!more) {
           break;
-        }
-        if (Content(at_) == "---" || Content(at_) == "...") {
-          break;  // a document marker ends every block; ParseDocument reports it
-        }
-        MESHTLS_ASSIGN_OR_RETURN(int line_indent, Indent(at_));
-        if (line_indent < indent) {
-          break;
-        }
-        if (line_indent > indent) {
-          return LineError(lines_[at_].number, "unexpected indentation");
-        }
-        if (StartsSequenceItem(Content(at_))) {
-          break;  // a sequence item at the parent's level ends this mapping
         }
       }
       const size_t column = first ? first_column : static_cast<size_t>(indent);
@@ -292,21 +299,8 @@ class Parser {
     bool first = true;
     while (true) {
       if (!first) {
-        SkipBlank();
-        if (at_ >= lines_.size()) {
-          break;
-        }
-        if (Content(at_) == "---" || Content(at_) == "...") {
-          break;  // a document marker ends every block; ParseDocument reports it
-        }
-        MESHTLS_ASSIGN_OR_RETURN(int line_indent, Indent(at_));
-        if (line_indent < indent) {
-          break;
-        }
-        if (line_indent > indent) {
-          return LineError(lines_[at_].number, "unexpected indentation");
-        }
-        if (!StartsSequenceItem(Content(at_))) {
+        MESHTLS_ASSIGN_OR_RETURN(bool more, NextSibling(indent, /*sequence=*/true));
+        if (!more) {
           break;
         }
       }
@@ -776,6 +770,41 @@ absl::StatusOr<std::vector<std::string>> ReadStringList(const YamlNode& node,
     out.push_back(std::move(s));
   }
   return out;
+}
+
+absl::StatusOr<std::string> ReadListenAddress(const YamlNode& node, absl::string_view path) {
+  MESHTLS_ASSIGN_OR_RETURN(std::string text, ReadString(node, path));
+  absl::StatusOr<HostPort> hp = ParseHostPort(text, /*allow_port_zero=*/true);
+  if (!hp.ok()) {
+    return FieldError(path, node, hp.status().message());
+  }
+  if (!hp->host_is_ip) {
+    return FieldError(path, node,
+                      "a listen address must be an IP address (0.0.0.0, [::], 127.0.0.1)");
+  }
+  return hp->ToString();
+}
+
+absl::Status ReadLogSection(const YamlNode& node, absl::string_view path, LogLevel& level,
+                            LogFormat& format) {
+  MESHTLS_ASSIGN_OR_RETURN(ConfigMap log, ConfigMap::Of(node, std::string(path)));
+  if (const YamlNode* v = log.Take("level")) {
+    MESHTLS_ASSIGN_OR_RETURN(std::string text, ReadString(*v, log.FieldPath("level")));
+    absl::StatusOr<LogLevel> parsed = ParseLogLevel(text);
+    if (!parsed.ok()) {
+      return FieldError(log.FieldPath("level"), *v, parsed.status().message());
+    }
+    level = *parsed;
+  }
+  if (const YamlNode* v = log.Take("format")) {
+    MESHTLS_ASSIGN_OR_RETURN(std::string text, ReadString(*v, log.FieldPath("format")));
+    absl::StatusOr<LogFormat> parsed = ParseLogFormat(text);
+    if (!parsed.ok()) {
+      return FieldError(log.FieldPath("format"), *v, parsed.status().message());
+    }
+    format = *parsed;
+  }
+  return log.Finish();
 }
 
 }  // namespace meshtls::base

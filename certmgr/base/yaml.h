@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "certmgr/base/log.h"
 
 namespace meshtls::base {
 
@@ -72,5 +73,12 @@ absl::StatusOr<absl::Duration> ReadDuration(const YamlNode& node, absl::string_v
 // ReadStringList takes a sequence of scalars (or one scalar, as a list of one).
 absl::StatusOr<std::vector<std::string>> ReadStringList(const YamlNode& node,
                                                         absl::string_view path);
+
+// ReadListenAddress reads an IP-literal "host:port" (port 0 allowed: any free port).
+absl::StatusOr<std::string> ReadListenAddress(const YamlNode& node, absl::string_view path);
+
+// ReadLogSection reads a `log: {level, format}` mapping into the two values.
+absl::Status ReadLogSection(const YamlNode& node, absl::string_view path, LogLevel& level,
+                            LogFormat& format);
 
 }  // namespace meshtls::base

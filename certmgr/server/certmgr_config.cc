@@ -3,7 +3,6 @@
 #include <arpa/inet.h>
 
 #include "absl/strings/str_cat.h"
-#include "certmgr/base/host_port.h"
 #include "certmgr/base/status_macros.h"
 #include "certmgr/base/yaml.h"
 #include "certmgr/pki/spiffe_id.h"
@@ -16,15 +15,7 @@ using base::YamlNode;
 
 absl::Status ReadAddress(ConfigMap& map, absl::string_view key, std::string& out) {
   if (const YamlNode* n = map.Take(key)) {
-    MESHTLS_ASSIGN_OR_RETURN(std::string text, base::ReadString(*n, map.FieldPath(key)));
-    absl::StatusOr<base::HostPort> hp = base::ParseHostPort(text, /*allow_port_zero=*/true);
-    if (!hp.ok()) {
-      return base::FieldError(map.FieldPath(key), *n, hp.status().message());
-    }
-    if (!hp->host_is_ip) {
-      return base::FieldError(map.FieldPath(key), *n, "a listen address must be an IP address");
-    }
-    out = text;
+    MESHTLS_ASSIGN_OR_RETURN(out, base::ReadListenAddress(*n, map.FieldPath(key)));
   }
   return absl::OkStatus();
 }
@@ -134,24 +125,7 @@ absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
     MESHTLS_RETURN_IF_ERROR(auth.Finish());
   }
   if (const YamlNode* n = top.Take("log")) {
-    MESHTLS_ASSIGN_OR_RETURN(ConfigMap log, ConfigMap::Of(*n, "log"));
-    if (const YamlNode* l = log.Take("level")) {
-      MESHTLS_ASSIGN_OR_RETURN(std::string v, base::ReadString(*l, "log.level"));
-      absl::StatusOr<base::LogLevel> level = base::ParseLogLevel(v);
-      if (!level.ok()) {
-        return base::FieldError("log.level", *l, level.status().message());
-      }
-      c.log_level = *level;
-    }
-    if (const YamlNode* f = log.Take("format")) {
-      MESHTLS_ASSIGN_OR_RETURN(std::string v, base::ReadString(*f, "log.format"));
-      absl::StatusOr<base::LogFormat> format = base::ParseLogFormat(v);
-      if (!format.ok()) {
-        return base::FieldError("log.format", *f, format.status().message());
-      }
-      c.log_format = *format;
-    }
-    MESHTLS_RETURN_IF_ERROR(log.Finish());
+    MESHTLS_RETURN_IF_ERROR(base::ReadLogSection(*n, "log", c.log_level, c.log_format));
   }
   MESHTLS_RETURN_IF_ERROR(top.Finish());
   return c;

@@ -47,8 +47,7 @@ absl::StatusOr<base::HostPort> ReadHostPort(ConfigMap& map, absl::string_view ke
     return base::FieldError(map.FieldPath(key), *n, hp.status().message());
   }
   if (listen && !hp->host_is_ip) {
-    return base::FieldError(map.FieldPath(key), *n,
-                            "a listen address must be an IP address (0.0.0.0, [::], 127.0.0.1)");
+    return base::ReadListenAddress(*n, map.FieldPath(key)).status();  // names the problem
   }
   return *hp;
 }
@@ -208,8 +207,9 @@ absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool ch
 
   if (const YamlNode* n = top.Take("admin")) {
     MESHTLS_ASSIGN_OR_RETURN(ConfigMap admin, ConfigMap::Of(*n, "admin"));
-    MESHTLS_ASSIGN_OR_RETURN(base::HostPort hp, ReadHostPort(admin, "listen", *n, true));
-    c.admin_listen = hp.ToString();
+    if (const YamlNode* l = admin.Take("listen")) {
+      MESHTLS_ASSIGN_OR_RETURN(c.admin_listen, base::ReadListenAddress(*l, "admin.listen"));
+    }
     MESHTLS_RETURN_IF_ERROR(admin.Finish());
   }
   if (const YamlNode* n = top.Take("workers")) {
@@ -245,24 +245,7 @@ absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool ch
     MESHTLS_RETURN_IF_ERROR(limits.Finish());
   }
   if (const YamlNode* n = top.Take("log")) {
-    MESHTLS_ASSIGN_OR_RETURN(ConfigMap log, ConfigMap::Of(*n, "log"));
-    if (const YamlNode* v = log.Take("level")) {
-      MESHTLS_ASSIGN_OR_RETURN(std::string s, base::ReadString(*v, "log.level"));
-      absl::StatusOr<base::LogLevel> level = base::ParseLogLevel(s);
-      if (!level.ok()) {
-        return base::FieldError("log.level", *v, level.status().message());
-      }
-      c.log.level = *level;
-    }
-    if (const YamlNode* v = log.Take("format")) {
-      MESHTLS_ASSIGN_OR_RETURN(std::string s, base::ReadString(*v, "log.format"));
-      absl::StatusOr<base::LogFormat> format = base::ParseLogFormat(s);
-      if (!format.ok()) {
-        return base::FieldError("log.format", *v, format.status().message());
-      }
-      c.log.format = *format;
-    }
-    MESHTLS_RETURN_IF_ERROR(log.Finish());
+    MESHTLS_RETURN_IF_ERROR(base::ReadLogSection(*n, "log", c.log.level, c.log.format));
   }
   MESHTLS_RETURN_IF_ERROR(top.Finish());
   return c;

@@ -248,6 +248,19 @@ void Connection::OnEvents(bool tls_side, uint32_t /*events*/) {
   }
 }
 
+bool Connection::NoteTlsWait(int rc) {
+  const int err = SSL_get_error(ssl_.get(), rc);
+  if (err == SSL_ERROR_WANT_WRITE) {
+    tls_wants_write_ = true;
+    return true;
+  }
+  if (err == SSL_ERROR_WANT_READ) {
+    tls_wants_read_ = true;
+    return true;
+  }
+  return false;
+}
+
 void Connection::Progress() {
   bool abort = false;
   bool moved = false;
@@ -283,12 +296,7 @@ void Connection::Progress() {
         env_.counters.bytes_sent[DirectionIndex()].Add(static_cast<uint64_t>(n));
         progress = true;
       } else {
-        int err = SSL_get_error(ssl_.get(), n);
-        if (err == SSL_ERROR_WANT_WRITE) {
-          tls_wants_write_ = true;
-        } else if (err == SSL_ERROR_WANT_READ) {
-          tls_wants_read_ = true;
-        } else {
+        if (!NoteTlsWait(n)) {
           abort = true;
           break;
         }
@@ -303,12 +311,7 @@ void Connection::Progress() {
         tls_shutdown_sent_ = true;
         progress = true;
       } else {
-        int err = SSL_get_error(ssl_.get(), rc);
-        if (err == SSL_ERROR_WANT_WRITE) {
-          tls_wants_write_ = true;
-        } else if (err == SSL_ERROR_WANT_READ) {
-          tls_wants_read_ = true;
-        } else {
+        if (!NoteTlsWait(rc)) {
           abort = true;
           break;
         }

@@ -95,6 +95,8 @@ class Connection {
   void OnHandshakeDone();
   void EnterRelaying();
   void Progress();
+  // NoteTlsWait records what a failed SSL_write/SSL_shutdown waits for; false on a real error.
+  bool NoteTlsWait(int rc);
   void UpdateInterest();
   void SetInterest(Side& side, uint32_t events);
   void ArmIdleTimer();
