@@ -14,12 +14,15 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "certmgr/base/clock.h"
 #include "certmgr/base/file.h"
 #include "certmgr/base/flags.h"
 #include "certmgr/base/log.h"
+#include "certmgr/pki/certificate.h"
+#include "certmgr/pki/chain_verifier.h"
 #include "certmgr/pki/spiffe_id.h"
 #include "certmgr/server/certmgr_config.h"
 #include "certmgr/server/certmgr_server.h"
@@ -34,9 +37,12 @@ constexpr const char* kUsage =
     "  meshtls-certmgr [serve] --config FILE [--log-level debug|info|warning|error]\n"
     "  meshtls-certmgr token create (--config FILE | --token-file PATH) --spiffe-id ID "
     "[--ttl DURATION]\n"
+    "  meshtls-certmgr verify --bundle ROOTS.pem --chain CHAIN.pem [--purpose client|server]\n"
+    "                         [--at UNIX_TIME] [--spiffe-id ID] [--profile svid|path]\n"
     "\n"
     "serve         run the CA: gRPC CertificateAuthority over TLS, admin /metrics /healthz "
     "/readyz\n"
+    "verify        validate a chain with the sidecar's own code; prints OK or the reason\n"
     "token create  add a join token for ID to the token file and print it (only its hash is "
     "stored)\n";
 
@@ -108,6 +114,102 @@ int TokenCreate(const base::Flags& flags) {
   return 0;
 }
 
+// Verify runs the sidecar's chain validation (pki::ChainVerifier) on files, so an operator can
+// see exactly why a peer was refused. Exit 0 (OK), 1 (refused), 2 (bad flags or files).
+int Verify(const base::Flags& flags) {
+  std::optional<std::string> bundle_path = flags.Get("bundle");
+  std::optional<std::string> chain_path = flags.Get("chain");
+  if (!bundle_path || !chain_path) {
+    return UsageError("verify needs --bundle and --chain");
+  }
+  absl::StatusOr<std::string> bundle_pem = base::ReadFileToString(*bundle_path);
+  absl::StatusOr<std::string> chain_pem = base::ReadFileToString(*chain_path);
+  if (!bundle_pem.ok() || !chain_pem.ok()) {
+    return UsageError(!bundle_pem.ok() ? bundle_pem.status().message()
+                                       : chain_pem.status().message());
+  }
+  absl::StatusOr<std::vector<pki::Certificate>> roots = pki::ParsePemChain(*bundle_pem);
+  if (!roots.ok()) {
+    return UsageError(absl::StrCat("--bundle: ", roots.status().message()));
+  }
+  absl::StatusOr<std::vector<pki::Certificate>> chain = pki::ParsePemChain(*chain_pem);
+  if (!chain.ok()) {
+    return UsageError(absl::StrCat("--chain: ", chain.status().message()));
+  }
+  const std::string purpose = flags.Get("purpose").value_or("client");
+  if (purpose != "client" && purpose != "server") {
+    return UsageError("--purpose must be client or server");
+  }
+  const pki::PeerRole role = purpose == "client" ? pki::PeerRole::kClient : pki::PeerRole::kServer;
+  absl::Time at = absl::Now();
+  if (std::optional<std::string> t = flags.Get("at")) {
+    int64_t seconds = 0;
+    if (!absl::SimpleAtoi(*t, &seconds)) {
+      return UsageError("--at must be Unix seconds");
+    }
+    at = absl::FromUnixSeconds(seconds);
+  }
+  const std::string profile = flags.Get("profile").value_or("svid");
+  if (profile != "svid" && profile != "path") {
+    return UsageError("--profile must be svid or path");
+  }
+  auto fail = [](absl::string_view why) {
+    std::printf("FAIL: %s\n", std::string(why).c_str());
+    return 1;
+  };
+  if (profile == "path") {
+    absl::StatusOr<std::shared_ptr<const pki::ChainVerifier>> verifier =
+        pki::ChainVerifier::CreatePathOnly(*roots);
+    if (!verifier.ok()) {
+      return UsageError(absl::StrCat("--bundle: ", verifier.status().message()));
+    }
+    absl::Status s = (*verifier)->VerifyChainPath(*chain, role, at);
+    if (!s.ok()) {
+      return fail(s.message());
+    }
+    std::printf("OK (certification path)\n");
+    return 0;
+  }
+  // The trust domain: from --spiffe-id, else the bundle's spiffe:// URI, else the leaf's.
+  std::optional<pki::SpiffeId> expected;
+  std::string trust_domain;
+  if (std::optional<std::string> id = flags.Get("spiffe-id")) {
+    absl::StatusOr<pki::SpiffeId> parsed = pki::SpiffeId::Parse(*id);
+    if (!parsed.ok()) {
+      return UsageError(absl::StrCat("--spiffe-id: ", parsed.status().message()));
+    }
+    expected = *parsed;
+    trust_domain = std::string(parsed->trust_domain());
+  }
+  for (const std::vector<pki::Certificate>* source : {&*roots, &*chain}) {
+    for (const pki::Certificate& c : *source) {
+      for (const std::string& uri : c.UriSans()) {
+        if (absl::StatusOr<pki::SpiffeId> id = pki::SpiffeId::Parse(uri);
+            trust_domain.empty() && id.ok()) {
+          trust_domain = std::string(id->trust_domain());
+        }
+      }
+    }
+  }
+  if (trust_domain.empty()) {
+    return UsageError("cannot tell the trust domain from the files; give --spiffe-id");
+  }
+  absl::StatusOr<std::shared_ptr<const pki::ChainVerifier>> verifier =
+      pki::ChainVerifier::Create(trust_domain, *roots);
+  if (!verifier.ok()) {
+    return UsageError(absl::StrCat("--bundle: ", verifier.status().message()));
+  }
+  absl::StatusOr<pki::SpiffeId> id = (*verifier)->VerifyChain(*chain, role, at);
+  if (!id.ok()) {
+    return fail(id.status().message());
+  }
+  if (expected.has_value() && !(*id == *expected)) {
+    return fail(absl::StrCat("the certificate is for ", id->str(), ", not ", expected->str()));
+  }
+  std::printf("OK %s\n", id->str().c_str());
+  return 0;
+}
+
 int Serve(const base::Flags& flags) {
   auto config_flag = flags.values.find("config");
   if (config_flag == flags.values.end()) {
@@ -150,8 +252,11 @@ int Serve(const base::Flags& flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::StatusOr<base::Flags> flags = base::ParseFlags(
-      argc, argv, {"config", "log-level", "token-file", "spiffe-id", "ttl"}, {"help", "version"});
+  absl::StatusOr<base::Flags> flags =
+      base::ParseFlags(argc, argv,
+                       {"config", "log-level", "token-file", "spiffe-id", "ttl", "bundle", "chain",
+                        "purpose", "at", "profile"},
+                       {"help", "version"});
   if (!flags.ok()) {
     return UsageError(flags.status().message());
   }
@@ -165,6 +270,9 @@ int main(int argc, char** argv) {
   }
   if (flags->words.empty() || flags->words == std::vector<std::string>{"serve"}) {
     return Serve(*flags);
+  }
+  if (flags->words == std::vector<std::string>{"verify"}) {
+    return Verify(*flags);
   }
   if (flags->words == std::vector<std::string>{"token", "create"}) {
     return TokenCreate(*flags);

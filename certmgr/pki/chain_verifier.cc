@@ -25,6 +25,16 @@ absl::StatusOr<std::shared_ptr<const ChainVerifier>> ChainVerifier::Create(
   if (absl::Status s = SpiffeId::ValidateTrustDomain(trust_domain); !s.ok()) {
     return s;
   }
+  return CreateWithDomain(std::move(trust_domain), std::move(roots));
+}
+
+absl::StatusOr<std::shared_ptr<const ChainVerifier>> ChainVerifier::CreatePathOnly(
+    std::vector<Certificate> roots) {
+  return CreateWithDomain("", std::move(roots));
+}
+
+absl::StatusOr<std::shared_ptr<const ChainVerifier>> ChainVerifier::CreateWithDomain(
+    std::string trust_domain, std::vector<Certificate> roots) {
   if (roots.empty()) {
     return absl::InvalidArgumentError("trust bundle has no root certificate");
   }
@@ -50,9 +60,8 @@ absl::StatusOr<std::shared_ptr<const ChainVerifier>> ChainVerifier::Create(
       new ChainVerifier(std::move(trust_domain), std::move(roots), std::move(store)));
 }
 
-absl::StatusOr<SpiffeId> ChainVerifier::Verify(X509* leaf, STACK_OF(X509) * untrusted,
-                                               PeerRole role, absl::Time now,
-                                               int* x509_error) const {
+absl::Status ChainVerifier::VerifyPath(X509* leaf, STACK_OF(X509) * untrusted, PeerRole role,
+                                       absl::Time now, int* x509_error) const {
   if (x509_error != nullptr) {
     *x509_error = X509_V_OK;
   }
@@ -86,8 +95,37 @@ absl::StatusOr<SpiffeId> ChainVerifier::Verify(X509* leaf, STACK_OF(X509) * untr
     }
     return absl::UnauthenticatedError(why);
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SpiffeId> ChainVerifier::Verify(X509* leaf, STACK_OF(X509) * untrusted,
+                                               PeerRole role, absl::Time now,
+                                               int* x509_error) const {
+  if (trust_domain_.empty()) {
+    return absl::FailedPreconditionError("this verifier checks certification paths only");
+  }
+  if (absl::Status s = VerifyPath(leaf, untrusted, role, now, x509_error); !s.ok()) {
+    return s;
+  }
   return CheckSvidLeaf(leaf, role, trust_domain_, x509_error);
 }
+
+namespace {
+
+// Intermediates returns chain[1..] as an OpenSSL stack (null on allocation failure).
+X509StackPtr Intermediates(const std::vector<Certificate>& chain) {
+  X509StackPtr untrusted(sk_X509_new_null());
+  for (size_t i = 1; untrusted != nullptr && i < chain.size(); ++i) {
+    X509Ptr extra = UpRef(chain[i].get());
+    if (sk_X509_push(untrusted.get(), extra.get()) <= 0) {
+      return nullptr;
+    }
+    (void)extra.release();  // now owned by the stack
+  }
+  return untrusted;
+}
+
+}  // namespace
 
 absl::StatusOr<SpiffeId> ChainVerifier::VerifyChain(const std::vector<Certificate>& chain,
                                                     PeerRole role, absl::Time now,
@@ -95,16 +133,23 @@ absl::StatusOr<SpiffeId> ChainVerifier::VerifyChain(const std::vector<Certificat
   if (chain.empty()) {
     return Fail(X509_V_ERR_UNSPECIFIED, x509_error, "no certificate");
   }
-  X509StackPtr untrusted(sk_X509_new_null());
+  X509StackPtr untrusted = Intermediates(chain);
   if (untrusted == nullptr) {
-    return OpenSslError(absl::StatusCode::kInternal, "sk_X509_new_null");
-  }
-  for (size_t i = 1; i < chain.size(); ++i) {
-    if (sk_X509_push(untrusted.get(), UpRef(chain[i].get()).release()) <= 0) {
-      return OpenSslError(absl::StatusCode::kInternal, "sk_X509_push");
-    }
+    return OpenSslError(absl::StatusCode::kInternal, "building the intermediate stack");
   }
   return Verify(chain[0].get(), untrusted.get(), role, now, x509_error);
+}
+
+absl::Status ChainVerifier::VerifyChainPath(const std::vector<Certificate>& chain, PeerRole role,
+                                            absl::Time now, int* x509_error) const {
+  if (chain.empty()) {
+    return Fail(X509_V_ERR_UNSPECIFIED, x509_error, "no certificate");
+  }
+  X509StackPtr untrusted = Intermediates(chain);
+  if (untrusted == nullptr) {
+    return OpenSslError(absl::StatusCode::kInternal, "building the intermediate stack");
+  }
+  return VerifyPath(chain[0].get(), untrusted.get(), role, now, x509_error);
 }
 
 absl::StatusOr<SpiffeId> CheckSvidLeaf(X509* leaf, PeerRole role, absl::string_view trust_domain,

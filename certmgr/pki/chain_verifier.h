@@ -16,6 +16,11 @@ namespace meshtls::pki {
 // inbound listener and by certmgr) or a TLS server (checked by the outbound listener).
 enum class PeerRole { kClient, kServer };
 
+// VerifyProfile selects the checks: kSvid is what the mesh uses (path + X.509-SVID leaf rules);
+// kPath checks only the certification path (chain, validity, constraints, key usage, purpose),
+// as generic X.509 conformance suites expect.
+enum class VerifyProfile { kSvid, kPath };
+
 // ChainVerifier verifies X.509-SVID chains against one trust bundle. It runs OpenSSL's path
 // validation with X509_V_FLAG_X509_STRICT and the TLS purpose of the role, then the X.509-SVID
 // leaf rules OpenSSL 3.0 does not apply: exactly one URI SAN, a valid spiffe:// ID in the
@@ -27,6 +32,9 @@ class ChainVerifier {
  public:
   static absl::StatusOr<std::shared_ptr<const ChainVerifier>> Create(
       std::string trust_domain, std::vector<Certificate> roots);
+  // CreatePathOnly makes a verifier without a trust domain: only VerifyProfile::kPath works.
+  static absl::StatusOr<std::shared_ptr<const ChainVerifier>> CreatePathOnly(
+      std::vector<Certificate> roots);
 
   // Verify returns the leaf's SPIFFE ID, or an error: FailedPrecondition for a certificate
   // outside its validity, Unauthenticated for anything else. `*x509_error` (if given) is set
@@ -37,10 +45,18 @@ class ChainVerifier {
   absl::StatusOr<SpiffeId> VerifyChain(const std::vector<Certificate>& chain, PeerRole role,
                                        absl::Time now, int* x509_error = nullptr) const;
 
+  // VerifyPath runs only the certification-path checks (VerifyProfile::kPath).
+  absl::Status VerifyPath(X509* leaf, STACK_OF(X509) * untrusted, PeerRole role, absl::Time now,
+                          int* x509_error = nullptr) const;
+  absl::Status VerifyChainPath(const std::vector<Certificate>& chain, PeerRole role, absl::Time now,
+                               int* x509_error = nullptr) const;
+
   const std::string& trust_domain() const { return trust_domain_; }
   const std::vector<Certificate>& roots() const { return roots_; }
 
  private:
+  static absl::StatusOr<std::shared_ptr<const ChainVerifier>> CreateWithDomain(
+      std::string trust_domain, std::vector<Certificate> roots);
   ChainVerifier(std::string trust_domain, std::vector<Certificate> roots, X509StorePtr store)
       : trust_domain_(std::move(trust_domain)),
         roots_(std::move(roots)),

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_split.h"
 #include "tests/testing/harness.h"
+#include "tests/testing/test_ca.h"
 
 namespace meshtls {
 namespace {
@@ -84,6 +85,47 @@ TEST(CertmgrCliTest, BadConfigAndBadTokenRequest) {
                                      "--spiffe-id", "spiffe://mesh.test"}),
                      "--spiffe-id must name a workload");
   ExpectOneLineError(RunBinary(dir, {bin, "frobnicate"}), "unknown command");
+}
+
+TEST(CertmgrCliTest, VerifyExplainsTheVerdict) {
+  testing::TempDir dir;
+  const absl::Time now = absl::Now();
+  testing::TestCa ca("mesh.test", now);
+  const std::string bin = testing::BinaryPath("meshtls-certmgr");
+  const std::string bundle = dir.Write("bundle.pem", ca.RootPem());
+  const std::string good = dir.Write(
+      "good.pem", ca.Issue("spiffe://mesh.test/ns/a/sa/b", absl::Hours(1), now).ChainPem());
+  auto run = [&](std::vector<std::string> extra) {
+    std::vector<std::string> argv = {bin, "verify", "--bundle", bundle};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return RunBinary(dir, argv);
+  };
+  RunResult ok = run({"--chain", good});
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_NE(ok.output.find("OK spiffe://mesh.test/ns/a/sa/b"), std::string::npos);
+
+  RunResult wrong_id = run({"--chain", good, "--spiffe-id", "spiffe://mesh.test/ns/a/sa/c"});
+  EXPECT_EQ(wrong_id.exit_code, 1);
+  EXPECT_NE(wrong_id.output.find("not spiffe://mesh.test/ns/a/sa/c"), std::string::npos);
+
+  RunResult later =
+      run({"--chain", good, "--at", std::to_string(absl::ToUnixSeconds(now + absl::Hours(2)))});
+  EXPECT_EQ(later.exit_code, 1);
+  EXPECT_NE(later.output.find("certificate has expired"), std::string::npos) << later.output;
+
+  pki::CertificateProfile p = testing::TestCa::LeafProfile(
+      "spiffe://mesh.test/ns/a/sa/b", now - absl::Hours(1), now + absl::Hours(1));
+  p.is_ca = true;
+  p.common_name = "ca-leaf";
+  const std::string ca_leaf = dir.Write("ca-leaf.pem", ca.IssueWith(p).ChainPem());
+  RunResult svid = run({"--chain", ca_leaf});
+  EXPECT_EQ(svid.exit_code, 1);
+  EXPECT_NE(svid.output.find("CA certificate"), std::string::npos) << svid.output;
+  RunResult path = run({"--chain", ca_leaf, "--profile", "path"});
+  EXPECT_EQ(path.exit_code, 0) << "the path profile skips the X.509-SVID leaf rules: "
+                               << path.output;
+
+  ExpectOneLineError(run({"--chain", dir.File("missing.pem")}), "missing.pem");
 }
 
 }  // namespace
