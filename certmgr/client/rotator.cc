@@ -1,5 +1,7 @@
 #include "certmgr/client/rotator.h"
 
+#include <openssl/x509v3.h>
+
 #include <algorithm>
 
 #include "absl/strings/ascii.h"
@@ -72,6 +74,7 @@ absl::Status Rotator::RefreshOnce() {
     const absl::Duration remaining = bundle.chain[0].not_after() - now;
     latest_roots_ = bundle.trust_bundle;
     latest_sequence_ = bundle.bundle_sequence;
+    lifetime_ = bundle.chain[0].not_after() - bundle.chain[0].not_before();
     current_ = std::move(bundle);
     next_refresh_ = now + Jittered(remaining * options_.renew_at, options_.jitter);
     backoff_ = absl::ZeroDuration();
@@ -88,8 +91,12 @@ absl::Status Rotator::RefreshOnce() {
   }();
   if (!result.ok()) {
     absl::MutexLock lock(&mu_);
-    backoff_ = backoff_ == absl::ZeroDuration() ? options_.initial_backoff
-                                                : std::min(backoff_ * 2, options_.max_backoff);
+    absl::Duration cap = options_.max_backoff;
+    if (lifetime_ > absl::ZeroDuration()) {
+      cap = std::clamp(lifetime_ / 10, options_.initial_backoff, options_.max_backoff);
+    }
+    backoff_ =
+        backoff_ == absl::ZeroDuration() ? options_.initial_backoff : std::min(backoff_ * 2, cap);
     next_refresh_ = clock_.Now() + Jittered(backoff_, 0.2);
     last_error_ = std::string(result.message());
     base::LogWarning(
@@ -137,8 +144,22 @@ void Rotator::OnTrustBundle(std::vector<pki::Certificate> roots, uint64_t sequen
     return;
   }
   client_.SetExtraRoots(bundle->trust_bundle);
+  // Does the new bundle still hold the root our own chain ends at?
+  const pki::Certificate& top = bundle->chain.back();
+  bool own_root_kept = false;
+  for (const pki::Certificate& root : bundle->trust_bundle) {
+    if (X509_check_issued(root.get(), top.get()) == X509_V_OK) {
+      own_root_kept = true;
+    }
+  }
   absl::MutexLock lock(&mu_);
   current_ = *std::move(bundle);
+  if (!own_root_kept) {
+    base::LogWarning("the trust bundle no longer holds the root of our certificate; renewing now",
+                     {{"sequence", absl::StrCat(sequence)}});
+    next_refresh_ = clock_.Now();
+    wake_ = true;
+  }
 }
 
 RotatorStatus Rotator::status() const {
@@ -156,9 +177,20 @@ RotatorStatus Rotator::status() const {
   return s;
 }
 
-bool Rotator::WaitFor(absl::Duration d) {
+bool Rotator::WaitFor(absl::Duration d, bool renewal_loop) {
   absl::MutexLock lock(&mu_);
-  mu_.AwaitWithTimeout(absl::Condition(&stopping_), d);
+  if (renewal_loop) {
+    // Only the renewal loop consumes wake_ (an earlier renewal was asked for).
+    mu_.AwaitWithTimeout(absl::Condition(
+                             +[](Rotator* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) {
+                               return r->stopping_ || r->wake_;
+                             },
+                             this),
+                         d);
+    wake_ = false;
+  } else {
+    mu_.AwaitWithTimeout(absl::Condition(&stopping_), d);
+  }
   return !stopping_;
 }
 
@@ -176,7 +208,7 @@ void Rotator::RenewLoop() {
       (void)RefreshOnce();  // logged, counted and rescheduled inside
       continue;
     }
-    if (!WaitFor(wait)) {
+    if (!WaitFor(wait, /*renewal_loop=*/true)) {
       return;
     }
   }
@@ -203,7 +235,7 @@ void Rotator::WatchLoop() {
     base::LogWarning(
         "trust bundle stream ended; reconnecting",
         {{"error", std::string(s.message())}, {"retry_in", absl::FormatDuration(backoff)}});
-    if (!WaitFor(backoff)) {
+    if (!WaitFor(backoff, /*renewal_loop=*/false)) {
       return;
     }
     backoff = std::min(backoff * 2, options_.max_backoff);

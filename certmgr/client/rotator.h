@@ -23,6 +23,8 @@ struct RotatorOptions {
   double renew_at = 0.5;  // fraction of the remaining lifetime (from receipt) before renewing
   double jitter = 0.05;   // +- fraction applied to each renewal delay
   absl::Duration initial_backoff = absl::Seconds(1);
+  // Retries back off up to max_backoff, and never beyond a tenth of the certificate's
+  // lifetime, so a short-lived certificate gets several tries before it expires.
   absl::Duration max_backoff = absl::Seconds(30);
   absl::Duration rpc_timeout = absl::Seconds(10);
   absl::Duration min_refresh = absl::Seconds(1);  // floor on any delay: never a busy loop
@@ -46,7 +48,8 @@ struct RotatorStatus {
 // sends a CSR with the current certificate (if still valid) and the bootstrap token (if any),
 // and publishes the result to the sink. It renews at `renew_at` of the remaining lifetime with
 // jitter; on failure it retries with capped exponential backoff and keeps the old certificate.
-// Trust bundle updates (from WatchTrustBundle) are published with the current certificate.
+// Trust bundle updates (from WatchTrustBundle) are published with the current certificate; one
+// that no longer contains the root of that certificate triggers an immediate renewal.
 //
 // Thread-safety: Start() and Stop() on one thread; RefreshOnce() on the rotation thread (or a
 // test's); OnTrustBundle() and status() on any thread. Publish calls are serialized.
@@ -70,8 +73,9 @@ class Rotator {
   absl::Duration Jittered(absl::Duration d, double fraction) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RenewLoop();
   void WatchLoop();
-  // WaitFor sleeps up to `d` or until Stop(); returns false when stopping.
-  bool WaitFor(absl::Duration d);
+  // WaitFor sleeps up to `d` or until Stop() (or, for the renewal loop, until an immediate
+  // renewal is requested); returns false when stopping.
+  bool WaitFor(absl::Duration d, bool renewal_loop);
 
   const RotatorOptions options_;
   CaClient& client_;
@@ -88,7 +92,9 @@ class Rotator {
   absl::Time last_success_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::string last_error_ ABSL_GUARDED_BY(mu_);
   absl::BitGen random_ ABSL_GUARDED_BY(mu_);
+  absl::Duration lifetime_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();  // of the current cert
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool wake_ ABSL_GUARDED_BY(mu_) = false;  // re-check next_refresh_ now
   std::thread renew_thread_;
   std::thread watch_thread_;
 };

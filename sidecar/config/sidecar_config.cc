@@ -224,6 +224,9 @@ absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool ch
         return base::FieldError("tls.min_version", *v, "must be \"1.3\" or \"1.2\"");
       }
     }
+    if (const YamlNode* v = tls.Take("close_on_expiry")) {
+      MESHTLS_ASSIGN_OR_RETURN(c.tls.close_on_expiry, base::ReadBool(*v, "tls.close_on_expiry"));
+    }
     if (const YamlNode* v = tls.Take("session_resumption")) {
       MESHTLS_ASSIGN_OR_RETURN(c.tls.session_resumption,
                                base::ReadBool(*v, "tls.session_resumption"));

@@ -44,6 +44,7 @@ struct SidecarConfig {
   struct Tls {
     std::string min_version = "1.3";  // "1.3" or "1.2" (then ECDHE + AEAD only)
     bool session_resumption = true;
+    bool close_on_expiry = true;  // close connections when their certificates expire
   } tls;
   struct Limits {
     absl::Duration handshake_timeout = absl::Seconds(10);

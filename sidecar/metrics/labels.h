@@ -48,10 +48,15 @@ inline constexpr std::array<const char*, kHandshakeResultCount> kHandshakeResult
 
 // RefusedReason is the `reason` of meshtls_connections_refused_total: connections closed
 // before any handshake.
-enum class RefusedReason : uint8_t { kNoCredentials, kMaxConnections, kUpstreamUnavailable };
-inline constexpr int kRefusedReasonCount = 3;
+enum class RefusedReason : uint8_t {
+  kNoCredentials,
+  kCertificateExpired,
+  kMaxConnections,
+  kUpstreamUnavailable
+};
+inline constexpr int kRefusedReasonCount = 4;
 inline constexpr std::array<const char*, kRefusedReasonCount> kRefusedReasonNames = {
-    "no_credentials", "max_connections", "upstream_unavailable"};
+    "no_credentials", "certificate_expired", "max_connections", "upstream_unavailable"};
 
 // Handshake latency buckets, 100us .. 10s.
 inline constexpr std::array<double, 16> kHandshakeBuckets = {

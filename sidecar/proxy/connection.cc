@@ -4,11 +4,13 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "certmgr/base/log.h"
+#include "certmgr/pki/certificate.h"
 #include "sidecar/net/socket.h"
 #include "sidecar/tls/handshake_classifier.h"
 
@@ -40,6 +42,12 @@ void Connection::Start() {
   context_ = env_.tls.Snapshot();
   if (context_ == nullptr) {
     Refuse(RefusedReason::kNoCredentials, "no certificate loaded yet");
+    return;
+  }
+  if (absl::Now() >= context_->not_after()) {
+    // Fail closed: never present (or accept peers on behalf of) an expired identity.
+    Refuse(RefusedReason::kCertificateExpired,
+           absl::StrCat("the certificate expired at ", absl::FormatTime(context_->not_after())));
     return;
   }
   if (listener_.direction == Direction::kInbound) {
@@ -210,7 +218,26 @@ void Connection::EnterRelaying() {
   net::SetNoDelay(plain_.fd.get());
   last_activity_ = net::EventLoop::Now();
   ArmIdleTimer();
+  if (env_.close_on_expiry) {
+    ArmExpiryTimer();
+  }
   Progress();
+}
+
+void Connection::ArmExpiryTimer() {
+  absl::Time expiry = context_->not_after();
+  if (X509* peer = SSL_get0_peer_certificate(ssl_.get())) {
+    expiry = std::min(expiry, pki::Asn1TimeToAbsl(X509_get0_notAfter(peer)));
+  }
+  const absl::Duration left = std::max(expiry - absl::Now(), absl::ZeroDuration());
+  expiry_timer_ = env_.loop.AddTimer(
+      std::chrono::duration_cast<net::MonoDuration>(absl::ToChronoNanoseconds(left)), [this] {
+        expiry_timer_ = 0;
+        if (state_ == State::kRelaying) {
+          // close_notify to the peer, FIN to the app: no connection outlives its credentials.
+          Close(/*abortive=*/false);
+        }
+      });
 }
 
 void Connection::ArmIdleTimer() {
@@ -452,6 +479,10 @@ void Connection::Close(bool abortive) {
   if (timer_ != 0) {
     env_.loop.CancelTimer(timer_);
     timer_ = 0;
+  }
+  if (expiry_timer_ != 0) {
+    env_.loop.CancelTimer(expiry_timer_);
+    expiry_timer_ = 0;
   }
   if (!abortive && ssl_ != nullptr && !tls_shutdown_sent_ && SSL_is_init_finished(ssl_.get())) {
     ERR_clear_error();

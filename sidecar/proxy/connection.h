@@ -38,6 +38,9 @@ struct ConnectionEnv {
   net::MonoDuration handshake_timeout;
   net::MonoDuration connect_timeout;
   net::MonoDuration idle_timeout;
+  // close_on_expiry: end a relayed connection (gracefully) when the certificate it was
+  // established with, ours or the peer's, expires.
+  bool close_on_expiry = true;
   // on_closed is called once, from inside the connection, when it is done; the worker then
   // deletes it from a deferred task (never during the event that closed it).
   std::function<void(uint64_t id)> on_closed;
@@ -100,6 +103,7 @@ class Connection {
   void UpdateInterest();
   void SetInterest(Side& side, uint32_t events);
   void ArmIdleTimer();
+  void ArmExpiryTimer();
   void Close(bool abortive);
   void Refuse(RefusedReason reason, absl::string_view detail);
   int DirectionIndex() const { return static_cast<int>(listener_.direction); }
@@ -118,6 +122,7 @@ class Connection {
   net::MonoTime handshake_start_;
   net::MonoTime last_activity_;
   net::EventLoop::TimerId timer_ = 0;
+  net::EventLoop::TimerId expiry_timer_ = 0;
 
   RelayBuffer to_tls_;    // app -> peer
   RelayBuffer to_plain_;  // peer -> app

@@ -102,7 +102,8 @@ class ServerImpl final : public Server {
     const WorkerLimits limits{.handshake_timeout = ToMono(config_.limits.handshake_timeout),
                               .connect_timeout = ToMono(config_.limits.connect_timeout),
                               .idle_timeout = ToMono(config_.limits.idle_timeout),
-                              .max_connections = config_.limits.max_connections};
+                              .max_connections = config_.limits.max_connections,
+                              .close_on_expiry = config_.tls.close_on_expiry};
     std::vector<const WorkerCounters*> shards;
     for (int w = 0; w < worker_count; ++w) {
       MESHTLS_ASSIGN_OR_RETURN(std::unique_ptr<Worker> worker,

@@ -48,6 +48,7 @@ Worker::Worker(int index, const TlsContextStore& tls, net::Resolver& resolver, W
            .handshake_timeout = limits.handshake_timeout,
            .connect_timeout = limits.connect_timeout,
            .idle_timeout = limits.idle_timeout,
+           .close_on_expiry = limits.close_on_expiry,
            .on_closed = nullptr,
            .may_log = nullptr} {
   env_.on_closed = [this](uint64_t id) {

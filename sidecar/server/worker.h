@@ -22,6 +22,7 @@ struct WorkerLimits {
   net::MonoDuration connect_timeout;
   net::MonoDuration idle_timeout;
   int max_connections = 20000;
+  bool close_on_expiry = true;
 };
 
 // Worker is one data-plane thread: its own epoll loop, its own SO_REUSEPORT listening socket

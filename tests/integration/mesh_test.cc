@@ -285,6 +285,47 @@ TEST_F(MeshTest, SlowAppSlowsTheWriterInsteadOfGrowingMemory) {
   EXPECT_TRUE(*received == written);
 }
 
+TEST_F(MeshTest, OutageLongerThanTheLifetimeFailsClosedThenRecoversWithoutRestart) {
+  StartMesh("issuance: {default_ttl: 6s, min_ttl: 5s, backdate: 0}\n");
+  absl::StatusOr<base::UniqueFd> live = testing::TcpConnect(frontend_port_);
+  ASSERT_THAT(live, IsOk());
+  ASSERT_THAT(testing::SendAll(live->get(), "a"), IsOk());
+  ASSERT_EQ(*testing::RecvExactly(live->get(), 1, absl::Seconds(10)), "a");
+
+  certmgr_->Stop();
+  // The certificates expire with certmgr gone: the sidecar fails closed...
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        absl::StatusOr<testing::HttpResult> r =
+            testing::HttpGet(frontend_->admin_port(), "/readyz", absl::Seconds(1));
+        return r.ok() && r->status == 503 && r->body.find("expired") != std::string::npos;
+      },
+      absl::Seconds(20)));
+  // ...the connection opened with those certificates was closed gracefully (FIN, no data)...
+  absl::StatusOr<std::string> rest = testing::RecvUntilEof(live->get(), absl::Seconds(10));
+  ASSERT_THAT(rest, IsOk());
+  EXPECT_EQ(*rest, "");
+  // ...and new connections are refused and counted.
+  absl::StatusOr<base::UniqueFd> refused = testing::TcpConnect(frontend_port_);
+  if (refused.ok()) {
+    absl::StatusOr<std::string> reply = testing::RecvUntilEof(refused->get(), absl::Seconds(5));
+    EXPECT_TRUE(!reply.ok() || reply->empty());
+  }
+  EXPECT_TRUE(frontend_->WaitForMetric(
+      R"(meshtls_connections_refused_total{direction="outbound",reason="certificate_expired"})",
+      1));
+  EXPECT_GE(frontend_->Metric(R"(meshtls_cert_renewals_total{result="failure"})"), 1);
+
+  // certmgr returns (same CA): both sidecars recover by themselves, with no restart.
+  ASSERT_THAT(certmgr_->Restart(), IsOk());
+  ASSERT_TRUE(frontend_->WaitReady(absl::Seconds(30))) << frontend_->process().Log();
+  ASSERT_TRUE(backend_->WaitReady(absl::Seconds(30))) << backend_->process().Log();
+  absl::StatusOr<base::UniqueFd> again = testing::TcpConnect(frontend_port_);
+  ASSERT_THAT(again, IsOk());
+  ASSERT_THAT(testing::SendAll(again->get(), "back"), IsOk());
+  EXPECT_EQ(*testing::RecvExactly(again->get(), 4, absl::Seconds(10)), "back");
+}
+
 TEST_F(MeshTest, HalfCloseTravelsBothWays) {
   StartMesh();
   absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);

@@ -17,22 +17,39 @@ absl::StatusOr<std::unique_ptr<CertmgrProcess>> CertmgrProcess::Start(
                    "\nadmin: {listen: 127.0.0.1:", c->admin_port_, "}\nca: {dir: ", dir.File("ca"),
                    "}\nauthenticators:\n  join_tokens: {file: ", dir.File("join-tokens"), "}\n",
                    extra_yaml));
-  absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Start(
-      {BinaryPath("meshtls-certmgr"), "--config", c->config_path_}, dir.File("certmgr.log"));
+  if (absl::Status s = c->Launch(); !s.ok()) {
+    return s;
+  }
+  return c;
+}
+
+absl::Status CertmgrProcess::Launch() {
+  absl::StatusOr<std::unique_ptr<Subprocess>> p =
+      Subprocess::Start({BinaryPath("meshtls-certmgr"), "--config", config_path_},
+                        dir_.File(absl::StrCat("certmgr.", ++launches_, ".log")));
   if (!p.ok()) {
     return p.status();
   }
-  c->process_ = *std::move(p);
-  const uint16_t admin = c->admin_port_;
+  process_ = *std::move(p);
+  const uint16_t admin = admin_port_;
   if (!WaitFor(
           [admin] {
             absl::StatusOr<HttpResult> r = HttpGet(admin, "/readyz", absl::Seconds(1));
             return r.ok() && r->status == 200;
           },
           absl::Seconds(20))) {
-    return absl::UnavailableError(absl::StrCat("certmgr not ready:\n", c->process_->Log()));
+    return absl::UnavailableError(absl::StrCat("certmgr not ready:\n", process_->Log()));
   }
-  return c;
+  return absl::OkStatus();
+}
+
+void CertmgrProcess::Stop() {
+  process_.reset();  // SIGTERM, and the test fails unless it exits 0
+}
+
+absl::Status CertmgrProcess::Restart() {
+  process_.reset();
+  return Launch();
 }
 
 std::string CertmgrProcess::Token(const std::string& spiffe_id) const {

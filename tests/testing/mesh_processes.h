@@ -22,6 +22,11 @@ class CertmgrProcess {
   // TokenFile writes a new token for `spiffe_id` to a file and returns its path.
   std::string TokenFile(const std::string& spiffe_id, const std::string& name) const;
 
+  // Stop ends the process (SIGTERM, exit 0 expected); Restart starts it again with the same
+  // configuration, CA directory and ports.
+  void Stop();
+  absl::Status Restart();
+
   uint16_t grpc_port() const { return grpc_port_; }
   uint16_t admin_port() const { return admin_port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
@@ -30,10 +35,12 @@ class CertmgrProcess {
 
  private:
   CertmgrProcess(const TempDir& dir) : dir_(dir) {}
+  absl::Status Launch();
   const TempDir& dir_;
   std::string config_path_;
   uint16_t grpc_port_ = 0;
   uint16_t admin_port_ = 0;
+  int launches_ = 0;
   std::unique_ptr<Subprocess> process_;
 };
 

@@ -124,6 +124,31 @@ TEST_F(RotatorTest, KeepsOldCredentialsAndBacksOffWhenCaIsDown) {
   EXPECT_EQ(rotator.status().last_error, "ca down");
 }
 
+TEST_F(RotatorTest, ShortLivedCertificatesRetryWithinATenthOfTheirLifetime) {
+  client_.ttl = absl::Seconds(60);
+  Rotator rotator(Options(), client_, sink_, clock_);
+  ASSERT_THAT(rotator.RefreshOnce(), IsOk());
+  for (int i = 0; i < 10; ++i) {
+    client_.errors.push_back(absl::UnavailableError("ca down"));
+    clock_.Set(rotator.NextRefresh());
+    ASSERT_THAT(rotator.RefreshOnce(), StatusIs(absl::StatusCode::kUnavailable));
+    // The lifetime is 180 s (60 s TTL plus the 2 min backdate); a tenth of it caps retries.
+    EXPECT_LE(rotator.NextRefresh() - clock_.Now(), absl::Seconds(18) * 1.2) << "attempt " << i;
+  }
+}
+
+TEST_F(RotatorTest, BundleWithoutOurRootTriggersAnImmediateRenewal) {
+  Rotator rotator(Options(), client_, sink_, clock_);
+  ASSERT_THAT(rotator.RefreshOnce(), IsOk());
+  ASSERT_GT(rotator.NextRefresh(), clock_.Now() + absl::Minutes(10));
+  testing::TestCa next("mesh.test", clock_.Now());
+  rotator.OnTrustBundle({ca_.root(), next.root()}, 2);  // still has our root: nothing to do
+  EXPECT_GT(rotator.NextRefresh(), clock_.Now() + absl::Minutes(10));
+  rotator.OnTrustBundle({next.root()}, 3);  // our root is gone
+  EXPECT_EQ(rotator.NextRefresh(), clock_.Now());
+  EXPECT_EQ(sink_.published.back().bundle_sequence, 3u);
+}
+
 TEST_F(RotatorTest, ReReadsTheTokenOnEveryAttemptAndRecoversAfterExpiry) {
   client_.ttl = absl::Minutes(10);
   Rotator rotator(Options(), client_, sink_, clock_);
