@@ -16,6 +16,7 @@
 #include "sidecar/metrics/collector.h"
 #include "sidecar/net/resolver.h"
 #include "sidecar/net/socket.h"
+#include "sidecar/server/file_watcher.h"
 #include "sidecar/server/worker.h"
 #include "sidecar/tls/tls_context.h"
 
@@ -42,6 +43,7 @@ class ServerImpl final : public Server {
   explicit ServerImpl(const SidecarConfig& config) : config_(config) {}
 
   ~ServerImpl() override {
+    file_watcher_.reset();
     if (rotator_ != nullptr) {
       rotator_->Stop();
     }
@@ -131,6 +133,14 @@ class ServerImpl final : public Server {
 
     if (config_.identity_mode == SidecarConfig::IdentityMode::kFiles) {
       MESHTLS_RETURN_IF_ERROR(ReloadFiles());
+      file_watcher_ = std::make_unique<FileWatcher>(
+          std::vector<std::string>{config_.files.cert, config_.files.key,
+                                   config_.files.trust_bundle},
+          absl::Seconds(1), [this] {
+            absl::Status s = ReloadFiles();
+            base::LogInfo("identity files changed",
+                          {{"reload", s.ok() ? "applied" : std::string(s.message())}});
+          });
     } else {
       absl::StatusOr<std::string> server_ca = base::ReadFileToString(config_.certmgr.server_ca);
       if (!server_ca.ok()) {
@@ -180,6 +190,7 @@ class ServerImpl final : public Server {
     if (config_.identity_mode != SidecarConfig::IdentityMode::kFiles) {
       return absl::OkStatus();
     }
+    absl::MutexLock reload_lock(&reload_mu_);  // SIGHUP (main thread) vs the file watcher
     absl::Status s = [&]() -> absl::Status {
       MESHTLS_ASSIGN_OR_RETURN(std::string cert_pem, base::ReadFileToString(config_.files.cert));
       MESHTLS_ASSIGN_OR_RETURN(std::string key_pem, base::ReadFileToString(config_.files.key));
@@ -314,12 +325,14 @@ class ServerImpl final : public Server {
   std::unique_ptr<admin::AdminServer> admin_;
   std::unique_ptr<certmgr::CaClient> ca_client_;
   std::unique_ptr<certmgr::Rotator> rotator_;
+  std::unique_ptr<FileWatcher> file_watcher_;
   std::atomic<int> open_connections_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<uint64_t> renewals_success_{0};
   std::atomic<uint64_t> renewals_failure_{0};
   std::atomic<bool> listeners_up_{false};
   std::atomic<bool> draining_{false};
+  absl::Mutex reload_mu_;  // serializes ReloadFiles
   mutable absl::Mutex mu_;
   absl::Time last_load_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };

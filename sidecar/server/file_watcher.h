@@ -1,0 +1,47 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace meshtls::sidecar {
+
+// FileWatcher calls `on_change` on its own thread whenever any of `paths` changes: another
+// inode, size or modification time, following symlinks. Polling stat() (rather than inotify)
+// sees the Kubernetes Secret-volume update, an atomic swap of a `..data` symlink that never
+// touches the files themselves, and works on every volume type. The callback decides what a
+// change means; a change it rejects is not retried until the files change again.
+class FileWatcher {
+ public:
+  FileWatcher(std::vector<std::string> paths, absl::Duration interval,
+              std::function<void()> on_change);
+  ~FileWatcher();  // stops and joins
+
+ private:
+  struct Version {
+    dev_t device = 0;
+    ino_t inode = 0;
+    off_t size = -1;
+    int64_t mtime_ns = -1;
+    bool operator==(const Version&) const = default;
+  };
+  std::vector<Version> Snapshot() const;
+  void Run();
+
+  const std::vector<std::string> paths_;
+  const absl::Duration interval_;
+  const std::function<void()> on_change_;
+  std::vector<Version> seen_;  // touched only by the watcher thread (and the constructor)
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace meshtls::sidecar
