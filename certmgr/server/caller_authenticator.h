@@ -17,8 +17,9 @@ struct CallerCredentials {
 };
 
 // CallerAuthenticator decides the caller's identity from its credential. Implementations are
-// thread-safe. Errors: Unauthenticated (no or bad credential), PermissionDenied (a valid
-// credential for an identity that may not obtain certificates).
+// thread-safe. Errors: NotFound (no credential of this authenticator's kind: ask the next one),
+// Unauthenticated (a bad credential of its kind), PermissionDenied (a valid credential for an
+// identity that may not obtain certificates).
 class CallerAuthenticator {
  public:
   virtual ~CallerAuthenticator() = default;

@@ -122,6 +122,31 @@ absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
                                base::ReadString(*file, "authenticators.join_tokens.file"));
       MESHTLS_RETURN_IF_ERROR(j.Finish());
     }
+    if (const YamlNode* k8s = auth.Take("kubernetes")) {
+      const std::string path = "authenticators.kubernetes";
+      MESHTLS_ASSIGN_OR_RETURN(ConfigMap k, ConfigMap::Of(*k8s, path));
+      c.kubernetes.enabled = true;
+      const YamlNode* issuer = k.Take("issuer");
+      const YamlNode* jwks = k.Take("jwks_file");
+      if (issuer == nullptr || jwks == nullptr) {
+        return base::FieldError(issuer == nullptr ? path + ".issuer" : path + ".jwks_file", *k8s,
+                                "required");
+      }
+      MESHTLS_ASSIGN_OR_RETURN(c.kubernetes.issuer, base::ReadString(*issuer, path + ".issuer"));
+      MESHTLS_ASSIGN_OR_RETURN(c.kubernetes.jwks_file,
+                               base::ReadString(*jwks, path + ".jwks_file"));
+      if (const YamlNode* a = k.Take("audience")) {
+        MESHTLS_ASSIGN_OR_RETURN(c.kubernetes.audience, base::ReadString(*a, path + ".audience"));
+      }
+      if (const YamlNode* n = k.Take("allowed_namespaces")) {
+        MESHTLS_ASSIGN_OR_RETURN(c.kubernetes.allowed_namespaces,
+                                 base::ReadStringList(*n, path + ".allowed_namespaces"));
+      }
+      MESHTLS_RETURN_IF_ERROR(k.Finish());
+      if (c.kubernetes.issuer.empty() || c.kubernetes.audience.empty()) {
+        return base::FieldError(path, *k8s, "issuer and audience must not be empty");
+      }
+    }
     MESHTLS_RETURN_IF_ERROR(auth.Finish());
   }
   if (const YamlNode* n = top.Take("log")) {

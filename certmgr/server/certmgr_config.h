@@ -25,6 +25,11 @@ namespace meshtls::certmgr {
 //   issuance: {default_ttl: 24h, max_ttl: 24h, backdate: 2m}
 //   authenticators:
 //     join_tokens: {file: /etc/meshtls/join-tokens}
+//     kubernetes:                        # projected ServiceAccount tokens
+//       issuer: https://kubernetes.default.svc.cluster.local
+//       audience: meshtls
+//       jwks_file: /etc/meshtls/k8s-jwks.json
+//       allowed_namespaces: [default]    # default: every namespace
 //   log: {level: info, format: text}
 struct CertmgrConfig {
   std::string trust_domain;
@@ -39,6 +44,13 @@ struct CertmgrConfig {
   absl::Duration ca_ttl = absl::Hours(24 * 365 * 10);
   IssuancePolicy issuance;
   std::string join_tokens_file;
+  struct Kubernetes {
+    bool enabled = false;
+    std::string issuer;
+    std::string audience = "meshtls";
+    std::string jwks_file;
+    std::vector<std::string> allowed_namespaces;  // empty: all
+  } kubernetes;
   base::LogLevel log_level = base::LogLevel::kInfo;
   base::LogFormat log_format = base::LogFormat::kText;
 };

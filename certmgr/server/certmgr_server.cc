@@ -16,6 +16,7 @@
 #include "certmgr/server/ca_service.h"
 #include "certmgr/server/certmgr_metrics.h"
 #include "certmgr/server/join_tokens.h"
+#include "certmgr/server/kubernetes_authenticator.h"
 #include "certmgr/server/mesh_authenticator.h"
 
 namespace meshtls::certmgr {
@@ -36,6 +37,16 @@ class CertmgrServerImpl final : public CertmgrServer {
     if (!config_.join_tokens_file.empty()) {
       bootstrap.push_back(
           std::make_unique<JoinTokenAuthenticator>(config_.join_tokens_file, clock_));
+    }
+    if (config_.kubernetes.enabled) {
+      bootstrap.push_back(std::make_unique<KubernetesAuthenticator>(
+          KubernetesAuthOptions{.trust_domain = config_.trust_domain,
+                                .issuer = config_.kubernetes.issuer,
+                                .audience = config_.kubernetes.audience,
+                                .jwks_file = config_.kubernetes.jwks_file,
+                                .allowed_namespaces = config_.kubernetes.allowed_namespaces,
+                                .clock_skew = absl::Seconds(30)},
+          clock_));
     }
     authenticator_ = std::make_unique<MeshAuthenticator>(config_.trust_domain, bundle_,
                                                          std::move(bootstrap), clock_);

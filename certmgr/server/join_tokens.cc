@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -106,9 +107,12 @@ void JoinTokenAuthenticator::ReloadIfChanged() {
 absl::StatusOr<pki::SpiffeId> JoinTokenAuthenticator::Authenticate(
     const CallerCredentials& credentials) {
   if (!credentials.bearer_token.has_value()) {
-    return absl::UnauthenticatedError("no bearer token");
+    return absl::NotFoundError("no bearer token");
   }
   const std::string& token = *credentials.bearer_token;
+  if (!absl::StartsWith(token, kTokenPrefix)) {
+    return absl::NotFoundError("not a join token");  // another authenticator's kind of token
+  }
   if (token.size() > kMaxTokenBytes) {
     return absl::UnauthenticatedError("bearer token is too long");
   }

@@ -27,7 +27,8 @@ absl::StatusOr<std::string> CreateJoinToken(const std::string& path, const pki::
 
 // JoinTokenAuthenticator checks bearer tokens against the token file, re-reading it when it
 // changes (so `token create` needs no restart). A file that fails to parse leaves the previous
-// tokens in force and is logged. Thread-safe.
+// tokens in force and is logged. A token without the "mjt_" prefix is not a join token:
+// NotFound, so the next authenticator decides. Thread-safe.
 class JoinTokenAuthenticator final : public CallerAuthenticator {
  public:
   JoinTokenAuthenticator(std::string path, const base::Clock& clock)

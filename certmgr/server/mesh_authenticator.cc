@@ -54,9 +54,12 @@ absl::StatusOr<pki::SpiffeId> MeshAuthenticator::Authenticate(
   if (!credentials.bearer_token.has_value()) {
     return certificate_error;
   }
-  absl::Status token_error = absl::UnauthenticatedError("no bootstrap authenticator configured");
+  absl::Status token_error = absl::UnauthenticatedError("the bearer token is of no known kind");
   for (const auto& authenticator : bootstrap_) {
     absl::StatusOr<pki::SpiffeId> id = authenticator->Authenticate(credentials);
+    if (absl::IsNotFound(id.status())) {
+      continue;  // not this authenticator's kind of token
+    }
     if (id.ok()) {
       if (absl::Status s = CheckAllowed(*id); !s.ok()) {
         return s;
@@ -68,10 +71,8 @@ absl::StatusOr<pki::SpiffeId> MeshAuthenticator::Authenticate(
       }
       return id;
     }
-    if (absl::IsPermissionDenied(id.status())) {
-      return id.status();
-    }
     token_error = id.status();
+    break;  // the authenticator that owns this kind of token has refused it
   }
   return token_error;
 }

@@ -20,6 +20,7 @@
 #include "certmgr/pki/csr.h"
 #include "certmgr/pki/openssl_ptr.h"
 #include "tests/testing/harness.h"
+#include "tests/testing/jwt.h"
 #include "tests/testing/mesh_processes.h"
 #include "tests/testing/status_matchers.h"
 
@@ -35,6 +36,10 @@ using testing::StatusIs;
 constexpr char kTd[] = "mesh.test";
 const std::string kFrontend = "spiffe://mesh.test/ns/default/sa/frontend";
 const std::string kBackend = "spiffe://mesh.test/ns/default/sa/backend";
+
+certmgr::CallCredentials Bearer(std::string token) {
+  return {.chain = {}, .key = std::nullopt, .bearer_token = std::move(token)};
+}
 
 class MeshTest : public ::testing::Test {
  protected:
@@ -326,6 +331,52 @@ TEST_F(MeshTest, OutageLongerThanTheLifetimeFailsClosedThenRecoversWithoutRestar
   EXPECT_EQ(*testing::RecvExactly(again->get(), 4, absl::Seconds(10)), "back");
 }
 
+TEST_F(MeshTest, KubernetesServiceAccountTokenBootstrapsASidecar) {
+  testing::JwtSigner cluster_key = testing::NewRs256Signer("cluster-1");
+  const std::string jwks = dir_.Write("k8s-jwks.json", testing::Jwks({cluster_key}));
+  certmgr_ = *CertmgrProcess::Start(
+      dir_, kTd,
+      absl::StrCat("  kubernetes: {issuer: https://kubernetes.default.svc, jwks_file: ", jwks,
+                   ", allowed_namespaces: [default]}\n"));
+  auto token_for = [&](const std::string& ns, const std::string& sa) {
+    return testing::SignJwt(
+        cluster_key, testing::ServiceAccountClaims("https://kubernetes.default.svc", "meshtls", ns,
+                                                   sa, absl::Now() + absl::Hours(1), absl::Now()));
+  };
+  backend_port_ = testing::PickFreePort();
+  auto sidecar = StartSidecar(
+      "k8s", "",
+      absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:", backend_port_,
+                   "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n"),
+      dir_.Write("projected-token", token_for("default", "backend"), 0600));
+  ASSERT_TRUE(sidecar->WaitReady()) << sidecar->process().Log();
+  absl::StatusOr<testing::HttpResult> certs = testing::HttpGet(sidecar->admin_port(), "/certs");
+  ASSERT_THAT(certs, IsOk());
+  EXPECT_NE(certs->body.find(R"("identity":"spiffe://mesh.test/ns/default/sa/backend")"),
+            std::string::npos)
+      << certs->body;
+
+  // A namespace outside the policy is refused (PERMISSION_DENIED), counted by certmgr.
+  auto client = certmgr::NewGrpcCaClient(certmgr_->address(),
+                                         *base::ReadFileToString(certmgr_->ca_pem_path()));
+  const std::string csr = *pki::CreateCsrDer(*pki::PrivateKey::GenerateEcP256());
+  EXPECT_THAT(client->Sign(csr, Bearer(token_for("kube-system", "admin")), absl::Seconds(10)),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_EQ(
+      testing::ScrapeMetric(certmgr_->admin_port(),
+                            R"(meshtls_certmgr_sign_requests_total{result="permission_denied"})"),
+      1);
+  // A token signed by another key is UNAUTHENTICATED.
+  testing::JwtSigner forger = testing::NewRs256Signer("cluster-1");
+  EXPECT_THAT(client->Sign(csr,
+                           Bearer(testing::SignJwt(
+                               forger, testing::ServiceAccountClaims(
+                                           "https://kubernetes.default.svc", "meshtls", "default",
+                                           "backend", absl::Now() + absl::Hours(1), absl::Now()))),
+                           absl::Seconds(10)),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+}
+
 TEST_F(MeshTest, HalfCloseTravelsBothWays) {
   StartMesh();
   absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
@@ -391,10 +442,6 @@ TEST_F(MeshTest, SidecarWithABadTokenStaysUnreadyAndFailsClosed) {
       testing::ScrapeMetric(certmgr_->admin_port(),
                             R"(meshtls_certmgr_sign_requests_total{result="unauthenticated"})"),
       1);
-}
-
-certmgr::CallCredentials Bearer(std::string token) {
-  return {.chain = {}, .key = std::nullopt, .bearer_token = std::move(token)};
 }
 
 // ClaimingCsr is a CSR whose subject and SAN claim an identity (certmgr must ignore both).

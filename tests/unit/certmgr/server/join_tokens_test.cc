@@ -39,7 +39,10 @@ TEST(JoinTokensTest, CreateStoresOnlyAHashAndAuthenticates) {
   EXPECT_EQ(id->str(), "spiffe://mesh.test/ns/a/sa/b");
   EXPECT_THAT(auth.Authenticate({.bearer_token = "mjt_wrong", .peer_chain = {}}),
               StatusIs(absl::StatusCode::kUnauthenticated, "unknown join token"));
-  EXPECT_THAT(auth.Authenticate({}), StatusIs(absl::StatusCode::kUnauthenticated));
+  // No token, or another kind of token: not this authenticator's to judge.
+  EXPECT_THAT(auth.Authenticate({}), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(auth.Authenticate({.bearer_token = "eyJ.a.b", .peer_chain = {}}),
+              StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST(JoinTokensTest, ExpiresAndPicksUpNewTokensWithoutRestart) {
