@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -44,16 +45,19 @@ certmgr::CallCredentials Bearer(std::string token) {
 class MeshTest : public ::testing::Test {
  protected:
   // StartMesh runs certmgr, a backend sidecar in front of the echo app (allowing the frontend)
-  // and a frontend sidecar with an outbound listener to it.
-  void StartMesh(const std::string& certmgr_extra = "") {
+  // and a frontend sidecar with an outbound listener to it; `sidecar_extra` is appended to
+  // both sidecar configs.
+  void StartMesh(const std::string& certmgr_extra = "", const std::string& sidecar_extra = "") {
     certmgr_ = *CertmgrProcess::Start(dir_, kTd, certmgr_extra);
     backend_port_ = testing::PickFreePort();
     frontend_port_ = testing::PickFreePort();
     backend_ = StartSidecar(
         "backend", kBackend,
         absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:", backend_port_,
-                     "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n"));
-    frontend_ = StartSidecar("frontend", kFrontend, OutboundToBackend(frontend_port_));
+                     "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n",
+                     sidecar_extra));
+    frontend_ =
+        StartSidecar("frontend", kFrontend, OutboundToBackend(frontend_port_) + sidecar_extra);
     ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
     ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
   }
@@ -375,6 +379,90 @@ TEST_F(MeshTest, KubernetesServiceAccountTokenBootstrapsASidecar) {
                                            "backend", absl::Now() + absl::Hours(1), absl::Now()))),
                            absl::Seconds(10)),
               StatusIs(absl::StatusCode::kUnauthenticated));
+}
+
+TEST_F(MeshTest, FiftyRenewalsUnderLoadLoseNothing) {
+  // 3 s certificates renewed at half their life: each sidecar renews about every 1.5 s.
+  // Long-lived connections are kept across every rotation (close_on_expiry off), new ones keep
+  // coming; every byte is checked.
+  StartMesh("issuance: {default_ttl: 3s, min_ttl: 2s, backdate: 0}\n",
+            "tls: {close_on_expiry: false}\n");
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::atomic<int> new_connections{0};
+  std::atomic<uint64_t> bytes_checked{0};
+  std::mutex failure_mu;
+  std::string first_failure;
+  auto fail = [&](const std::string& what) {
+    if (failures.fetch_add(1) == 0) {
+      std::lock_guard<std::mutex> lock(failure_mu);
+      first_failure = what;
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 3; ++i) {  // long-lived connections
+    threads.emplace_back([&, i] {
+      absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
+      if (!conn.ok()) {
+        fail("long-lived connect: " + std::string(conn.status().message()));
+        return;
+      }
+      for (int round = 0; !stop.load(); ++round) {
+        const std::string payload = testing::RandomBytes(1000 + 97 * ((round + i) % 50));
+        absl::Status sent = testing::SendAll(conn->get(), payload);
+        absl::StatusOr<std::string> back =
+            testing::RecvExactly(conn->get(), payload.size(), absl::Seconds(10));
+        if (!sent.ok() || !back.ok() || *back != payload) {
+          fail(absl::StrCat("long-lived connection ", i, " round ", round, ": ",
+                            back.ok() ? "corrupted bytes" : std::string(back.status().message())));
+          return;
+        }
+        bytes_checked.fetch_add(payload.size());
+      }
+    });
+  }
+  threads.emplace_back([&] {  // a stream of new connections
+    for (int n = 0; !stop.load(); ++n) {
+      absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
+      const std::string payload = testing::RandomBytes(4096 + n % 100);
+      if (!conn.ok() || !testing::SendAll(conn->get(), payload).ok()) {
+        fail(absl::StrCat("new connection ", n, ": connect or send failed"));
+        return;
+      }
+      absl::StatusOr<std::string> back =
+          testing::RecvExactly(conn->get(), payload.size(), absl::Seconds(10));
+      if (!back.ok() || *back != payload) {
+        fail(absl::StrCat("new connection ", n, ": ",
+                          back.ok() ? "corrupted bytes" : std::string(back.status().message())));
+        return;
+      }
+      new_connections.fetch_add(1);
+      bytes_checked.fetch_add(payload.size());
+    }
+  });
+  const std::string renewals = R"(meshtls_cert_renewals_total{result="success"})";
+  // Bounded: at most 120 s, stopping early on the first failure.
+  const bool enough = testing::WaitFor(
+      [&] {
+        return failures.load() > 0 ||
+               frontend_->Metric(renewals) + backend_->Metric(renewals) >= 50;
+      },
+      absl::Seconds(120));
+  stop.store(true);
+  for (std::thread& t : threads) {
+    t.join();
+  }
+  const double total_renewals = frontend_->Metric(renewals) + backend_->Metric(renewals);
+  std::printf("%.0f renewals, %d new connections, %llu bytes checked, %d failures\n",
+              total_renewals, new_connections.load(),
+              static_cast<unsigned long long>(bytes_checked.load()), failures.load());
+  EXPECT_EQ(failures.load(), 0) << first_failure;
+  EXPECT_TRUE(enough);
+  EXPECT_GE(total_renewals, 50);
+  EXPECT_GT(new_connections.load(), 50);
+  EXPECT_EQ(frontend_->Metric(R"(meshtls_cert_renewals_total{result="failure"})"), 0);
+  EXPECT_EQ(backend_->Metric(R"(meshtls_cert_renewals_total{result="failure"})"), 0);
+  EXPECT_EQ(backend_->Metric(Handshakes("inbound", "success")), new_connections.load() + 3);
 }
 
 TEST_F(MeshTest, HalfCloseTravelsBothWays) {
