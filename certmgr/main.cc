@@ -24,6 +24,7 @@
 #include "certmgr/pki/certificate.h"
 #include "certmgr/pki/chain_verifier.h"
 #include "certmgr/pki/spiffe_id.h"
+#include "certmgr/ca/ca_material.h"
 #include "certmgr/server/certmgr_config.h"
 #include "certmgr/server/certmgr_server.h"
 #include "certmgr/server/join_tokens.h"
@@ -37,11 +38,14 @@ constexpr const char* kUsage =
     "  meshtls-certmgr [serve] --config FILE [--log-level debug|info|warning|error]\n"
     "  meshtls-certmgr token create (--config FILE | --token-file PATH) --spiffe-id ID "
     "[--ttl DURATION]\n"
+    "  meshtls-certmgr ca rotate (prepare|activate|retire) --config FILE [--force]\n"
     "  meshtls-certmgr verify --bundle ROOTS.pem --chain CHAIN.pem [--purpose client|server]\n"
     "                         [--at UNIX_TIME] [--spiffe-id ID] [--profile svid|path]\n"
     "\n"
     "serve         run the CA: gRPC CertificateAuthority over TLS, admin /metrics /healthz "
     "/readyz\n"
+    "ca rotate     one CA rotation step on ca.dir; running certmgr processes apply it live:\n"
+    "              prepare (new root trusted), activate (it signs), retire (old root dropped)\n"
     "verify        validate a chain with the sidecar's own code; prints OK or the reason\n"
     "token create  add a join token for ID to the token file and print it (only its hash is "
     "stored)\n";
@@ -210,6 +214,40 @@ int Verify(const base::Flags& flags) {
   return 0;
 }
 
+int CaRotate(const base::Flags& flags, const std::string& step_name) {
+  std::optional<std::string> config_path = flags.Get("config");
+  if (!config_path) {
+    return UsageError("ca rotate needs --config");
+  }
+  absl::StatusOr<certmgr::CertmgrConfig> config = LoadConfig(*config_path);
+  if (!config.ok()) {
+    return UsageError(config.status().message());
+  }
+  if (config->ca_dir.empty()) {
+    return UsageError("ca rotate works on ca.dir; this config loads its CA from files");
+  }
+  certmgr::CaRotationStep step;
+  if (step_name == "prepare") {
+    step = certmgr::CaRotationStep::kPrepare;
+  } else if (step_name == "activate") {
+    step = certmgr::CaRotationStep::kActivate;
+  } else if (step_name == "retire") {
+    step = certmgr::CaRotationStep::kRetire;
+  } else {
+    return UsageError("ca rotate takes prepare, activate or retire");
+  }
+  absl::Status s = certmgr::RotateCa(config->ca_dir, config->trust_domain, step, config->ca_ttl,
+                                     config->issuance.max_ttl + config->issuance.backdate,
+                                     flags.Has("force"), base::RealClock::Get());
+  if (!s.ok()) {
+    std::fprintf(stderr, "meshtls-certmgr: ca rotate %s: %s\n", step_name.c_str(),
+                 std::string(s.message()).c_str());
+    return 1;
+  }
+  std::printf("ca rotate %s: done\n", step_name.c_str());
+  return 0;
+}
+
 int Serve(const base::Flags& flags) {
   auto config_flag = flags.values.find("config");
   if (config_flag == flags.values.end()) {
@@ -256,7 +294,7 @@ int main(int argc, char** argv) {
       base::ParseFlags(argc, argv,
                        {"config", "log-level", "token-file", "spiffe-id", "ttl", "bundle", "chain",
                         "purpose", "at", "profile"},
-                       {"help", "version"});
+                       {"help", "version", "force"});
   if (!flags.ok()) {
     return UsageError(flags.status().message());
   }
@@ -270,6 +308,9 @@ int main(int argc, char** argv) {
   }
   if (flags->words.empty() || flags->words == std::vector<std::string>{"serve"}) {
     return Serve(*flags);
+  }
+  if (flags->words.size() == 3 && flags->words[0] == "ca" && flags->words[1] == "rotate") {
+    return CaRotate(*flags, flags->words[2]);
   }
   if (flags->words == std::vector<std::string>{"verify"}) {
     return Verify(*flags);

@@ -7,7 +7,10 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/ascii.h"
 #include "certmgr/base/fd.h"
 #include "certmgr/base/file.h"
 #include "certmgr/base/log.h"
@@ -74,9 +77,11 @@ absl::Status CheckCaMaterial(const CaMaterial& ca, absl::string_view trust_domai
   return absl::OkStatus();
 }
 
-absl::StatusOr<CaMaterial> LoadOrCreateCaInDir(const std::string& dir,
-                                               absl::string_view trust_domain,
-                                               absl::Duration ca_ttl, const base::Clock& clock) {
+namespace {
+
+// LockCaDir creates the directory if needed and takes its exclusive flock (held while the
+// returned fd lives), so processes sharing the directory see each change whole.
+absl::StatusOr<base::UniqueFd> LockCaDir(const std::string& dir) {
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return absl::InternalError(
         absl::StrCat("cannot create CA directory ", dir, ": ", std::strerror(errno)));
@@ -86,32 +91,171 @@ absl::StatusOr<CaMaterial> LoadOrCreateCaInDir(const std::string& dir,
   if (!lock.valid() || ::flock(lock.get(), LOCK_EX) != 0) {
     return absl::InternalError(absl::StrCat("cannot lock ", lock_path, ": ", std::strerror(errno)));
   }
-  const std::string cert_path = absl::StrCat(dir, "/ca.pem");
-  const std::string key_path = absl::StrCat(dir, "/ca.key");
-  const bool have_cert = base::FileExists(cert_path);
-  const bool have_key = base::FileExists(key_path);
+  return lock;
+}
+
+std::string InDir(const std::string& dir, absl::string_view name) {
+  return absl::StrCat(dir, "/", name);
+}
+
+absl::StatusOr<uint64_t> ReadSequence(const std::string& dir) {
+  absl::StatusOr<std::string> text = base::ReadFileToString(InDir(dir, "bundle.seq"));
+  if (absl::IsNotFound(text.status())) {
+    return 1;
+  }
+  uint64_t seq = 0;
+  if (!text.ok() || !absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &seq) || seq == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(dir, "/bundle.seq is unreadable"));
+  }
+  return seq;
+}
+
+absl::Status BumpSequence(const std::string& dir) {
+  MESHTLS_ASSIGN_OR_RETURN(uint64_t seq, ReadSequence(dir));
+  return base::WriteFileAtomically(InDir(dir, "bundle.seq"), absl::StrCat(seq + 1, "\n"), 0644);
+}
+
+absl::Status WriteKeyPair(const std::string& dir, absl::string_view name, const CaMaterial& ca) {
+  MESHTLS_ASSIGN_OR_RETURN(std::string key_pem, ca.key.ToPem());
+  MESHTLS_RETURN_IF_ERROR(
+      base::WriteFileAtomically(InDir(dir, absl::StrCat(name, ".key")), key_pem, 0600));
+  return base::WriteFileAtomically(InDir(dir, absl::StrCat(name, ".pem")), ca.cert.ToPem(), 0644);
+}
+
+// LoadCaDirLocked reads the directory's state; the caller holds the lock.
+absl::StatusOr<CaMaterial> LoadCaDirLocked(const std::string& dir, absl::string_view trust_domain,
+                                           const base::Clock& clock) {
+  const std::string key_path = InDir(dir, "ca.key");
+  struct stat st;
+  if (::stat(key_path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+    base::LogWarning("CA key file is readable by group or others; chmod 600 it",
+                     {{"path", key_path}});
+  }
+  MESHTLS_ASSIGN_OR_RETURN(CaMaterial ca,
+                           LoadCaFromFiles(InDir(dir, "ca.pem"), key_path, "", trust_domain, clock));
+  MESHTLS_ASSIGN_OR_RETURN(ca.bundle_sequence, ReadSequence(dir));
+  if (base::FileExists(InDir(dir, "next.pem"))) {
+    MESHTLS_ASSIGN_OR_RETURN(std::string pem, base::ReadFileToString(InDir(dir, "next.pem")));
+    absl::StatusOr<pki::Certificate> next = pki::Certificate::FromPem(pem);
+    if (!next.ok() || !next->IsCa()) {
+      return absl::FailedPreconditionError(absl::StrCat(dir, "/next.pem is not a CA certificate"));
+    }
+    ca.next = *next;
+    ca.roots.push_back(*next);
+  }
+  if (base::FileExists(InDir(dir, "previous.pem"))) {
+    MESHTLS_ASSIGN_OR_RETURN(std::string pem, base::ReadFileToString(InDir(dir, "previous.pem")));
+    absl::StatusOr<pki::Certificate> previous = pki::Certificate::FromPem(pem);
+    if (!previous.ok() || !previous->IsCa()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(dir, "/previous.pem is not a CA certificate"));
+    }
+    absl::StatusOr<std::string> state = base::ReadFileToString(InDir(dir, "previous.state"));
+    int64_t retire_after = 0;
+    if (!state.ok() ||
+        !absl::SimpleAtoi(absl::StripPrefix(absl::StripAsciiWhitespace(*state), "retire_after "),
+                          &retire_after)) {
+      return absl::FailedPreconditionError(absl::StrCat(dir, "/previous.state is unreadable"));
+    }
+    ca.previous = *previous;
+    ca.previous_retire_after = absl::FromUnixSeconds(retire_after);
+    ca.roots.push_back(*previous);
+  }
+  return ca;
+}
+
+}  // namespace
+
+absl::StatusOr<CaMaterial> LoadOrCreateCaInDir(const std::string& dir,
+                                               absl::string_view trust_domain,
+                                               absl::Duration ca_ttl, const base::Clock& clock) {
+  MESHTLS_ASSIGN_OR_RETURN(base::UniqueFd lock, LockCaDir(dir));
+  const bool have_cert = base::FileExists(InDir(dir, "ca.pem"));
+  const bool have_key = base::FileExists(InDir(dir, "ca.key"));
   if (have_cert != have_key) {
     return absl::FailedPreconditionError(absl::StrCat(
         "CA directory ", dir, " has ", have_cert ? "ca.pem but no ca.key" : "ca.key but no ca.pem",
         "; restore the missing file or empty the directory"));
   }
-  if (have_cert) {
-    struct stat st;
-    if (::stat(key_path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
-      base::LogWarning("CA key file is readable by group or others; chmod 600 it",
-                       {{"path", key_path}});
-    }
-    return LoadCaFromFiles(cert_path, key_path, "", trust_domain, clock);
+  if (!have_cert) {
+    MESHTLS_ASSIGN_OR_RETURN(CaMaterial ca, CreateRoot(trust_domain, ca_ttl, clock));
+    MESHTLS_RETURN_IF_ERROR(WriteKeyPair(dir, "ca", ca));
+    MESHTLS_RETURN_IF_ERROR(base::WriteFileAtomically(InDir(dir, "bundle.seq"), "1\n", 0644));
+    base::LogInfo("created a new root CA", {{"dir", dir},
+                                            {"subject", ca.cert.SubjectText()},
+                                            {"not_after", absl::FormatTime(ca.cert.not_after())},
+                                            {"sha256", ca.cert.Sha256Fingerprint()}});
   }
-  MESHTLS_ASSIGN_OR_RETURN(CaMaterial ca, CreateRoot(trust_domain, ca_ttl, clock));
-  MESHTLS_ASSIGN_OR_RETURN(std::string key_pem, ca.key.ToPem());
-  MESHTLS_RETURN_IF_ERROR(base::WriteFileAtomically(key_path, key_pem, 0600));
-  MESHTLS_RETURN_IF_ERROR(base::WriteFileAtomically(cert_path, ca.cert.ToPem(), 0644));
-  base::LogInfo("created a new root CA", {{"dir", dir},
-                                          {"subject", ca.cert.SubjectText()},
-                                          {"not_after", absl::FormatTime(ca.cert.not_after())},
-                                          {"sha256", ca.cert.Sha256Fingerprint()}});
-  return ca;
+  return LoadCaDirLocked(dir, trust_domain, clock);
+}
+
+absl::StatusOr<CaMaterial> LoadCaDir(const std::string& dir, absl::string_view trust_domain,
+                                     const base::Clock& clock) {
+  MESHTLS_ASSIGN_OR_RETURN(base::UniqueFd lock, LockCaDir(dir));
+  return LoadCaDirLocked(dir, trust_domain, clock);
+}
+
+absl::Status RotateCa(const std::string& dir, absl::string_view trust_domain, CaRotationStep step,
+                      absl::Duration ca_ttl, absl::Duration max_leaf_lifetime, bool force,
+                      const base::Clock& clock) {
+  MESHTLS_ASSIGN_OR_RETURN(base::UniqueFd lock, LockCaDir(dir));
+  MESHTLS_ASSIGN_OR_RETURN(CaMaterial ca, LoadCaDirLocked(dir, trust_domain, clock));
+  const absl::Time now = clock.Now();
+  switch (step) {
+    case CaRotationStep::kPrepare: {
+      if (ca.next.has_value()) {
+        return absl::FailedPreconditionError("a next root is already prepared; activate it");
+      }
+      MESHTLS_ASSIGN_OR_RETURN(CaMaterial next, CreateRoot(trust_domain, ca_ttl, clock));
+      MESHTLS_RETURN_IF_ERROR(WriteKeyPair(dir, "next", next));
+      base::LogInfo("CA rotation: next root prepared (trusted, not signing yet)",
+                    {{"sha256", next.cert.Sha256Fingerprint()}});
+      break;
+    }
+    case CaRotationStep::kActivate: {
+      if (!ca.next.has_value()) {
+        return absl::FailedPreconditionError("no next root is prepared; run prepare first");
+      }
+      if (ca.previous.has_value()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("the previous root is still in the bundle until ",
+                         absl::FormatTime(ca.previous_retire_after), "; retire it first"));
+      }
+      // The old signer stays trusted until every leaf it signed has expired.
+      MESHTLS_RETURN_IF_ERROR(
+          base::WriteFileAtomically(InDir(dir, "previous.pem"), ca.cert.ToPem(), 0644));
+      MESHTLS_RETURN_IF_ERROR(base::WriteFileAtomically(
+          InDir(dir, "previous.state"),
+          absl::StrCat("retire_after ", absl::ToUnixSeconds(now + max_leaf_lifetime) + 1, "\n"),
+          0644));
+      MESHTLS_ASSIGN_OR_RETURN(std::string next_key, base::ReadFileToString(InDir(dir, "next.key")));
+      MESHTLS_RETURN_IF_ERROR(base::WriteFileAtomically(InDir(dir, "ca.key"), next_key, 0600));
+      MESHTLS_RETURN_IF_ERROR(
+          base::WriteFileAtomically(InDir(dir, "ca.pem"), ca.next->ToPem(), 0644));
+      ::unlink(InDir(dir, "next.pem").c_str());
+      ::unlink(InDir(dir, "next.key").c_str());
+      base::LogInfo("CA rotation: next root activated as the signer",
+                    {{"sha256", ca.next->Sha256Fingerprint()},
+                     {"previous_retire_after", absl::FormatTime(now + max_leaf_lifetime)}});
+      break;
+    }
+    case CaRotationStep::kRetire: {
+      if (!ca.previous.has_value()) {
+        return absl::FailedPreconditionError("there is no previous root to retire");
+      }
+      if (now < ca.previous_retire_after && !force) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "leaves signed by the previous root may be valid until ",
+            absl::FormatTime(ca.previous_retire_after), "; retire after that (or force it)"));
+      }
+      ::unlink(InDir(dir, "previous.pem").c_str());
+      ::unlink(InDir(dir, "previous.state").c_str());
+      base::LogInfo("CA rotation: previous root retired from the bundle",
+                    {{"sha256", ca.previous->Sha256Fingerprint()}});
+      break;
+    }
+  }
+  return BumpSequence(dir);
 }
 
 absl::StatusOr<CaMaterial> LoadCaFromFiles(const std::string& cert_path,

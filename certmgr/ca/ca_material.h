@@ -1,5 +1,7 @@
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,8 +20,21 @@ struct CaMaterial {
   pki::Certificate cert;
   pki::PrivateKey key;
   std::vector<pki::Certificate> intermediates;  // issuer chain above `cert`, excluding roots
-  std::vector<pki::Certificate> roots;
+  std::vector<pki::Certificate> roots;          // the trust bundle: active, next and previous
+  uint64_t bundle_sequence = 1;                 // increases with every change of `roots`
+  // Rotation state (ca.dir only): a prepared root (trusted, not signing yet) and the previous
+  // signer (trusted until every leaf it signed has expired).
+  std::optional<pki::Certificate> next = std::nullopt;
+  std::optional<pki::Certificate> previous = std::nullopt;
+  absl::Time previous_retire_after = absl::InfinitePast();
 };
+
+// CA directory layout (all files written atomically, all changes under an flock of .lock):
+//   ca.pem, ca.key          the active signer (key 0600)
+//   next.pem, next.key      a prepared root: in the bundle, not signing yet
+//   previous.pem            the previous signer, in the bundle until previous.state's time
+//   previous.state          "retire_after <unix seconds>"
+//   bundle.seq              the bundle sequence number
 
 // LoadOrCreateCaInDir uses <dir>/ca.pem and <dir>/ca.key (mode 0600). With neither present it
 // creates an ECDSA P-256 root for `trust_domain`, valid for `ca_ttl`; with both it loads and
@@ -28,6 +43,25 @@ struct CaMaterial {
 absl::StatusOr<CaMaterial> LoadOrCreateCaInDir(const std::string& dir,
                                                absl::string_view trust_domain,
                                                absl::Duration ca_ttl, const base::Clock& clock);
+
+// LoadCaDir loads the CA directory's current state (no creation); certmgr calls it again when
+// the directory changes (rotation by the CLI or by another replica).
+absl::StatusOr<CaMaterial> LoadCaDir(const std::string& dir, absl::string_view trust_domain,
+                                     const base::Clock& clock);
+
+// CaRotationStep is one step of a CA rotation.
+enum class CaRotationStep { kPrepare, kActivate, kRetire };
+
+// RotateCa performs one step on the CA directory, under its lock:
+//  - kPrepare: create the next root (ECDSA P-256, valid for `ca_ttl`) and add it to the bundle;
+//  - kActivate: the prepared root becomes the signer; the old signer stays in the bundle as
+//    "previous" until now + `max_leaf_lifetime` (every leaf it signed has expired by then);
+//  - kRetire: drop the previous signer from the bundle; before its retire time only with
+//    `force` (leaves it signed would then be refused by the mesh).
+// Errors are FailedPrecondition naming what is out of order.
+absl::Status RotateCa(const std::string& dir, absl::string_view trust_domain, CaRotationStep step,
+                      absl::Duration ca_ttl, absl::Duration max_leaf_lifetime, bool force,
+                      const base::Clock& clock);
 
 // LoadCaFromFiles loads an operator-provided CA: `cert_path` holds the signing CA certificate,
 // optionally followed by its issuers; `bundle_path` (optional when the CA is self-signed) the

@@ -60,4 +60,23 @@ absl::StatusOr<IssuedCertificate> Signer::IssueServing(EVP_PKEY* key,
   return WithChain(std::move(leaf));
 }
 
+std::optional<CaRotationStep> DueRotationStep(const CaMaterial& ca, absl::Time now,
+                                              double prepare_at, double activate_at) {
+  if (ca.previous.has_value() && now >= ca.previous_retire_after) {
+    return CaRotationStep::kRetire;
+  }
+  const absl::Time start = ca.cert.not_before();
+  const absl::Duration life = ca.cert.not_after() - start;
+  if (ca.next.has_value()) {
+    if (!ca.previous.has_value() && now >= start + life * activate_at) {
+      return CaRotationStep::kActivate;
+    }
+    return std::nullopt;
+  }
+  if (!ca.previous.has_value() && now >= start + life * prepare_at) {
+    return CaRotationStep::kPrepare;
+  }
+  return std::nullopt;
+}
+
 }  // namespace meshtls::certmgr

@@ -1,9 +1,12 @@
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "certmgr/base/clock.h"
 #include "certmgr/ca/ca_material.h"
@@ -49,5 +52,28 @@ class Signer {
   IssuancePolicy policy_;
   const base::Clock& clock_;
 };
+
+// CurrentSigner holds the signer in use; CA rotation swaps it. Thread-safe.
+class CurrentSigner {
+ public:
+  std::shared_ptr<const Signer> Get() const {
+    absl::MutexLock lock(&mu_);
+    return signer_;
+  }
+  void Set(std::shared_ptr<const Signer> signer) {
+    absl::MutexLock lock(&mu_);
+    signer_ = std::move(signer);
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const Signer> signer_ ABSL_GUARDED_BY(mu_);
+};
+
+// DueRotationStep returns the automatic CA rotation step due at `now`, if any: prepare once
+// `prepare_at` of the active root's lifetime has passed, activate at `activate_at`, retire once
+// the previous root's leaves have all expired.
+std::optional<CaRotationStep> DueRotationStep(const CaMaterial& ca, absl::Time now,
+                                              double prepare_at, double activate_at);
 
 }  // namespace meshtls::certmgr

@@ -3,11 +3,11 @@
 namespace meshtls::certmgr {
 
 TrustBundleSource::TrustBundleSource(std::string trust_domain,
-                                     std::vector<pki::Certificate> roots) {
+                                     std::vector<pki::Certificate> roots, uint64_t sequence) {
   auto bundle = std::make_shared<TrustBundle>();
   bundle->trust_domain = std::move(trust_domain);
   bundle->roots = std::move(roots);
-  bundle->sequence = 1;
+  bundle->sequence = sequence;
   current_ = std::move(bundle);
 }
 
@@ -17,13 +17,25 @@ std::shared_ptr<const TrustBundle> TrustBundleSource::Current() const {
 }
 
 void TrustBundleSource::Update(std::vector<pki::Certificate> roots) {
+  uint64_t next;
+  {
+    absl::MutexLock lock(&mu_);
+    next = current_->sequence + 1;
+  }
+  UpdateTo(std::move(roots), next);
+}
+
+void TrustBundleSource::UpdateTo(std::vector<pki::Certificate> roots, uint64_t sequence) {
   std::vector<std::shared_ptr<std::function<void()>>> to_notify;
   {
     absl::MutexLock lock(&mu_);
+    if (sequence <= current_->sequence) {
+      return;
+    }
     auto bundle = std::make_shared<TrustBundle>();
     bundle->trust_domain = current_->trust_domain;
     bundle->roots = std::move(roots);
-    bundle->sequence = current_->sequence + 1;
+    bundle->sequence = sequence;
     current_ = std::move(bundle);
     for (const auto& [id, callback] : subscribers_) {
       to_notify.push_back(callback);

@@ -25,11 +25,15 @@ struct TrustBundle {
 // they must be quick (WatchTrustBundle streams just schedule a write).
 class TrustBundleSource {
  public:
-  TrustBundleSource(std::string trust_domain, std::vector<pki::Certificate> roots);
+  TrustBundleSource(std::string trust_domain, std::vector<pki::Certificate> roots,
+                    uint64_t sequence = 1);
 
   std::shared_ptr<const TrustBundle> Current() const;
   // Update publishes new roots with the next sequence number.
   void Update(std::vector<pki::Certificate> roots);
+  // UpdateTo publishes roots with a given sequence (shared CA state: every replica agrees);
+  // a sequence not above the current one is ignored.
+  void UpdateTo(std::vector<pki::Certificate> roots, uint64_t sequence);
 
   using SubscriptionId = uint64_t;
   SubscriptionId Subscribe(std::function<void()> on_change);

@@ -236,7 +236,7 @@ grpc::Status CaService::DoSign(grpc::CallbackServerContext& context, const SignR
   if (request.has_ttl()) {
     ttl = absl::Seconds(request.ttl().seconds()) + absl::Nanoseconds(request.ttl().nanos());
   }
-  absl::StatusOr<IssuedCertificate> issued = signer_.SignWorkload(*csr, *id, ttl);
+  absl::StatusOr<IssuedCertificate> issued = signer_.Get()->SignWorkload(*csr, *id, ttl);
   if (!issued.ok()) {
     result = SignResult::kInternal;
     base::LogError("signing failed",

@@ -17,7 +17,8 @@ namespace meshtls::certmgr {
 // All referenced objects must outlive the grpc::Server. Thread-safe.
 class CaService final : public meshtls::ca::v1::CertificateAuthority::CallbackService {
  public:
-  CaService(const Signer& signer, TrustBundleSource& bundle, CallerAuthenticator& authenticator,
+  CaService(const CurrentSigner& signer, TrustBundleSource& bundle,
+            CallerAuthenticator& authenticator,
             CertmgrMetrics& metrics, const base::Clock& clock)
       : signer_(signer),
         bundle_(bundle),
@@ -38,7 +39,7 @@ class CaService final : public meshtls::ca::v1::CertificateAuthority::CallbackSe
                       const meshtls::ca::v1::SignRequest& request,
                       meshtls::ca::v1::SignResponse& response, SignResult& result);
 
-  const Signer& signer_;
+  const CurrentSigner& signer_;
   TrustBundleSource& bundle_;
   CallerAuthenticator& authenticator_;
   CertmgrMetrics& metrics_;

@@ -77,6 +77,26 @@ absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
   MESHTLS_RETURN_IF_ERROR(ReadOptionalString(ca, "key", c.ca_key));
   MESHTLS_RETURN_IF_ERROR(ReadOptionalString(ca, "trust_bundle", c.ca_trust_bundle));
   MESHTLS_RETURN_IF_ERROR(ReadOptionalDuration(ca, "ttl", c.ca_ttl));
+  if (const YamlNode* r = ca.Take("rotation")) {
+    MESHTLS_ASSIGN_OR_RETURN(ConfigMap rotation, ConfigMap::Of(*r, "ca.rotation"));
+    if (const YamlNode* v = rotation.Take("auto")) {
+      MESHTLS_ASSIGN_OR_RETURN(c.rotation_auto, base::ReadBool(*v, "ca.rotation.auto"));
+    }
+    if (const YamlNode* v = rotation.Take("prepare_at")) {
+      MESHTLS_ASSIGN_OR_RETURN(c.rotation_prepare_at,
+                               base::ReadNumber(*v, "ca.rotation.prepare_at"));
+    }
+    if (const YamlNode* v = rotation.Take("activate_at")) {
+      MESHTLS_ASSIGN_OR_RETURN(c.rotation_activate_at,
+                               base::ReadNumber(*v, "ca.rotation.activate_at"));
+    }
+    MESHTLS_RETURN_IF_ERROR(rotation.Finish());
+    if (!(c.rotation_prepare_at > 0 && c.rotation_prepare_at < c.rotation_activate_at &&
+          c.rotation_activate_at < 1)) {
+      return base::FieldError("ca.rotation", *r,
+                              "need 0 < prepare_at < activate_at < 1 (fractions of the root's life)");
+    }
+  }
   MESHTLS_RETURN_IF_ERROR(ca.Finish());
   const bool files = !c.ca_cert.empty() || !c.ca_key.empty();
   if (c.ca_dir.empty() == !files) {

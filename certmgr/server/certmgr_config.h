@@ -22,6 +22,7 @@ namespace meshtls::certmgr {
 //     dir: /var/lib/meshtls/ca           # created with a new root when empty; or:
 //     cert: ca.pem, key: ca.key, trust_bundle: roots.pem
 //     ttl: 87600h                        # lifetime of a root created in `dir`
+//     rotation: {auto: true, prepare_at: 0.6, activate_at: 0.8}
 //   issuance: {default_ttl: 24h, max_ttl: 24h, backdate: 2m}
 //   authenticators:
 //     join_tokens: {file: /etc/meshtls/join-tokens}
@@ -42,6 +43,10 @@ struct CertmgrConfig {
   std::string ca_key;
   std::string ca_trust_bundle;
   absl::Duration ca_ttl = absl::Hours(24 * 365 * 10);
+  // Automatic CA rotation (ca.dir only), as fractions of the active root's lifetime.
+  bool rotation_auto = true;
+  double rotation_prepare_at = 0.6;
+  double rotation_activate_at = 0.8;
   IssuancePolicy issuance;
   std::string join_tokens_file;
   struct Kubernetes {

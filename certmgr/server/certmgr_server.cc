@@ -4,9 +4,11 @@
 #include <grpcpp/security/server_credentials.h>
 
 #include <atomic>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "certmgr/admin/admin_server.h"
+#include "certmgr/base/file_watcher.h"
 #include "certmgr/base/host_port.h"
 #include "certmgr/base/log.h"
 #include "certmgr/base/status_macros.h"
@@ -27,8 +29,10 @@ class CertmgrServerImpl final : public CertmgrServer {
   CertmgrServerImpl(CaMaterial ca, const CertmgrConfig& config, const base::Clock& clock)
       : config_(config),
         clock_(clock),
-        signer_(std::move(ca), config.issuance, clock),
-        bundle_(config.trust_domain, signer_.ca().roots) {}
+        bundle_(config.trust_domain, ca.roots, ca.bundle_sequence),
+        active_sha256_(ca.cert.Sha256Fingerprint()) {
+    signer_.Set(std::make_shared<const Signer>(std::move(ca), config.issuance, clock));
+  }
 
   ~CertmgrServerImpl() override { Shutdown(); }
 
@@ -50,38 +54,12 @@ class CertmgrServerImpl final : public CertmgrServer {
     }
     authenticator_ = std::make_unique<MeshAuthenticator>(config_.trust_domain, bundle_,
                                                          std::move(bootstrap), clock_);
-    metrics_.SetCaNotAfter(signer_.ca().cert.not_after());
+    metrics_.SetCaNotAfter(signer_.Get()->ca().cert.not_after());
     service_ = std::make_unique<CaService>(signer_, bundle_, *authenticator_, metrics_, clock_);
-
-    // certmgr's serving key lives only in memory; its certificate comes from its own CA.
-    MESHTLS_ASSIGN_OR_RETURN(pki::PrivateKey serving_key, pki::PrivateKey::GenerateEcP256());
-    MESHTLS_ASSIGN_OR_RETURN(
-        IssuedCertificate serving,
-        signer_.IssueServing(serving_key.get(), config_.server_names, config_.server_ips,
-                             signer_.ca().cert.not_after() - clock_.Now()));
-    MESHTLS_ASSIGN_OR_RETURN(std::string key_pem, serving_key.ToPem());
-    // Client certificates are requested but verified by MeshAuthenticator against the live
-    // trust bundle (so a CA rotation needs no new TLS credentials). The TLS handshake still
-    // proves the client holds the private key of the certificate it presents.
-    grpc::SslServerCredentialsOptions tls(GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_BUT_DONT_VERIFY);
-    tls.pem_root_certs = pki::ChainToPem(signer_.ca().roots);
-    tls.pem_key_cert_pairs.push_back({key_pem, pki::ChainToPem(serving.chain)});
-
-    grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort(config_.listen, grpc::SslServerCredentials(tls), &port);
-    builder.RegisterService(service_.get());
-    builder.SetMaxReceiveMessageSize(64 * 1024);
-    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
-    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-    builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
-    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-    grpc_server_ = builder.BuildAndStart();
-    if (grpc_server_ == nullptr || port == 0) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot serve gRPC on ", config_.listen, " (address in use?)"));
+    {
+      absl::MutexLock lock(&grpc_mu_);
+      MESHTLS_RETURN_IF_ERROR(StartGrpcLocked());
     }
-    grpc_port_ = port;
 
     std::vector<admin::AdminRoute> routes;
     routes.push_back({"/healthz", [] { return admin::HttpResponse{.body = "ok\n"}; }});
@@ -91,16 +69,29 @@ class CertmgrServerImpl final : public CertmgrServer {
                         }
                         return admin::HttpResponse{.body = "ready\n"};
                       }});
-    MESHTLS_ASSIGN_OR_RETURN(
-        admin_,
-        admin::AdminServer::Start(config_.admin_listen, std::move(routes), {metrics_.registry()}));
+    MESHTLS_ASSIGN_OR_RETURN(admin_, admin::AdminServer::Start(config_.admin_listen,
+                                                               std::move(routes),
+                                                               {metrics_.registry()}));
+    if (!config_.ca_dir.empty()) {
+      // Rotation steps (from the CLI, another replica or the schedule) change the directory;
+      // the watcher applies each change live.
+      const std::string& d = config_.ca_dir;
+      ca_watcher_ = std::make_unique<base::FileWatcher>(
+          std::vector<std::string>{d + "/ca.pem", d + "/next.pem", d + "/previous.pem",
+                                   d + "/bundle.seq"},
+          absl::Seconds(1), [this] { ReloadCaDir(); });
+      ReloadCaDir();  // a step taken while we were starting
+      if (config_.rotation_auto) {
+        rotation_thread_ = std::thread([this] { AutoRotationLoop(); });
+      }
+    }
     ready_.store(true);
     base::LogInfo("certmgr serving",
                   {{"trust_domain", config_.trust_domain},
-                   {"grpc", absl::StrCat(config_.listen, " (port ", grpc_port_, ")")},
+                   {"grpc", absl::StrCat(config_.listen, " (port ", grpc_port_.load(), ")")},
                    {"admin_port", absl::StrCat(admin_->port())},
-                   {"ca_sha256", signer_.ca().cert.Sha256Fingerprint()},
-                   {"ca_not_after", absl::FormatTime(signer_.ca().cert.not_after())}});
+                   {"ca_sha256", active_sha256_},
+                   {"bundle_sequence", absl::StrCat(bundle_.Current()->sequence)}});
     return absl::OkStatus();
   }
 
@@ -109,25 +100,148 @@ class CertmgrServerImpl final : public CertmgrServer {
 
   void Shutdown() override {
     ready_.store(false);
-    if (grpc_server_ != nullptr) {
-      grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-      grpc_server_->Wait();
-      grpc_server_.reset();
+    {
+      absl::MutexLock lock(&stop_mu_);
+      stopping_ = true;
+    }
+    if (rotation_thread_.joinable()) {
+      rotation_thread_.join();
+    }
+    ca_watcher_.reset();
+    {
+      absl::MutexLock lock(&grpc_mu_);
+      StopGrpcLocked();
     }
     admin_.reset();
   }
 
  private:
+  // StartGrpcLocked serves CertificateAuthority over TLS with a serving certificate from the
+  // current signer. certmgr's serving key lives only in memory.
+  absl::Status StartGrpcLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(grpc_mu_) {
+    std::shared_ptr<const Signer> signer = signer_.Get();
+    MESHTLS_ASSIGN_OR_RETURN(pki::PrivateKey serving_key, pki::PrivateKey::GenerateEcP256());
+    MESHTLS_ASSIGN_OR_RETURN(
+        IssuedCertificate serving,
+        signer->IssueServing(serving_key.get(), config_.server_names, config_.server_ips,
+                             signer->ca().cert.not_after() - clock_.Now()));
+    MESHTLS_ASSIGN_OR_RETURN(std::string key_pem, serving_key.ToPem());
+    // Client certificates are requested but verified by MeshAuthenticator against the live
+    // trust bundle (so a CA rotation needs no new TLS credentials). The TLS handshake still
+    // proves the client holds the private key of the certificate it presents.
+    grpc::SslServerCredentialsOptions tls(GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_BUT_DONT_VERIFY);
+    tls.pem_root_certs = pki::ChainToPem(signer->ca().roots);
+    tls.pem_key_cert_pairs.push_back({key_pem, pki::ChainToPem(serving.chain)});
+
+    grpc::ServerBuilder builder;
+    int port = 0;
+    // After the first start, rebind the port actually in use (the config may say port 0).
+    const std::string listen =
+        grpc_port_ == 0 ? config_.listen
+                        : absl::StrCat(config_.listen.substr(0, config_.listen.rfind(':')), ":",
+                                       grpc_port_.load());
+    builder.AddListeningPort(listen, grpc::SslServerCredentials(tls), &port);
+    builder.RegisterService(service_.get());
+    builder.SetMaxReceiveMessageSize(64 * 1024);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    grpc_server_ = builder.BuildAndStart();
+    if (grpc_server_ == nullptr || port == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve gRPC on ", listen, " (address in use?)"));
+    }
+    grpc_port_ = port;
+    return absl::OkStatus();
+  }
+
+  void StopGrpcLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(grpc_mu_) {
+    if (grpc_server_ != nullptr) {
+      grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      grpc_server_->Wait();
+      grpc_server_.reset();
+    }
+  }
+
+  // ReloadCaDir applies the CA directory's state: new roots are streamed to every sidecar, a
+  // new active root becomes the signer and gets certmgr a new serving certificate. Runs on the
+  // watcher's thread.
+  void ReloadCaDir() {
+    absl::StatusOr<CaMaterial> ca = LoadCaDir(config_.ca_dir, config_.trust_domain, clock_);
+    if (!ca.ok()) {
+      base::LogError("cannot load the CA directory; keeping the current CA",
+                     {{"error", std::string(ca.status().message())}});
+      return;
+    }
+    const std::string sha256 = ca->cert.Sha256Fingerprint();
+    const uint64_t sequence = ca->bundle_sequence;
+    const size_t roots = ca->roots.size();
+    const absl::Time not_after = ca->cert.not_after();
+    std::vector<pki::Certificate> bundle = ca->roots;
+    const bool new_signer = sha256 != active_sha256_;
+    if (new_signer) {
+      signer_.Set(std::make_shared<const Signer>(*std::move(ca), config_.issuance, clock_));
+      active_sha256_ = sha256;
+      metrics_.SetCaNotAfter(not_after);
+    }
+    bundle_.UpdateTo(std::move(bundle), sequence);
+    base::LogInfo("CA directory applied", {{"active_sha256", sha256},
+                                           {"bundle_roots", absl::StrCat(roots)},
+                                           {"bundle_sequence", absl::StrCat(sequence)}});
+    if (new_signer) {
+      // The serving certificate must come from the new signer before the old root retires.
+      absl::MutexLock lock(&grpc_mu_);
+      StopGrpcLocked();
+      if (absl::Status s = StartGrpcLocked(); !s.ok()) {
+        base::LogError("cannot restart gRPC with the new serving certificate",
+                       {{"error", std::string(s.message())}});
+      }
+    }
+  }
+
+  void AutoRotationLoop() {
+    while (true) {
+      {
+        absl::MutexLock lock(&stop_mu_);
+        stop_mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
+        if (stopping_) {
+          return;
+        }
+      }
+      absl::StatusOr<CaMaterial> ca = LoadCaDir(config_.ca_dir, config_.trust_domain, clock_);
+      if (!ca.ok()) {
+        continue;
+      }
+      std::optional<CaRotationStep> step = DueRotationStep(
+          *ca, clock_.Now(), config_.rotation_prepare_at, config_.rotation_activate_at);
+      if (step.has_value()) {
+        absl::Status s = RotateCa(config_.ca_dir, config_.trust_domain, *step, config_.ca_ttl,
+                                  config_.issuance.max_ttl + config_.issuance.backdate,
+                                  /*force=*/false, clock_);
+        if (!s.ok() && !absl::IsFailedPrecondition(s)) {  // another replica may have done it
+          base::LogError("automatic CA rotation step failed", {{"error", std::string(s.message())}});
+        }
+      }
+    }
+  }
+
   const CertmgrConfig config_;
   const base::Clock& clock_;
   CertmgrMetrics metrics_;
-  Signer signer_;
+  CurrentSigner signer_;
   TrustBundleSource bundle_;
+  std::string active_sha256_;  // touched by Start and the watcher thread, never concurrently
   std::unique_ptr<MeshAuthenticator> authenticator_;
   std::unique_ptr<CaService> service_;
-  std::unique_ptr<grpc::Server> grpc_server_;
+  absl::Mutex grpc_mu_;
+  std::unique_ptr<grpc::Server> grpc_server_ ABSL_GUARDED_BY(grpc_mu_);
+  std::atomic<int> grpc_port_{0};
   std::unique_ptr<admin::AdminServer> admin_;
-  int grpc_port_ = 0;
+  std::unique_ptr<base::FileWatcher> ca_watcher_;
+  absl::Mutex stop_mu_;
+  bool stopping_ ABSL_GUARDED_BY(stop_mu_) = false;
+  std::thread rotation_thread_;
   std::atomic<bool> ready_{false};
 };
 

@@ -16,7 +16,7 @@
 #include "sidecar/metrics/collector.h"
 #include "sidecar/net/resolver.h"
 #include "sidecar/net/socket.h"
-#include "sidecar/server/file_watcher.h"
+#include "certmgr/base/file_watcher.h"
 #include "sidecar/server/worker.h"
 #include "sidecar/tls/tls_context.h"
 
@@ -133,7 +133,7 @@ class ServerImpl final : public Server {
 
     if (config_.identity_mode == SidecarConfig::IdentityMode::kFiles) {
       MESHTLS_RETURN_IF_ERROR(ReloadFiles());
-      file_watcher_ = std::make_unique<FileWatcher>(
+      file_watcher_ = std::make_unique<base::FileWatcher>(
           std::vector<std::string>{config_.files.cert, config_.files.key,
                                    config_.files.trust_bundle},
           absl::Seconds(1), [this] {
@@ -325,7 +325,7 @@ class ServerImpl final : public Server {
   std::unique_ptr<admin::AdminServer> admin_;
   std::unique_ptr<certmgr::CaClient> ca_client_;
   std::unique_ptr<certmgr::Rotator> rotator_;
-  std::unique_ptr<FileWatcher> file_watcher_;
+  std::unique_ptr<base::FileWatcher> file_watcher_;
   std::atomic<int> open_connections_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<uint64_t> renewals_success_{0};

@@ -24,6 +24,8 @@
 #include "tests/testing/jwt.h"
 #include "tests/testing/mesh_processes.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/test_ca.h"
+#include "tests/testing/tls_peer.h"
 
 namespace meshtls {
 namespace {
@@ -42,6 +44,88 @@ certmgr::CallCredentials Bearer(std::string token) {
   return {.chain = {}, .key = std::nullopt, .bearer_token = std::move(token)};
 }
 
+// TrafficLoad keeps traffic flowing through an outbound listener until stopped: `long_lived`
+// connections doing echo round trips forever, plus a stream of new connections with one round
+// trip each. Every byte is checked; the first failure is kept. Bounded by Stop().
+class TrafficLoad {
+ public:
+  TrafficLoad(uint16_t port, int long_lived) {
+    for (int i = 0; i < long_lived; ++i) {
+      threads_.emplace_back([this, port, i] {
+        absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(port);
+        if (!conn.ok()) {
+          Fail("long-lived connect: " + std::string(conn.status().message()));
+          return;
+        }
+        for (int round = 0; !stop_.load(); ++round) {
+          if (!RoundTrip(conn->get(), 1000 + 97 * ((round + i) % 50),
+                         absl::StrCat("long-lived connection ", i, " round ", round))) {
+            return;
+          }
+        }
+      });
+    }
+    threads_.emplace_back([this, port] {
+      for (int n = 0; !stop_.load(); ++n) {
+        absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(port);
+        if (!conn.ok()) {
+          Fail(absl::StrCat("new connection ", n, ": ", conn.status().message()));
+          return;
+        }
+        if (!RoundTrip(conn->get(), 4096 + n % 100, absl::StrCat("new connection ", n))) {
+          return;
+        }
+        new_connections_.fetch_add(1);
+      }
+    });
+  }
+  ~TrafficLoad() { Stop(); }
+  void Stop() {
+    stop_.store(true);
+    for (std::thread& t : threads_) {
+      if (t.joinable()) {
+        t.join();
+      }
+    }
+  }
+  int failures() const { return failures_.load(); }
+  int new_connections() const { return new_connections_.load(); }
+  uint64_t bytes_checked() const { return bytes_.load(); }
+  std::string first_failure() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return first_failure_;
+  }
+
+ private:
+  bool RoundTrip(int fd, size_t size, const std::string& what) {
+    const std::string payload = testing::RandomBytes(size);
+    absl::Status sent = testing::SendAll(fd, payload);
+    absl::StatusOr<std::string> back = testing::RecvExactly(fd, payload.size(), absl::Seconds(10));
+    if (!sent.ok() || !back.ok() || *back != payload) {
+      Fail(absl::StrCat(what, ": ",
+                        !sent.ok()   ? std::string(sent.message())
+                        : !back.ok() ? std::string(back.status().message())
+                                     : "corrupted bytes"));
+      return false;
+    }
+    bytes_.fetch_add(payload.size());
+    return true;
+  }
+  void Fail(const std::string& what) {
+    if (failures_.fetch_add(1) == 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      first_failure_ = what;
+    }
+  }
+  std::atomic<bool> stop_{false};
+  std::atomic<int> failures_{0};
+  std::atomic<int> new_connections_{0};
+  std::atomic<uint64_t> bytes_{0};
+  std::mutex mu_;
+  std::string first_failure_;
+  std::vector<std::thread> threads_;
+};
+
 class MeshTest : public ::testing::Test {
  protected:
   // StartMesh runs certmgr, a backend sidecar in front of the echo app (allowing the frontend)
@@ -51,11 +135,11 @@ class MeshTest : public ::testing::Test {
     certmgr_ = *CertmgrProcess::Start(dir_, kTd, certmgr_extra);
     backend_port_ = testing::PickFreePort();
     frontend_port_ = testing::PickFreePort();
-    backend_ = StartSidecar(
-        "backend", kBackend,
-        absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:", backend_port_,
-                     "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n",
-                     sidecar_extra));
+    backend_ =
+        StartSidecar("backend", kBackend,
+                     absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:", backend_port_,
+                                  "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [",
+                                  kFrontend, "]\n", sidecar_extra));
     frontend_ =
         StartSidecar("frontend", kFrontend, OutboundToBackend(frontend_port_) + sidecar_extra);
     ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
@@ -387,82 +471,101 @@ TEST_F(MeshTest, FiftyRenewalsUnderLoadLoseNothing) {
   // coming; every byte is checked.
   StartMesh("issuance: {default_ttl: 3s, min_ttl: 2s, backdate: 0}\n",
             "tls: {close_on_expiry: false}\n");
-  std::atomic<bool> stop{false};
-  std::atomic<int> failures{0};
-  std::atomic<int> new_connections{0};
-  std::atomic<uint64_t> bytes_checked{0};
-  std::mutex failure_mu;
-  std::string first_failure;
-  auto fail = [&](const std::string& what) {
-    if (failures.fetch_add(1) == 0) {
-      std::lock_guard<std::mutex> lock(failure_mu);
-      first_failure = what;
-    }
-  };
-  std::vector<std::thread> threads;
-  for (int i = 0; i < 3; ++i) {  // long-lived connections
-    threads.emplace_back([&, i] {
-      absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
-      if (!conn.ok()) {
-        fail("long-lived connect: " + std::string(conn.status().message()));
-        return;
-      }
-      for (int round = 0; !stop.load(); ++round) {
-        const std::string payload = testing::RandomBytes(1000 + 97 * ((round + i) % 50));
-        absl::Status sent = testing::SendAll(conn->get(), payload);
-        absl::StatusOr<std::string> back =
-            testing::RecvExactly(conn->get(), payload.size(), absl::Seconds(10));
-        if (!sent.ok() || !back.ok() || *back != payload) {
-          fail(absl::StrCat("long-lived connection ", i, " round ", round, ": ",
-                            back.ok() ? "corrupted bytes" : std::string(back.status().message())));
-          return;
-        }
-        bytes_checked.fetch_add(payload.size());
-      }
-    });
-  }
-  threads.emplace_back([&] {  // a stream of new connections
-    for (int n = 0; !stop.load(); ++n) {
-      absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
-      const std::string payload = testing::RandomBytes(4096 + n % 100);
-      if (!conn.ok() || !testing::SendAll(conn->get(), payload).ok()) {
-        fail(absl::StrCat("new connection ", n, ": connect or send failed"));
-        return;
-      }
-      absl::StatusOr<std::string> back =
-          testing::RecvExactly(conn->get(), payload.size(), absl::Seconds(10));
-      if (!back.ok() || *back != payload) {
-        fail(absl::StrCat("new connection ", n, ": ",
-                          back.ok() ? "corrupted bytes" : std::string(back.status().message())));
-        return;
-      }
-      new_connections.fetch_add(1);
-      bytes_checked.fetch_add(payload.size());
-    }
-  });
+  TrafficLoad load(frontend_port_, /*long_lived=*/3);
   const std::string renewals = R"(meshtls_cert_renewals_total{result="success"})";
   // Bounded: at most 120 s, stopping early on the first failure.
   const bool enough = testing::WaitFor(
       [&] {
-        return failures.load() > 0 ||
+        return load.failures() > 0 ||
                frontend_->Metric(renewals) + backend_->Metric(renewals) >= 50;
       },
       absl::Seconds(120));
-  stop.store(true);
-  for (std::thread& t : threads) {
-    t.join();
-  }
+  load.Stop();
   const double total_renewals = frontend_->Metric(renewals) + backend_->Metric(renewals);
   std::printf("%.0f renewals, %d new connections, %llu bytes checked, %d failures\n",
-              total_renewals, new_connections.load(),
-              static_cast<unsigned long long>(bytes_checked.load()), failures.load());
-  EXPECT_EQ(failures.load(), 0) << first_failure;
+              total_renewals, load.new_connections(),
+              static_cast<unsigned long long>(load.bytes_checked()), load.failures());
+  EXPECT_EQ(load.failures(), 0) << load.first_failure();
   EXPECT_TRUE(enough);
   EXPECT_GE(total_renewals, 50);
-  EXPECT_GT(new_connections.load(), 50);
+  EXPECT_GT(load.new_connections(), 50);
   EXPECT_EQ(frontend_->Metric(R"(meshtls_cert_renewals_total{result="failure"})"), 0);
   EXPECT_EQ(backend_->Metric(R"(meshtls_cert_renewals_total{result="failure"})"), 0);
-  EXPECT_EQ(backend_->Metric(Handshakes("inbound", "success")), new_connections.load() + 3);
+  EXPECT_EQ(backend_->Metric(Handshakes("inbound", "success")), load.new_connections() + 3);
+}
+
+TEST_F(MeshTest, CaRotationEndToEndWithTrafficAndNoRestart) {
+  // 6 s certificates; automatic rotation off so the operator's steps are what is tested.
+  certmgr_ = *CertmgrProcess::Start(dir_, kTd,
+                                    "issuance: {default_ttl: 6s, min_ttl: 2s, max_ttl: 6s, "
+                                    "backdate: 0}\n",
+                                    ", rotation: {auto: false}");
+  backend_port_ = testing::PickFreePort();
+  frontend_port_ = testing::PickFreePort();
+  const std::string keep = "tls: {close_on_expiry: false}\n";
+  backend_ =
+      StartSidecar("backend", kBackend,
+                   absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:", backend_port_,
+                                "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [",
+                                kFrontend, "]\n", keep));
+  frontend_ = StartSidecar("frontend", kFrontend, OutboundToBackend(frontend_port_) + keep);
+  ASSERT_TRUE(backend_->WaitReady());
+  ASSERT_TRUE(frontend_->WaitReady());
+  // Keep the old root's key to mint a certificate from it after it has been retired.
+  testing::TestCa old_root(
+      kTd, *pki::Certificate::FromPem(*base::ReadFileToString(dir_.File("ca/ca.pem"))),
+      *pki::PrivateKey::FromPem(*base::ReadFileToString(dir_.File("ca/ca.key"))));
+  const std::string roots = "meshtls_trust_bundle_roots";
+  TrafficLoad load(frontend_port_, /*long_lived=*/2);
+
+  ASSERT_EQ(certmgr_->Run({"ca", "rotate", "prepare"}), 0);
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return frontend_->Metric(roots) == 2 && backend_->Metric(roots) == 2; },
+      absl::Seconds(15)))
+      << "the next root must reach every sidecar before it signs";
+
+  const std::string renewed = R"(meshtls_cert_renewals_total{result="success"})";
+  const double f0 = frontend_->Metric(renewed), b0 = backend_->Metric(renewed);
+  ASSERT_EQ(certmgr_->Run({"ca", "rotate", "activate"}), 0);
+  // Retiring right away is refused: leaves of the old root are still valid.
+  EXPECT_NE(certmgr_->Run({"ca", "rotate", "retire"}), 0);
+  // Both sidecars renew from the new signer (at least twice each, to be past the switch).
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return frontend_->Metric(renewed) >= f0 + 2 && backend_->Metric(renewed) >= b0 + 2; },
+      absl::Seconds(30)));
+  // Once every old leaf has expired, retiring succeeds.
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        return certmgr_->Run({"ca", "rotate", "retire"}) == 0;
+      },
+      absl::Seconds(20)));
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return frontend_->Metric(roots) == 1 && backend_->Metric(roots) == 1; },
+      absl::Seconds(15)));
+  // Traffic keeps flowing after the retirement.
+  const int before = load.new_connections();
+  EXPECT_TRUE(
+      testing::WaitFor([&] { return load.new_connections() > before + 20; }, absl::Seconds(20)));
+  load.Stop();
+  std::printf("rotation: %d new connections, %llu bytes checked, %d failures\n",
+              load.new_connections(), static_cast<unsigned long long>(load.bytes_checked()),
+              load.failures());
+  EXPECT_EQ(load.failures(), 0) << load.first_failure();
+  EXPECT_FALSE(frontend_->process().WaitForExit(absl::ZeroDuration()).has_value());
+  EXPECT_FALSE(backend_->process().WaitForExit(absl::ZeroDuration()).has_value());
+
+  // A certificate from the retired root is refused now.
+  testing::IssuedLeaf stale = old_root.Issue(kFrontend);
+  absl::StatusOr<std::unique_ptr<testing::TlsClient>> client =
+      testing::TlsClient::Connect(backend_port_, {stale.ChainPem(), stale.KeyPem()}, "");
+  if (client.ok()) {
+    (void)(*client)->Write("x");
+    EXPECT_FALSE((*client)->Read(1).ok());
+  }
+  EXPECT_TRUE(backend_->WaitForMetric(Handshakes("inbound", "unknown_authority"), 1));
+  EXPECT_EQ(testing::ScrapeMetric(certmgr_->admin_port(),
+                                  R"(meshtls_certmgr_sign_requests_total{result="internal"})"),
+            0);
 }
 
 TEST_F(MeshTest, HalfCloseTravelsBothWays) {

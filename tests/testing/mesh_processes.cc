@@ -7,7 +7,8 @@
 namespace meshtls::testing {
 
 absl::StatusOr<std::unique_ptr<CertmgrProcess>> CertmgrProcess::Start(
-    const TempDir& dir, const std::string& trust_domain, const std::string& extra_yaml) {
+    const TempDir& dir, const std::string& trust_domain, const std::string& extra_yaml,
+    const std::string& ca_extra) {
   auto c = std::unique_ptr<CertmgrProcess>(new CertmgrProcess(dir));
   c->grpc_port_ = PickFreePort();
   c->admin_port_ = PickFreePort();
@@ -15,7 +16,7 @@ absl::StatusOr<std::unique_ptr<CertmgrProcess>> CertmgrProcess::Start(
       "certmgr.yaml",
       absl::StrCat("trust_domain: ", trust_domain, "\nlisten: 127.0.0.1:", c->grpc_port_,
                    "\nadmin: {listen: 127.0.0.1:", c->admin_port_, "}\nca: {dir: ", dir.File("ca"),
-                   "}\nauthenticators:\n  join_tokens: {file: ", dir.File("join-tokens"), "}\n",
+                   ca_extra, "}\nauthenticators:\n  join_tokens: {file: ", dir.File("join-tokens"), "}\n",
                    extra_yaml));
   if (absl::Status s = c->Launch(); !s.ok()) {
     return s;
@@ -62,6 +63,19 @@ std::string CertmgrProcess::Token(const std::string& spiffe_id) const {
     return "";
   }
   return std::string(absl::StripAsciiWhitespace(*base::ReadFileToString(out)));
+}
+
+int CertmgrProcess::Run(const std::vector<std::string>& args) const {
+  std::vector<std::string> argv = {BinaryPath("meshtls-certmgr")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  argv.push_back("--config");
+  argv.push_back(config_path_);
+  absl::StatusOr<std::unique_ptr<Subprocess>> p =
+      Subprocess::Start(argv, dir_.File("certmgr-cli.log"));
+  if (!p.ok()) {
+    return -1;
+  }
+  return (*p)->WaitForExit(absl::Seconds(20)).value_or(-1);
 }
 
 std::string CertmgrProcess::TokenFile(const std::string& spiffe_id, const std::string& name) const {

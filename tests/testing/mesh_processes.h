@@ -14,9 +14,13 @@ namespace meshtls::testing {
 class CertmgrProcess {
  public:
   // `extra_yaml` is appended to the config (for example an issuance section).
+  // `ca_extra` is added inside the `ca:` mapping (", rotation: {auto: false}").
   static absl::StatusOr<std::unique_ptr<CertmgrProcess>> Start(const TempDir& dir,
                                                                const std::string& trust_domain,
-                                                               const std::string& extra_yaml = "");
+                                                               const std::string& extra_yaml = "",
+                                                               const std::string& ca_extra = "");
+  // Run runs `meshtls-certmgr <args> --config <this config>`; returns the exit code.
+  int Run(const std::vector<std::string>& args) const;
   // Token runs `meshtls-certmgr token create` and returns the new token.
   std::string Token(const std::string& spiffe_id) const;
   // TokenFile writes a new token for `spiffe_id` to a file and returns its path.

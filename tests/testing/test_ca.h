@@ -24,6 +24,11 @@ struct IssuedLeaf {
 class TestCa {
  public:
   explicit TestCa(std::string trust_domain, absl::Time now = absl::Now());
+  // TestCa from an existing root (for example one a certmgr created).
+  TestCa(std::string trust_domain, pki::Certificate root, pki::PrivateKey root_key)
+      : trust_domain_(std::move(trust_domain)),
+        root_key_(std::move(root_key)),
+        root_(std::move(root)) {}
 
   IssuedLeaf Issue(const std::string& spiffe_id, absl::Duration ttl = absl::Hours(1),
                    absl::Time now = absl::Now()) const;

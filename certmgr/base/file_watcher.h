@@ -11,7 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
-namespace meshtls::sidecar {
+namespace meshtls::base {
 
 // FileWatcher calls `on_change` on its own thread whenever any of `paths` changes: another
 // inode, size or modification time, following symlinks. Polling stat() (rather than inotify)
@@ -44,4 +44,4 @@ class FileWatcher {
   std::thread thread_;
 };
 
-}  // namespace meshtls::sidecar
+}  // namespace meshtls::base

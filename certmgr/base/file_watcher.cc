@@ -1,8 +1,8 @@
-#include "sidecar/server/file_watcher.h"
+#include "certmgr/base/file_watcher.h"
 
 #include <sys/stat.h>
 
-namespace meshtls::sidecar {
+namespace meshtls::base {
 
 FileWatcher::FileWatcher(std::vector<std::string> paths, absl::Duration interval,
                          std::function<void()> on_change)
@@ -50,4 +50,4 @@ void FileWatcher::Run() {
   }
 }
 
-}  // namespace meshtls::sidecar
+}  // namespace meshtls::base

@@ -1,0 +1,92 @@
+#include <gtest/gtest.h>
+
+#include "certmgr/ca/ca_material.h"
+#include "certmgr/ca/signer.h"
+#include "tests/testing/fake_clock.h"
+#include "tests/testing/harness.h"
+#include "tests/testing/status_matchers.h"
+
+namespace meshtls::certmgr {
+namespace {
+
+using testing::IsOk;
+using testing::StatusIs;
+
+constexpr absl::Duration kCaTtl = absl::Hours(100);
+constexpr absl::Duration kLeafLife = absl::Hours(24);
+
+class CaRotationTest : public ::testing::Test {
+ protected:
+  absl::Status Step(CaRotationStep step, bool force = false) {
+    return RotateCa(dir_.path() + "/ca", "mesh.test", step, kCaTtl, kLeafLife, force, clock_);
+  }
+  CaMaterial Load() { return *LoadCaDir(dir_.path() + "/ca", "mesh.test", clock_); }
+
+  testing::TempDir dir_;
+  testing::FakeClock clock_{absl::FromUnixSeconds(1'800'000'000)};
+};
+
+TEST_F(CaRotationTest, PrepareActivateRetire) {
+  CaMaterial first = *LoadOrCreateCaInDir(dir_.path() + "/ca", "mesh.test", kCaTtl, clock_);
+  EXPECT_EQ(first.roots.size(), 1u);
+  EXPECT_EQ(first.bundle_sequence, 1u);
+
+  EXPECT_THAT(Step(CaRotationStep::kActivate),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "prepare first"));
+  EXPECT_THAT(Step(CaRotationStep::kRetire), StatusIs(absl::StatusCode::kFailedPrecondition));
+
+  ASSERT_THAT(Step(CaRotationStep::kPrepare), IsOk());
+  CaMaterial prepared = Load();
+  EXPECT_EQ(prepared.roots.size(), 2u);  // trusted before it signs
+  EXPECT_EQ(prepared.bundle_sequence, 2u);
+  EXPECT_EQ(prepared.cert.Sha256Fingerprint(), first.cert.Sha256Fingerprint());
+  EXPECT_THAT(Step(CaRotationStep::kPrepare), StatusIs(absl::StatusCode::kFailedPrecondition));
+
+  ASSERT_THAT(Step(CaRotationStep::kActivate), IsOk());
+  CaMaterial active = Load();
+  EXPECT_EQ(active.cert.Sha256Fingerprint(), prepared.next->Sha256Fingerprint());
+  EXPECT_TRUE(active.cert.MatchesKey(active.key.get()));
+  ASSERT_TRUE(active.previous.has_value());
+  EXPECT_EQ(active.previous->Sha256Fingerprint(), first.cert.Sha256Fingerprint());
+  EXPECT_EQ(active.roots.size(), 2u);
+  EXPECT_EQ(active.bundle_sequence, 3u);
+
+  // The old root stays until every leaf it signed has expired.
+  EXPECT_THAT(Step(CaRotationStep::kRetire),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "valid until"));
+  clock_.Advance(kLeafLife + absl::Seconds(2));
+  ASSERT_THAT(Step(CaRotationStep::kRetire), IsOk());
+  CaMaterial retired = Load();
+  EXPECT_EQ(retired.roots.size(), 1u);
+  EXPECT_EQ(retired.bundle_sequence, 4u);
+  EXPECT_FALSE(retired.previous.has_value());
+}
+
+TEST_F(CaRotationTest, ForcedEarlyRetire) {
+  ASSERT_THAT(LoadOrCreateCaInDir(dir_.path() + "/ca", "mesh.test", kCaTtl, clock_), IsOk());
+  ASSERT_THAT(Step(CaRotationStep::kPrepare), IsOk());
+  ASSERT_THAT(Step(CaRotationStep::kActivate), IsOk());
+  EXPECT_THAT(Step(CaRotationStep::kRetire, /*force=*/true), IsOk());
+}
+
+TEST_F(CaRotationTest, AutomaticScheduleFollowsTheRootsLifetime) {
+  CaMaterial ca = *LoadOrCreateCaInDir(dir_.path() + "/ca", "mesh.test", kCaTtl, clock_);
+  const absl::Time start = ca.cert.not_before();
+  const absl::Duration life = ca.cert.not_after() - start;
+  EXPECT_EQ(DueRotationStep(ca, start + life * 0.5, 0.6, 0.8), std::nullopt);
+  EXPECT_EQ(DueRotationStep(ca, start + life * 0.61, 0.6, 0.8), CaRotationStep::kPrepare);
+  clock_.Set(start + life * 0.61);
+  ASSERT_THAT(Step(CaRotationStep::kPrepare), IsOk());
+  ca = Load();
+  EXPECT_EQ(DueRotationStep(ca, start + life * 0.7, 0.6, 0.8), std::nullopt);
+  EXPECT_EQ(DueRotationStep(ca, start + life * 0.81, 0.6, 0.8), CaRotationStep::kActivate);
+  clock_.Set(start + life * 0.81);
+  ASSERT_THAT(Step(CaRotationStep::kActivate), IsOk());
+  ca = Load();
+  EXPECT_EQ(DueRotationStep(ca, clock_.Now() + kLeafLife / 2, 0.6, 0.8), std::nullopt);
+  EXPECT_EQ(DueRotationStep(ca, clock_.Now() + kLeafLife + absl::Seconds(2), 0.6, 0.8),
+            CaRotationStep::kRetire);
+}
+
+}  // namespace
+}  // namespace meshtls::certmgr
