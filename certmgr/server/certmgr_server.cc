@@ -69,9 +69,15 @@ class CertmgrServerImpl final : public CertmgrServer {
                         }
                         return admin::HttpResponse{.body = "ready\n"};
                       }});
-    MESHTLS_ASSIGN_OR_RETURN(admin_, admin::AdminServer::Start(config_.admin_listen,
-                                                               std::move(routes),
-                                                               {metrics_.registry()}));
+    MESHTLS_ASSIGN_OR_RETURN(
+        admin_,
+        admin::AdminServer::Start(config_.admin_listen, std::move(routes), {metrics_.registry()}));
+    base::LogInfo("certmgr serving",
+                  {{"trust_domain", config_.trust_domain},
+                   {"grpc", absl::StrCat(config_.listen, " (port ", grpc_port_.load(), ")")},
+                   {"admin_port", absl::StrCat(admin_->port())},
+                   {"ca_sha256", active_sha256_},
+                   {"bundle_sequence", absl::StrCat(bundle_.Current()->sequence)}});
     if (!config_.ca_dir.empty()) {
       // Rotation steps (from the CLI, another replica or the schedule) change the directory;
       // the watcher applies each change live.
@@ -86,12 +92,6 @@ class CertmgrServerImpl final : public CertmgrServer {
       }
     }
     ready_.store(true);
-    base::LogInfo("certmgr serving",
-                  {{"trust_domain", config_.trust_domain},
-                   {"grpc", absl::StrCat(config_.listen, " (port ", grpc_port_.load(), ")")},
-                   {"admin_port", absl::StrCat(admin_->port())},
-                   {"ca_sha256", active_sha256_},
-                   {"bundle_sequence", absl::StrCat(bundle_.Current()->sequence)}});
     return absl::OkStatus();
   }
 
@@ -168,6 +168,7 @@ class CertmgrServerImpl final : public CertmgrServer {
   // new active root becomes the signer and gets certmgr a new serving certificate. Runs on the
   // watcher's thread.
   void ReloadCaDir() {
+    absl::MutexLock reload_lock(&reload_mu_);  // Start's call vs the watcher's
     absl::StatusOr<CaMaterial> ca = LoadCaDir(config_.ca_dir, config_.trust_domain, clock_);
     if (!ca.ok()) {
       base::LogError("cannot load the CA directory; keeping the current CA",
@@ -220,7 +221,8 @@ class CertmgrServerImpl final : public CertmgrServer {
                                   config_.issuance.max_ttl + config_.issuance.backdate,
                                   /*force=*/false, clock_);
         if (!s.ok() && !absl::IsFailedPrecondition(s)) {  // another replica may have done it
-          base::LogError("automatic CA rotation step failed", {{"error", std::string(s.message())}});
+          base::LogError("automatic CA rotation step failed",
+                         {{"error", std::string(s.message())}});
         }
       }
     }
@@ -231,7 +233,8 @@ class CertmgrServerImpl final : public CertmgrServer {
   CertmgrMetrics metrics_;
   CurrentSigner signer_;
   TrustBundleSource bundle_;
-  std::string active_sha256_;  // touched by Start and the watcher thread, never concurrently
+  absl::Mutex reload_mu_;      // serializes ReloadCaDir; taken before grpc_mu_
+  std::string active_sha256_;  // written under reload_mu_ (read unlocked only before the watcher)
   std::unique_ptr<MeshAuthenticator> authenticator_;
   std::unique_ptr<CaService> service_;
   absl::Mutex grpc_mu_;

@@ -369,7 +369,12 @@ TEST_F(MeshTest, SlowAppSlowsTheWriterInsteadOfGrowingMemory) {
   const int64_t rss_after = RssKiB(backend_->process().pid()) + RssKiB(frontend_->process().pid());
   std::printf("sidecar RSS growth with that backlog: %lld KiB\n",
               static_cast<long long>(rss_after - rss_before));
+#if !defined(__SANITIZE_ADDRESS__)
+  // Under ASan, RSS also holds the allocator's quarantine of freed buffers (OpenSSL releases
+  // its record buffers after every read), so it says nothing about the relay; the backlog
+  // bound above is what proves the buffers are bounded in every build.
   EXPECT_LT(rss_after - rss_before, 16 * 1024) << "sidecar memory grew with the backlog";
+#endif
 
   // Nothing is lost: once the app reads, every byte arrives in order.
   ::fcntl(conn->get(), F_SETFL, 0);
