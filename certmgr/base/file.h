@@ -1,5 +1,8 @@
 #pragma once
 
+#include <sys/types.h>
+
+#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -16,5 +19,16 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
                                  unsigned mode);
 
 bool FileExists(const std::string& path);
+
+// FileVersion identifies one version of a file (following symlinks): a rewrite, an atomic
+// rename or a Kubernetes `..data` swap all change it. A missing file has the default version.
+struct FileVersion {
+  dev_t device = 0;
+  ino_t inode = 0;
+  off_t size = -1;
+  int64_t mtime_ns = -1;
+  bool operator==(const FileVersion&) const = default;
+};
+FileVersion StatFileVersion(const std::string& path);
 
 }  // namespace meshtls::base

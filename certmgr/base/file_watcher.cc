@@ -19,16 +19,10 @@ FileWatcher::~FileWatcher() {
   thread_.join();
 }
 
-std::vector<FileWatcher::Version> FileWatcher::Snapshot() const {
-  std::vector<Version> out;
+std::vector<FileVersion> FileWatcher::Snapshot() const {
+  std::vector<FileVersion> out;
   for (const std::string& path : paths_) {
-    struct stat st;
-    Version v;
-    if (::stat(path.c_str(), &st) == 0) {
-      v = {st.st_dev, st.st_ino, st.st_size,
-           static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
-    }
-    out.push_back(v);
+    out.push_back(StatFileVersion(path));
   }
   return out;
 }
@@ -42,7 +36,7 @@ void FileWatcher::Run() {
         return;
       }
     }
-    std::vector<Version> now = Snapshot();
+    std::vector<FileVersion> now = Snapshot();
     if (now != seen_) {
       seen_ = std::move(now);
       on_change_();

@@ -10,6 +10,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "certmgr/base/file.h"
 
 namespace meshtls::base {
 
@@ -25,20 +26,13 @@ class FileWatcher {
   ~FileWatcher();  // stops and joins
 
  private:
-  struct Version {
-    dev_t device = 0;
-    ino_t inode = 0;
-    off_t size = -1;
-    int64_t mtime_ns = -1;
-    bool operator==(const Version&) const = default;
-  };
-  std::vector<Version> Snapshot() const;
+  std::vector<FileVersion> Snapshot() const;
   void Run();
 
   const std::vector<std::string> paths_;
   const absl::Duration interval_;
   const std::function<void()> on_change_;
-  std::vector<Version> seen_;  // touched only by the watcher thread (and the constructor)
+  std::vector<FileVersion> seen_;  // touched only by the watcher thread (and the constructor)
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;

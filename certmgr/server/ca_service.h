@@ -18,8 +18,7 @@ namespace meshtls::certmgr {
 class CaService final : public meshtls::ca::v1::CertificateAuthority::CallbackService {
  public:
   CaService(const CurrentSigner& signer, TrustBundleSource& bundle,
-            CallerAuthenticator& authenticator,
-            CertmgrMetrics& metrics, const base::Clock& clock)
+            CallerAuthenticator& authenticator, CertmgrMetrics& metrics, const base::Clock& clock)
       : signer_(signer),
         bundle_(bundle),
         authenticator_(authenticator),

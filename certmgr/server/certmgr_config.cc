@@ -93,8 +93,9 @@ absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
     MESHTLS_RETURN_IF_ERROR(rotation.Finish());
     if (!(c.rotation_prepare_at > 0 && c.rotation_prepare_at < c.rotation_activate_at &&
           c.rotation_activate_at < 1)) {
-      return base::FieldError("ca.rotation", *r,
-                              "need 0 < prepare_at < activate_at < 1 (fractions of the root's life)");
+      return base::FieldError(
+          "ca.rotation", *r,
+          "need 0 < prepare_at < activate_at < 1 (fractions of the root's life)");
     }
   }
   MESHTLS_RETURN_IF_ERROR(ca.Finish());

@@ -61,12 +61,7 @@ absl::StatusOr<std::string> CreateJoinToken(const std::string& path, const pki::
 }
 
 void JoinTokenAuthenticator::ReloadIfChanged() {
-  struct stat st;
-  FileVersion now;
-  if (::stat(path_.c_str(), &st) == 0) {
-    now = {st.st_ino, st.st_size,
-           static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
-  }
+  const base::FileVersion now = base::StatFileVersion(path_);
   if (now == loaded_) {
     return;
   }

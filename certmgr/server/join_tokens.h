@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "certmgr/base/clock.h"
+#include "certmgr/base/file.h"
 #include "certmgr/server/caller_authenticator.h"
 
 namespace meshtls::certmgr {
@@ -46,13 +47,7 @@ class JoinTokenAuthenticator final : public CallerAuthenticator {
   const base::Clock& clock_;
   absl::Mutex mu_;
   std::map<std::string, Entry> by_hash_ ABSL_GUARDED_BY(mu_);
-  struct FileVersion {
-    ino_t inode = 0;
-    off_t size = -1;
-    int64_t mtime_ns = -1;
-    bool operator==(const FileVersion&) const = default;
-  };
-  FileVersion loaded_ ABSL_GUARDED_BY(mu_);
+  base::FileVersion loaded_ ABSL_GUARDED_BY(mu_);
 };
 
 // TokenSha256Hex returns the hex SHA-256 of a token, as stored in the file.

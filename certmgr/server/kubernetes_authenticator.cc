@@ -201,12 +201,7 @@ absl::StatusOr<std::vector<ParsedJwk>> ParseJwks(absl::string_view json) {
 
 absl::StatusOr<std::vector<EVP_PKEY*>> KubernetesAuthenticator::Keys(const std::string& kid,
                                                                      const std::string& kty) {
-  struct stat st;
-  FileVersion now;
-  if (::stat(options_.jwks_file.c_str(), &st) == 0) {
-    now = {st.st_ino, st.st_size,
-           static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
-  }
+  const base::FileVersion now = base::StatFileVersion(options_.jwks_file);
   if (!(now == loaded_)) {
     absl::StatusOr<std::string> text = base::ReadFileToString(options_.jwks_file);
     absl::StatusOr<std::vector<ParsedJwk>> parsed =

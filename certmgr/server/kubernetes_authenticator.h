@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "certmgr/base/clock.h"
+#include "certmgr/base/file.h"
 #include "certmgr/pki/openssl_ptr.h"
 #include "certmgr/server/caller_authenticator.h"
 
@@ -53,13 +54,7 @@ class KubernetesAuthenticator final : public CallerAuthenticator {
   const base::Clock& clock_;
   absl::Mutex mu_;
   std::multimap<std::string, Jwk> keys_ ABSL_GUARDED_BY(mu_);  // by kid ("" when absent)
-  struct FileVersion {
-    ino_t inode = 0;
-    off_t size = -1;
-    int64_t mtime_ns = -1;
-    bool operator==(const FileVersion&) const = default;
-  };
-  FileVersion loaded_ ABSL_GUARDED_BY(mu_);
+  base::FileVersion loaded_ ABSL_GUARDED_BY(mu_);
 };
 
 // ParseJwks parses a JWKS document into (kid, kty, key) entries; RSA (n, e) and EC P-256
