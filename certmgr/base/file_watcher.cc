@@ -13,9 +13,10 @@ FileWatcher::FileWatcher(std::vector<std::string> paths, absl::Duration interval
 
 FileWatcher::~FileWatcher() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
+  cv_.notify_all();
   thread_.join();
 }
 
@@ -30,8 +31,8 @@ std::vector<FileVersion> FileWatcher::Snapshot() const {
 void FileWatcher::Run() {
   while (true) {
     {
-      absl::MutexLock lock(&mu_);
-      mu_.AwaitWithTimeout(absl::Condition(&stopping_), interval_);
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, absl::ToChronoNanoseconds(interval_), [this] { return stopping_; });
       if (stopping_) {
         return;
       }

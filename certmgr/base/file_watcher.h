@@ -2,7 +2,9 @@
 
 #include <sys/types.h>
 
+#include <condition_variable>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,8 +35,10 @@ class FileWatcher {
   const absl::Duration interval_;
   const std::function<void()> on_change_;
   std::vector<FileVersion> seen_;  // touched only by the watcher thread (and the constructor)
-  absl::Mutex mu_;
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // std::mutex so ThreadSanitizer sees the stop handoff (Debian's Abseil has no TSan hooks).
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;  // guarded by mu_
   std::thread thread_;
 };
 

@@ -87,7 +87,7 @@ void EventLoop::Defer(absl::AnyInvocable<void()> work) { deferred_.push_back(std
 
 void EventLoop::Post(absl::AnyInvocable<void()> task) {
   {
-    absl::MutexLock lock(&post_mu_);
+    std::lock_guard<std::mutex> lock(post_mu_);
     posted_.push_back(std::move(task));
   }
   const uint64_t one = 1;
@@ -96,7 +96,7 @@ void EventLoop::Post(absl::AnyInvocable<void()> task) {
 
 void EventLoop::Stop() {
   {
-    absl::MutexLock lock(&post_mu_);
+    std::lock_guard<std::mutex> lock(post_mu_);
     stop_ = true;
   }
   const uint64_t one = 1;
@@ -130,7 +130,7 @@ void EventLoop::RunTimers() {
 void EventLoop::RunPosted() {
   std::vector<absl::AnyInvocable<void()>> tasks;
   {
-    absl::MutexLock lock(&post_mu_);
+    std::lock_guard<std::mutex> lock(post_mu_);
     tasks.swap(posted_);
   }
   for (auto& task : tasks) {
@@ -143,7 +143,7 @@ void EventLoop::Run() {
   epoll_event events[kMaxEvents];
   while (true) {
     {
-      absl::MutexLock lock(&post_mu_);
+      std::lock_guard<std::mutex> lock(post_mu_);
       if (stop_) {
         break;
       }

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <unordered_map>
 #include <vector>
 
@@ -66,9 +67,11 @@ class EventLoop {
   TimerId next_timer_id_ = 1;
   std::vector<absl::AnyInvocable<void()>> deferred_;
 
-  absl::Mutex post_mu_;  // held only to push or swap the queue
-  std::vector<absl::AnyInvocable<void()>> posted_ ABSL_GUARDED_BY(post_mu_);
-  bool stop_ ABSL_GUARDED_BY(post_mu_) = false;
+  // std::mutex (not absl::Mutex) so ThreadSanitizer sees this cross-thread handoff: Debian's
+  // Abseil is not built with TSan annotations. Held only to push or swap the queue.
+  std::mutex post_mu_;
+  std::vector<absl::AnyInvocable<void()>> posted_;  // guarded by post_mu_
+  bool stop_ = false;                               // guarded by post_mu_
 };
 
 }  // namespace meshtls::sidecar::net

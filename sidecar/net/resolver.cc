@@ -12,9 +12,10 @@ Resolver::Resolver() : thread_([this] { Run(); }) {}
 
 Resolver::~Resolver() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
+  cv_.notify_all();
   thread_.join();
 }
 
@@ -23,19 +24,19 @@ void Resolver::Resolve(const base::HostPort& target, Callback callback) {
     callback(ToSocketAddress(target));
     return;
   }
-  absl::MutexLock lock(&mu_);
-  queue_.push_back({target, std::move(callback)});
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back({target, std::move(callback)});
+  }
+  cv_.notify_one();
 }
 
 void Resolver::Run() {
   while (true) {
     std::vector<Request> batch;
     {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](Resolver* r)
-               ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) { return r->stopping_ || !r->queue_.empty(); },
-          this));
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       if (stopping_) {
         return;
       }

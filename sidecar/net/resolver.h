@@ -1,5 +1,7 @@
 #pragma once
 
+#include <condition_variable>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -29,9 +31,11 @@ class Resolver {
     Callback callback;
   };
   void Run();
-  absl::Mutex mu_;
-  std::vector<Request> queue_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // std::mutex (not absl::Mutex) so ThreadSanitizer sees the handoff (see EventLoop).
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Request> queue_;  // guarded by mu_
+  bool stopping_ = false;       // guarded by mu_
   std::thread thread_;
 };
 

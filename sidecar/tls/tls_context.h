@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -58,13 +59,23 @@ class TlsContext {
 
 // TlsContextStore holds the context for new connections. Publish() runs on the rotator's
 // thread; Snapshot() on workers, once per accepted or dialed connection (never per read).
+// A std::mutex rather than std::atomic<std::shared_ptr>: GCC 12's atomic shared_ptr also takes
+// an internal lock, but releases it with a relaxed store on load(), which ThreadSanitizer
+// rightly reports; the mutex costs the same for a copy per connection and is TSan-visible.
 class TlsContextStore {
  public:
-  void Publish(std::shared_ptr<const TlsContext> ctx) { current_.store(std::move(ctx)); }
-  std::shared_ptr<const TlsContext> Snapshot() const { return current_.load(); }
+  void Publish(std::shared_ptr<const TlsContext> ctx) {
+    std::lock_guard<std::mutex> lock(mu_);
+    current_.swap(ctx);  // `ctx` now holds the old generation, released after the lock
+  }
+  std::shared_ptr<const TlsContext> Snapshot() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return current_;
+  }
 
  private:
-  std::atomic<std::shared_ptr<const TlsContext>> current_;  // GCC 12: brief internal lock
+  mutable std::mutex mu_;
+  std::shared_ptr<const TlsContext> current_;
 };
 
 }  // namespace meshtls::sidecar

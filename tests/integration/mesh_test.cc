@@ -132,7 +132,7 @@ class MeshTest : public ::testing::Test {
   // and a frontend sidecar with an outbound listener to it; `sidecar_extra` is appended to
   // both sidecar configs.
   void StartMesh(const std::string& certmgr_extra = "", const std::string& sidecar_extra = "") {
-    certmgr_ = *CertmgrProcess::Start(dir_, kTd, certmgr_extra);
+    MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd, certmgr_extra));
     backend_port_ = testing::PickFreePort();
     frontend_port_ = testing::PickFreePort();
     backend_ =
@@ -331,7 +331,7 @@ int64_t RssKiB(pid_t pid) {
 
 TEST_F(MeshTest, SlowAppSlowsTheWriterInsteadOfGrowingMemory) {
   StalledApp stalled;
-  certmgr_ = *CertmgrProcess::Start(dir_, kTd);
+  MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd));
   backend_port_ = testing::PickFreePort();
   frontend_port_ = testing::PickFreePort();
   backend_ =
@@ -427,10 +427,12 @@ TEST_F(MeshTest, OutageLongerThanTheLifetimeFailsClosedThenRecoversWithoutRestar
 TEST_F(MeshTest, KubernetesServiceAccountTokenBootstrapsASidecar) {
   testing::JwtSigner cluster_key = testing::NewRs256Signer("cluster-1");
   const std::string jwks = dir_.Write("k8s-jwks.json", testing::Jwks({cluster_key}));
-  certmgr_ = *CertmgrProcess::Start(
-      dir_, kTd,
-      absl::StrCat("  kubernetes: {issuer: https://kubernetes.default.svc, jwks_file: ", jwks,
-                   ", allowed_namespaces: [default]}\n"));
+  MESHTLS_ASSERT_OK_AND_MOVE(
+      certmgr_,
+      CertmgrProcess::Start(
+          dir_, kTd,
+          absl::StrCat("  kubernetes: {issuer: https://kubernetes.default.svc, jwks_file: ", jwks,
+                       ", allowed_namespaces: [default]}\n")));
   auto token_for = [&](const std::string& ns, const std::string& sa) {
     return testing::SignJwt(
         cluster_key, testing::ServiceAccountClaims("https://kubernetes.default.svc", "meshtls", ns,
@@ -501,10 +503,11 @@ TEST_F(MeshTest, FiftyRenewalsUnderLoadLoseNothing) {
 
 TEST_F(MeshTest, CaRotationEndToEndWithTrafficAndNoRestart) {
   // 6 s certificates; automatic rotation off so the operator's steps are what is tested.
-  certmgr_ = *CertmgrProcess::Start(dir_, kTd,
-                                    "issuance: {default_ttl: 6s, min_ttl: 2s, max_ttl: 6s, "
-                                    "backdate: 0}\n",
-                                    ", rotation: {auto: false}");
+  MESHTLS_ASSERT_OK_AND_MOVE(
+      certmgr_, CertmgrProcess::Start(dir_, kTd,
+                                      "issuance: {default_ttl: 6s, min_ttl: 2s, max_ttl: 6s, "
+                                      "backdate: 0}\n",
+                                      ", rotation: {auto: false}"));
   backend_port_ = testing::PickFreePort();
   frontend_port_ = testing::PickFreePort();
   const std::string keep = "tls: {close_on_expiry: false}\n";
@@ -614,7 +617,7 @@ TEST_F(MeshTest, DeniedIdentityNeverReachesTheApp) {
 }
 
 TEST_F(MeshTest, SidecarWithABadTokenStaysUnreadyAndFailsClosed) {
-  certmgr_ = *CertmgrProcess::Start(dir_, kTd);
+  MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd));
   backend_port_ = testing::PickFreePort();
   const uint16_t port = testing::PickFreePort();
   auto lost = StartSidecar("lost", kFrontend, OutboundToBackend(port),
@@ -662,7 +665,7 @@ std::string ClaimingCsr(const pki::PrivateKey& key, const std::string& claimed) 
 }
 
 TEST_F(MeshTest, CertmgrRefusesBadCredentialsAndIgnoresClaimedIdentity) {
-  certmgr_ = *CertmgrProcess::Start(dir_, kTd);
+  MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd));
   auto client = certmgr::NewGrpcCaClient(certmgr_->address(),
                                          *base::ReadFileToString(certmgr_->ca_pem_path()));
   pki::PrivateKey key = *pki::PrivateKey::GenerateEcP256();

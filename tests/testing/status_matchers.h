@@ -41,3 +41,12 @@ MATCHER_P2(StatusIs, code, message_substring,
 }
 
 }  // namespace meshtls::testing
+
+// MESHTLS_ASSERT_OK_AND_MOVE(lhs, expr): fails the test (instead of aborting the binary) when
+// the StatusOr `expr` holds an error; otherwise moves its value into `lhs`.
+#define MESHTLS_ASSERT_OK_AND_MOVE(lhs, expr)          \
+  do {                                                 \
+    auto statusor_ = (expr);                           \
+    ASSERT_TRUE(statusor_.ok()) << statusor_.status(); \
+    lhs = *std::move(statusor_);                       \
+  } while (0)
