@@ -57,55 +57,56 @@ int main(int argc, char** argv) {
   if (!parsed->words.empty()) {
     return UsageError(absl::StrCat("unexpected argument \"", parsed->words[0], "\" (see --help)"));
   }
-  std::map<std::string, std::string>& flags = parsed->values;
-  if (flags.count("help") != 0) {
+  const base::Flags& flags = *parsed;
+  if (flags.Has("help")) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  if (flags.count("version") != 0) {
+  if (flags.Has("version")) {
     std::puts("meshtls-sidecar 0.1.0");
     return 0;
   }
-  if (flags.count("config") == 0) {
+  const std::optional<std::string> config_path = flags.Get("config");
+  if (!config_path) {
     return UsageError("--config is required (see --help)");
   }
-  absl::StatusOr<std::string> text = base::ReadFileToString(flags["config"]);
+  absl::StatusOr<std::string> text = base::ReadFileToString(*config_path);
   if (!text.ok()) {
     return UsageError(absl::StrCat("--config: ", text.status().message()));
   }
   absl::StatusOr<sidecar::SidecarConfig> config = sidecar::ParseSidecarConfig(*text);
   if (!config.ok()) {
-    return UsageError(absl::StrCat(flags["config"], ": ", config.status().message()));
+    return UsageError(absl::StrCat(*config_path, ": ", config.status().message()));
   }
-  if (auto it = flags.find("admin"); it != flags.end()) {
-    absl::StatusOr<base::HostPort> hp = base::ParseHostPort(it->second, true);
+  if (std::optional<std::string> v = flags.Get("admin")) {
+    absl::StatusOr<base::HostPort> hp = base::ParseHostPort(*v, true);
     if (!hp.ok() || !hp->host_is_ip) {
       return UsageError("--admin must be an IP address and port, such as 127.0.0.1:15000");
     }
     config->admin_listen = hp->ToString();
   }
-  if (auto it = flags.find("log-level"); it != flags.end()) {
-    absl::StatusOr<base::LogLevel> level = base::ParseLogLevel(it->second);
+  if (std::optional<std::string> v = flags.Get("log-level")) {
+    absl::StatusOr<base::LogLevel> level = base::ParseLogLevel(*v);
     if (!level.ok()) {
       return UsageError(absl::StrCat("--log-level: ", level.status().message()));
     }
     config->log.level = *level;
   }
-  if (auto it = flags.find("log-format"); it != flags.end()) {
-    absl::StatusOr<base::LogFormat> format = base::ParseLogFormat(it->second);
+  if (std::optional<std::string> v = flags.Get("log-format")) {
+    absl::StatusOr<base::LogFormat> format = base::ParseLogFormat(*v);
     if (!format.ok()) {
       return UsageError(absl::StrCat("--log-format: ", format.status().message()));
     }
     config->log.format = *format;
   }
-  if (auto it = flags.find("workers"); it != flags.end()) {
+  if (std::optional<std::string> v = flags.Get("workers")) {
     int workers = 0;
-    if (!absl::SimpleAtoi(it->second, &workers) || workers < 0 || workers > 256) {
+    if (!absl::SimpleAtoi(*v, &workers) || workers < 0 || workers > 256) {
       return UsageError("--workers must be a whole number from 0 to 256");
     }
     config->workers = workers;
   }
-  if (flags.count("check") != 0) {
+  if (flags.Has("check")) {
     std::puts("configuration is valid");
     return 0;
   }

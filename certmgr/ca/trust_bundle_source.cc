@@ -2,8 +2,8 @@
 
 namespace meshtls::certmgr {
 
-TrustBundleSource::TrustBundleSource(std::string trust_domain,
-                                     std::vector<pki::Certificate> roots, uint64_t sequence) {
+TrustBundleSource::TrustBundleSource(std::string trust_domain, std::vector<pki::Certificate> roots,
+                                     uint64_t sequence) {
   auto bundle = std::make_shared<TrustBundle>();
   bundle->trust_domain = std::move(trust_domain);
   bundle->roots = std::move(roots);
@@ -14,15 +14,6 @@ TrustBundleSource::TrustBundleSource(std::string trust_domain,
 std::shared_ptr<const TrustBundle> TrustBundleSource::Current() const {
   absl::MutexLock lock(&mu_);
   return current_;
-}
-
-void TrustBundleSource::Update(std::vector<pki::Certificate> roots) {
-  uint64_t next;
-  {
-    absl::MutexLock lock(&mu_);
-    next = current_->sequence + 1;
-  }
-  UpdateTo(std::move(roots), next);
 }
 
 void TrustBundleSource::UpdateTo(std::vector<pki::Certificate> roots, uint64_t sequence) {

@@ -29,8 +29,6 @@ class TrustBundleSource {
                     uint64_t sequence = 1);
 
   std::shared_ptr<const TrustBundle> Current() const;
-  // Update publishes new roots with the next sequence number.
-  void Update(std::vector<pki::Certificate> roots);
   // UpdateTo publishes roots with a given sequence (shared CA state: every replica agrees);
   // a sequence not above the current one is ignored.
   void UpdateTo(std::vector<pki::Certificate> roots, uint64_t sequence);

@@ -80,13 +80,12 @@ absl::Status Rotator::RefreshOnce() {
     backoff_ = absl::ZeroDuration();
     last_success_ = now;
     last_error_.clear();
-    base::LogInfo(
-        "certificate renewed",
-        {{"spiffe_id",
-          current_->chain[0].UriSans().empty() ? std::string() : current_->chain[0].UriSans()[0]},
-         {"serial", current_->chain[0].SerialHex()},
-         {"not_after", absl::FormatTime(current_->chain[0].not_after())},
-         {"next_refresh", absl::FormatTime(next_refresh_)}});
+    const std::vector<std::string> uris = current_->chain[0].UriSans();
+    base::LogInfo("certificate renewed",
+                  {{"spiffe_id", uris.empty() ? std::string() : uris[0]},
+                   {"serial", current_->chain[0].SerialHex()},
+                   {"not_after", absl::FormatTime(current_->chain[0].not_after())},
+                   {"next_refresh", absl::FormatTime(next_refresh_)}});
     return absl::OkStatus();
   }();
   if (!result.ok()) {

@@ -78,15 +78,4 @@ absl::Status CheckKeyAcceptable(EVP_PKEY* key) {
   }
 }
 
-absl::StatusOr<std::string> PublicKeyToDer(EVP_PKEY* key) {
-  unsigned char* der = nullptr;
-  int len = i2d_PUBKEY(key, &der);
-  if (len <= 0) {
-    return OpenSslError(absl::StatusCode::kInternal, "i2d_PUBKEY");
-  }
-  std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(len));
-  OPENSSL_free(der);
-  return out;
-}
-
 }  // namespace meshtls::pki

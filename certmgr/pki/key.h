@@ -38,7 +38,4 @@ class PrivateKey {
 // in certificates. The error names what is wrong with the key.
 absl::Status CheckKeyAcceptable(EVP_PKEY* key);
 
-// PublicKeyToDer returns the SubjectPublicKeyInfo DER of `key`.
-absl::StatusOr<std::string> PublicKeyToDer(EVP_PKEY* key);
-
 }  // namespace meshtls::pki

@@ -95,7 +95,6 @@ class CertmgrServerImpl final : public CertmgrServer {
     return absl::OkStatus();
   }
 
-  int grpc_port() const override { return grpc_port_; }
   int admin_port() const override { return admin_ == nullptr ? 0 : admin_->port(); }
 
   void Shutdown() override {

@@ -17,7 +17,6 @@ class CertmgrServer {
                                                                const base::Clock& clock);
   virtual ~CertmgrServer() = default;
 
-  virtual int grpc_port() const = 0;
   virtual int admin_port() const = 0;
   virtual void Shutdown() = 0;
 };

@@ -6,7 +6,6 @@
 #include <openssl/ecdsa.h>
 #include <openssl/err.h>
 #include <openssl/param_build.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cmath>
@@ -209,7 +208,7 @@ absl::StatusOr<std::vector<EVP_PKEY*>> KubernetesAuthenticator::Keys(const std::
     if (parsed.ok()) {
       keys_.clear();
       for (ParsedJwk& k : *parsed) {
-        keys_.emplace(k.kid, Jwk{k.kty, std::move(k.key)});
+        keys_.emplace(k.kid, std::move(k));
       }
       loaded_ = now;
     } else {

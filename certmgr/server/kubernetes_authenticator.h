@@ -17,6 +17,15 @@
 
 namespace meshtls::certmgr {
 
+// ParseJwks parses a JWKS document into (kid, kty, key) entries; RSA (n, e) and EC P-256
+// (x, y) keys are supported, others are skipped.
+struct ParsedJwk {
+  std::string kid;
+  std::string kty;
+  pki::EvpPkeyPtr key;
+};
+absl::StatusOr<std::vector<ParsedJwk>> ParseJwks(absl::string_view json);
+
 struct KubernetesAuthOptions {
   std::string trust_domain;
   std::string issuer;                // the cluster's service-account issuer (`iss`)
@@ -41,10 +50,6 @@ class KubernetesAuthenticator final : public CallerAuthenticator {
   absl::StatusOr<pki::SpiffeId> Authenticate(const CallerCredentials& credentials) override;
 
  private:
-  struct Jwk {
-    std::string kty;  // "RSA" or "EC"
-    pki::EvpPkeyPtr key;
-  };
   // Keys returns the JWKS keys with `kid` (all keys when kid is empty), reloading the file if
   // it changed.
   absl::StatusOr<std::vector<EVP_PKEY*>> Keys(const std::string& kid, const std::string& kty)
@@ -53,17 +58,8 @@ class KubernetesAuthenticator final : public CallerAuthenticator {
   const KubernetesAuthOptions options_;
   const base::Clock& clock_;
   absl::Mutex mu_;
-  std::multimap<std::string, Jwk> keys_ ABSL_GUARDED_BY(mu_);  // by kid ("" when absent)
+  std::multimap<std::string, ParsedJwk> keys_ ABSL_GUARDED_BY(mu_);  // by kid ("" when absent)
   base::FileVersion loaded_ ABSL_GUARDED_BY(mu_);
 };
-
-// ParseJwks parses a JWKS document into (kid, kty, key) entries; RSA (n, e) and EC P-256
-// (x, y) keys are supported, others are skipped.
-struct ParsedJwk {
-  std::string kid;
-  std::string kty;
-  pki::EvpPkeyPtr key;
-};
-absl::StatusOr<std::vector<ParsedJwk>> ParseJwks(absl::string_view json);
 
 }  // namespace meshtls::certmgr

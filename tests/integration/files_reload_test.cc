@@ -38,15 +38,6 @@ class FilesReloadTest : public ::testing::Test {
     ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
   }
 
-  std::string ServedSerial() {
-    absl::StatusOr<testing::HttpResult> r = testing::HttpGet(backend_->admin_port(), "/certs");
-    if (!r.ok()) {
-      return "";
-    }
-    size_t at = r->body.find("\"serial\":\"");
-    return at == std::string::npos ? "" : r->body.substr(at + 10, 32);
-  }
-
   // ClientWorks completes a handshake and a round trip as the allowed frontend.
   bool ClientWorks() {
     absl::StatusOr<std::unique_ptr<testing::TlsClient>> c = testing::TlsClient::Connect(
@@ -89,13 +80,13 @@ TEST_F(FilesReloadTest, KubernetesSecretVolumeSwapIsApplied) {
     ASSERT_EQ(::symlink(absl::StrCat("..data/", name).c_str(), dir_.File(name).c_str()), 0);
   }
   Start(dir_.File("tls.crt"), dir_.File("tls.key"), dir_.File("ca.crt"));
-  EXPECT_EQ(ServedSerial(), v1.chain[0].SerialHex());
+  EXPECT_EQ(backend_->ServedSerial(), v1.chain[0].SerialHex());
   EXPECT_TRUE(ClientWorks());
 
   testing::IssuedLeaf v2 = ca_.Issue(kBackend);
   write_version("..2026_11_23_v2", v2);
   point_data_at("..2026_11_23_v2");
-  EXPECT_TRUE(testing::WaitFor([&] { return ServedSerial() == v2.chain[0].SerialHex(); },
+  EXPECT_TRUE(testing::WaitFor([&] { return backend_->ServedSerial() == v2.chain[0].SerialHex(); },
                                absl::Seconds(10)))
       << backend_->process().Log();
   EXPECT_EQ(backend_->Metric("meshtls_tls_context_generation"), 2);
@@ -110,26 +101,26 @@ TEST_F(FilesReloadTest, BadUpdatesAreRejectedWhileTheOldContextServes) {
   const std::string key = dir_.Write("key.pem", v1.KeyPem(), 0600);
   const std::string bundle = dir_.Write("ca.pem", ca_.RootPem());
   Start(cert, key, bundle);
-  const std::string serial = ServedSerial();
+  const std::string serial = backend_->ServedSerial();
 
   // A key that does not match the certificate.
   dir_.Write("key.pem", ca_.Issue(kBackend).KeyPem(), 0600);
   EXPECT_TRUE(backend_->WaitForMetric(R"(meshtls_cert_renewals_total{result="failure"})", 1));
-  EXPECT_EQ(ServedSerial(), serial);
+  EXPECT_EQ(backend_->ServedSerial(), serial);
   EXPECT_EQ(backend_->Metric("meshtls_tls_context_generation"), 1);
   EXPECT_TRUE(ClientWorks()) << "the old context must keep serving";
 
   // An unparsable certificate (a half-written file).
   dir_.Write("cert.pem", v1.ChainPem().substr(0, 100));
   EXPECT_TRUE(backend_->WaitForMetric(R"(meshtls_cert_renewals_total{result="failure"})", 2));
-  EXPECT_EQ(ServedSerial(), serial);
+  EXPECT_EQ(backend_->ServedSerial(), serial);
   EXPECT_TRUE(ClientWorks());
 
   // A good pair again (the key first, then the certificate) is applied.
   testing::IssuedLeaf v2 = ca_.Issue(kBackend);
   dir_.Write("key.pem", v2.KeyPem(), 0600);
   dir_.Write("cert.pem", v2.ChainPem());
-  EXPECT_TRUE(testing::WaitFor([&] { return ServedSerial() == v2.chain[0].SerialHex(); },
+  EXPECT_TRUE(testing::WaitFor([&] { return backend_->ServedSerial() == v2.chain[0].SerialHex(); },
                                absl::Seconds(10)));
   EXPECT_TRUE(ClientWorks());
 }

@@ -119,7 +119,7 @@ Subprocess::~Subprocess() {
       ADD_FAILURE() << args0_ << " did not exit within 15 s of SIGTERM; log:\n" << Log();
       return;
     }
-    if (*exit_code_ != 0 && !expect_nonzero_exit_) {
+    if (*exit_code_ != 0) {
       ADD_FAILURE() << args0_ << " exited with " << *exit_code_ << " after SIGTERM; log:\n"
                     << Log();
     }
@@ -283,6 +283,41 @@ absl::StatusOr<std::string> RecvUntilEof(int fd, absl::Duration timeout, size_t 
   return absl::ResourceExhaustedError("more than max bytes");
 }
 
+base::UniqueFd ListenLoopback(uint16_t* port, int backlog) {
+  base::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a = Loopback(0);
+  int one = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  ::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  ::listen(fd.get(), backlog);
+  socklen_t len = sizeof(a);
+  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
+absl::Status ClosedWithoutData(int fd, absl::Duration timeout) {
+  absl::StatusOr<std::string> rest = RecvUntilEof(fd, timeout);
+  if (rest.ok()) {
+    return rest->empty() ? absl::OkStatus()
+                         : absl::FailedPreconditionError(
+                               absl::StrCat("received ", rest->size(), " bytes before the close"));
+  }
+  if (absl::IsUnavailable(rest.status())) {
+    return absl::OkStatus();  // reset: closed, and nothing was delivered
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("the connection was not closed: ", rest.status().message()));
+}
+
+absl::Status RefusedWithoutData(uint16_t port, absl::Duration timeout) {
+  absl::StatusOr<base::UniqueFd> conn = TcpConnect(port, timeout);
+  if (!conn.ok()) {
+    return absl::IsUnavailable(conn.status()) ? absl::OkStatus() : conn.status();
+  }
+  return ClosedWithoutData(conn->get(), timeout);
+}
+
 std::string RandomBytes(size_t n) {
   std::mt19937_64 rng(n * 7919 + 17);
   std::string out(n, '\0');
@@ -337,15 +372,7 @@ double ScrapeMetric(uint16_t admin_port, absl::string_view series) {
   return MetricValue(r->body, series).value_or(-1);
 }
 
-EchoServer::EchoServer() : listen_fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
-  sockaddr_in a = Loopback(0);
-  int one = 1;
-  ::setsockopt(listen_fd_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  ::bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  ::listen(listen_fd_.get(), 128);
-  socklen_t len = sizeof(a);
-  ::getsockname(listen_fd_.get(), reinterpret_cast<sockaddr*>(&a), &len);
-  port_ = ntohs(a.sin_port);
+EchoServer::EchoServer() : listen_fd_(ListenLoopback(&port_)) {
   accept_thread_ = std::thread([this] { AcceptLoop(); });
 }
 

@@ -51,14 +51,11 @@ class Subprocess {
   std::optional<int> WaitForExit(absl::Duration timeout);
   std::string Log() const;
   pid_t pid() const { return pid_; }
-  // ExpectNonzeroExit: a non-zero exit after SIGTERM is not a failure (negative tests).
-  void ExpectNonzeroExit() { expect_nonzero_exit_ = true; }
 
  private:
   Subprocess(pid_t pid, std::string log_path) : pid_(pid), log_path_(std::move(log_path)) {}
   pid_t pid_;
   std::string args0_;
-  bool expect_nonzero_exit_ = false;
   std::string log_path_;
   std::optional<int> exit_code_;
 };
@@ -87,6 +84,17 @@ absl::Status SendAll(int fd, absl::string_view data);
 // RecvExactly reads n bytes; RecvUntilEof reads until EOF (at most `max` bytes).
 absl::StatusOr<std::string> RecvExactly(int fd, size_t n, absl::Duration timeout);
 absl::StatusOr<std::string> RecvUntilEof(int fd, absl::Duration timeout, size_t max = 64 << 20);
+// ListenLoopback makes a listening socket on 127.0.0.1 with a free port, stored in `*port`.
+base::UniqueFd ListenLoopback(uint16_t* port, int backlog = 128);
+
+// ClosedWithoutData is OK when the peer ends the connection (FIN or reset) within `timeout`
+// without sending a byte. A connection still open at the deadline, or any byte, is an error:
+// "not ok" from a read must never pass for "refused".
+absl::Status ClosedWithoutData(int fd, absl::Duration timeout = absl::Seconds(10));
+// RefusedWithoutData connects to `port` and expects ClosedWithoutData; a reset during the
+// connect itself also counts as refused.
+absl::Status RefusedWithoutData(uint16_t port, absl::Duration timeout = absl::Seconds(10));
+
 // RandomBytes returns n pseudo-random bytes.
 std::string RandomBytes(size_t n);
 
@@ -104,8 +112,8 @@ class EchoServer {
  private:
   void AcceptLoop();
   void Serve(base::UniqueFd fd);
+  uint16_t port_ = 0;  // declared first: ListenLoopback fills it while listen_fd_ is built
   base::UniqueFd listen_fd_;
-  uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<int> connections_{0};
   std::atomic<uint64_t> bytes_{0};

@@ -16,8 +16,8 @@ absl::StatusOr<std::unique_ptr<CertmgrProcess>> CertmgrProcess::Start(
       "certmgr.yaml",
       absl::StrCat("trust_domain: ", trust_domain, "\nlisten: 127.0.0.1:", c->grpc_port_,
                    "\nadmin: {listen: 127.0.0.1:", c->admin_port_, "}\nca: {dir: ", dir.File("ca"),
-                   ca_extra, "}\nauthenticators:\n  join_tokens: {file: ", dir.File("join-tokens"), "}\n",
-                   extra_yaml));
+                   ca_extra, "}\nauthenticators:\n  join_tokens: {file: ", dir.File("join-tokens"),
+                   "}\n", extra_yaml));
   if (absl::Status s = c->Launch(); !s.ok()) {
     return s;
   }
@@ -112,6 +112,20 @@ bool SidecarProcess::WaitReady(absl::Duration timeout) {
 bool SidecarProcess::WaitForMetric(const std::string& series, double value,
                                    absl::Duration timeout) const {
   return WaitFor([&] { return Metric(series) >= value; }, timeout);
+}
+
+std::string SidecarProcess::ServedSerial() const {
+  absl::StatusOr<HttpResult> r = HttpGet(admin_port_, "/certs");
+  if (!r.ok()) {
+    return "";
+  }
+  const std::string kKey = "\"serial\":\"";
+  size_t at = r->body.find(kKey);
+  if (at == std::string::npos) {
+    return "";
+  }
+  at += kKey.size();
+  return r->body.substr(at, r->body.find('"', at) - at);
 }
 
 std::string Handshakes(const std::string& direction, const std::string& result) {

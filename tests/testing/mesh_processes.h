@@ -60,6 +60,8 @@ class SidecarProcess {
   // WaitForMetric polls until the series reaches at least `value`.
   bool WaitForMetric(const std::string& series, double value,
                      absl::Duration timeout = absl::Seconds(10)) const;
+  // ServedSerial returns the serial of the certificate in use, from /certs ("" if none).
+  std::string ServedSerial() const;
   uint16_t admin_port() const { return admin_port_; }
   Subprocess& process() { return *process_; }
 

@@ -102,19 +102,10 @@ absl::StatusOr<std::string> TlsClient::Read(size_t max, absl::Duration timeout) 
 }
 
 TlsServer::TlsServer(const TlsIdentity& identity)
-    : ctx_(SSL_CTX_new(TLS_server_method())),
-      listen_fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+    : ctx_(SSL_CTX_new(TLS_server_method())), listen_fd_(ListenLoopback(&port_, 16)) {
   (void)UseIdentity(ctx_.get(), identity);
   SSL_CTX_set_verify(ctx_.get(), SSL_VERIFY_PEER,
                      [](int, X509_STORE_CTX*) { return 1; });  // request, accept anything
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  ::listen(listen_fd_.get(), 16);
-  socklen_t len = sizeof(a);
-  ::getsockname(listen_fd_.get(), reinterpret_cast<sockaddr*>(&a), &len);
-  port_ = ntohs(a.sin_port);
   thread_ = std::thread([this] { Run(); });
 }
 

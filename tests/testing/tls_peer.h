@@ -57,8 +57,8 @@ class TlsServer {
  private:
   void Run();
   sidecar::SslCtxPtr ctx_;
+  uint16_t port_ = 0;  // declared first: ListenLoopback fills it while listen_fd_ is built
   base::UniqueFd listen_fd_;
-  uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<int> accepted_{0};
   std::atomic<int> handshakes_{0};

@@ -43,7 +43,8 @@ TEST_F(ChainVerifierTest, RejectsCaTrueLeaf) {
   CertificateProfile p = TestCa::LeafProfile(kId, now_ - absl::Minutes(1), now_ + absl::Hours(1));
   p.is_ca = true;
   p.common_name = "leaf";  // so that OpenSSL's strict empty-subject rule is not what fails
-  EXPECT_THAT(Verify(ca_.IssueWith(p)), StatusIs(absl::StatusCode::kUnauthenticated, "CA"));
+  EXPECT_THAT(Verify(ca_.IssueWith(p)),
+              StatusIs(absl::StatusCode::kUnauthenticated, "must be CA:FALSE"));
 }
 
 TEST_F(ChainVerifierTest, RejectsKeyCertSignOnLeaf) {
