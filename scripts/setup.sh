@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages meshtls needs to build, test and run its demo.
-# Idempotent and non-interactive: installs only what is missing.
+# Idempotent and non-interactive: installs only what is missing. Arguments name extra packages
+# (the benchmark's peers).
 set -euo pipefail
 
 packages=(
@@ -10,6 +11,7 @@ packages=(
   libgtest-dev libgmock-dev
   curl python3
 )
+packages+=("$@")
 
 missing=()
 for p in "${packages[@]}"; do
