@@ -122,6 +122,20 @@ std::vector<MetricFamily> SidecarCollector::Collect() const {
   out.push_back(std::move(bytes));
   out.push_back(std::move(refused));
 
+  // Per worker (a small, fixed set: the configured worker count), to see how SO_REUSEPORT
+  // spreads connections.
+  MetricFamily per_worker =
+      Family("meshtls_worker_connections_total",
+             "Accepted connections by worker thread (both directions).", MetricType::Counter);
+  for (size_t w = 0; w < shards_.size(); ++w) {
+    uint64_t accepted = 0;
+    for (int d = 0; d < kDirectionCount; ++d) {
+      accepted += shards_[w]->connections_total[d].Get();
+    }
+    AddCounter(per_worker, {{"worker", std::to_string(w)}}, static_cast<double>(accepted));
+  }
+  out.push_back(std::move(per_worker));
+
   MetricFamily authz =
       Family("meshtls_authz_decisions_total", "Peer identity authorization decisions by listener.",
              MetricType::Counter);

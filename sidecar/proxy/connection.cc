@@ -17,8 +17,8 @@
 namespace meshtls::sidecar {
 
 Connection::Connection(uint64_t id, ConnectionEnv& env, const ListenerRuntime& listener,
-                       base::UniqueFd accepted)
-    : id_(id), env_(env), listener_(listener) {
+                       SessionCache* session_cache, base::UniqueFd accepted)
+    : id_(id), env_(env), listener_(listener), session_cache_(session_cache) {
   // Inbound: the accepted socket speaks TLS. Outbound: it is the app's plain socket.
   if (listener_.direction == Direction::kInbound) {
     tls_.fd = std::move(accepted);
@@ -123,6 +123,16 @@ void Connection::StartTls() {
     return;
   }
   ssl_ = *std::move(ssl);
+  if (session_cache_ != nullptr) {
+    check_.session_cache = session_cache_;
+    std::optional<SessionCache::Entry> cached =
+        session_cache_->Find(context_->generation(), absl::Now());
+    // Offered only for an identity `expect` still allows (checked again if it resumes).
+    if (cached.has_value() && listener_.authorizer.Allows(cached->peer) &&
+        SSL_set_session(ssl_.get(), cached->session.get()) == 1) {
+      check_.resumed_peer_id = std::move(cached->peer);
+    }
+  }
   state_ = State::kHandshaking;
   if (timer_ != 0) {
     env_.loop.CancelTimer(timer_);
@@ -190,8 +200,23 @@ void Connection::OnHandshakeDone() {
     env_.loop.CancelTimer(timer_);
     timer_ = 0;
   }
-  // The verify callback ran (a full handshake always verifies the peer); refuse to proceed
-  // on any path where it did not, rather than relay for an unverified peer.
+  const bool resumed = SSL_session_reused(ssl_.get()) == 1;
+  if (resumed) {
+    // No certificate was verified: the identity is the one the session was established with
+    // (from our own ticket inbound, from the listener's cache outbound), authorized again here.
+    if (!check_.resumed_peer_id.has_value() ||
+        !listener_.authorizer.Allows(*check_.resumed_peer_id)) {
+      env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kIdentityDenied)]
+          .Add();
+      env_.counters.authz_deny[listener_.id].Add();
+      Close(/*abortive=*/true);
+      return;
+    }
+    check_.peer_id = check_.resumed_peer_id;
+    check_.verified = true;
+  }
+  // A full handshake always runs the verify callback; refuse to proceed on any path where it
+  // did not, rather than relay for an unverified peer.
   if (!check_.verified || !check_.peer_id.has_value()) {
     env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kInternal)].Add();
     base::LogError("handshake completed without peer verification; closing",
@@ -201,9 +226,8 @@ void Connection::OnHandshakeDone() {
   }
   const double seconds =
       std::chrono::duration<double>(net::EventLoop::Now() - handshake_start_).count();
-  const int resumed = SSL_session_reused(ssl_.get()) ? 1 : 0;
   env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kSuccess)].Add();
-  env_.counters.handshake_latency[DirectionIndex()][resumed].Observe(seconds);
+  env_.counters.handshake_latency[DirectionIndex()][resumed ? 1 : 0].Observe(seconds);
   env_.counters.authz_allow[listener_.id].Add();
   SetInterest(tls_, 0);
   if (listener_.direction == Direction::kInbound) {
@@ -215,6 +239,10 @@ void Connection::OnHandshakeDone() {
 
 void Connection::EnterRelaying() {
   state_ = State::kRelaying;
+  // Either side may already hold bytes (the app's first request, or a record that arrived
+  // with the handshake's last flight), and no readiness event may come for them.
+  plain_readable_ = true;
+  tls_readable_ = true;
   net::SetNoDelay(plain_.fd.get());
   last_activity_ = net::EventLoop::Now();
   ArmIdleTimer();
@@ -256,7 +284,10 @@ void Connection::ArmIdleTimer() {
   });
 }
 
-void Connection::OnEvents(bool tls_side, uint32_t /*events*/) {
+void Connection::OnEvents(bool tls_side, uint32_t events) {
+  if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) != 0) {
+    (tls_side ? tls_readable_ : plain_readable_) = true;
+  }
   switch (state_) {
     case State::kClosed:
     case State::kResolving:
@@ -299,16 +330,21 @@ void Connection::Progress() {
     tls_wants_write_ = false;
     plain_write_blocked_ = false;
 
-    // App -> buffer.
-    if (!plain_eof_ && to_tls_.space() > 0) {
-      ssize_t n = ::recv(plain_.fd.get(), to_tls_.WritableSpan(), to_tls_.WritableSize(), 0);
+    // App -> buffer. A short read drained the socket; epoll (level-triggered) reports it
+    // again when more arrives, so the next read waits for that instead of costing an EAGAIN.
+    if (!plain_eof_ && plain_readable_ && to_tls_.space() > 0) {
+      const size_t want = to_tls_.WritableSize();
+      ssize_t n = ::recv(plain_.fd.get(), to_tls_.WritableSpan(), want, 0);
       if (n > 0) {
         to_tls_.Commit(static_cast<size_t>(n));
+        plain_readable_ = static_cast<size_t>(n) == want;
         progress = true;
       } else if (n == 0) {
         plain_eof_ = true;
         progress = true;
-      } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        plain_readable_ = false;
+      } else if (errno != EINTR) {
         abort = true;
         break;
       }
@@ -345,8 +381,9 @@ void Connection::Progress() {
       }
     }
 
-    // Peer -> buffer.
-    if (!tls_eof_ && to_plain_.space() > 0) {
+    // Peer -> buffer. OpenSSL reads ahead, so records may wait in its buffer with the socket
+    // drained: SSL_has_pending, not epoll, says whether there is more.
+    if (!tls_eof_ && (tls_readable_ || SSL_has_pending(ssl_.get()) == 1) && to_plain_.space() > 0) {
       ERR_clear_error();
       int n = SSL_read(ssl_.get(), to_plain_.WritableSpan(),
                        static_cast<int>(to_plain_.WritableSize()));
@@ -361,7 +398,9 @@ void Connection::Progress() {
           progress = true;
         } else if (err == SSL_ERROR_WANT_WRITE) {
           tls_wants_write_ = true;
-        } else if (err != SSL_ERROR_WANT_READ) {
+        } else if (err == SSL_ERROR_WANT_READ) {
+          tls_readable_ = false;
+        } else {
           abort = true;  // reset, or EOF without close_notify: possibly truncated
           break;
         }
@@ -397,6 +436,8 @@ void Connection::Progress() {
   if (moved) {
     last_activity_ = net::EventLoop::Now();
   }
+  to_tls_.ReleaseIfEmpty();
+  to_plain_.ReleaseIfEmpty();
   if (abort) {
     ERR_clear_error();
     Close(/*abortive=*/true);

@@ -13,6 +13,7 @@
 #include "sidecar/net/resolver.h"
 #include "sidecar/proxy/relay_buffer.h"
 #include "sidecar/tls/peer_authorizer.h"
+#include "sidecar/tls/session_cache.h"
 #include "sidecar/tls/ssl_ptr.h"
 #include "sidecar/tls/tls_context.h"
 
@@ -61,8 +62,10 @@ struct ConnectionEnv {
 // Owned by its worker and used only on the worker's thread.
 class Connection {
  public:
+  // `session_cache` (outbound with resumption on; else null) is the worker's cache for this
+  // listener and outlives the connection.
   Connection(uint64_t id, ConnectionEnv& env, const ListenerRuntime& listener,
-             base::UniqueFd accepted);
+             SessionCache* session_cache, base::UniqueFd accepted);
   ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -113,6 +116,7 @@ class Connection {
   const uint64_t id_;
   ConnectionEnv& env_;
   const ListenerRuntime& listener_;
+  SessionCache* const session_cache_;
   State state_ = State::kResolving;
   Side tls_{*this, true};
   Side plain_{*this, false};
@@ -133,6 +137,10 @@ class Connection {
   bool tls_wants_read_ = false;   // a write or shutdown waits for the TLS socket to be readable
   bool tls_wants_write_ = false;  // an SSL call waits for the TLS socket to be writable
   bool plain_write_blocked_ = false;
+  // Readiness hints: set by epoll, cleared when a read finds the socket drained. Level-triggered
+  // epoll re-reports a socket that has data, so a hint cleared early costs a wake-up, not bytes.
+  bool plain_readable_ = false;
+  bool tls_readable_ = false;
   bool destroying_ = false;
   bool counted_active_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for resolver callbacks

@@ -6,8 +6,9 @@
 namespace meshtls::sidecar {
 
 // RelayBuffer is one direction's bounded byte queue (16 KiB, one TLS record's worth). Memory
-// is allocated on first use, so an idle or handshaking connection holds none. A full buffer
-// stops reading from the source: a slow reader slows the writer instead of growing memory.
+// is allocated on first use and given back by ReleaseIfEmpty() once drained, so an idle or
+// handshaking connection holds none. A full buffer stops reading from the source: a slow
+// reader slows the writer instead of growing memory.
 // Owned by one connection; not thread-safe.
 class RelayBuffer {
  public:
@@ -38,6 +39,14 @@ class RelayBuffer {
       begin_ = end_ = 0;
     }
   }
+  // ReleaseIfEmpty frees the memory of a drained buffer: idle connections are the common case
+  // (thousands held open by pools), and 16 KiB each would dominate their cost.
+  void ReleaseIfEmpty() {
+    if (empty()) {
+      data_.reset();
+    }
+  }
+  bool allocated() const { return data_ != nullptr; }
 
  private:
   std::unique_ptr<char[]> data_;

@@ -9,6 +9,7 @@
 #include "absl/synchronization/mutex.h"
 #include "certmgr/admin/admin_server.h"
 #include "certmgr/base/file.h"
+#include "certmgr/base/file_watcher.h"
 #include "certmgr/base/log.h"
 #include "certmgr/base/status_macros.h"
 #include "certmgr/client/ca_client.h"
@@ -16,7 +17,6 @@
 #include "sidecar/metrics/collector.h"
 #include "sidecar/net/resolver.h"
 #include "sidecar/net/socket.h"
-#include "certmgr/base/file_watcher.h"
 #include "sidecar/server/worker.h"
 #include "sidecar/tls/tls_context.h"
 
@@ -55,10 +55,7 @@ class ServerImpl final : public Server {
 
   absl::Status Init() {
     settings_.allow_tls12 = config_.tls.min_version == "1.2";
-    if (config_.tls.session_resumption) {
-      base::LogInfo(
-          "tls.session_resumption is accepted but not implemented yet: every handshake is full");
-    }
+    settings_.session_resumption = config_.tls.session_resumption;
     // Listener runtimes: inbound first, then outbound (this order indexes the authz counters).
     for (const auto* list : {&config_.inbound, &config_.outbound}) {
       for (const ListenerConfig& l : *list) {
@@ -105,7 +102,8 @@ class ServerImpl final : public Server {
                               .connect_timeout = ToMono(config_.limits.connect_timeout),
                               .idle_timeout = ToMono(config_.limits.idle_timeout),
                               .max_connections = config_.limits.max_connections,
-                              .close_on_expiry = config_.tls.close_on_expiry};
+                              .close_on_expiry = config_.tls.close_on_expiry,
+                              .session_resumption = config_.tls.session_resumption};
     std::vector<const WorkerCounters*> shards;
     for (int w = 0; w < worker_count; ++w) {
       MESHTLS_ASSIGN_OR_RETURN(std::unique_ptr<Worker> worker,

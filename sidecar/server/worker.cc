@@ -24,6 +24,9 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
                                                    listeners.size(), *std::move(loop)));
   for (size_t i = 0; i < listeners.size(); ++i) {
     auto acceptor = std::make_unique<Acceptor>(*worker, listeners[i], std::move(listen_fds[i]));
+    if (limits.session_resumption && listeners[i].direction == Direction::kOutbound) {
+      acceptor->sessions = std::make_unique<SessionCache>();
+    }
     absl::Status s = worker->loop_->Add(acceptor->fd.get(), EPOLLIN, acceptor.get());
     if (!s.ok()) {
       return s;
@@ -103,8 +106,8 @@ void Worker::Accept(Acceptor& acceptor) {
       continue;
     }
     const uint64_t id = next_connection_id_++;
-    auto connection =
-        std::make_unique<Connection>(id, env_, acceptor.listener, std::move(accepted));
+    auto connection = std::make_unique<Connection>(id, env_, acceptor.listener,
+                                                   acceptor.sessions.get(), std::move(accepted));
     Connection* raw = connection.get();
     connections_.emplace(id, std::move(connection));
     raw->Start();

@@ -23,6 +23,7 @@ struct WorkerLimits {
   net::MonoDuration idle_timeout;
   int max_connections = 20000;
   bool close_on_expiry = true;
+  bool session_resumption = false;  // outbound listeners keep a session cache per worker
 };
 
 // Worker is one data-plane thread: its own epoll loop, its own SO_REUSEPORT listening socket
@@ -53,6 +54,8 @@ class Worker {
     Worker& worker;
     const ListenerRuntime& listener;
     base::UniqueFd fd;
+    // This worker's TLS sessions for the listener's upstream (outbound with resumption on).
+    std::unique_ptr<SessionCache> sessions;
     bool paused = false;
   };
 

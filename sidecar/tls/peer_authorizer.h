@@ -21,9 +21,11 @@ class PeerAuthorizer {
   std::vector<pki::SpiffeIdMatcher> matchers_;
 };
 
-// PeerCheck is one connection's verification record, filled in by the TLS verify callback
-// during the handshake and read afterwards. Owned by the connection; touched only on its
-// worker's thread.
+class SessionCache;
+
+// PeerCheck is one connection's verification record, filled in by the TLS callbacks during the
+// handshake (certificate verification; on the server, the session ticket check) and read
+// afterwards. Owned by the connection; touched only on its worker's thread.
 struct PeerCheck {
   const PeerAuthorizer* authorizer = nullptr;  // the listener's policy
   std::optional<pki::SpiffeId> peer_id;        // verified (set even when then denied)
@@ -32,6 +34,13 @@ struct PeerCheck {
   std::string detail;                          // why verification or authorization failed
   bool verified = false;
   bool identity_denied = false;
+  // Resumption: the identity a session was established with. Inbound, set when our own ticket
+  // decrypts and the identity it carries is still allowed here; outbound, set when a cached
+  // session is offered. Used only if the handshake really resumed (SSL_session_reused).
+  std::optional<pki::SpiffeId> resumed_peer_id;
+  // Outbound with resumption on: where the server's new session tickets go (the worker's
+  // cache for this listener).
+  SessionCache* session_cache = nullptr;
 };
 
 }  // namespace meshtls::sidecar

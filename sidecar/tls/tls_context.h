@@ -5,6 +5,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -17,6 +18,12 @@ namespace meshtls::sidecar {
 
 struct TlsSettings {
   bool allow_tls12 = false;  // TLS 1.2 with ECDHE + AEAD only, when configured
+  // Session resumption with stateless tickets: the server issues one ticket per handshake, the
+  // client offers the newest cached one. Tickets carry the verified peer identity.
+  bool session_resumption = false;
+  // How long a ticket is valid, and how often the ticket key changes (the previous key is
+  // still accepted for one more period).
+  absl::Duration ticket_lifetime = absl::Hours(1);
 };
 
 // TlsContext is one immutable generation of the sidecar's TLS configuration: a server SSL_CTX
@@ -27,6 +34,13 @@ struct TlsSettings {
 //
 // Never mutated after Create(); shared by all workers; each connection holds a shared_ptr to
 // the generation it started with, so a rotation never disturbs a live connection.
+//
+// Session resumption (when on): ticket keys are derived from a random secret of this
+// generation and change every ticket_lifetime, so a ticket never outlives the generation that
+// issued it: a renewed certificate or a changed trust bundle (a removed root included) ends
+// every earlier ticket. A ticket carries the peer's verified SPIFFE ID; on resumption that ID
+// must still pass the listener's policy and the peer certificate must still be valid, or the
+// server falls back to a full handshake, which verifies the certificate again.
 class TlsContext {
  public:
   static absl::StatusOr<std::shared_ptr<const TlsContext>> Create(
@@ -40,18 +54,38 @@ class TlsContext {
   const pki::CredentialBundle& bundle() const { return bundle_; }
   absl::Time not_after() const { return bundle_.chain[0].not_after(); }
   uint64_t generation() const { return generation_; }
+  bool session_resumption() const { return settings_.session_resumption; }
+
+  // TicketKey is one period's ticket protection keys (AES-256-CBC + HMAC-SHA256, the format
+  // OpenSSL's ticket callback expects).
+  struct TicketKey {
+    int64_t period = 0;
+    unsigned char name[16];
+    unsigned char aes_key[32];
+    unsigned char hmac_key[32];
+  };
+  // TicketPeriod numbers the ticket-key period containing `now`; DeriveTicketKey derives that
+  // period's keys from this generation's secret. Pure: any thread may call them.
+  int64_t TicketPeriod(absl::Time now) const;
+  TicketKey DeriveTicketKey(int64_t period) const;
 
   // NewSsl makes an SSL for one connection; `check` (owned by the connection, which must
   // outlive the SSL) receives the verification outcome.
   absl::StatusOr<SslPtr> NewSsl(bool server, int fd, PeerCheck* check) const;
 
  private:
-  TlsContext(pki::CredentialBundle bundle, pki::SpiffeId identity, uint64_t generation)
-      : bundle_(std::move(bundle)), identity_(std::move(identity)), generation_(generation) {}
+  TlsContext(pki::CredentialBundle bundle, pki::SpiffeId identity, const TlsSettings& settings,
+             uint64_t generation)
+      : bundle_(std::move(bundle)),
+        identity_(std::move(identity)),
+        settings_(settings),
+        generation_(generation) {}
 
   pki::CredentialBundle bundle_;
   pki::SpiffeId identity_;
+  TlsSettings settings_;
   uint64_t generation_;
+  unsigned char ticket_secret_[32] = {};
   std::shared_ptr<const pki::ChainVerifier> verifier_;
   SslCtxPtr server_;
   SslCtxPtr client_;

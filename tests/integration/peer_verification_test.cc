@@ -230,17 +230,159 @@ TEST_F(PeerVerificationTest, SigtermDrainsLiveConnectionsThenExitsZero) {
   EXPECT_EQ(backend_->process().WaitForExit(absl::Seconds(10)), 0) << backend_->process().Log();
 }
 
+// Resumption: a ticket carries the identity verified in the full handshake. Resuming on the
+// listener that allowed it skips certificate checks; presenting it to a listener whose `allow`
+// does not include that identity falls back to a full handshake, which refuses the peer.
+TEST_F(PeerVerificationTest, ResumedSessionIsAuthorizedAgainstTheListenerItResumesOn) {
+  const uint16_t ops_port = testing::PickFreePort();
+  StartBackend(absl::StrCat("  - name: ops\n    listen: 127.0.0.1:", ops_port,
+                            "\n    forward: 127.0.0.1:", app_.port(),
+                            "\n    allow: [spiffe://mesh.test/ns/ops/sa/admin]\n"));
+  const testing::TlsIdentity frontend = AsIdentity(ca_.Issue(kFrontend));
+  const std::string resumed =
+      R"(meshtls_tls_handshake_duration_seconds_count{direction="inbound",resumed="true"})";
+
+  auto first = testing::TlsClient::Connect(port_, frontend, ca_.RootPem());
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT((*first)->Write("one"), IsOk());
+  ASSERT_EQ(*(*first)->Read(3), "one");
+  sidecar::SslSessionPtr ticket = (*first)->Session();
+  ASSERT_NE(ticket, nullptr);
+  ASSERT_EQ(SSL_SESSION_is_resumable(ticket.get()), 1) << "no ticket from the sidecar";
+  EXPECT_FALSE((*first)->Resumed());
+
+  auto second = testing::TlsClient::Connect(port_, frontend, ca_.RootPem(), TLS1_3_VERSION,
+                                            absl::Seconds(5), ticket.get());
+  ASSERT_THAT(second, IsOk());
+  EXPECT_TRUE((*second)->Resumed());
+  ASSERT_THAT((*second)->Write("two"), IsOk());
+  EXPECT_EQ(*(*second)->Read(3), "two");
+  EXPECT_EQ(backend_->Metric(resumed), 1);
+
+  // The same ticket on the ops listener: not resumed, and the full handshake refuses the peer.
+  auto third = testing::TlsClient::Connect(ops_port, frontend, ca_.RootPem(), TLS1_3_VERSION,
+                                           absl::Seconds(5), ticket.get());
+  if (third.ok()) {
+    EXPECT_FALSE((*third)->Resumed());
+    (void)(*third)->Write("must not reach the app");
+    EXPECT_FALSE((*third)->Read(100).ok());
+  }
+  EXPECT_TRUE(backend_->WaitForMetric(Handshakes("inbound", "identity_denied"), 1))
+      << backend_->process().Log();
+  EXPECT_EQ(backend_->Metric(resumed), 1);
+  EXPECT_EQ(
+      backend_->Metric(
+          R"(meshtls_authz_decisions_total{direction="inbound",decision="deny",listener="ops"})"),
+      1);
+  EXPECT_EQ(app_.bytes_received(), 6u);  // "one" and "two" only
+}
+
+TEST_F(PeerVerificationTest, ResumptionOffIssuesNoTicketAndEveryHandshakeIsFull) {
+  StartBackend("tls: {session_resumption: false}\n");
+  const testing::TlsIdentity frontend = AsIdentity(ca_.Issue(kFrontend));
+  auto first = testing::TlsClient::Connect(port_, frontend, ca_.RootPem());
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT((*first)->Write("one"), IsOk());
+  ASSERT_EQ(*(*first)->Read(3), "one");
+  sidecar::SslSessionPtr session = (*first)->Session();
+  ASSERT_NE(session, nullptr);
+  EXPECT_EQ(SSL_SESSION_is_resumable(session.get()), 0) << "a ticket was issued";
+  auto second = testing::TlsClient::Connect(port_, frontend, ca_.RootPem(), TLS1_3_VERSION,
+                                            absl::Seconds(5), session.get());
+  ASSERT_THAT(second, IsOk());
+  EXPECT_FALSE((*second)->Resumed());
+  ASSERT_THAT((*second)->Write("two"), IsOk());
+  EXPECT_EQ(*(*second)->Read(3), "two");
+  EXPECT_EQ(
+      backend_->Metric(
+          R"(meshtls_tls_handshake_duration_seconds_count{direction="inbound",resumed="false"})"),
+      2);
+  EXPECT_EQ(
+      backend_->Metric(
+          R"(meshtls_tls_handshake_duration_seconds_count{direction="inbound",resumed="true"})"),
+      0);
+}
+
+// A ticket never outlives the TLS context generation that issued it: after the trust bundle is
+// replaced (the old root removed), the old ticket is not resumed and the old identity refused.
+TEST_F(PeerVerificationTest, TicketIsNotAcceptedAfterTheTrustBundleDroppedItsRoot) {
+  StartBackend();
+  const testing::TlsIdentity frontend = AsIdentity(ca_.Issue(kFrontend));
+  auto first = testing::TlsClient::Connect(port_, frontend, ca_.RootPem());
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT((*first)->Write("one"), IsOk());
+  ASSERT_EQ(*(*first)->Read(3), "one");
+  sidecar::SslSessionPtr ticket = (*first)->Session();
+  ASSERT_EQ(SSL_SESSION_is_resumable(ticket.get()), 1);
+
+  TestCa new_ca("mesh.test", now_);
+  testing::IssuedLeaf leaf = new_ca.Issue(kBackend);
+  dir_.Write("backend.crt", leaf.ChainPem());
+  dir_.Write("backend.key", leaf.KeyPem(), 0600);
+  dir_.Write("bundle.pem", new_ca.RootPem());
+  backend_->process().Signal(SIGHUP);
+  ASSERT_TRUE(backend_->WaitForMetric("meshtls_tls_context_generation", 2))
+      << backend_->process().Log();
+
+  auto second = testing::TlsClient::Connect(port_, frontend, "", TLS1_3_VERSION, absl::Seconds(5),
+                                            ticket.get());
+  if (second.ok()) {
+    EXPECT_FALSE((*second)->Resumed());
+    (void)(*second)->Write("must not reach the app");
+    EXPECT_FALSE((*second)->Read(100).ok());
+  }
+  EXPECT_TRUE(backend_->WaitForMetric(Handshakes("inbound", "unknown_authority"), 1))
+      << backend_->process().Log();
+  EXPECT_EQ(
+      backend_->Metric(
+          R"(meshtls_tls_handshake_duration_seconds_count{direction="inbound",resumed="true"})"),
+      0);
+  EXPECT_EQ(app_.bytes_received(), 3u);
+}
+
+// Two workers: connections spread over both (SO_REUSEPORT), and after a rotation every worker
+// serves the new certificate to new connections.
+TEST_F(PeerVerificationTest, ConnectionsSpreadOverWorkersAndEveryWorkerSeesTheRotation) {
+  StartBackend("workers: 2\n");
+  const testing::TlsIdentity frontend = AsIdentity(ca_.Issue(kFrontend));
+  auto worker_total = [&](int w) {
+    return backend_->Metric(absl::StrCat("meshtls_worker_connections_total{worker=\"", w, "\"}"));
+  };
+  testing::IssuedLeaf rotated = ca_.Issue(kBackend);
+  dir_.Write("backend.crt", rotated.ChainPem());
+  dir_.Write("backend.key", rotated.KeyPem(), 0600);
+  backend_->process().Signal(SIGHUP);
+  ASSERT_TRUE(backend_->WaitForMetric("meshtls_tls_context_generation", 2))
+      << backend_->process().Log();
+
+  // SO_REUSEPORT hashes the client's address and port: 64 connections all landing on one of
+  // two workers has odds of 2^-63.
+  const double before[2] = {worker_total(0), worker_total(1)};
+  for (int i = 0; i < 64 && (worker_total(0) == before[0] || worker_total(1) == before[1]); ++i) {
+    auto client = testing::TlsClient::Connect(port_, frontend, ca_.RootPem());
+    ASSERT_THAT(client, IsOk());
+    ASSERT_EQ(ASN1_INTEGER_cmp(X509_get0_serialNumber((*client)->PeerCertificate()),
+                               X509_get0_serialNumber(rotated.chain[0].get())),
+              0)
+        << "connection " << i << " was served the old certificate";
+    ASSERT_THAT((*client)->Write("x"), IsOk());
+    EXPECT_EQ(*(*client)->Read(1), "x");
+  }
+  EXPECT_GT(worker_total(0), before[0]);
+  EXPECT_GT(worker_total(1), before[1]);
+}
+
 class OutboundVerificationTest : public PeerVerificationTest {
  protected:
   // StartFrontend runs an outbound listener to `upstream_port`, expecting the backend identity.
-  void StartFrontend(uint16_t upstream_port) {
+  void StartFrontend(uint16_t upstream_port, const std::string& extra = "") {
     port_ = testing::PickFreePort();
     frontend_ = *SidecarProcess::Start(
         dir_, "frontend",
         absl::StrCat(FilesIdentity("frontend", ca_.Issue(kFrontend)),
                      "outbound:\n  - name: backend\n    listen: 127.0.0.1:", port_,
-                     "\n    connect: 127.0.0.1:", upstream_port, "\n    expect: [", kBackend,
-                     "]\n"));
+                     "\n    connect: 127.0.0.1:", upstream_port, "\n    expect: [", kBackend, "]\n",
+                     extra));
     ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
   }
 
@@ -285,6 +427,33 @@ TEST_F(OutboundVerificationTest, ServerWithTheRightIdentityGetsTheBytes) {
   ASSERT_THAT(testing::SendAll(conn->get(), "hello backend"), IsOk());
   EXPECT_TRUE(testing::WaitFor([&] { return backend.bytes_received() == 13; }, absl::Seconds(10)));
   EXPECT_EQ(frontend_->Metric(Handshakes("outbound", "success")), 1);
+}
+
+// The outbound side keeps the server's tickets per listener and worker: after the first
+// connections, the next ones to the same upstream resume (both sidecars count them). One worker,
+// so every connection meets the same cache. The ticket of a connection may be read only after
+// its reply was relayed, so the very next connection can still be a full handshake.
+TEST_F(OutboundVerificationTest, OutboundConnectionsResumeWithTheListenersSessionCache) {
+  StartBackend();
+  const uint16_t backend_port = port_;
+  StartFrontend(backend_port, "workers: 1\n");
+  constexpr int kRounds = 6;
+  for (int i = 0; i < kRounds; ++i) {
+    absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(port_);
+    ASSERT_THAT(conn, IsOk());
+    ASSERT_THAT(testing::SendAll(conn->get(), "ping"), IsOk());
+    // The echo arrives after the ticket, so the frontend has cached it before the next round.
+    absl::StatusOr<std::string> echo = testing::RecvExactly(conn->get(), 4, absl::Seconds(10));
+    ASSERT_THAT(echo, IsOk());
+    EXPECT_EQ(*echo, "ping");
+  }
+  const std::string outbound =
+      R"(meshtls_tls_handshake_duration_seconds_count{direction="outbound",resumed="true"})";
+  const std::string inbound =
+      R"(meshtls_tls_handshake_duration_seconds_count{direction="inbound",resumed="true"})";
+  EXPECT_GE(frontend_->Metric(outbound), kRounds - 2) << frontend_->process().Log();
+  EXPECT_EQ(backend_->Metric(inbound), frontend_->Metric(outbound)) << backend_->process().Log();
+  EXPECT_EQ(frontend_->Metric(Handshakes("outbound", "success")), kRounds);
 }
 
 TEST_F(OutboundVerificationTest, UnreachableUpstreamIsCountedAndTheAppConnectionClosed) {

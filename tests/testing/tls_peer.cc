@@ -39,11 +39,9 @@ absl::Status UseIdentity(SSL_CTX* ctx, const TlsIdentity& identity) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<TlsClient>> TlsClient::Connect(uint16_t port,
-                                                              const TlsIdentity& identity,
-                                                              const std::string& roots_pem,
-                                                              int max_version,
-                                                              absl::Duration timeout) {
+absl::StatusOr<std::unique_ptr<TlsClient>> TlsClient::Connect(
+    uint16_t port, const TlsIdentity& identity, const std::string& roots_pem, int max_version,
+    absl::Duration timeout, SSL_SESSION* resume) {
   auto client = std::unique_ptr<TlsClient>(new TlsClient());
   client->ctx_.reset(SSL_CTX_new(TLS_client_method()));
   SSL_CTX_set_max_proto_version(client->ctx_.get(), max_version);
@@ -70,6 +68,9 @@ absl::StatusOr<std::unique_ptr<TlsClient>> TlsClient::Connect(uint16_t port,
   SetTimeouts(client->fd_.get(), timeout);
   client->ssl_.reset(SSL_new(client->ctx_.get()));
   SSL_set_fd(client->ssl_.get(), client->fd_.get());
+  if (resume != nullptr) {
+    SSL_set_session(client->ssl_.get(), resume);
+  }
   ERR_clear_error();
   if (SSL_connect(client->ssl_.get()) != 1) {
     return pki::OpenSslError(absl::StatusCode::kUnavailable, "TLS handshake");

@@ -28,12 +28,23 @@ class TlsClient {
  public:
   // Connect connects to 127.0.0.1:port and completes a handshake. With an empty `roots_pem`
   // the server certificate is not verified (the tests aim at the server's checks).
+  // With `resume`, that session (ticket) is offered.
   static absl::StatusOr<std::unique_ptr<TlsClient>> Connect(
       uint16_t port, const TlsIdentity& identity, const std::string& roots_pem,
-      int max_version = TLS1_3_VERSION, absl::Duration timeout = absl::Seconds(5));
+      int max_version = TLS1_3_VERSION, absl::Duration timeout = absl::Seconds(5),
+      SSL_SESSION* resume = nullptr);
   absl::Status Write(absl::string_view data);
   // Read returns up to `max` bytes; an error when the peer aborted (alert, reset) or on EOF.
   absl::StatusOr<std::string> Read(size_t max, absl::Duration timeout = absl::Seconds(5));
+  // PeerCertificate is the server's leaf (owned by the connection).
+  X509* PeerCertificate() const { return SSL_get0_peer_certificate(ssl_.get()); }
+  // Resumed: the handshake resumed the offered session.
+  bool Resumed() const { return SSL_session_reused(ssl_.get()) == 1; }
+  // Session returns the current session; in TLS 1.3 it carries a ticket only after a read has
+  // processed the server's NewSessionTicket.
+  sidecar::SslSessionPtr Session() const {
+    return sidecar::SslSessionPtr(SSL_get1_session(ssl_.get()));
+  }
 
  private:
   TlsClient() = default;
