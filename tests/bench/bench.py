@@ -400,6 +400,8 @@ sslVersionMin = TLSv1.3
 
 def parse_duration_us(text):
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if m is None:
+        raise RuntimeError(f"cannot read the wrk latency {text!r}")
     scale = {"us": 1, "ms": 1e3, "s": 1e6, "m": 60e6}[m.group(2)]
     return float(m.group(1)) * scale
 
@@ -410,9 +412,14 @@ def wrk(port, seconds, close):
         cmd += ["-H", "Connection: close"]
     out = run(cmd + [f"http://127.0.0.1:{port}/"], timeout=seconds + 30)
     total = int(re.search(r"(\d+) requests in", out).group(1))
+    if total == 0 or not re.search(r"99%\s+[\d.]+(us|ms|s|m)\b", out):
+        raise RuntimeError(f"wrk completed no request on port {port}:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = parse_duration_us(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = parse_duration_us(re.search(r"99%\s+(\S+)", out).group(1))
+    try:
+        p50 = parse_duration_us(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+        p99 = parse_duration_us(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}; wrk printed:\n{out}") from None
     errors = re.search(r"Socket errors: (.*)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx or (errors and total > 0 and sum(map(int, re.findall(r"\d+", errors.group(1))))
