@@ -63,6 +63,30 @@ class PeerVerificationTest : public ::testing::Test {
     EXPECT_EQ(app_.bytes_received(), 0u);
   }
 
+  // EchoThrough connects to `port` with `identity` (offering `resume` when given), sends
+  // `payload` and checks that the echo app sent it back. Returns the open client, or null
+  // after recording a failure.
+  std::unique_ptr<testing::TlsClient> EchoThrough(uint16_t port,
+                                                  const testing::TlsIdentity& identity,
+                                                  const std::string& payload,
+                                                  SSL_SESSION* resume = nullptr) {
+    absl::StatusOr<std::unique_ptr<testing::TlsClient>> client = testing::TlsClient::Connect(
+        port, identity, ca_.RootPem(), TLS1_3_VERSION, absl::Seconds(5), resume);
+    if (!client.ok()) {
+      ADD_FAILURE() << "connect: " << client.status();
+      return nullptr;
+    }
+    absl::StatusOr<std::string> echo = absl::InternalError("not sent");
+    if (absl::Status s = (*client)->Write(payload); s.ok()) {
+      echo = (*client)->Read(payload.size());
+    }
+    if (!echo.ok() || *echo != payload) {
+      ADD_FAILURE() << "no echo of " << payload;
+      return nullptr;
+    }
+    return *std::move(client);
+  }
+
   testing::TempDir dir_;
   absl::Time now_ = absl::Now();
   TestCa ca_{"mesh.test", now_};
@@ -242,21 +266,16 @@ TEST_F(PeerVerificationTest, ResumedSessionIsAuthorizedAgainstTheListenerItResum
   const std::string resumed =
       R"(meshtls_tls_handshake_duration_seconds_count{direction="inbound",resumed="true"})";
 
-  auto first = testing::TlsClient::Connect(port_, frontend, ca_.RootPem());
-  ASSERT_THAT(first, IsOk());
-  ASSERT_THAT((*first)->Write("one"), IsOk());
-  ASSERT_EQ(*(*first)->Read(3), "one");
-  sidecar::SslSessionPtr ticket = (*first)->Session();
+  std::unique_ptr<testing::TlsClient> first = EchoThrough(port_, frontend, "one");
+  ASSERT_NE(first, nullptr);
+  sidecar::SslSessionPtr ticket = first->Session();
   ASSERT_NE(ticket, nullptr);
   ASSERT_EQ(SSL_SESSION_is_resumable(ticket.get()), 1) << "no ticket from the sidecar";
-  EXPECT_FALSE((*first)->Resumed());
+  EXPECT_FALSE(first->Resumed());
 
-  auto second = testing::TlsClient::Connect(port_, frontend, ca_.RootPem(), TLS1_3_VERSION,
-                                            absl::Seconds(5), ticket.get());
-  ASSERT_THAT(second, IsOk());
-  EXPECT_TRUE((*second)->Resumed());
-  ASSERT_THAT((*second)->Write("two"), IsOk());
-  EXPECT_EQ(*(*second)->Read(3), "two");
+  std::unique_ptr<testing::TlsClient> second = EchoThrough(port_, frontend, "two", ticket.get());
+  ASSERT_NE(second, nullptr);
+  EXPECT_TRUE(second->Resumed());
   EXPECT_EQ(backend_->Metric(resumed), 1);
 
   // The same ticket on the ops listener: not resumed, and the full handshake refuses the peer.
@@ -280,19 +299,14 @@ TEST_F(PeerVerificationTest, ResumedSessionIsAuthorizedAgainstTheListenerItResum
 TEST_F(PeerVerificationTest, ResumptionOffIssuesNoTicketAndEveryHandshakeIsFull) {
   StartBackend("tls: {session_resumption: false}\n");
   const testing::TlsIdentity frontend = AsIdentity(ca_.Issue(kFrontend));
-  auto first = testing::TlsClient::Connect(port_, frontend, ca_.RootPem());
-  ASSERT_THAT(first, IsOk());
-  ASSERT_THAT((*first)->Write("one"), IsOk());
-  ASSERT_EQ(*(*first)->Read(3), "one");
-  sidecar::SslSessionPtr session = (*first)->Session();
+  std::unique_ptr<testing::TlsClient> first = EchoThrough(port_, frontend, "one");
+  ASSERT_NE(first, nullptr);
+  sidecar::SslSessionPtr session = first->Session();
   ASSERT_NE(session, nullptr);
   EXPECT_EQ(SSL_SESSION_is_resumable(session.get()), 0) << "a ticket was issued";
-  auto second = testing::TlsClient::Connect(port_, frontend, ca_.RootPem(), TLS1_3_VERSION,
-                                            absl::Seconds(5), session.get());
-  ASSERT_THAT(second, IsOk());
-  EXPECT_FALSE((*second)->Resumed());
-  ASSERT_THAT((*second)->Write("two"), IsOk());
-  EXPECT_EQ(*(*second)->Read(3), "two");
+  std::unique_ptr<testing::TlsClient> second = EchoThrough(port_, frontend, "two", session.get());
+  ASSERT_NE(second, nullptr);
+  EXPECT_FALSE(second->Resumed());
   EXPECT_EQ(
       backend_->Metric(
           R"(meshtls_tls_handshake_duration_seconds_count{direction="inbound",resumed="false"})"),
@@ -308,11 +322,9 @@ TEST_F(PeerVerificationTest, ResumptionOffIssuesNoTicketAndEveryHandshakeIsFull)
 TEST_F(PeerVerificationTest, TicketIsNotAcceptedAfterTheTrustBundleDroppedItsRoot) {
   StartBackend();
   const testing::TlsIdentity frontend = AsIdentity(ca_.Issue(kFrontend));
-  auto first = testing::TlsClient::Connect(port_, frontend, ca_.RootPem());
-  ASSERT_THAT(first, IsOk());
-  ASSERT_THAT((*first)->Write("one"), IsOk());
-  ASSERT_EQ(*(*first)->Read(3), "one");
-  sidecar::SslSessionPtr ticket = (*first)->Session();
+  std::unique_ptr<testing::TlsClient> first = EchoThrough(port_, frontend, "one");
+  ASSERT_NE(first, nullptr);
+  sidecar::SslSessionPtr ticket = first->Session();
   ASSERT_EQ(SSL_SESSION_is_resumable(ticket.get()), 1);
 
   TestCa new_ca("mesh.test", now_);
