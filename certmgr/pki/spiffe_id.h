@@ -5,6 +5,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "certmgr/base/yaml.h"
 
 namespace meshtls::pki {
 
@@ -59,5 +60,9 @@ class SpiffeIdMatcher {
 
 // MatchesAny is true when any matcher matches `id`.
 bool MatchesAny(const std::vector<SpiffeIdMatcher>& matchers, const SpiffeId& id);
+
+// ReadTrustDomain takes the required top-level `trust_domain` field of a config file (sidecar
+// or certmgr) and validates it; errors name the field and its line.
+absl::StatusOr<std::string> ReadTrustDomain(base::ConfigMap& top);
 
 }  // namespace meshtls::pki

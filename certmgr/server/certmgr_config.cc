@@ -40,14 +40,7 @@ absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
   MESHTLS_ASSIGN_OR_RETURN(YamlNode root, base::ParseYaml(yaml));
   MESHTLS_ASSIGN_OR_RETURN(ConfigMap top, ConfigMap::Of(root, ""));
   CertmgrConfig c;
-  const YamlNode* td = top.Take("trust_domain");
-  if (td == nullptr) {
-    return absl::InvalidArgumentError("trust_domain: required");
-  }
-  MESHTLS_ASSIGN_OR_RETURN(c.trust_domain, base::ReadString(*td, "trust_domain"));
-  if (absl::Status s = pki::SpiffeId::ValidateTrustDomain(c.trust_domain); !s.ok()) {
-    return base::FieldError("trust_domain", *td, s.message());
-  }
+  MESHTLS_ASSIGN_OR_RETURN(c.trust_domain, pki::ReadTrustDomain(top));
   MESHTLS_RETURN_IF_ERROR(ReadAddress(top, "listen", c.listen));
   if (const YamlNode* n = top.Take("server_names")) {
     MESHTLS_ASSIGN_OR_RETURN(c.server_names, base::ReadStringList(*n, "server_names"));

@@ -125,14 +125,7 @@ absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool ch
   MESHTLS_ASSIGN_OR_RETURN(ConfigMap top, ConfigMap::Of(root, ""));
   SidecarConfig c;
 
-  const YamlNode* td = top.Take("trust_domain");
-  if (td == nullptr) {
-    return absl::InvalidArgumentError("trust_domain: required");
-  }
-  MESHTLS_ASSIGN_OR_RETURN(c.trust_domain, base::ReadString(*td, "trust_domain"));
-  if (absl::Status s = pki::SpiffeId::ValidateTrustDomain(c.trust_domain); !s.ok()) {
-    return base::FieldError("trust_domain", *td, s.message());
-  }
+  MESHTLS_ASSIGN_OR_RETURN(c.trust_domain, pki::ReadTrustDomain(top));
 
   const YamlNode* identity = top.Take("identity");
   if (identity == nullptr) {

@@ -18,7 +18,7 @@ namespace meshtls::sidecar {
 
 Connection::Connection(uint64_t id, ConnectionEnv& env, const ListenerRuntime& listener,
                        SessionCache* session_cache, base::UniqueFd accepted)
-    : id_(id), env_(env), listener_(listener), session_cache_(session_cache) {
+    : id_(id), env_(env), listener_(listener) {
   // Inbound: the accepted socket speaks TLS. Outbound: it is the app's plain socket.
   if (listener_.direction == Direction::kInbound) {
     tls_.fd = std::move(accepted);
@@ -26,6 +26,7 @@ Connection::Connection(uint64_t id, ConnectionEnv& env, const ListenerRuntime& l
     plain_.fd = std::move(accepted);
   }
   check_.authorizer = &listener_.authorizer;
+  check_.session_cache = session_cache;
 }
 
 Connection::~Connection() {
@@ -118,15 +119,14 @@ void Connection::StartTls() {
   absl::StatusOr<SslPtr> ssl =
       context_->NewSsl(listener_.direction == Direction::kInbound, tls_.fd.get(), &check_);
   if (!ssl.ok()) {
-    env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kInternal)].Add();
+    RecordHandshakeFailure(HandshakeResult::kInternal, ssl.status().message());
     Close(/*abortive=*/true);
     return;
   }
   ssl_ = *std::move(ssl);
-  if (session_cache_ != nullptr) {
-    check_.session_cache = session_cache_;
+  if (check_.session_cache != nullptr) {
     std::optional<SessionCache::Entry> cached =
-        session_cache_->Find(context_->generation(), absl::Now());
+        check_.session_cache->Take(context_->generation(), absl::Now());
     // Offered only for an identity `expect` still allows (checked again if it resumes).
     if (cached.has_value() && listener_.authorizer.Allows(cached->peer) &&
         SSL_set_session(ssl_.get(), cached->session.get()) == 1) {
@@ -142,15 +142,8 @@ void Connection::StartTls() {
     if (state_ != State::kHandshaking) {
       return;
     }
-    env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kTimeout)].Add();
-    if (env_.may_log()) {
-      base::LogWarning("tls handshake failed",
-                       {{"direction", kDirectionNames[DirectionIndex()]},
-                        {"listener", listener_.name},
-                        {"peer", net::PeerAddressString(tls_.fd.get())},
-                        {"result", "timeout"},
-                        {"reason", "no complete handshake before limits.handshake_timeout"}});
-    }
+    RecordHandshakeFailure(HandshakeResult::kTimeout,
+                           "no complete handshake before limits.handshake_timeout");
     ERR_clear_error();
     Close(/*abortive=*/true);
   });
@@ -178,21 +171,25 @@ void Connection::DoHandshake() {
 
 void Connection::OnHandshakeFailed(int ssl_error) {
   HandshakeFailure failure = ClassifyHandshakeFailure(ssl_error, check_);
-  env_.counters.handshakes[DirectionIndex()][static_cast<int>(failure.result)].Add();
   if (failure.result == HandshakeResult::kIdentityDenied && check_.identity_denied) {
     env_.counters.authz_deny[listener_.id].Add();
   }
+  RecordHandshakeFailure(failure.result, failure.reason);
+  // A normal close lets the alert OpenSSL queued reach the peer.
+  Close(/*abortive=*/false);
+}
+
+void Connection::RecordHandshakeFailure(HandshakeResult result, absl::string_view reason) {
+  env_.counters.handshakes[DirectionIndex()][static_cast<int>(result)].Add();
   if (env_.may_log()) {
     base::LogWarning("tls handshake failed",
                      {{"direction", kDirectionNames[DirectionIndex()]},
                       {"listener", listener_.name},
                       {"peer", net::PeerAddressString(tls_.fd.get())},
                       {"peer_spiffe_id", check_.claimed_id},
-                      {"result", kHandshakeResultNames[static_cast<int>(failure.result)]},
-                      {"reason", failure.reason}});
+                      {"result", kHandshakeResultNames[static_cast<int>(result)]},
+                      {"reason", std::string(reason)}});
   }
-  // A normal close lets the alert OpenSSL queued reach the peer.
-  Close(/*abortive=*/false);
 }
 
 void Connection::OnHandshakeDone() {
@@ -206,9 +203,9 @@ void Connection::OnHandshakeDone() {
     // (from our own ticket inbound, from the listener's cache outbound), authorized again here.
     if (!check_.resumed_peer_id.has_value() ||
         !listener_.authorizer.Allows(*check_.resumed_peer_id)) {
-      env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kIdentityDenied)]
-          .Add();
       env_.counters.authz_deny[listener_.id].Add();
+      RecordHandshakeFailure(HandshakeResult::kIdentityDenied,
+                             "resumed a session whose identity this listener does not allow");
       Close(/*abortive=*/true);
       return;
     }
@@ -218,9 +215,8 @@ void Connection::OnHandshakeDone() {
   // A full handshake always runs the verify callback; refuse to proceed on any path where it
   // did not, rather than relay for an unverified peer.
   if (!check_.verified || !check_.peer_id.has_value()) {
-    env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kInternal)].Add();
-    base::LogError("handshake completed without peer verification; closing",
-                   {{"listener", listener_.name}});
+    RecordHandshakeFailure(HandshakeResult::kInternal,
+                           "handshake completed without peer verification");
     Close(/*abortive=*/true);
     return;
   }
@@ -334,7 +330,7 @@ void Connection::Progress() {
     // again when more arrives, so the next read waits for that instead of costing an EAGAIN.
     if (!plain_eof_ && plain_readable_ && to_tls_.space() > 0) {
       const size_t want = to_tls_.WritableSize();
-      ssize_t n = ::recv(plain_.fd.get(), to_tls_.WritableSpan(), want, 0);
+      ssize_t n = ::recv(plain_.fd.get(), to_tls_.WritableSpan(env_.buffers), want, 0);
       if (n > 0) {
         to_tls_.Commit(static_cast<size_t>(n));
         plain_readable_ = static_cast<size_t>(n) == want;
@@ -385,7 +381,7 @@ void Connection::Progress() {
     // drained: SSL_has_pending, not epoll, says whether there is more.
     if (!tls_eof_ && (tls_readable_ || SSL_has_pending(ssl_.get()) == 1) && to_plain_.space() > 0) {
       ERR_clear_error();
-      int n = SSL_read(ssl_.get(), to_plain_.WritableSpan(),
+      int n = SSL_read(ssl_.get(), to_plain_.WritableSpan(env_.buffers),
                        static_cast<int>(to_plain_.WritableSize()));
       if (n > 0) {
         to_plain_.Commit(static_cast<size_t>(n));
@@ -436,8 +432,8 @@ void Connection::Progress() {
   if (moved) {
     last_activity_ = net::EventLoop::Now();
   }
-  to_tls_.ReleaseIfEmpty();
-  to_plain_.ReleaseIfEmpty();
+  to_tls_.ReleaseIfEmpty(env_.buffers);
+  to_plain_.ReleaseIfEmpty(env_.buffers);
   if (abort) {
     ERR_clear_error();
     Close(/*abortive=*/true);

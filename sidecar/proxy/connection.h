@@ -35,6 +35,7 @@ struct ConnectionEnv {
   net::EventLoop& loop;
   net::Resolver& resolver;
   WorkerCounters& counters;
+  BufferPool& buffers;
   const TlsContextStore& tls;
   net::MonoDuration handshake_timeout;
   net::MonoDuration connect_timeout;
@@ -98,6 +99,8 @@ class Connection {
   void StartTls();
   void DoHandshake();
   void OnHandshakeFailed(int ssl_error);
+  // RecordHandshakeFailure counts a failed handshake and logs its line (rate-limited).
+  void RecordHandshakeFailure(HandshakeResult result, absl::string_view reason);
   void OnHandshakeDone();
   void EnterRelaying();
   void Progress();
@@ -116,7 +119,6 @@ class Connection {
   const uint64_t id_;
   ConnectionEnv& env_;
   const ListenerRuntime& listener_;
-  SessionCache* const session_cache_;
   State state_ = State::kResolving;
   Side tls_{*this, true};
   Side plain_{*this, false};

@@ -47,6 +47,7 @@ Worker::Worker(int index, const TlsContextStore& tls, net::Resolver& resolver, W
       env_{.loop = *loop_,
            .resolver = resolver,
            .counters = counters_,
+           .buffers = buffers_,
            .tls = tls,
            .handshake_timeout = limits.handshake_timeout,
            .connect_timeout = limits.connect_timeout,

@@ -69,6 +69,7 @@ class Worker {
   WorkerLimits limits_;
   std::atomic<int>& open_connections_;
   WorkerCounters counters_;
+  BufferPool buffers_;  // before env_, which refers to it
   std::unique_ptr<net::EventLoop> loop_;
   ConnectionEnv env_;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;

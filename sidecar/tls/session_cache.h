@@ -26,32 +26,20 @@ class SessionCache {
     absl::Time expires;  // the ticket's lifetime or the server certificate's expiry
   };
 
-  // The default covers a pool of 32 connections opened at once; each keeps about 2 KiB (the
-  // session with the server certificate).
-  explicit SessionCache(size_t capacity = 4) : capacity_(capacity) {}
+  // The default covers a pool of 32 connections opened at once; an entry holds about 2 KiB
+  // (the session with the server certificate).
+  explicit SessionCache(size_t capacity = 32) : capacity_(capacity) {}
 
-  // Find returns the newest usable entry for `generation`, with a copy of its session (OpenSSL
-  // marks a session it shares non-resumable when any connection using it ends without
-  // close_notify); stale entries met on the way are dropped. The entry stays: a ticket is offered
-  // again until a newer one arrives or it expires. RFC 8446 asks clients not to reuse tickets so a
-  // passive observer cannot link connections; between two sidecars of one mesh that link is
-  // no secret, and OpenSSL's server issues no new ticket on a resumed handshake, so single use
-  // would make every other connection a full handshake.
-  std::optional<Entry> Find(uint64_t generation, absl::Time now) {
+  // Take removes and returns the newest usable entry for `generation`; stale entries met on
+  // the way are dropped. A ticket is used once, as RFC 8446 asks (a passive observer cannot
+  // link connections by it); every resumed handshake brings the next one.
+  std::optional<Entry> Take(uint64_t generation, absl::Time now) {
     while (!entries_.empty()) {
-      const Entry& e = entries_.back();
-      if (e.generation == generation && e.expires > now &&
-          SSL_SESSION_is_resumable(e.session.get()) == 1) {
-        SslSessionPtr copy(SSL_SESSION_dup(e.session.get()));
-        if (copy == nullptr) {
-          return std::nullopt;
-        }
-        return Entry{.session = std::move(copy),
-                     .peer = e.peer,
-                     .generation = e.generation,
-                     .expires = e.expires};
-      }
+      Entry e = std::move(entries_.back());
       entries_.pop_back();
+      if (e.generation == generation && e.expires > now) {
+        return e;
+      }
     }
     return std::nullopt;
   }
@@ -62,8 +50,6 @@ class SessionCache {
     }
     entries_.push_back(std::move(e));
   }
-
-  size_t size() const { return entries_.size(); }
 
  private:
   size_t capacity_;

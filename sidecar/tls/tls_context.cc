@@ -170,7 +170,8 @@ SSL_TICKET_RETURN OnDecryptTicket(SSL* ssl, SSL_SESSION* session, const unsigned
     return SSL_TICKET_RETURN_IGNORE_RENEW;
   }
   check->resumed_peer_id = *std::move(id);
-  return status == SSL_TICKET_SUCCESS_RENEW ? SSL_TICKET_RETURN_USE_RENEW : SSL_TICKET_RETURN_USE;
+  // Renew: the client uses a ticket once, so a resumed connection must bring the next one.
+  return SSL_TICKET_RETURN_USE_RENEW;
 }
 
 // OnNewClientSession files a ticket the server sent into the listener's cache (client side),
@@ -196,7 +197,7 @@ int OnNewClientSession(SSL* ssl, SSL_SESSION* session) {
   if (X509* server = SSL_SESSION_get0_peer(session)) {
     expires = std::min(expires, pki::Asn1TimeToAbsl(X509_get0_notAfter(server)));
   }
-  // A copy: `session` is also the connection's own, which OpenSSL marks non-resumable if the
+  // A copy: `session` is also the connection's own, which OpenSSL marks non-resumable when the
   // connection ends without close_notify.
   SslSessionPtr copy(SSL_SESSION_dup(session));
   if (copy == nullptr) {
@@ -329,7 +330,6 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(
 
 TlsContext::TicketKey TlsContext::DeriveTicketKey(int64_t period) const {
   TicketKey key;
-  key.period = period;
   // Three HMAC-SHA256 outputs of the generation's secret, one per purpose, bound to the period.
   auto derive = [&](char purpose, unsigned char* out, size_t length) {
     unsigned char message[9];

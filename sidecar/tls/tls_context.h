@@ -54,12 +54,10 @@ class TlsContext {
   const pki::CredentialBundle& bundle() const { return bundle_; }
   absl::Time not_after() const { return bundle_.chain[0].not_after(); }
   uint64_t generation() const { return generation_; }
-  bool session_resumption() const { return settings_.session_resumption; }
 
   // TicketKey is one period's ticket protection keys (AES-256-CBC + HMAC-SHA256, the format
   // OpenSSL's ticket callback expects).
   struct TicketKey {
-    int64_t period = 0;
     unsigned char name[16];
     unsigned char aes_key[32];
     unsigned char hmac_key[32];

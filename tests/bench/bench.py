@@ -63,14 +63,10 @@ def wait_until(what, predicate, timeout=15.0):
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def http_get(port, path="/", timeout=5.0):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
-        return r.read()
-
-
 def serves(port):
     try:
-        return http_get(port, timeout=2.0) == RESPONSE_BODY
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2.0) as r:
+            return r.read() == RESPONSE_BODY
     except OSError:
         return False
 
@@ -253,25 +249,23 @@ class Pair:
             p.stop()
 
 
+def start_pair(d, tag, out_port, ext, configs, argv):
+    """Writes the inbound and outbound proxy's config files ({"in": text, "out": text}) and
+    starts both; argv(role, conf_path) is the command line."""
+    procs = {}
+    for role, text in configs.items():
+        conf = os.path.join(d, f"{tag}-{role}.{ext}")
+        with open(conf, "w") as f:
+            f.write(text)
+        procs[role] = Proc(f"{tag}-{role}", argv(role, conf), d)
+    return Pair(tag, procs["out"], procs["in"], out_port)
+
+
 def start_meshtls(d, tag, backend_port, pki, sidecar, resumption, workers):
     in_port, out_port = free_port(), free_port()
-    procs = []
-    for role, cert, listener in (
-        ("in", "server", f"""inbound:
-  - name: bench
-    listen: 127.0.0.1:{in_port}
-    forward: 127.0.0.1:{backend_port}
-    allow: [{CLIENT_ID}]
-"""),
-        ("out", "client", f"""outbound:
-  - name: bench
-    listen: 127.0.0.1:{out_port}
-    connect: 127.0.0.1:{in_port}
-    expect: [{SERVER_ID}]
-""")):
-        conf = os.path.join(d, f"{tag}-{role}.yaml")
-        with open(conf, "w") as f:
-            f.write(f"""trust_domain: {TRUST_DOMAIN}
+
+    def config(cert, listener):
+        return f"""trust_domain: {TRUST_DOMAIN}
 identity:
   files: {{cert: {pki}/{cert}.pem, key: {pki}/{cert}.key, trust_bundle: {pki}/ca.pem}}
 {listener}admin: {{listen: 127.0.0.1:{free_port()}}}
@@ -279,33 +273,30 @@ workers: {workers}
 tls: {{session_resumption: {"true" if resumption else "false"}}}
 limits: {{max_connections: 20000}}
 log: {{level: warning}}
-""")
-        procs.append(Proc(f"{tag}-{role}", [sidecar, "--config", conf], d))
-    return Pair(tag, procs[1], procs[0], out_port)
+"""
+
+    return start_pair(d, tag, out_port, "yaml", {
+        "in": config("server", f"""inbound:
+  - name: bench
+    listen: 127.0.0.1:{in_port}
+    forward: 127.0.0.1:{backend_port}
+    allow: [{CLIENT_ID}]
+"""),
+        "out": config("client", f"""outbound:
+  - name: bench
+    listen: 127.0.0.1:{out_port}
+    connect: 127.0.0.1:{in_port}
+    expect: [{SERVER_ID}]
+"""),
+    }, lambda role, conf: [sidecar, "--config", conf])
 
 
 def start_haproxy(d, tag, backend_port, pki, resumption):
     in_port, out_port = free_port(), free_port()
-    procs = []
     reuse = "" if resumption else " no-ssl-reuse"
     tickets = "" if resumption else " no-tls-tickets"
     cache = "" if resumption else "  tune.ssl.cachesize 0\n"
-    for role, body in (
-        ("in", f"""frontend fin
-  bind 127.0.0.1:{in_port} ssl crt {pki}/server.combined.pem ca-file {pki}/ca.pem verify required ssl-min-ver TLSv1.3 curves X25519{tickets}
-  default_backend bin
-backend bin
-  server app 127.0.0.1:{backend_port}
-"""),
-        ("out", f"""frontend fout
-  bind 127.0.0.1:{out_port}
-  default_backend bout
-backend bout
-  server peer 127.0.0.1:{in_port} ssl crt {pki}/client.combined.pem ca-file {pki}/ca.pem verify required verifyhost localhost ssl-min-ver TLSv1.3{reuse}
-""")):
-        conf = os.path.join(d, f"{tag}-{role}.cfg")
-        with open(conf, "w") as f:
-            f.write(f"""global
+    header = f"""global
   nbthread 1
   maxconn 9000
 {cache}defaults
@@ -313,37 +304,30 @@ backend bout
   timeout connect 5s
   timeout client 1h
   timeout server 1h
-{body}""")
-        procs.append(Proc(f"{tag}-{role}", ["haproxy", "-db", "-f", conf], d))
-    return Pair(tag, procs[1], procs[0], out_port)
+"""
+    return start_pair(d, tag, out_port, "cfg", {
+        "in": header + f"""frontend fin
+  bind 127.0.0.1:{in_port} ssl crt {pki}/server.combined.pem ca-file {pki}/ca.pem verify required ssl-min-ver TLSv1.3 curves X25519{tickets}
+  default_backend bin
+backend bin
+  server app 127.0.0.1:{backend_port}
+""",
+        "out": header + f"""frontend fout
+  bind 127.0.0.1:{out_port}
+  default_backend bout
+backend bout
+  server peer 127.0.0.1:{in_port} ssl crt {pki}/client.combined.pem ca-file {pki}/ca.pem verify required verifyhost localhost ssl-min-ver TLSv1.3{reuse}
+""",
+    }, lambda role, conf: ["haproxy", "-db", "-f", conf])
 
 
 def start_nginx(d, tag, backend_port, pki, resumption):
     in_port, out_port = free_port(), free_port()
-    procs = []
     onoff = "on" if resumption else "off"
     cache = "ssl_session_cache shared:s:10m;" if resumption else ""
-    for role, server in (
-        ("in", f"""server {{
-    listen 127.0.0.1:{in_port} ssl backlog=4096;
-    ssl_certificate {pki}/server.pem; ssl_certificate_key {pki}/server.key;
-    ssl_client_certificate {pki}/ca.pem; ssl_verify_client on; ssl_verify_depth 2;
-    ssl_protocols TLSv1.3; ssl_ecdh_curve X25519;
-    ssl_session_tickets {onoff}; {cache}
-    proxy_pass 127.0.0.1:{backend_port};
-  }}"""),
-        ("out", f"""server {{
-    listen 127.0.0.1:{out_port} backlog=4096;
-    proxy_pass 127.0.0.1:{in_port};
-    proxy_ssl on; proxy_ssl_protocols TLSv1.3;
-    proxy_ssl_certificate {pki}/client.pem; proxy_ssl_certificate_key {pki}/client.key;
-    proxy_ssl_trusted_certificate {pki}/ca.pem; proxy_ssl_verify on;
-    proxy_ssl_verify_depth 2; proxy_ssl_name localhost;
-    proxy_ssl_session_reuse {onoff};
-  }}""")):
-        conf = os.path.join(d, f"{tag}-{role}.conf")
-        with open(conf, "w") as f:
-            f.write(f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+
+    def config(role, server):
+        return f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 daemon off; worker_processes 1; pid {d}/{tag}-{role}.pid;
 error_log {d}/{tag}-{role}.error.log warn;
 worker_rlimit_nofile 20000;
@@ -351,17 +335,34 @@ events {{ worker_connections 16384; }}
 stream {{
   {server}
 }}
-""")
-        procs.append(Proc(f"{tag}-{role}",
-                          ["nginx", "-c", conf, "-e", f"{d}/{tag}-{role}.error.log"], d))
-    return Pair(tag, procs[1], procs[0], out_port)
+"""
+
+    return start_pair(d, tag, out_port, "conf", {
+        "in": config("in", f"""server {{
+    listen 127.0.0.1:{in_port} ssl backlog=4096;
+    ssl_certificate {pki}/server.pem; ssl_certificate_key {pki}/server.key;
+    ssl_client_certificate {pki}/ca.pem; ssl_verify_client on; ssl_verify_depth 2;
+    ssl_protocols TLSv1.3; ssl_ecdh_curve X25519;
+    ssl_session_tickets {onoff}; {cache}
+    proxy_pass 127.0.0.1:{backend_port};
+  }}"""),
+        "out": config("out", f"""server {{
+    listen 127.0.0.1:{out_port} backlog=4096;
+    proxy_pass 127.0.0.1:{in_port};
+    proxy_ssl on; proxy_ssl_protocols TLSv1.3;
+    proxy_ssl_certificate {pki}/client.pem; proxy_ssl_certificate_key {pki}/client.key;
+    proxy_ssl_trusted_certificate {pki}/ca.pem; proxy_ssl_verify on;
+    proxy_ssl_verify_depth 2; proxy_ssl_name localhost;
+    proxy_ssl_session_reuse {onoff};
+  }}"""),
+    }, lambda role, conf: ["nginx", "-c", conf, "-e", f"{d}/{tag}-{role}.error.log"])
 
 
 def start_stunnel(d, tag, backend_port, pki, resumption):
     in_port, out_port = free_port(), free_port()
-    procs = []
-    for role, body in (
-        ("in", f"""[in]
+    header = "foreground = yes\npid =\ndebug = 3\nsslVersionMin = TLSv1.3\n"
+    return start_pair(d, tag, out_port, "conf", {
+        "in": header + f"""[in]
 accept = 127.0.0.1:{in_port}
 connect = 127.0.0.1:{backend_port}
 cert = {pki}/server.pem
@@ -371,8 +372,8 @@ verifyChain = yes
 requireCert = yes
 curves = X25519
 {"" if resumption else "options = NO_TICKET"}
-"""),
-        ("out", f"""[out]
+""",
+        "out": header + f"""[out]
 client = yes
 accept = 127.0.0.1:{out_port}
 connect = 127.0.0.1:{in_port}
@@ -382,16 +383,8 @@ CAfile = {pki}/ca.pem
 verifyChain = yes
 checkHost = localhost
 sessionResume = {"yes" if resumption else "no"}
-""")):
-        conf = os.path.join(d, f"{tag}-{role}.conf")
-        with open(conf, "w") as f:
-            f.write(f"""foreground = yes
-pid =
-debug = 3
-sslVersionMin = TLSv1.3
-{body}""")
-        procs.append(Proc(f"{tag}-{role}", ["stunnel4", conf], d))
-    return Pair(tag, procs[1], procs[0], out_port)
+""",
+    }, lambda role, conf: ["stunnel4", conf])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,7 +589,8 @@ def main():
                     results[c]["hs_resumed"].append(r["rps"])
                 results[c]["bulk"].append(bulk(pair.port))
                 pair.check_alive()
-                log(f"  {c}: {r['rps']:.0f} hs/s ... ok")
+                got = {k: v[-1] for k, v in results[c].items() if v}
+                log(f"  {c}: " + ", ".join(f"{k} {fmt(v)}" for k, v in got.items()))
 
         for c in columns:
             if c == "baseline":
@@ -623,7 +617,7 @@ def main():
         speed = openssl_speed(2)
     finally:
         Proc.stop_all()
-    report(args, columns, results, speed, d)
+    report(args, columns, results, speed)
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -646,7 +640,7 @@ def versions():
             first_line(["nginx", "-v"]), first_line(["stunnel4", "-version"], "stunnel ")]
 
 
-def report(args, columns, results, speed, d):
+def report(args, columns, results, speed):
     def median(c, k):
         vals = results[c][k]
         return statistics.median(vals) if vals else None

@@ -101,11 +101,9 @@ testing::TlsIdentity AsIdentity(const testing::IssuedLeaf& leaf) {
 
 TEST_F(PeerVerificationTest, AllowedClientReachesTheApp) {
   StartBackend();
-  absl::StatusOr<std::unique_ptr<testing::TlsClient>> client =
-      testing::TlsClient::Connect(port_, AsIdentity(ca_.Issue(kFrontend)), ca_.RootPem());
-  ASSERT_THAT(client, IsOk());
-  ASSERT_THAT((*client)->Write("ping"), IsOk());
-  EXPECT_EQ(*(*client)->Read(4), "ping");
+  std::unique_ptr<testing::TlsClient> client =
+      EchoThrough(port_, AsIdentity(ca_.Issue(kFrontend)), "ping");
+  ASSERT_NE(client, nullptr);
   EXPECT_EQ(backend_->Metric(Handshakes("inbound", "success")), 1);
   EXPECT_EQ(app_.connections(), 1);
 }
@@ -186,11 +184,9 @@ TEST_F(PeerVerificationTest, SilentClientTimesOutWithoutBlockingOthers) {
   absl::StatusOr<base::UniqueFd> silent = testing::TcpConnect(port_);
   ASSERT_THAT(silent, IsOk());
   // While the silent peer waits, a good client completes at once.
-  absl::StatusOr<std::unique_ptr<testing::TlsClient>> client =
-      testing::TlsClient::Connect(port_, AsIdentity(ca_.Issue(kFrontend)), ca_.RootPem());
-  ASSERT_THAT(client, IsOk());
-  ASSERT_THAT((*client)->Write("hi"), IsOk());
-  EXPECT_EQ(*(*client)->Read(2), "hi");
+  std::unique_ptr<testing::TlsClient> client =
+      EchoThrough(port_, AsIdentity(ca_.Issue(kFrontend)), "hi");
+  ASSERT_NE(client, nullptr);
   EXPECT_TRUE(backend_->WaitForMetric(Handshakes("inbound", "timeout"), 1, absl::Seconds(5)));
   EXPECT_THAT(testing::ClosedWithoutData(silent->get(), absl::Seconds(5)), IsOk())
       << "the silent connection must be closed";
@@ -198,15 +194,12 @@ TEST_F(PeerVerificationTest, SilentClientTimesOutWithoutBlockingOthers) {
 
 TEST_F(PeerVerificationTest, IdleConnectionIsClosedGracefully) {
   StartBackend("limits: {idle_timeout: 1s}\n");
-  absl::StatusOr<std::unique_ptr<testing::TlsClient>> client =
-      testing::TlsClient::Connect(port_, AsIdentity(ca_.Issue(kFrontend)), ca_.RootPem());
-  ASSERT_THAT(client, IsOk());
-  ASSERT_THAT((*client)->Write("x"), IsOk());
-  EXPECT_EQ(*(*client)->Read(1), "x");
+  std::unique_ptr<testing::TlsClient> client =
+      EchoThrough(port_, AsIdentity(ca_.Issue(kFrontend)), "x");
+  ASSERT_NE(client, nullptr);
   // Then silence: the sidecar closes with close_notify (not a reset) after about 1 s.
   const absl::Time start = absl::Now();
-  EXPECT_THAT((*client)->Read(1, absl::Seconds(10)),
-              testing::StatusIs(absl::StatusCode::kOutOfRange));
+  EXPECT_THAT(client->Read(1, absl::Seconds(10)), testing::StatusIs(absl::StatusCode::kOutOfRange));
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(500));
   EXPECT_TRUE(testing::WaitFor(
       [&] { return backend_->Metric(R"(meshtls_connections_active{direction="inbound"})") == 0; },
@@ -215,19 +208,17 @@ TEST_F(PeerVerificationTest, IdleConnectionIsClosedGracefully) {
 
 TEST_F(PeerVerificationTest, MaxConnectionsRefusesAndCounts) {
   StartBackend("limits: {max_connections: 1}\n");
-  absl::StatusOr<std::unique_ptr<testing::TlsClient>> first =
-      testing::TlsClient::Connect(port_, AsIdentity(ca_.Issue(kFrontend)), ca_.RootPem());
-  ASSERT_THAT(first, IsOk());
-  ASSERT_THAT((*first)->Write("1"), IsOk());
-  EXPECT_EQ(*(*first)->Read(1), "1");
+  std::unique_ptr<testing::TlsClient> first =
+      EchoThrough(port_, AsIdentity(ca_.Issue(kFrontend)), "1");
+  ASSERT_NE(first, nullptr);
   absl::StatusOr<std::unique_ptr<testing::TlsClient>> second =
       testing::TlsClient::Connect(port_, AsIdentity(ca_.Issue(kFrontend)), ca_.RootPem());
   EXPECT_FALSE(second.ok());
   EXPECT_TRUE(backend_->WaitForMetric(
       R"(meshtls_connections_refused_total{direction="inbound",reason="max_connections"})", 1));
   // The first connection is untouched.
-  ASSERT_THAT((*first)->Write("2"), IsOk());
-  EXPECT_EQ(*(*first)->Read(1), "2");
+  ASSERT_THAT(first->Write("2"), IsOk());
+  EXPECT_EQ(*first->Read(1), "2");
 }
 
 TEST_F(PeerVerificationTest, SigtermDrainsLiveConnectionsThenExitsZero) {
