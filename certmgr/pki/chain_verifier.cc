@@ -3,6 +3,8 @@
 #include <openssl/err.h>
 #include <openssl/x509_vfy.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "certmgr/pki/openssl_error.h"
 
@@ -61,7 +63,8 @@ absl::StatusOr<std::shared_ptr<const ChainVerifier>> ChainVerifier::CreateWithDo
 }
 
 absl::Status ChainVerifier::VerifyPath(X509* leaf, STACK_OF(X509) * untrusted, PeerRole role,
-                                       absl::Time now, int* x509_error) const {
+                                       absl::Time now, int* x509_error,
+                                       ValidityWindow* window) const {
   if (x509_error != nullptr) {
     *x509_error = X509_V_OK;
   }
@@ -95,16 +98,25 @@ absl::Status ChainVerifier::VerifyPath(X509* leaf, STACK_OF(X509) * untrusted, P
     }
     return absl::UnauthenticatedError(why);
   }
+  if (window != nullptr) {
+    *window = ValidityWindow{};
+    STACK_OF(X509)* path = X509_STORE_CTX_get0_chain(ctx.get());
+    for (int i = 0; i < sk_X509_num(path); ++i) {
+      X509* cert = sk_X509_value(path, i);
+      window->not_before = std::max(window->not_before, Asn1TimeToAbsl(X509_get0_notBefore(cert)));
+      window->not_after = std::min(window->not_after, Asn1TimeToAbsl(X509_get0_notAfter(cert)));
+    }
+  }
   return absl::OkStatus();
 }
 
 absl::StatusOr<SpiffeId> ChainVerifier::Verify(X509* leaf, STACK_OF(X509) * untrusted,
-                                               PeerRole role, absl::Time now,
-                                               int* x509_error) const {
+                                               PeerRole role, absl::Time now, int* x509_error,
+                                               ValidityWindow* window) const {
   if (trust_domain_.empty()) {
     return absl::FailedPreconditionError("this verifier checks certification paths only");
   }
-  if (absl::Status s = VerifyPath(leaf, untrusted, role, now, x509_error); !s.ok()) {
+  if (absl::Status s = VerifyPath(leaf, untrusted, role, now, x509_error, window); !s.ok()) {
     return s;
   }
   return CheckSvidLeaf(leaf, role, trust_domain_, x509_error);

@@ -21,6 +21,13 @@ enum class PeerRole { kClient, kServer };
 // as generic X.509 conformance suites expect.
 enum class VerifyProfile { kSvid, kPath };
 
+// ValidityWindow is the time span in which every certificate of a verified path, leaf to trust
+// anchor, is within its validity period.
+struct ValidityWindow {
+  absl::Time not_before = absl::InfinitePast();
+  absl::Time not_after = absl::InfiniteFuture();
+};
+
 // ChainVerifier verifies X.509-SVID chains against one trust bundle. It runs OpenSSL's path
 // validation with X509_V_FLAG_X509_STRICT and the TLS purpose of the role, then the X.509-SVID
 // leaf rules OpenSSL 3.0 does not apply: exactly one URI SAN, a valid spiffe:// ID in the
@@ -38,16 +45,18 @@ class ChainVerifier {
 
   // Verify returns the leaf's SPIFFE ID, or an error: FailedPrecondition for a certificate
   // outside its validity, Unauthenticated for anything else. `*x509_error` (if given) is set
-  // to the X509_V_ERR_* code that explains the failure (X509_V_OK on success).
+  // to the X509_V_ERR_* code that explains the failure (X509_V_OK on success). On success,
+  // `*window` (if given) is the validity window of the path that was built.
   absl::StatusOr<SpiffeId> Verify(X509* leaf, STACK_OF(X509) * untrusted, PeerRole role,
-                                  absl::Time now, int* x509_error = nullptr) const;
+                                  absl::Time now, int* x509_error = nullptr,
+                                  ValidityWindow* window = nullptr) const;
   // VerifyChain is Verify for a chain held as Certificates, leaf first.
   absl::StatusOr<SpiffeId> VerifyChain(const std::vector<Certificate>& chain, PeerRole role,
                                        absl::Time now, int* x509_error = nullptr) const;
 
   // VerifyPath runs only the certification-path checks (VerifyProfile::kPath).
   absl::Status VerifyPath(X509* leaf, STACK_OF(X509) * untrusted, PeerRole role, absl::Time now,
-                          int* x509_error = nullptr) const;
+                          int* x509_error = nullptr, ValidityWindow* window = nullptr) const;
   absl::Status VerifyChainPath(const std::vector<Certificate>& chain, PeerRole role, absl::Time now,
                                int* x509_error = nullptr) const;
 

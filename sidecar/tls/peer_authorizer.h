@@ -34,9 +34,9 @@ struct PeerCheck {
   std::string detail;                          // why verification or authorization failed
   bool verified = false;
   bool identity_denied = false;
-  // Resumption: the identity a session was established with. Inbound, set when our own ticket
-  // decrypts and the identity it carries is still allowed here; outbound, set when a cached
-  // session is offered. Used only if the handshake really resumed (SSL_session_reused).
+  // Resumption: the identity a session was established with. Inbound, set when a ticket names
+  // a stored session whose identity is still allowed here; outbound, set when a cached session
+  // is offered. Used only if the handshake really resumed (SSL_session_reused).
   std::optional<pki::SpiffeId> resumed_peer_id;
   // Outbound with resumption on: where the server's new session tickets go (the worker's
   // cache for this listener).

@@ -1,9 +1,6 @@
 #include "sidecar/tls/tls_context.h"
 
-#include <openssl/core_names.h>
 #include <openssl/err.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
 #include <cstring>
@@ -11,7 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "certmgr/base/status_macros.h"
 #include "certmgr/pki/openssl_error.h"
+#include "sidecar/tls/server_session_store.h"
 #include "sidecar/tls/session_cache.h"
+#include "sidecar/tls/verified_chain_cache.h"
 
 namespace meshtls::sidecar {
 namespace {
@@ -34,21 +33,41 @@ int VerifyPeer(X509_STORE_CTX* store_ctx, void* arg) {
     return 0;
   }
   X509* leaf = X509_STORE_CTX_get0_cert(store_ctx);
-  if (leaf != nullptr) {
-    std::vector<std::string> uris = pki::Certificate::Wrap(pki::UpRef(leaf)).UriSans();
-    if (!uris.empty()) {
-      check->claimed_id = uris[0].substr(0, 256);
-    }
-  }
+  STACK_OF(X509)* sent = X509_STORE_CTX_get0_untrusted(store_ctx);
   const pki::PeerRole role = SSL_is_server(ssl) ? pki::PeerRole::kClient : pki::PeerRole::kServer;
-  int x509_error = X509_V_OK;
-  absl::StatusOr<pki::SpiffeId> id = context->verifier().Verify(
-      leaf, X509_STORE_CTX_get0_untrusted(store_ctx), role, absl::Now(), &x509_error);
-  if (!id.ok()) {
-    check->x509_error = x509_error;
-    check->detail = std::string(id.status().message());
-    X509_STORE_CTX_set_error(store_ctx, x509_error);
-    return 0;
+  const absl::Time now = absl::Now();
+  // A peer reconnecting with the chain this worker verified last time skips path validation
+  // (see VerifiedChainCache for why that is safe).
+  thread_local VerifiedChainCache verified_chains;
+  std::optional<std::string> key =
+      VerifiedChainCache::MakeKey(context->verifier_serial(), role, leaf, sent);
+  std::optional<pki::SpiffeId> id;
+  if (key.has_value()) {
+    id = verified_chains.Find(*key, now);
+  }
+  if (!id.has_value()) {
+    if (leaf != nullptr) {
+      std::vector<std::string> uris = pki::Certificate::Wrap(pki::UpRef(leaf)).UriSans();
+      if (!uris.empty()) {
+        check->claimed_id = uris[0].substr(0, 256);
+      }
+    }
+    int x509_error = X509_V_OK;
+    pki::ValidityWindow window;
+    absl::StatusOr<pki::SpiffeId> verified =
+        context->verifier().Verify(leaf, sent, role, now, &x509_error, &window);
+    if (!verified.ok()) {
+      check->x509_error = x509_error;
+      check->detail = std::string(verified.status().message());
+      X509_STORE_CTX_set_error(store_ctx, x509_error);
+      return 0;
+    }
+    id = *std::move(verified);
+    if (key.has_value()) {
+      verified_chains.Insert(*std::move(key), *id, window);
+    }
+  } else {
+    check->claimed_id = id->str();
   }
   check->verified = true;
   check->peer_id = *id;
@@ -70,108 +89,58 @@ const TlsContext* ContextOf(SSL* ssl) {
   return static_cast<const TlsContext*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
 }
 
-bool PeerCertificateStillValid(SSL_SESSION* session) {
-  X509* peer = SSL_SESSION_get0_peer(session);
-  return peer != nullptr && X509_cmp_current_time(X509_get0_notAfter(peer)) > 0;
-}
-
-// OnTicketKey encrypts new tickets under the current period's key and decrypts tickets under
-// the current or the previous one (asking OpenSSL to issue a fresh ticket for the latter).
-// Runs on worker threads; the derivation is pure, and each thread keeps its last result.
-int OnTicketKey(SSL* ssl, unsigned char key_name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
-                EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac, int encrypt) {
+// OnNewServerSession files a session the server is issuing a ticket for (inbound side), with
+// the client identity this connection verified or resumed with. Returns 1: the store keeps the
+// reference OpenSSL passed.
+int OnNewServerSession(SSL* ssl, SSL_SESSION* session) {
+  PeerCheck* check = CheckOf(ssl);
   const TlsContext* context = ContextOf(ssl);
-  if (context == nullptr) {
-    return -1;
+  if (check == nullptr || context == nullptr) {
+    return 0;
   }
-  struct Cached {
-    const TlsContext* context = nullptr;
-    uint64_t generation = 0;
-    int64_t period = -1;
-    std::pair<TlsContext::TicketKey, TlsContext::TicketKey> keys;
-  };
-  thread_local Cached cached;
-  const int64_t period = context->TicketPeriod(absl::Now());
-  if (cached.context != context || cached.generation != context->generation() ||
-      cached.period != period) {
-    cached.keys = {context->DeriveTicketKey(period), context->DeriveTicketKey(period - 1)};
-    cached.context = context;
-    cached.generation = context->generation();
-    cached.period = period;
+  std::optional<pki::SpiffeId> peer;
+  if (SSL_session_reused(ssl) == 1) {
+    peer = check->resumed_peer_id;
+  } else if (check->verified && !check->identity_denied) {
+    peer = check->peer_id;
   }
-  const TlsContext::TicketKey* key = nullptr;
-  int result = 1;
-  if (encrypt == 1) {
-    key = &cached.keys.first;
-    std::memcpy(key_name, key->name, sizeof(key->name));
-    if (RAND_bytes(iv, 16) != 1) {
-      return -1;
-    }
-  } else if (std::memcmp(key_name, cached.keys.first.name, 16) == 0) {
-    key = &cached.keys.first;
-  } else if (std::memcmp(key_name, cached.keys.second.name, 16) == 0) {
-    key = &cached.keys.second;
-    result = 2;  // valid, but renew: the next ticket is under the current key
-  } else {
-    return 0;  // another generation's or an expired key: full handshake
+  X509* client = SSL_SESSION_get0_peer(session);
+  unsigned int ticket_length = 0;
+  const unsigned char* ticket = SSL_SESSION_get_id(session, &ticket_length);
+  if (!peer.has_value() || client == nullptr || ticket_length == 0) {
+    return 0;  // nothing to authorize a resumption with: the ticket will not resume
   }
-  if (EVP_CipherInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key->aes_key, iv, encrypt) != 1) {
-    return -1;
-  }
-  OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_octet_string(
-          OSSL_MAC_PARAM_KEY, const_cast<unsigned char*>(key->hmac_key), sizeof(key->hmac_key)),
-      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, const_cast<char*>("SHA256"), 0),
-      OSSL_PARAM_construct_end()};
-  if (EVP_MAC_CTX_set_params(mac, params) != 1) {
-    return -1;
-  }
-  return result;
+  const absl::Time expires =
+      std::min(absl::FromTimeT(SSL_SESSION_get_time(session) + SSL_SESSION_get_timeout(session)),
+               pki::Asn1TimeToAbsl(X509_get0_notAfter(client)));
+  context->server_sessions().Put(
+      std::string(reinterpret_cast<const char*>(ticket), ticket_length),
+      ServerSessionStore::Entry{
+          .session = SslSessionPtr(session), .peer = *std::move(peer), .expires = expires});
+  return 1;
 }
 
-// OnGenerateTicket stores the peer's verified identity in the ticket (server side).
-int OnGenerateTicket(SSL* ssl, void* /*arg*/) {
+// OnGetServerSession decides whether a ticket may resume (inbound side): only once, before it
+// expires, and with the identity it was issued to still allowed on the listener the client
+// presents it to. Anything else is a full handshake, which verifies the certificate again (and
+// refuses a peer that is no longer allowed as identity_denied).
+SSL_SESSION* OnGetServerSession(SSL* ssl, const unsigned char* ticket, int ticket_length,
+                                int* copy) {
+  *copy = 0;  // OpenSSL takes over the store's reference
   PeerCheck* check = CheckOf(ssl);
-  SSL_SESSION* session = SSL_get0_session(ssl);
-  if (check == nullptr || session == nullptr) {
-    return 1;  // no identity in the ticket: OnDecryptTicket will never accept it
+  const TlsContext* context = ContextOf(ssl);
+  if (check == nullptr || context == nullptr || ticket_length <= 0) {
+    return nullptr;
   }
-  const pki::SpiffeId* id = nullptr;
-  if (SSL_session_reused(ssl) == 1 && check->resumed_peer_id.has_value()) {
-    id = &*check->resumed_peer_id;
-  } else if (check->verified && !check->identity_denied && check->peer_id.has_value()) {
-    id = &*check->peer_id;
+  std::optional<ServerSessionStore::Entry> entry = context->server_sessions().Take(
+      std::string(reinterpret_cast<const char*>(ticket), static_cast<size_t>(ticket_length)),
+      absl::Now());
+  if (!entry.has_value() ||
+      (check->authorizer != nullptr && !check->authorizer->Allows(entry->peer))) {
+    return nullptr;
   }
-  if (id == nullptr) {
-    return 1;
-  }
-  return SSL_SESSION_set1_ticket_appdata(session, id->str().data(), id->str().size());
-}
-
-// OnDecryptTicket decides whether a ticket of ours may resume (server side): only with the
-// identity it carries still allowed on this listener and the peer certificate still valid.
-// Anything else falls back to a full handshake, where the certificate is verified again (and a
-// peer that is no longer allowed is refused as identity_denied).
-SSL_TICKET_RETURN OnDecryptTicket(SSL* ssl, SSL_SESSION* session, const unsigned char* /*name*/,
-                                  size_t /*name_length*/, SSL_TICKET_STATUS status, void* /*arg*/) {
-  if (status != SSL_TICKET_SUCCESS && status != SSL_TICKET_SUCCESS_RENEW) {
-    return SSL_TICKET_RETURN_IGNORE_RENEW;
-  }
-  PeerCheck* check = CheckOf(ssl);
-  void* data = nullptr;
-  size_t length = 0;
-  if (check == nullptr || SSL_SESSION_get0_ticket_appdata(session, &data, &length) != 1 ||
-      length == 0 || !PeerCertificateStillValid(session)) {
-    return SSL_TICKET_RETURN_IGNORE_RENEW;
-  }
-  absl::StatusOr<pki::SpiffeId> id =
-      pki::SpiffeId::Parse(absl::string_view(static_cast<const char*>(data), length));
-  if (!id.ok() || (check->authorizer != nullptr && !check->authorizer->Allows(*id))) {
-    return SSL_TICKET_RETURN_IGNORE_RENEW;
-  }
-  check->resumed_peer_id = *std::move(id);
-  // Renew: the client uses a ticket once, so a resumed connection must bring the next one.
-  return SSL_TICKET_RETURN_USE_RENEW;
+  check->resumed_peer_id = std::move(entry->peer);
+  return entry->session.release();
 }
 
 // OnNewClientSession files a ticket the server sent into the listener's cache (client side),
@@ -217,18 +186,20 @@ void ConfigureResumption(SSL_CTX* ctx, const TlsSettings& settings, bool server)
     SSL_CTX_set_num_tickets(ctx, 0);
     return;
   }
-  SSL_CTX_set_timeout(ctx, static_cast<long>(absl::ToInt64Seconds(settings.ticket_lifetime)));
+  SSL_CTX_set_timeout(ctx, static_cast<long>(absl::ToInt64Seconds(settings.session_lifetime)));
   if (server) {
-    // Stateless tickets only: nothing is cached server-side, and any worker can resume any
-    // ticket of this generation.
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    // Stateful TLS 1.3 tickets (SSL_OP_NO_TICKET): a ticket is a random session ID, and the
+    // session stays in this generation's ServerSessionStore, which OpenSSL's own cache does not
+    // duplicate (NO_INTERNAL).
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
     SSL_CTX_set_num_tickets(ctx, 1);
-    // Required by OpenSSL to resume when client certificates are verified; the ticket keys
-    // already scope tickets to this generation.
+    // Required by OpenSSL to resume when client certificates are verified; the store already
+    // scopes sessions to this generation.
     static constexpr unsigned char kSessionContext[] = "meshtls-sidecar";
     SSL_CTX_set_session_id_context(ctx, kSessionContext, sizeof(kSessionContext) - 1);
-    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, OnTicketKey);
-    SSL_CTX_set_session_ticket_cb(ctx, OnGenerateTicket, OnDecryptTicket, nullptr);
+    SSL_CTX_sess_set_new_cb(ctx, OnNewServerSession);
+    SSL_CTX_sess_set_get_cb(ctx, OnGetServerSession);
   } else {
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(ctx, OnNewClientSession);
@@ -310,11 +281,10 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(
   }
   auto context =
       std::shared_ptr<TlsContext>(new TlsContext(bundle, identity, settings, generation));
-  if (RAND_bytes(context->ticket_secret_, sizeof(context->ticket_secret_)) != 1) {
-    return pki::OpenSslError(absl::StatusCode::kInternal, "generating the ticket secret");
-  }
   MESHTLS_ASSIGN_OR_RETURN(context->verifier_,
                            pki::ChainVerifier::Create(trust_domain, bundle.trust_bundle));
+  static std::atomic<uint64_t> verifiers_created{0};
+  context->verifier_serial_ = ++verifiers_created;
   context->server_.reset(SSL_CTX_new(TLS_server_method()));
   context->client_.reset(SSL_CTX_new(TLS_client_method()));
   if (context->server_ == nullptr || context->client_ == nullptr) {
@@ -326,32 +296,6 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(
                                     settings, context.get()));
   ERR_clear_error();
   return std::shared_ptr<const TlsContext>(std::move(context));
-}
-
-TlsContext::TicketKey TlsContext::DeriveTicketKey(int64_t period) const {
-  TicketKey key;
-  // Three HMAC-SHA256 outputs of the generation's secret, one per purpose, bound to the period.
-  auto derive = [&](char purpose, unsigned char* out, size_t length) {
-    unsigned char message[9];
-    message[0] = static_cast<unsigned char>(purpose);
-    for (int i = 0; i < 8; ++i) {
-      message[1 + i] = static_cast<unsigned char>(static_cast<uint64_t>(period) >> (8 * i));
-    }
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int digest_length = 0;
-    HMAC(EVP_sha256(), ticket_secret_, sizeof(ticket_secret_), message, sizeof(message), digest,
-         &digest_length);
-    std::memcpy(out, digest, std::min<size_t>(length, digest_length));
-  };
-  derive('n', key.name, sizeof(key.name));
-  derive('e', key.aes_key, sizeof(key.aes_key));
-  derive('m', key.hmac_key, sizeof(key.hmac_key));
-  return key;
-}
-
-int64_t TlsContext::TicketPeriod(absl::Time now) const {
-  const int64_t seconds = std::max<int64_t>(1, absl::ToInt64Seconds(settings_.ticket_lifetime));
-  return absl::ToUnixSeconds(now) / seconds;
 }
 
 absl::StatusOr<SslPtr> TlsContext::NewSsl(bool server, int fd, PeerCheck* check) const {

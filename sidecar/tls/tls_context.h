@@ -12,18 +12,19 @@
 #include "certmgr/pki/chain_verifier.h"
 #include "certmgr/pki/credential_bundle.h"
 #include "sidecar/tls/peer_authorizer.h"
+#include "sidecar/tls/server_session_store.h"
 #include "sidecar/tls/ssl_ptr.h"
 
 namespace meshtls::sidecar {
 
 struct TlsSettings {
   bool allow_tls12 = false;  // TLS 1.2 with ECDHE + AEAD only, when configured
-  // Session resumption with stateless tickets: the server issues one ticket per handshake, the
-  // client offers the newest cached one. Tickets carry the verified peer identity.
+  // TLS 1.3 session resumption: the server issues one ticket per handshake, the client offers
+  // the newest cached one; either side remembers the peer identity each session was verified
+  // with.
   bool session_resumption = false;
-  // How long a ticket is valid, and how often the ticket key changes (the previous key is
-  // still accepted for one more period).
-  absl::Duration ticket_lifetime = absl::Hours(1);
+  // How long a session may be resumed (never past the peer certificate's expiry).
+  absl::Duration session_lifetime = absl::Hours(1);
 };
 
 // TlsContext is one immutable generation of the sidecar's TLS configuration: a server SSL_CTX
@@ -35,12 +36,12 @@ struct TlsSettings {
 // Never mutated after Create(); shared by all workers; each connection holds a shared_ptr to
 // the generation it started with, so a rotation never disturbs a live connection.
 //
-// Session resumption (when on): ticket keys are derived from a random secret of this
-// generation and change every ticket_lifetime, so a ticket never outlives the generation that
-// issued it: a renewed certificate or a changed trust bundle (a removed root included) ends
-// every earlier ticket. A ticket carries the peer's verified SPIFFE ID; on resumption that ID
-// must still pass the listener's policy and the peer certificate must still be valid, or the
-// server falls back to a full handshake, which verifies the certificate again.
+// Session resumption (when on): the server keeps the sessions it issued tickets for in this
+// generation's ServerSessionStore, so a ticket never outlives the generation that issued it: a
+// renewed certificate or a changed trust bundle (a removed root included) ends every earlier
+// ticket. Each session remembers the peer's verified SPIFFE ID; on resumption that ID must
+// still pass the listener's policy and the peer certificate must still be valid, or the server
+// falls back to a full handshake, which verifies the certificate again.
 class TlsContext {
  public:
   static absl::StatusOr<std::shared_ptr<const TlsContext>> Create(
@@ -50,22 +51,17 @@ class TlsContext {
   SSL_CTX* server_ctx() const { return server_.get(); }
   SSL_CTX* client_ctx() const { return client_.get(); }
   const pki::ChainVerifier& verifier() const { return *verifier_; }
+  // Unique to this context's verifier among all made in the process (an address may be reused
+  // after a context is freed; this is not), for caches keyed by what verified a chain.
+  uint64_t verifier_serial() const { return verifier_serial_; }
   const pki::SpiffeId& identity() const { return identity_; }
   const pki::CredentialBundle& bundle() const { return bundle_; }
   absl::Time not_after() const { return bundle_.chain[0].not_after(); }
   uint64_t generation() const { return generation_; }
 
-  // TicketKey is one period's ticket protection keys (AES-256-CBC + HMAC-SHA256, the format
-  // OpenSSL's ticket callback expects).
-  struct TicketKey {
-    unsigned char name[16];
-    unsigned char aes_key[32];
-    unsigned char hmac_key[32];
-  };
-  // TicketPeriod numbers the ticket-key period containing `now`; DeriveTicketKey derives that
-  // period's keys from this generation's secret. Pure: any thread may call them.
-  int64_t TicketPeriod(absl::Time now) const;
-  TicketKey DeriveTicketKey(int64_t period) const;
+  // The inbound side's resumable sessions. Internally synchronized: workers add and take
+  // sessions through a const context.
+  ServerSessionStore& server_sessions() const { return server_sessions_; }
 
   // NewSsl makes an SSL for one connection; `check` (owned by the connection, which must
   // outlive the SSL) receives the verification outcome.
@@ -83,8 +79,9 @@ class TlsContext {
   pki::SpiffeId identity_;
   TlsSettings settings_;
   uint64_t generation_;
-  unsigned char ticket_secret_[32] = {};
+  mutable ServerSessionStore server_sessions_;
   std::shared_ptr<const pki::ChainVerifier> verifier_;
+  uint64_t verifier_serial_ = 0;
   SslCtxPtr server_;
   SslCtxPtr client_;
 };

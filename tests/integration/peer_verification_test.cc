@@ -269,9 +269,12 @@ TEST_F(PeerVerificationTest, ResumedSessionIsAuthorizedAgainstTheListenerItResum
   EXPECT_TRUE(second->Resumed());
   EXPECT_EQ(backend_->Metric(resumed), 1);
 
-  // The same ticket on the ops listener: not resumed, and the full handshake refuses the peer.
+  // The ticket the resumed connection brought, on the ops listener: not resumed, and the full
+  // handshake refuses the peer.
+  sidecar::SslSessionPtr next_ticket = second->Session();
+  ASSERT_EQ(SSL_SESSION_is_resumable(next_ticket.get()), 1) << "no new ticket on resumption";
   auto third = testing::TlsClient::Connect(ops_port, frontend, ca_.RootPem(), TLS1_3_VERSION,
-                                           absl::Seconds(5), ticket.get());
+                                           absl::Seconds(5), next_ticket.get());
   if (third.ok()) {
     EXPECT_FALSE((*third)->Resumed());
     (void)(*third)->Write("must not reach the app");
@@ -285,6 +288,28 @@ TEST_F(PeerVerificationTest, ResumedSessionIsAuthorizedAgainstTheListenerItResum
           R"(meshtls_authz_decisions_total{direction="inbound",decision="deny",listener="ops"})"),
       1);
   EXPECT_EQ(app_.bytes_received(), 6u);  // "one" and "two" only
+}
+
+// A ticket resumes once (RFC 8446 §C.4): presented again, it gets a full handshake, which
+// succeeds for a peer that is still allowed.
+TEST_F(PeerVerificationTest, ATicketResumesOnlyOnce) {
+  StartBackend();
+  const testing::TlsIdentity frontend = AsIdentity(ca_.Issue(kFrontend));
+  std::unique_ptr<testing::TlsClient> first = EchoThrough(port_, frontend, "one");
+  ASSERT_NE(first, nullptr);
+  sidecar::SslSessionPtr ticket = first->Session();
+  ASSERT_EQ(SSL_SESSION_is_resumable(ticket.get()), 1);
+  std::unique_ptr<testing::TlsClient> second = EchoThrough(port_, frontend, "two", ticket.get());
+  ASSERT_NE(second, nullptr);
+  EXPECT_TRUE(second->Resumed());
+  std::unique_ptr<testing::TlsClient> third = EchoThrough(port_, frontend, "six", ticket.get());
+  ASSERT_NE(third, nullptr);
+  EXPECT_FALSE(third->Resumed()) << "a ticket was accepted twice";
+  EXPECT_EQ(
+      backend_->Metric(
+          R"(meshtls_tls_handshake_duration_seconds_count{direction="inbound",resumed="true"})"),
+      1);
+  EXPECT_EQ(backend_->Metric(Handshakes("inbound", "success")), 3);
 }
 
 TEST_F(PeerVerificationTest, ResumptionOffIssuesNoTicketAndEveryHandshakeIsFull) {
