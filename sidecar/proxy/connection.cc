@@ -124,6 +124,9 @@ void Connection::StartTls() {
     return;
   }
   ssl_ = *std::move(ssl);
+  BIO* socket_bio = SSL_get_rbio(ssl_.get());
+  BIO_set_callback_arg(socket_bio, reinterpret_cast<char*>(this));
+  BIO_set_callback_ex(socket_bio, &Connection::OnTlsSocketBio);
   if (check_.session_cache != nullptr) {
     std::optional<SessionCache::Entry> cached =
         check_.session_cache->Take(context_->generation(), absl::Now());
@@ -280,6 +283,16 @@ void Connection::ArmIdleTimer() {
   });
 }
 
+long Connection::OnTlsSocketBio(BIO* bio, int operation, const char* /*data*/, size_t length,
+                                int /*argi*/, long /*argl*/, int result, size_t* processed) {
+  if (operation == (BIO_CB_READ | BIO_CB_RETURN)) {
+    auto* self = reinterpret_cast<Connection*>(BIO_get_callback_arg(bio));
+    ++self->tls_socket_reads_;
+    self->tls_socket_drained_ = result <= 0 || processed == nullptr || *processed < length;
+  }
+  return result;
+}
+
 void Connection::OnEvents(bool tls_side, uint32_t events) {
   if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) != 0) {
     (tls_side ? tls_readable_ : plain_readable_) = true;
@@ -381,9 +394,13 @@ void Connection::Progress() {
     // drained: SSL_has_pending, not epoll, says whether there is more.
     if (!tls_eof_ && (tls_readable_ || SSL_has_pending(ssl_.get()) == 1) && to_plain_.space() > 0) {
       ERR_clear_error();
+      tls_socket_reads_ = 0;
       int n = SSL_read(ssl_.get(), to_plain_.WritableSpan(env_.buffers),
                        static_cast<int>(to_plain_.WritableSize()));
       if (n > 0) {
+        if (tls_socket_reads_ > 0 && tls_socket_drained_ && SSL_has_pending(ssl_.get()) != 1) {
+          tls_readable_ = false;  // nothing left in the socket or in OpenSSL's buffer
+        }
         to_plain_.Commit(static_cast<size_t>(n));
         env_.counters.bytes_received[DirectionIndex()].Add(static_cast<uint64_t>(n));
         progress = true;

@@ -93,6 +93,9 @@ class Connection {
   };
 
   void OnEvents(bool tls_side, uint32_t events);
+  // The TLS socket BIO's callback (see tls_socket_drained_).
+  static long OnTlsSocketBio(BIO* bio, int operation, const char* data, size_t length, int argi,
+                             long argl, int result, size_t* processed);
   void StartUpstreamConnect();
   void OnResolved(absl::StatusOr<net::SocketAddress> address);
   void OnUpstreamConnected();
@@ -143,6 +146,11 @@ class Connection {
   // epoll re-reports a socket that has data, so a hint cleared early costs a wake-up, not bytes.
   bool plain_readable_ = false;
   bool tls_readable_ = false;
+  // What the TLS socket's last read() did, seen by a BIO callback (OpenSSL does the reads):
+  // a read shorter than asked for drained the socket, so the next SSL_read need not try again
+  // (and meet EAGAIN) until epoll reports more. Worker thread only.
+  int tls_socket_reads_ = 0;
+  bool tls_socket_drained_ = false;
   bool destroying_ = false;
   bool counted_active_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for resolver callbacks
