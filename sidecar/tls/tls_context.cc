@@ -89,6 +89,18 @@ const TlsContext* ContextOf(SSL* ssl) {
   return static_cast<const TlsContext*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
 }
 
+// EstablishedPeer is the peer identity a new session of `ssl` is established with: the one
+// resumed with, or the one verified and allowed in this handshake.
+std::optional<pki::SpiffeId> EstablishedPeer(SSL* ssl, const PeerCheck& check) {
+  if (SSL_session_reused(ssl) == 1) {
+    return check.resumed_peer_id;
+  }
+  if (check.verified && !check.identity_denied) {
+    return check.peer_id;
+  }
+  return std::nullopt;
+}
+
 // OnNewServerSession files a session the server is issuing a ticket for (inbound side), with
 // the client identity this connection verified or resumed with. Returns 1: the store keeps the
 // reference OpenSSL passed.
@@ -98,12 +110,7 @@ int OnNewServerSession(SSL* ssl, SSL_SESSION* session) {
   if (check == nullptr || context == nullptr) {
     return 0;
   }
-  std::optional<pki::SpiffeId> peer;
-  if (SSL_session_reused(ssl) == 1) {
-    peer = check->resumed_peer_id;
-  } else if (check->verified && !check->identity_denied) {
-    peer = check->peer_id;
-  }
+  std::optional<pki::SpiffeId> peer = EstablishedPeer(ssl, *check);
   X509* client = SSL_SESSION_get0_peer(session);
   unsigned int ticket_length = 0;
   const unsigned char* ticket = SSL_SESSION_get_id(session, &ticket_length);
@@ -152,12 +159,7 @@ int OnNewClientSession(SSL* ssl, SSL_SESSION* session) {
       SSL_SESSION_is_resumable(session) != 1) {
     return 0;
   }
-  std::optional<pki::SpiffeId> peer;
-  if (SSL_session_reused(ssl) == 1) {
-    peer = check->resumed_peer_id;
-  } else if (check->verified && !check->identity_denied) {
-    peer = check->peer_id;
-  }
+  std::optional<pki::SpiffeId> peer = EstablishedPeer(ssl, *check);
   if (!peer.has_value()) {
     return 0;
   }

@@ -63,6 +63,20 @@ class PeerVerificationTest : public ::testing::Test {
     EXPECT_EQ(app_.bytes_received(), 0u);
   }
 
+  // ExpectRefusedWithoutResuming offers `ticket` to `port` and expects no resumption and no
+  // byte through (TLS 1.3: a refused client learns it on its first read). Callers check the
+  // failure counter.
+  void ExpectRefusedWithoutResuming(uint16_t port, const testing::TlsIdentity& identity,
+                                    const std::string& trusted_pem, SSL_SESSION* ticket) {
+    auto client = testing::TlsClient::Connect(port, identity, trusted_pem, TLS1_3_VERSION,
+                                              absl::Seconds(5), ticket);
+    if (client.ok()) {
+      EXPECT_FALSE((*client)->Resumed());
+      (void)(*client)->Write("must not reach the app");
+      EXPECT_FALSE((*client)->Read(100).ok());
+    }
+  }
+
   // EchoThrough connects to `port` with `identity` (offering `resume` when given), sends
   // `payload` and checks that the echo app sent it back. Returns the open client, or null
   // after recording a failure.
@@ -273,13 +287,7 @@ TEST_F(PeerVerificationTest, ResumedSessionIsAuthorizedAgainstTheListenerItResum
   // handshake refuses the peer.
   sidecar::SslSessionPtr next_ticket = second->Session();
   ASSERT_EQ(SSL_SESSION_is_resumable(next_ticket.get()), 1) << "no new ticket on resumption";
-  auto third = testing::TlsClient::Connect(ops_port, frontend, ca_.RootPem(), TLS1_3_VERSION,
-                                           absl::Seconds(5), next_ticket.get());
-  if (third.ok()) {
-    EXPECT_FALSE((*third)->Resumed());
-    (void)(*third)->Write("must not reach the app");
-    EXPECT_FALSE((*third)->Read(100).ok());
-  }
+  ExpectRefusedWithoutResuming(ops_port, frontend, ca_.RootPem(), next_ticket.get());
   EXPECT_TRUE(backend_->WaitForMetric(Handshakes("inbound", "identity_denied"), 1))
       << backend_->process().Log();
   EXPECT_EQ(backend_->Metric(resumed), 1);
@@ -352,13 +360,7 @@ TEST_F(PeerVerificationTest, TicketIsNotAcceptedAfterTheTrustBundleDroppedItsRoo
   ASSERT_TRUE(backend_->WaitForMetric("meshtls_tls_context_generation", 2))
       << backend_->process().Log();
 
-  auto second = testing::TlsClient::Connect(port_, frontend, "", TLS1_3_VERSION, absl::Seconds(5),
-                                            ticket.get());
-  if (second.ok()) {
-    EXPECT_FALSE((*second)->Resumed());
-    (void)(*second)->Write("must not reach the app");
-    EXPECT_FALSE((*second)->Read(100).ok());
-  }
+  ExpectRefusedWithoutResuming(port_, frontend, "", ticket.get());
   EXPECT_TRUE(backend_->WaitForMetric(Handshakes("inbound", "unknown_authority"), 1))
       << backend_->process().Log();
   EXPECT_EQ(
