@@ -102,8 +102,9 @@ std::optional<pki::SpiffeId> EstablishedPeer(SSL* ssl, const PeerCheck& check) {
 }
 
 // OnNewServerSession files a session the server is issuing a ticket for (inbound side), with
-// the client identity this connection verified or resumed with. Returns 1: the store keeps the
-// reference OpenSSL passed.
+// the client identity this connection verified or resumed with. The store keeps a copy: the
+// connection's own session is marked non-resumable by OpenSSL if the connection ends without
+// close_notify (a client reset), and a ticket, like a stateless one, should outlive that.
 int OnNewServerSession(SSL* ssl, SSL_SESSION* session) {
   PeerCheck* check = CheckOf(ssl);
   const TlsContext* context = ContextOf(ssl);
@@ -120,11 +121,15 @@ int OnNewServerSession(SSL* ssl, SSL_SESSION* session) {
   const absl::Time expires =
       std::min(absl::FromTimeT(SSL_SESSION_get_time(session) + SSL_SESSION_get_timeout(session)),
                pki::Asn1TimeToAbsl(X509_get0_notAfter(client)));
+  SslSessionPtr copy(SSL_SESSION_dup(session));
+  if (copy == nullptr) {
+    return 0;
+  }
   context->server_sessions().Put(
       std::string(reinterpret_cast<const char*>(ticket), ticket_length),
       ServerSessionStore::Entry{
-          .session = SslSessionPtr(session), .peer = *std::move(peer), .expires = expires});
-  return 1;
+          .session = std::move(copy), .peer = *std::move(peer), .expires = expires});
+  return 0;  // OpenSSL keeps its own reference
 }
 
 // OnGetServerSession decides whether a ticket may resume (inbound side): only once, before it

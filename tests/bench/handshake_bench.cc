@@ -6,6 +6,7 @@
 // against them. Built when Google Benchmark is installed; scripts/bench.sh runs it.
 #include <benchmark/benchmark.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -165,6 +166,34 @@ void BM_Handshake(benchmark::State& state) {
                              : "full, first contact, both sides");
 }
 BENCHMARK(BM_Handshake)->ArgName("mode")->Arg(0)->Arg(1)->Arg(2)->UseRealTime();
+
+// The heap one resumable session costs the inbound side while it waits in the
+// ServerSessionStore (the session and the client certificate it holds): kSessions full
+// handshakes whose tickets are never used, heap in use before and after (glibc mallinfo2).
+void BM_StoredSessionMemory(benchmark::State& state) {
+  constexpr int kSessions = 1000;
+  const Pki& pki = Pki::Get();
+  PeerAuthorizer allow = MakeAuthorizer(kClientId);
+  PeerAuthorizer expect = MakeAuthorizer(kServerId);
+  for (auto _ : state) {
+    auto server_context = MakeContext(pki.server, /*resumption=*/true);
+    auto client_context = MakeContext(pki.client, /*resumption=*/true);
+    OneConnection(*server_context, *client_context, allow, expect, nullptr);  // warm up
+    const size_t stored_before = server_context->server_sessions().size();
+    const size_t heap_before = mallinfo2().uordblks;
+    for (int i = 0; i < kSessions; ++i) {
+      OneConnection(*server_context, *client_context, allow, expect, nullptr);
+    }
+    const size_t stored = server_context->server_sessions().size() - stored_before;
+    if (stored != kSessions) {
+      state.SkipWithError("the server did not keep one session per handshake");
+      return;
+    }
+    state.counters["bytes_per_session"] =
+        static_cast<double>(mallinfo2().uordblks - heap_before) / static_cast<double>(stored);
+  }
+}
+BENCHMARK(BM_StoredSessionMemory)->Iterations(1)->Unit(benchmark::kMillisecond);
 
 // The pieces: what libcrypto spends on the peer's leaf certificate before and during
 // verification, and the primitives of one side.

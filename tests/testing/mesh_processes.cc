@@ -133,4 +133,9 @@ std::string Handshakes(const std::string& direction, const std::string& result) 
                       result, "\"}");
 }
 
+std::string HandshakeCount(const std::string& direction, bool resumed) {
+  return absl::StrCat("meshtls_tls_handshake_duration_seconds_count{direction=\"", direction,
+                      "\",resumed=\"", resumed ? "true" : "false", "\"}");
+}
+
 }  // namespace meshtls::testing

@@ -72,5 +72,8 @@ class SidecarProcess {
 
 // Handshakes returns the series name of meshtls_tls_handshakes_total for a direction/result.
 std::string Handshakes(const std::string& direction, const std::string& result);
+// HandshakeCount returns the series name of the handshake histogram's count for a
+// direction and `resumed` label.
+std::string HandshakeCount(const std::string& direction, bool resumed);
 
 }  // namespace meshtls::testing

@@ -40,10 +40,14 @@ class TlsClient {
   X509* PeerCertificate() const { return SSL_get0_peer_certificate(ssl_.get()); }
   // Resumed: the handshake resumed the offered session.
   bool Resumed() const { return SSL_session_reused(ssl_.get()) == 1; }
-  // Session returns the current session; in TLS 1.3 it carries a ticket only after a read has
-  // processed the server's NewSessionTicket.
+  // Session returns a copy of the current session; in TLS 1.3 it carries a ticket only after a
+  // read has processed the server's NewSessionTicket. A copy, so that it stays resumable after
+  // this client is gone: OpenSSL marks a connection's own session non-resumable when the
+  // connection ends without close_notify (the outbound sidecar caches copies for the same
+  // reason).
   sidecar::SslSessionPtr Session() const {
-    return sidecar::SslSessionPtr(SSL_get1_session(ssl_.get()));
+    SSL_SESSION* current = SSL_get0_session(ssl_.get());
+    return sidecar::SslSessionPtr(current == nullptr ? nullptr : SSL_SESSION_dup(current));
   }
 
  private:

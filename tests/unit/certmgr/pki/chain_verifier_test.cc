@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <openssl/x509_vfy.h>
 
+#include <algorithm>
+
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_ca.h"
 
@@ -36,6 +38,19 @@ TEST_F(ChainVerifierTest, AcceptsAnSvidForBothRoles) {
   EXPECT_EQ(id->str(), kId);
   EXPECT_EQ(x509_error_, X509_V_OK);
   EXPECT_THAT(Verify(leaf, PeerRole::kServer), IsOk());
+}
+
+// The window a verification reports is where every certificate of the built path (leaf and
+// root here) is valid: the later of their notBefore, the earlier of their notAfter.
+TEST_F(ChainVerifierTest, ReportsTheValidityWindowOfThePathItBuilt) {
+  testing::IssuedLeaf leaf = ca_.Issue(kId, absl::Hours(1), now_);
+  ValidityWindow window;
+  ASSERT_THAT(
+      verifier_->Verify(leaf.chain[0].get(), nullptr, PeerRole::kClient, now_, nullptr, &window),
+      IsOk());
+  EXPECT_EQ(window.not_before, std::max(leaf.chain[0].not_before(), ca_.root().not_before()));
+  EXPECT_EQ(window.not_after, std::min(leaf.chain[0].not_after(), ca_.root().not_after()));
+  EXPECT_LT(window.not_after, ca_.root().not_after()) << "the leaf expires first here";
 }
 
 TEST_F(ChainVerifierTest, RejectsCaTrueLeaf) {
