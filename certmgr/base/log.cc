@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
@@ -34,7 +35,8 @@ bool NeedsQuotes(absl::string_view v) {
     return true;
   }
   for (char c : v) {
-    if (c == ' ' || c == '"' || c == '=' || static_cast<unsigned char>(c) < 0x20) {
+    if (c == ' ' || c == '"' || c == '=' || static_cast<unsigned char>(c) < 0x20 ||
+        static_cast<unsigned char>(c) >= 0x7F) {
       return true;
     }
   }
@@ -68,10 +70,56 @@ bool LogEnabled(LogLevel level) {
   return static_cast<int>(level) >= g_min_level.load(std::memory_order_relaxed);
 }
 
+namespace {
+
+// Utf8SequenceLength returns the length of the valid UTF-8 sequence at the start of `s`, or 0
+// (overlong forms, surrogates and code points above U+10FFFF are invalid).
+size_t Utf8SequenceLength(absl::string_view s) {
+  const auto byte = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+  const auto continuation = [&](size_t i) { return i < s.size() && (byte(i) & 0xC0) == 0x80; };
+  const unsigned char lead = byte(0);
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    return continuation(1) ? 2 : 0;
+  }
+  if (lead >= 0xE0 && lead <= 0xEF) {
+    if (!continuation(1) || !continuation(2)) {
+      return 0;
+    }
+    if ((lead == 0xE0 && byte(1) < 0xA0) || (lead == 0xED && byte(1) > 0x9F)) {
+      return 0;  // overlong, or a UTF-16 surrogate
+    }
+    return 3;
+  }
+  if (lead >= 0xF0 && lead <= 0xF4) {
+    if (!continuation(1) || !continuation(2) || !continuation(3)) {
+      return 0;
+    }
+    if ((lead == 0xF0 && byte(1) < 0x90) || (lead == 0xF4 && byte(1) > 0x8F)) {
+      return 0;  // overlong, or above U+10FFFF
+    }
+    return 4;
+  }
+  return 0;
+}
+
+}  // namespace
+
 std::string JsonEscape(absl::string_view s) {
   std::string out;
   out.reserve(s.size());
-  for (char c : s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x80) {
+      const size_t n = Utf8SequenceLength(s.substr(i));
+      if (n == 0) {
+        out += "\\ufffd";
+      } else {
+        out.append(s.data() + i, n);
+        i += n - 1;
+      }
+      continue;
+    }
     switch (c) {
       case '"':
         out += "\\\"";
@@ -89,14 +137,37 @@ std::string JsonEscape(absl::string_view s) {
         out += "\\t";
         break;
       default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          absl::StrAppendFormat(&out, "\\u%04x", static_cast<unsigned char>(c));
+        if (u < 0x20 || u == 0x7F) {
+          absl::StrAppendFormat(&out, "\\u%04x", u);
         } else {
           out += c;
         }
     }
   }
   return out;
+}
+
+std::string TruncateForLog(absl::string_view s, size_t max) {
+  if (s.size() <= max) {
+    return std::string(s);
+  }
+  return absl::StrCat(s.substr(0, max), "...");
+}
+
+LogRateLimiter::Verdict LogRateLimiter::Allow(Clock::time_point now) {
+  if (now > refilled_) {
+    tokens_ = std::min(
+        burst_, tokens_ + per_second_ * std::chrono::duration<double>(now - refilled_).count());
+    refilled_ = now;
+  }
+  if (tokens_ < 1) {
+    ++suppressed_;
+    return {};
+  }
+  tokens_ -= 1;
+  Verdict v{.allowed = true, .suppressed_before = suppressed_};
+  suppressed_ = 0;
+  return v;
 }
 
 void Log(LogLevel level, absl::string_view message, std::initializer_list<LogField> fields) {

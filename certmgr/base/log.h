@@ -1,5 +1,7 @@
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <initializer_list>
 #include <string>
 
@@ -40,7 +42,38 @@ inline void LogDebug(absl::string_view message, std::initializer_list<LogField> 
   Log(LogLevel::kDebug, message, fields);
 }
 
-// JsonEscape returns `s` as the body of a JSON string (without the quotes).
+// JsonEscape returns `s` as the body of a JSON string (without the quotes). Peer-controlled
+// bytes end up in log lines (a claimed SPIFFE ID, a reason string), so the result is valid
+// UTF-8 whatever `s` holds: each byte of an invalid UTF-8 sequence becomes U+FFFD.
 std::string JsonEscape(absl::string_view s);
+
+// TruncateForLog bounds a field that a peer chooses (its certificate's URI SAN can be kilobytes
+// long): at most `max` bytes, marked with "..." when cut.
+std::string TruncateForLog(absl::string_view s, size_t max = 256);
+
+// LogRateLimiter is a token bucket for lines an attacker can provoke (one per failed
+// handshake): `burst` lines at once, then `per_second`. Allow() says whether a line may be
+// written now and, on the first line allowed after some were refused, how many were refused
+// since the last allowed one, so that the caller can say so. The caller passes the time (a
+// fake clock in tests). Not thread-safe: one per thread (each sidecar worker has its own).
+class LogRateLimiter {
+ public:
+  using Clock = std::chrono::steady_clock;
+  struct Verdict {
+    bool allowed = false;
+    uint64_t suppressed_before = 0;  // lines refused since the last allowed one
+  };
+
+  LogRateLimiter(double per_second, double burst, Clock::time_point now)
+      : per_second_(per_second), burst_(burst), tokens_(burst), refilled_(now) {}
+  Verdict Allow(Clock::time_point now);
+
+ private:
+  double per_second_;
+  double burst_;
+  double tokens_;
+  Clock::time_point refilled_;
+  uint64_t suppressed_ = 0;
+};
 
 }  // namespace meshtls::base

@@ -27,6 +27,23 @@ std::string SocketAddress::ToString() const {
   return "?";
 }
 
+PeerAddress PeerAddress::From(const sockaddr* address, socklen_t length) {
+  PeerAddress out;
+  if (address != nullptr && ((address->sa_family == AF_INET && length >= sizeof(sockaddr_in)) ||
+                             (address->sa_family == AF_INET6 && length >= sizeof(sockaddr_in6)))) {
+    std::memcpy(&out.address_, address,
+                address->sa_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
+  }
+  return out;
+}
+
+std::string PeerAddress::ToString() const {
+  SocketAddress full;
+  std::memcpy(&full.storage, &address_, sizeof(address_));
+  full.length = sizeof(address_);
+  return full.ToString();
+}
+
 absl::StatusOr<SocketAddress> ToSocketAddress(const base::HostPort& hp) {
   SocketAddress out;
   if (hp.is_ipv6) {
@@ -110,15 +127,6 @@ uint16_t LocalPort(int fd) {
     return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
   }
   return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-}
-
-std::string PeerAddressString(int fd) {
-  SocketAddress a;
-  a.length = sizeof(a.storage);
-  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&a.storage), &a.length) != 0) {
-    return "?";
-  }
-  return a.ToString();
 }
 
 void SetNoDelay(int fd) {

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <cstdint>
@@ -18,6 +19,22 @@ struct SocketAddress {
   std::string ToString() const;
 };
 
+// PeerAddress is an IPv4 or IPv6 socket address in 28 bytes, kept by each connection so that a
+// log line can still name the peer after its socket is gone (getpeername fails then).
+class PeerAddress {
+ public:
+  PeerAddress() = default;
+  // From copies an AF_INET or AF_INET6 address; anything else stays unknown ("?").
+  static PeerAddress From(const sockaddr* address, socklen_t length);
+  static PeerAddress From(const SocketAddress& address) {
+    return From(reinterpret_cast<const sockaddr*>(&address.storage), address.length);
+  }
+  std::string ToString() const;
+
+ private:
+  sockaddr_in6 address_{};  // large enough for a sockaddr_in, with the family at the same place
+};
+
 // ToSocketAddress converts an IP-literal HostPort (no DNS).
 absl::StatusOr<SocketAddress> ToSocketAddress(const base::HostPort& hp);
 
@@ -32,7 +49,6 @@ absl::StatusOr<base::UniqueFd> ConnectTcp(const SocketAddress& address);
 // SocketError returns and clears SO_ERROR (0 when the connect succeeded).
 int SocketError(int fd);
 uint16_t LocalPort(int fd);
-std::string PeerAddressString(int fd);
 void SetNoDelay(int fd);
 // AbortiveClose makes close() send a RST instead of a FIN (a truncated stream must not look
 // like a clean end).

@@ -17,11 +17,13 @@
 namespace meshtls::sidecar {
 
 Connection::Connection(uint64_t id, ConnectionEnv& env, const ListenerRuntime& listener,
-                       SessionCache* session_cache, base::UniqueFd accepted)
+                       SessionCache* session_cache, base::UniqueFd accepted,
+                       net::PeerAddress accepted_from)
     : id_(id), env_(env), listener_(listener) {
   // Inbound: the accepted socket speaks TLS. Outbound: it is the app's plain socket.
   if (listener_.direction == Direction::kInbound) {
     tls_.fd = std::move(accepted);
+    tls_peer_ = accepted_from;
   } else {
     plain_.fd = std::move(accepted);
   }
@@ -91,6 +93,9 @@ void Connection::OnResolved(absl::StatusOr<net::SocketAddress> address) {
   }
   Side& upstream = listener_.direction == Direction::kInbound ? plain_side() : tls_side();
   upstream.fd = *std::move(fd);
+  if (listener_.direction == Direction::kOutbound) {
+    tls_peer_ = net::PeerAddress::From(*address);
+  }
   state_ = State::kConnecting;
   SetInterest(upstream, EPOLLOUT);
 }
@@ -188,10 +193,10 @@ void Connection::RecordHandshakeFailure(HandshakeResult result, absl::string_vie
     base::LogWarning("tls handshake failed",
                      {{"direction", kDirectionNames[DirectionIndex()]},
                       {"listener", listener_.name},
-                      {"peer", net::PeerAddressString(tls_.fd.get())},
-                      {"peer_spiffe_id", check_.claimed_id},
+                      {"peer", tls_peer_.ToString()},
+                      {"peer_spiffe_id", base::TruncateForLog(check_.claimed_id)},
                       {"result", kHandshakeResultNames[static_cast<int>(result)]},
-                      {"reason", std::string(reason)}});
+                      {"reason", base::TruncateForLog(reason)}});
   }
 }
 

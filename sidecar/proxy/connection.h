@@ -11,6 +11,7 @@
 #include "sidecar/metrics/worker_counters.h"
 #include "sidecar/net/event_loop.h"
 #include "sidecar/net/resolver.h"
+#include "sidecar/net/socket.h"
 #include "sidecar/proxy/relay_buffer.h"
 #include "sidecar/tls/peer_authorizer.h"
 #include "sidecar/tls/session_cache.h"
@@ -64,9 +65,10 @@ struct ConnectionEnv {
 class Connection {
  public:
   // `session_cache` (outbound with resumption on; else null) is the worker's cache for this
-  // listener and outlives the connection.
+  // listener and outlives the connection. `accepted_from` is the accepted socket's peer.
   Connection(uint64_t id, ConnectionEnv& env, const ListenerRuntime& listener,
-             SessionCache* session_cache, base::UniqueFd accepted);
+             SessionCache* session_cache, base::UniqueFd accepted,
+             net::PeerAddress accepted_from = {});
   ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -124,6 +126,7 @@ class Connection {
   const ListenerRuntime& listener_;
   State state_ = State::kResolving;
   Side tls_{*this, true};
+  net::PeerAddress tls_peer_;  // the TLS side's peer, for failure logs
   Side plain_{*this, false};
   std::shared_ptr<const TlsContext> context_;  // the generation this connection started with
   SslPtr ssl_;

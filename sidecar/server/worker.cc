@@ -66,21 +66,22 @@ Worker::Worker(int index, const TlsContextStore& tls, net::Resolver& resolver, W
 Worker::~Worker() { Stop(); }
 
 bool Worker::MayLog() {
-  const net::MonoTime now = net::EventLoop::Now();
-  log_tokens_ =
-      std::min(20.0, log_tokens_ + 10.0 * std::chrono::duration<double>(now - log_refill_).count());
-  log_refill_ = now;
-  if (log_tokens_ < 1) {
-    return false;
+  const base::LogRateLimiter::Verdict verdict = log_limiter_.Allow(net::EventLoop::Now());
+  if (verdict.allowed && verdict.suppressed_before > 0) {
+    base::LogWarning("log lines suppressed by the rate limit",
+                     {{"worker", std::to_string(index_)},
+                      {"suppressed", std::to_string(verdict.suppressed_before)}});
   }
-  log_tokens_ -= 1;
-  return true;
+  return verdict.allowed;
 }
 
 void Worker::Accept(Acceptor& acceptor) {
   const int direction = static_cast<int>(acceptor.listener.direction);
   for (int i = 0; i < 64; ++i) {
-    int fd = ::accept4(acceptor.fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    sockaddr_in6 from{};  // sockaddr_in fits too
+    socklen_t from_length = sizeof(from);
+    int fd = ::accept4(acceptor.fd.get(), reinterpret_cast<sockaddr*>(&from), &from_length,
+                       SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
         // Out of descriptors: pause this listener briefly instead of spinning on it.
@@ -107,8 +108,9 @@ void Worker::Accept(Acceptor& acceptor) {
       continue;
     }
     const uint64_t id = next_connection_id_++;
-    auto connection = std::make_unique<Connection>(id, env_, acceptor.listener,
-                                                   acceptor.sessions.get(), std::move(accepted));
+    auto connection = std::make_unique<Connection>(
+        id, env_, acceptor.listener, acceptor.sessions.get(), std::move(accepted),
+        net::PeerAddress::From(reinterpret_cast<const sockaddr*>(&from), from_length));
     Connection* raw = connection.get();
     connections_.emplace(id, std::move(connection));
     raw->Start();

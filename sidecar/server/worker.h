@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "certmgr/base/fd.h"
+#include "certmgr/base/log.h"
 #include "sidecar/metrics/worker_counters.h"
 #include "sidecar/net/event_loop.h"
 #include "sidecar/net/resolver.h"
@@ -75,9 +76,9 @@ class Worker {
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
   uint64_t next_connection_id_ = 1;
-  // Failure-log budget: a token bucket refilled at 10 lines/s, burst 20 (per worker).
-  double log_tokens_ = 20;
-  net::MonoTime log_refill_ = net::EventLoop::Now();
+  // Failure-log budget, per worker: 10 lines/s, burst 20 (a handshake flood cannot flood the
+  // log; the first line after a refusal says how many were dropped).
+  base::LogRateLimiter log_limiter_{10, 20, net::EventLoop::Now()};
   std::thread thread_;
 };
 

@@ -372,6 +372,27 @@ double ScrapeMetric(uint16_t admin_port, absl::string_view series) {
   return MetricValue(r->body, series).value_or(-1);
 }
 
+ScriptedTcpServer::ScriptedTcpServer(std::function<void(base::UniqueFd)> serve)
+    : serve_(std::move(serve)), listen_fd_(ListenLoopback(&port_)) {
+  thread_ = std::thread([this] {
+    while (!stop_.load()) {
+      if (PollOne(listen_fd_.get(), POLLIN, absl::Now() + absl::Milliseconds(50)) <= 0) {
+        continue;
+      }
+      base::UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (fd.valid()) {
+        accepted_.fetch_add(1);
+        serve_(std::move(fd));
+      }
+    }
+  });
+}
+
+ScriptedTcpServer::~ScriptedTcpServer() {
+  stop_.store(true);
+  thread_.join();
+}
+
 EchoServer::EchoServer() : listen_fd_(ListenLoopback(&port_)) {
   accept_thread_ = std::thread([this] { AcceptLoop(); });
 }

@@ -101,6 +101,25 @@ std::string RandomBytes(size_t n);
 // EchoServer is the "local app" of integration tests: it echoes every byte back on each
 // connection, and on EOF echoes what is left, then half-closes. It counts connections and
 // bytes, so tests can assert that nothing reached it.
+// ScriptedTcpServer accepts on 127.0.0.1 in a thread and hands each connection, one at a time,
+// to `serve` (which owns it and must return within a few seconds). For upstreams that
+// misbehave on purpose: silent, closing mid-handshake, answering in plaintext.
+class ScriptedTcpServer {
+ public:
+  explicit ScriptedTcpServer(std::function<void(base::UniqueFd)> serve);
+  ~ScriptedTcpServer();
+  uint16_t port() const { return port_; }
+  int accepted() const { return accepted_.load(); }
+
+ private:
+  std::function<void(base::UniqueFd)> serve_;
+  uint16_t port_ = 0;  // declared first: ListenLoopback fills it while listen_fd_ is built
+  base::UniqueFd listen_fd_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> accepted_{0};
+  std::thread thread_;
+};
+
 class EchoServer {
  public:
   EchoServer();

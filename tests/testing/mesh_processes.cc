@@ -1,5 +1,6 @@
 #include "tests/testing/mesh_processes.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "certmgr/base/file.h"
@@ -89,9 +90,14 @@ absl::StatusOr<std::unique_ptr<SidecarProcess>> SidecarProcess::Start(const Temp
   s->admin_port_ = PickFreePort();
   const std::string config = dir.Write(
       name + ".yaml", absl::StrCat(yaml, "\nadmin: {listen: 127.0.0.1:", s->admin_port_, "}\n"));
+  // Two workers unless the YAML sets its own count (the flag would override it): tests see
+  // the multi-worker paths on any machine.
+  std::vector<std::string> argv = {BinaryPath("meshtls-sidecar"), "--config", config};
+  if (!absl::StartsWith(yaml, "workers:") && !absl::StrContains(yaml, "\nworkers:")) {
+    argv.insert(argv.end(), {"--workers", "2"});
+  }
   absl::StatusOr<std::unique_ptr<Subprocess>> p =
-      Subprocess::Start({BinaryPath("meshtls-sidecar"), "--config", config, "--workers", "2"},
-                        dir.File(name + ".log"));
+      Subprocess::Start(std::move(argv), dir.File(name + ".log"));
   if (!p.ok()) {
     return p.status();
   }

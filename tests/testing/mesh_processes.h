@@ -48,7 +48,8 @@ class CertmgrProcess {
   std::unique_ptr<Subprocess> process_;
 };
 
-// SidecarProcess runs meshtls-sidecar with the given YAML (the admin section is added).
+// SidecarProcess runs meshtls-sidecar with the given YAML (the admin section is added), with
+// two workers unless the YAML sets `workers`.
 class SidecarProcess {
  public:
   static absl::StatusOr<std::unique_ptr<SidecarProcess>> Start(const TempDir& dir,

@@ -41,11 +41,15 @@ absl::Status UseIdentity(SSL_CTX* ctx, const TlsIdentity& identity) {
 
 absl::StatusOr<std::unique_ptr<TlsClient>> TlsClient::Connect(
     uint16_t port, const TlsIdentity& identity, const std::string& roots_pem, int max_version,
-    absl::Duration timeout, SSL_SESSION* resume) {
+    absl::Duration timeout, SSL_SESSION* resume, const std::string& tls13_ciphersuites) {
   auto client = std::unique_ptr<TlsClient>(new TlsClient());
   client->ctx_.reset(SSL_CTX_new(TLS_client_method()));
   SSL_CTX_set_max_proto_version(client->ctx_.get(), max_version);
   SSL_CTX_set_min_proto_version(client->ctx_.get(), TLS1_2_VERSION);
+  if (!tls13_ciphersuites.empty() &&
+      SSL_CTX_set_ciphersuites(client->ctx_.get(), tls13_ciphersuites.c_str()) != 1) {
+    return pki::OpenSslError(absl::StatusCode::kInvalidArgument, "test client ciphersuites");
+  }
   if (absl::Status s = UseIdentity(client->ctx_.get(), identity); !s.ok()) {
     return s;
   }
@@ -102,9 +106,14 @@ absl::StatusOr<std::string> TlsClient::Read(size_t max, absl::Duration timeout) 
   return buf;
 }
 
-TlsServer::TlsServer(const TlsIdentity& identity)
+TlsServer::TlsServer(const TlsIdentity& identity, int max_version,
+                     const std::string& tls13_ciphersuites)
     : ctx_(SSL_CTX_new(TLS_server_method())), listen_fd_(ListenLoopback(&port_, 16)) {
   (void)UseIdentity(ctx_.get(), identity);
+  SSL_CTX_set_max_proto_version(ctx_.get(), max_version);
+  if (!tls13_ciphersuites.empty()) {
+    (void)SSL_CTX_set_ciphersuites(ctx_.get(), tls13_ciphersuites.c_str());
+  }
   SSL_CTX_set_verify(ctx_.get(), SSL_VERIFY_PEER,
                      [](int, X509_STORE_CTX*) { return 1; });  // request, accept anything
   thread_ = std::thread([this] { Run(); });

@@ -28,11 +28,12 @@ class TlsClient {
  public:
   // Connect connects to 127.0.0.1:port and completes a handshake. With an empty `roots_pem`
   // the server certificate is not verified (the tests aim at the server's checks).
-  // With `resume`, that session (ticket) is offered.
+  // With `resume`, that session (ticket) is offered. A non-empty `tls13_ciphersuites` replaces
+  // OpenSSL's default TLS 1.3 suites (to offer only what the server does not take).
   static absl::StatusOr<std::unique_ptr<TlsClient>> Connect(
       uint16_t port, const TlsIdentity& identity, const std::string& roots_pem,
       int max_version = TLS1_3_VERSION, absl::Duration timeout = absl::Seconds(5),
-      SSL_SESSION* resume = nullptr);
+      SSL_SESSION* resume = nullptr, const std::string& tls13_ciphersuites = "");
   absl::Status Write(absl::string_view data);
   // Read returns up to `max` bytes; an error when the peer aborted (alert, reset) or on EOF.
   absl::StatusOr<std::string> Read(size_t max, absl::Duration timeout = absl::Seconds(5));
@@ -59,10 +60,12 @@ class TlsClient {
 
 // TlsServer accepts TLS connections on 127.0.0.1 in a thread, presenting `identity` and
 // requesting (not verifying) a client certificate, then reads until the peer closes. It counts
-// completed handshakes and application bytes received.
+// completed handshakes and application bytes received. `max_version` and a non-empty
+// `tls13_ciphersuites` narrow what it accepts, to play an upstream the sidecar cannot agree with.
 class TlsServer {
  public:
-  explicit TlsServer(const TlsIdentity& identity);
+  explicit TlsServer(const TlsIdentity& identity, int max_version = TLS1_3_VERSION,
+                     const std::string& tls13_ciphersuites = "");
   ~TlsServer();
   uint16_t port() const { return port_; }
   int handshakes() const { return handshakes_.load(); }
