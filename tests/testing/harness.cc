@@ -327,13 +327,26 @@ std::string RandomBytes(size_t n) {
   return out;
 }
 
+std::string FindProgram(absl::string_view name) {
+  const char* path = std::getenv("PATH");
+  for (absl::string_view dir :
+       absl::StrSplit(path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin", ':')) {
+    std::string candidate = absl::StrCat(dir, "/", name);
+    if (!dir.empty() && ::access(candidate.c_str(), X_OK) == 0) {
+      return candidate;
+    }
+  }
+  return "";
+}
+
 absl::StatusOr<HttpResult> HttpGet(uint16_t port, absl::string_view path, absl::Duration timeout) {
   absl::StatusOr<base::UniqueFd> fd = TcpConnect(port, timeout);
   if (!fd.ok()) {
     return fd.status();
   }
+  // HTTP/1.0, so that no server answers with a chunked body.
   absl::Status s = SendAll(fd->get(), absl::StrCat("GET ", path,
-                                                   " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                                   " HTTP/1.0\r\nHost: 127.0.0.1\r\n"
                                                    "Connection: close\r\n\r\n"));
   if (!s.ok()) {
     return s;

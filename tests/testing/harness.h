@@ -63,6 +63,9 @@ class Subprocess {
 // WaitFor polls `condition` every 20 ms until it holds (true) or `timeout` passes (false).
 bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout);
 
+// FindProgram returns the absolute path of `name` on PATH ("" if absent).
+std::string FindProgram(absl::string_view name);
+
 // PickFreePort binds 127.0.0.1:0, reads the port and releases it.
 uint16_t PickFreePort();
 
