@@ -20,11 +20,12 @@
 #include "certmgr/base/clock.h"
 #include "certmgr/base/file.h"
 #include "certmgr/base/flags.h"
+#include "certmgr/base/grpc_log.h"
 #include "certmgr/base/log.h"
+#include "certmgr/ca/ca_material.h"
 #include "certmgr/pki/certificate.h"
 #include "certmgr/pki/chain_verifier.h"
 #include "certmgr/pki/spiffe_id.h"
-#include "certmgr/ca/ca_material.h"
 #include "certmgr/server/certmgr_config.h"
 #include "certmgr/server/certmgr_server.h"
 #include "certmgr/server/join_tokens.h"
@@ -265,6 +266,7 @@ int Serve(const base::Flags& flags) {
     config->log_level = *level;
   }
   base::SetLogOptions(config->log_level, config->log_format);
+  base::RouteGrpcLogs();
 
   // Block the stop signals before any thread starts, so only sigwait() below receives them.
   sigset_t stop_signals;

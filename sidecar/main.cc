@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "certmgr/base/file.h"
 #include "certmgr/base/flags.h"
+#include "certmgr/base/grpc_log.h"
 #include "certmgr/base/host_port.h"
 #include "certmgr/base/log.h"
 #include "sidecar/config/sidecar_config.h"
@@ -111,6 +112,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   base::SetLogOptions(config->log.level, config->log.format);
+  base::RouteGrpcLogs();
 
   // Block the signals before any thread starts, so only sigwait() below receives them.
   sigset_t signals;

@@ -307,6 +307,12 @@ TEST_F(HandshakeFailuresTest, EveryResultOnBothDirectionsIsCountedLoggedAndKeptO
     EXPECT_EQ(refused->bytes_received(), 0u) << "app bytes reached an upstream that failed";
   }
 
+  // log.format json: every line the sidecar wrote is one JSON object.
+  for (absl::string_view line : absl::StrSplit(sidecar_->process().Log(), '\n')) {
+    if (!line.empty()) {
+      EXPECT_TRUE(absl::StartsWith(line, "{\"ts\":") && absl::EndsWith(line, "}")) << line;
+    }
+  }
   for (const char* direction : {"inbound", "outbound"}) {
     EXPECT_EQ(sidecar_->Metric(Handshakes(direction, "internal")), 0)
         << "`internal` is for bugs; log:\n"

@@ -1,6 +1,10 @@
 #include "certmgr/base/log.h"
 
+#include <grpc/grpc.h>
+#include <grpc/support/log.h>
 #include <gtest/gtest.h>
+
+#include "certmgr/base/grpc_log.h"
 
 namespace meshtls::base {
 namespace {
@@ -70,6 +74,23 @@ TEST(TruncateForLogTest, LongPeerChosenFieldsAreCutAndMarked) {
   EXPECT_EQ(TruncateForLog("short"), "short");
   EXPECT_EQ(TruncateForLog(std::string(256, 'a')), std::string(256, 'a'));
   EXPECT_EQ(TruncateForLog(std::string(5000, 'a')), std::string(256, 'a') + "...");
+}
+
+// With log.format json, a line gRPC itself logs is JSON too.
+TEST(RouteGrpcLogsTest, GrpcLinesBecomeMeshtlsLinesInTheConfiguredFormat) {
+  SetLogOptions(LogLevel::kInfo, LogFormat::kJson);
+  RouteGrpcLogs();
+  grpc_init();  // gRPC prints nothing before it has read its verbosity
+  ::testing::internal::CaptureStderr();
+  gpr_log(GPR_ERROR, "connect failed: \"%s\"", "127.0.0.1:1");
+  const std::string out = ::testing::internal::GetCapturedStderr();
+  grpc_shutdown();
+  SetLogOptions(LogLevel::kInfo, LogFormat::kText);
+  EXPECT_EQ(out.front(), '{') << out;
+  EXPECT_NE(out.find(R"("level":"error")"), std::string::npos) << out;
+  EXPECT_NE(out.find(R"("msg":"connect failed: \"127.0.0.1:1\"")"), std::string::npos) << out;
+  EXPECT_NE(out.find(R"("source":"grpc:)"), std::string::npos) << out;
+  EXPECT_EQ(out.find('\n'), out.size() - 1) << "one line: " << out;
 }
 
 }  // namespace
