@@ -67,8 +67,7 @@ class Connection {
   // `session_cache` (outbound with resumption on; else null) is the worker's cache for this
   // listener and outlives the connection. `accepted_from` is the accepted socket's peer.
   Connection(uint64_t id, ConnectionEnv& env, const ListenerRuntime& listener,
-             SessionCache* session_cache, base::UniqueFd accepted,
-             net::PeerAddress accepted_from = {});
+             SessionCache* session_cache, base::UniqueFd accepted, net::PeerAddress accepted_from);
   ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;

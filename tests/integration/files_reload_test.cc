@@ -40,8 +40,8 @@ class FilesReloadTest : public ::testing::Test {
 
   // ClientWorks completes a handshake and a round trip as the allowed frontend.
   bool ClientWorks() {
-    absl::StatusOr<std::unique_ptr<testing::TlsClient>> c = testing::TlsClient::Connect(
-        port_, {frontend_.ChainPem(), frontend_.KeyPem()}, ca_.RootPem());
+    absl::StatusOr<std::unique_ptr<testing::TlsClient>> c =
+        testing::TlsClient::Connect(port_, testing::AsIdentity(frontend_), ca_.RootPem());
     if (!c.ok() || !(*c)->Write("ok").ok()) {
       return false;
     }

@@ -26,6 +26,7 @@
 namespace meshtls {
 namespace {
 
+using testing::AsIdentity;
 using testing::Handshakes;
 using testing::IsOk;
 using testing::SidecarProcess;
@@ -53,10 +54,6 @@ constexpr const char* kResults[] = {"success",
 // A TLS 1.3 suite OpenSSL knows but does not enable by default, so the sidecar never offers
 // or accepts it.
 constexpr char kCcmOnly[] = "TLS_AES_128_CCM_SHA256";
-
-testing::TlsIdentity AsIdentity(const testing::IssuedLeaf& leaf) {
-  return {leaf.ChainPem(), leaf.KeyPem()};
-}
 
 // The first bytes of a ClientHello whose record announces more than is ever sent.
 std::string TruncatedClientHello() {

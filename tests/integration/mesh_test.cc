@@ -162,9 +162,8 @@ class MeshTest : public ::testing::Test {
     }
     return *SidecarProcess::Start(
         dir_, name,
-        absl::StrCat("trust_domain: ", kTd, "\nidentity:\n  certmgr:\n    address: ",
-                     certmgr_->address(), "\n    server_ca: ", certmgr_->ca_pem_path(),
-                     "\n    token_file: ", token_file, "\n", listeners));
+        absl::StrCat("trust_domain: ", kTd, "\n", certmgr_->SidecarIdentityYaml(token_file),
+                     listeners));
   }
 
   testing::TempDir dir_;
@@ -541,7 +540,7 @@ TEST_F(MeshTest, CaRotationEndToEndWithTrafficAndNoRestart) {
   // A certificate from the retired root is refused now.
   testing::IssuedLeaf stale = old_root.Issue(kFrontend);
   absl::StatusOr<std::unique_ptr<testing::TlsClient>> client =
-      testing::TlsClient::Connect(backend_port_, {stale.ChainPem(), stale.KeyPem()}, "");
+      testing::TlsClient::Connect(backend_port_, testing::AsIdentity(stale), "");
   if (client.ok()) {
     (void)(*client)->Write("x");
     EXPECT_FALSE((*client)->Read(1).ok());

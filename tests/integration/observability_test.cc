@@ -166,10 +166,9 @@ class ObservabilityTest : public ::testing::Test {
                                                const std::string& listeners) {
     return *SidecarProcess::Start(
         dir_, name,
-        absl::StrCat(
-            "trust_domain: ", kTd, "\nidentity:\n  certmgr:\n    address: ", certmgr_->address(),
-            "\n    server_ca: ", certmgr_->ca_pem_path(),
-            "\n    token_file: ", certmgr_->TokenFile(id, name + ".token"), "\n", listeners));
+        absl::StrCat("trust_domain: ", kTd, "\n",
+                     certmgr_->SidecarIdentityYaml(certmgr_->TokenFile(id, name + ".token")),
+                     listeners));
   }
 
   testing::TempDir dir_;

@@ -15,6 +15,7 @@
 namespace meshtls {
 namespace {
 
+using testing::AsIdentity;
 using testing::Handshakes;
 using testing::IsOk;
 using testing::SidecarProcess;
@@ -126,10 +127,6 @@ class PeerVerificationTest : public ::testing::Test {
   std::unique_ptr<SidecarProcess> backend_;
   uint16_t port_ = 0;
 };
-
-testing::TlsIdentity AsIdentity(const testing::IssuedLeaf& leaf) {
-  return {leaf.ChainPem(), leaf.KeyPem()};
-}
 
 TEST_F(PeerVerificationTest, AllowedClientReachesTheApp) {
   StartBackend();

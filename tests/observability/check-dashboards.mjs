@@ -194,6 +194,7 @@ async function checkQueries(file, dashboard, base) {
       }
     }
   }
+  if (count === 0) problem(file, 'no panel query to run');
   return count;
 }
 

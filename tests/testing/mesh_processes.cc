@@ -25,6 +25,11 @@ absl::StatusOr<std::unique_ptr<CertmgrProcess>> CertmgrProcess::Start(
   return c;
 }
 
+std::string CertmgrProcess::SidecarIdentityYaml(const std::string& token_file) const {
+  return absl::StrCat("identity:\n  certmgr:\n    address: ", address(),
+                      "\n    server_ca: ", ca_pem_path(), "\n    token_file: ", token_file, "\n");
+}
+
 absl::Status CertmgrProcess::Launch() {
   absl::StatusOr<std::unique_ptr<Subprocess>> p =
       Subprocess::Start({BinaryPath("meshtls-certmgr"), "--config", config_path_},

@@ -25,6 +25,9 @@ class CertmgrProcess {
   std::string Token(const std::string& spiffe_id) const;
   // TokenFile writes a new token for `spiffe_id` to a file and returns its path.
   std::string TokenFile(const std::string& spiffe_id, const std::string& name) const;
+  // SidecarIdentityYaml is a sidecar config's `identity:` section for this certmgr, bootstrapping
+  // with the token in `token_file`.
+  std::string SidecarIdentityYaml(const std::string& token_file) const;
 
   // Stop ends the process (SIGTERM, exit 0 expected); Restart starts it again with the same
   // configuration, CA directory and ports.

@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "certmgr/base/fd.h"
 #include "sidecar/tls/ssl_ptr.h"
+#include "tests/testing/test_ca.h"
 
 namespace meshtls::testing {
 
@@ -22,6 +23,9 @@ struct TlsIdentity {
   std::string chain_pem;  // empty: present no certificate
   std::string key_pem;
 };
+
+// AsIdentity presents a certificate TestCa issued.
+inline TlsIdentity AsIdentity(const IssuedLeaf& leaf) { return {leaf.ChainPem(), leaf.KeyPem()}; }
 
 // TlsClient is a blocking TLS client with timeouts. Not thread-safe.
 class TlsClient {
