@@ -180,9 +180,14 @@ class HandshakeFailuresTest : public ::testing::Test {
   }
 
   // Outbound: the app sends bytes through `listen_port`; the connection must close unanswered.
+  // The sidecar connects upstream as soon as it accepts, so a fast failure can reset the app's
+  // connection before its connect() has returned: that is a refusal too.
   static void AppConnectsThrough(uint16_t listen_port) {
     absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(listen_port);
-    ASSERT_THAT(conn, IsOk());
+    if (!conn.ok()) {
+      EXPECT_TRUE(absl::IsUnavailable(conn.status())) << conn.status();
+      return;
+    }
     (void)testing::SendAll(conn->get(), "for the backend only");
     EXPECT_THAT(testing::ClosedWithoutData(conn->get()), IsOk());
   }

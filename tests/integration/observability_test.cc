@@ -245,10 +245,9 @@ TEST_F(ObservabilityTest, DashboardsAndAlertRulesWorkOnARealPrometheusScrapingAL
       ASSERT_THAT(plain, IsOk());
       (void)testing::SendAll(plain->get(), "GET / HTTP/1.1\r\n\r\n");
       (void)testing::RecvUntilEof(plain->get(), absl::Seconds(5));
-      absl::StatusOr<base::UniqueFd> denied = testing::TcpConnect(to_admin);
-      ASSERT_THAT(denied, IsOk());
-      (void)testing::SendAll(denied->get(), "x");
-      (void)testing::RecvUntilEof(denied->get(), absl::Seconds(5));
+      // The frontend resets the app's connection once the backend denies it, sometimes before
+      // the app's connect() has returned.
+      ASSERT_THAT(testing::RefusedWithoutData(to_admin), IsOk());
       have_enough = HasResult(enough);
     }
   }
