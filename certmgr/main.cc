@@ -39,14 +39,19 @@ constexpr const char* kUsage =
     "  meshtls-certmgr [serve] --config FILE [--log-level debug|info|warning|error]\n"
     "  meshtls-certmgr token create (--config FILE | --token-file PATH) --spiffe-id ID "
     "[--ttl DURATION]\n"
-    "  meshtls-certmgr ca rotate (prepare|activate|retire) --config FILE [--force]\n"
+    "  meshtls-certmgr ca init --config FILE [--ca-dir DIR]\n"
+    "  meshtls-certmgr ca rotate (prepare|activate|retire) --config FILE [--ca-dir DIR] "
+    "[--force]\n"
     "  meshtls-certmgr verify --bundle ROOTS.pem --chain CHAIN.pem [--purpose client|server]\n"
     "                         [--at UNIX_TIME] [--spiffe-id ID] [--profile svid|path]\n"
     "\n"
     "serve         run the CA: gRPC CertificateAuthority over TLS, admin /metrics /healthz "
     "/readyz\n"
-    "ca rotate     one CA rotation step on ca.dir; running certmgr processes apply it live:\n"
-    "              prepare (new root trusted), activate (it signs), retire (old root dropped)\n"
+    "ca init       create the root CA in ca.dir (or --ca-dir) and print it; for a CA kept in a\n"
+    "              Kubernetes Secret, made once before the first deployment\n"
+    "ca rotate     one CA rotation step on ca.dir (or --ca-dir, a copy of a Secret's files);\n"
+    "              running certmgr processes apply it live: prepare (new root trusted),\n"
+    "              activate (it signs), retire (old root dropped)\n"
     "verify        validate a chain with the sidecar's own code; prints OK or the reason\n"
     "token create  add a join token for ID to the token file and print it (only its hash is "
     "stored)\n";
@@ -215,17 +220,53 @@ int Verify(const base::Flags& flags) {
   return 0;
 }
 
-int CaRotate(const base::Flags& flags, const std::string& step_name) {
+// LoadCaDirConfig loads --config for a command on the CA directory; --ca-dir replaces ca.dir
+// (for a copy of a Kubernetes Secret's files, or a config that loads its CA from files).
+absl::StatusOr<certmgr::CertmgrConfig> LoadCaDirConfig(const base::Flags& flags,
+                                                       absl::string_view command) {
   std::optional<std::string> config_path = flags.Get("config");
   if (!config_path) {
-    return UsageError("ca rotate needs --config");
+    return absl::InvalidArgumentError(absl::StrCat(command, " needs --config"));
   }
   absl::StatusOr<certmgr::CertmgrConfig> config = LoadConfig(*config_path);
   if (!config.ok()) {
-    return UsageError(config.status().message());
+    return config.status();
+  }
+  if (std::optional<std::string> dir = flags.Get("ca-dir")) {
+    if (dir->empty()) {
+      return absl::InvalidArgumentError("--ca-dir must not be empty");
+    }
+    config->ca_dir = *dir;
   }
   if (config->ca_dir.empty()) {
-    return UsageError("ca rotate works on ca.dir; this config loads its CA from files");
+    return absl::InvalidArgumentError(absl::StrCat(
+        command, " works on ca.dir; this config loads its CA from files (give --ca-dir)"));
+  }
+  return config;
+}
+
+int CaInit(const base::Flags& flags) {
+  absl::StatusOr<certmgr::CertmgrConfig> config = LoadCaDirConfig(flags, "ca init");
+  if (!config.ok()) {
+    return UsageError(config.status().message());
+  }
+  absl::StatusOr<certmgr::CaMaterial> ca = certmgr::LoadOrCreateCaInDir(
+      config->ca_dir, config->trust_domain, config->ca_ttl, base::RealClock::Get());
+  if (!ca.ok()) {
+    std::fprintf(stderr, "meshtls-certmgr: ca init: %s\n",
+                 std::string(ca.status().message()).c_str());
+    return 1;
+  }
+  std::printf("ca init: %s holds root %s (sha256 %s, not after %s)\n", config->ca_dir.c_str(),
+              ca->cert.SubjectText().c_str(), ca->cert.Sha256Fingerprint().c_str(),
+              absl::FormatTime(ca->cert.not_after()).c_str());
+  return 0;
+}
+
+int CaRotate(const base::Flags& flags, const std::string& step_name) {
+  absl::StatusOr<certmgr::CertmgrConfig> config = LoadCaDirConfig(flags, "ca rotate");
+  if (!config.ok()) {
+    return UsageError(config.status().message());
   }
   certmgr::CaRotationStep step;
   if (step_name == "prepare") {
@@ -295,7 +336,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<base::Flags> flags =
       base::ParseFlags(argc, argv,
                        {"config", "log-level", "token-file", "spiffe-id", "ttl", "bundle", "chain",
-                        "purpose", "at", "profile"},
+                        "purpose", "at", "profile", "ca-dir"},
                        {"help", "version", "force"});
   if (!flags.ok()) {
     return UsageError(flags.status().message());
@@ -310,6 +351,9 @@ int main(int argc, char** argv) {
   }
   if (flags->words.empty() || flags->words == std::vector<std::string>{"serve"}) {
     return Serve(*flags);
+  }
+  if (flags->words == std::vector<std::string>{"ca", "init"}) {
+    return CaInit(*flags);
   }
   if (flags->words.size() == 3 && flags->words[0] == "ca" && flags->words[1] == "rotate") {
     return CaRotate(*flags, flags->words[2]);

@@ -21,6 +21,7 @@
 #include "certmgr/base/grpc_log.h"
 #include "certmgr/base/host_port.h"
 #include "certmgr/base/log.h"
+#include "certmgr/pki/spiffe_id.h"
 #include "sidecar/config/sidecar_config.h"
 #include "sidecar/server/server.h"
 
@@ -36,6 +37,10 @@ constexpr const char* kUsage =
     "  --log-level LEVEL   debug, info, warning or error; overrides log.level\n"
     "  --log-format FMT    text or json; overrides log.format\n"
     "  --workers N         data-plane threads (0 = one per core); overrides workers\n"
+    "  --namespace NS, --service-account SA\n"
+    "                      the pod's own namespace and service account (in Kubernetes from the\n"
+    "                      downward API): refuse a certificate for any identity other than\n"
+    "                      spiffe://<trust_domain>/ns/NS/sa/SA\n"
     "  --check             validate the configuration and exit (0 if valid)\n"
     "  --help, --version\n"
     "\n"
@@ -49,9 +54,10 @@ int UsageError(absl::string_view message) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::StatusOr<base::Flags> parsed =
-      base::ParseFlags(argc, argv, {"config", "admin", "log-level", "log-format", "workers"},
-                       {"check", "help", "version"});
+  absl::StatusOr<base::Flags> parsed = base::ParseFlags(
+      argc, argv,
+      {"config", "admin", "log-level", "log-format", "workers", "namespace", "service-account"},
+      {"check", "help", "version"});
   if (!parsed.ok()) {
     return UsageError(parsed.status().message());
   }
@@ -106,6 +112,18 @@ int main(int argc, char** argv) {
       return UsageError("--workers must be a whole number from 0 to 256");
     }
     config->workers = workers;
+  }
+  const std::optional<std::string> ns = flags.Get("namespace");
+  const std::optional<std::string> sa = flags.Get("service-account");
+  if (ns.has_value() != sa.has_value()) {
+    return UsageError("--namespace and --service-account go together");
+  }
+  if (ns.has_value()) {
+    absl::StatusOr<pki::SpiffeId> id = pki::SpiffeId::ForWorkload(config->trust_domain, *ns, *sa);
+    if (!id.ok()) {
+      return UsageError(absl::StrCat("--namespace/--service-account: ", id.status().message()));
+    }
+    config->expected_identity = id->str();
   }
   if (flags.Has("check")) {
     std::puts("configuration is valid");

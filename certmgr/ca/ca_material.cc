@@ -3,14 +3,17 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "absl/strings/ascii.h"
 #include "certmgr/base/fd.h"
 #include "certmgr/base/file.h"
 #include "certmgr/base/log.h"
@@ -86,12 +89,31 @@ absl::StatusOr<base::UniqueFd> LockCaDir(const std::string& dir) {
     return absl::InternalError(
         absl::StrCat("cannot create CA directory ", dir, ": ", std::strerror(errno)));
   }
+  if (!CaDirIsWritable(dir)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "CA directory ", dir,
+        " is read-only (a Kubernetes Secret volume?): run the step on a copy with --ca-dir and "
+        "update the Secret (deploy/kubernetes/README.md)"));
+  }
   const std::string lock_path = absl::StrCat(dir, "/.lock");
   base::UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!lock.valid() || ::flock(lock.get(), LOCK_EX) != 0) {
     return absl::InternalError(absl::StrCat("cannot lock ", lock_path, ": ", std::strerror(errno)));
   }
   return lock;
+}
+
+// ReadView is where a load reads the directory's files from. A Kubernetes Secret volume
+// (kubelet's atomic writer) keeps each version in its own hidden directory behind the `..data`
+// symlink and swaps the link on update: reading every file through one resolution of that link
+// sees a single version, never files of two. Elsewhere it is the directory itself.
+std::string ReadView(const std::string& dir) {
+  char resolved[PATH_MAX];
+  const std::string data = absl::StrCat(dir, "/..data");
+  if (::realpath(data.c_str(), resolved) != nullptr) {
+    return resolved;
+  }
+  return dir;
 }
 
 std::string InDir(const std::string& dir, absl::string_view name) {
@@ -122,9 +144,12 @@ absl::Status WriteKeyPair(const std::string& dir, absl::string_view name, const 
   return base::WriteFileAtomically(InDir(dir, absl::StrCat(name, ".pem")), ca.cert.ToPem(), 0644);
 }
 
-// LoadCaDirLocked reads the directory's state; the caller holds the lock.
-absl::StatusOr<CaMaterial> LoadCaDirLocked(const std::string& dir, absl::string_view trust_domain,
+// LoadCaDirLocked reads the directory's state; the caller holds the lock, or the directory is
+// read-only (then its writer is kubelet, whose swaps ReadView makes atomic for us).
+absl::StatusOr<CaMaterial> LoadCaDirLocked(const std::string& real_dir,
+                                           absl::string_view trust_domain,
                                            const base::Clock& clock) {
+  const std::string dir = ReadView(real_dir);
   const std::string key_path = InDir(dir, "ca.key");
   struct stat st;
   if (::stat(key_path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
@@ -169,6 +194,15 @@ absl::StatusOr<CaMaterial> LoadCaDirLocked(const std::string& dir, absl::string_
 absl::StatusOr<CaMaterial> LoadOrCreateCaInDir(const std::string& dir,
                                                absl::string_view trust_domain,
                                                absl::Duration ca_ttl, const base::Clock& clock) {
+  if (::access(dir.c_str(), F_OK) == 0 && !CaDirIsWritable(dir)) {
+    if (!base::FileExists(InDir(dir, "ca.pem"))) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("CA directory ", dir,
+                       " is read-only and holds no CA (ca.pem); create one with "
+                       "`meshtls-certmgr ca init --ca-dir DIR` and put DIR's files in it"));
+    }
+    return LoadCaDirLocked(dir, trust_domain, clock);
+  }
   MESHTLS_ASSIGN_OR_RETURN(base::UniqueFd lock, LockCaDir(dir));
   const bool have_cert = base::FileExists(InDir(dir, "ca.pem"));
   const bool have_key = base::FileExists(InDir(dir, "ca.key"));
@@ -191,9 +225,14 @@ absl::StatusOr<CaMaterial> LoadOrCreateCaInDir(const std::string& dir,
 
 absl::StatusOr<CaMaterial> LoadCaDir(const std::string& dir, absl::string_view trust_domain,
                                      const base::Clock& clock) {
+  if (!CaDirIsWritable(dir)) {
+    return LoadCaDirLocked(dir, trust_domain, clock);
+  }
   MESHTLS_ASSIGN_OR_RETURN(base::UniqueFd lock, LockCaDir(dir));
   return LoadCaDirLocked(dir, trust_domain, clock);
 }
+
+bool CaDirIsWritable(const std::string& dir) { return ::access(dir.c_str(), W_OK) == 0; }
 
 absl::Status RotateCa(const std::string& dir, absl::string_view trust_domain, CaRotationStep step,
                       absl::Duration ca_ttl, absl::Duration max_leaf_lifetime, bool force,

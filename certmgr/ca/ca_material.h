@@ -45,9 +45,16 @@ absl::StatusOr<CaMaterial> LoadOrCreateCaInDir(const std::string& dir,
                                                absl::Duration ca_ttl, const base::Clock& clock);
 
 // LoadCaDir loads the CA directory's current state (no creation); certmgr calls it again when
-// the directory changes (rotation by the CLI or by another replica).
+// the directory changes (rotation by the CLI or by another replica, or a Secret update).
+// A read-only directory is read without the lock (see CaDirIsWritable).
 absl::StatusOr<CaMaterial> LoadCaDir(const std::string& dir, absl::string_view trust_domain,
                                      const base::Clock& clock);
+
+// CaDirIsWritable is false for a read-only CA directory, such as a Kubernetes Secret volume.
+// certmgr only reads such a directory (following kubelet's `..data` swaps, so every load sees
+// one version of the Secret whole) and never rotates it itself: rotation steps run elsewhere
+// on a copy, and the updated Secret reaches every replica.
+bool CaDirIsWritable(const std::string& dir);
 
 // CaRotationStep is one step of a CA rotation.
 enum class CaRotationStep { kPrepare, kActivate, kRetire };

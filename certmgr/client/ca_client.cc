@@ -2,9 +2,12 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "certmgr/base/check.h"
 #include "meshtls/ca/v1/ca.grpc.pb.h"
 
 namespace meshtls::certmgr {
@@ -29,14 +32,121 @@ absl::StatusOr<std::vector<pki::Certificate>> FromDerList(
   return out;
 }
 
+// Failover is for failures that say nothing about the request: certmgr unreachable, or not
+// answering in time. Any other status is certmgr's answer, the same from every replica.
+bool TryAnotherReplica(const absl::Status& s) {
+  return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s);
+}
+
 class GrpcCaClient final : public CaClient {
  public:
-  GrpcCaClient(std::string address, std::string server_ca_pem)
-      : address_(std::move(address)), server_ca_pem_(std::move(server_ca_pem)) {}
+  GrpcCaClient(std::vector<std::string> addresses, std::string server_ca_pem)
+      : addresses_(std::move(addresses)), server_ca_pem_(std::move(server_ca_pem)) {}
 
+  // Sign tries the replica that answered last first, then the others in order, each within
+  // its share of `timeout` (at least 2 s, or all of it when less), so one replica that
+  // black-holes connections cannot use up the time the others need.
   absl::StatusOr<SignedCredentials> Sign(const std::string& csr_der,
                                          const CallCredentials& credentials,
                                          absl::Duration timeout) override {
+    const size_t n = addresses_.size();
+    const absl::Duration per_address =
+        std::max(timeout / static_cast<int64_t>(n), std::min(timeout, absl::Seconds(2)));
+    size_t first;
+    {
+      absl::MutexLock lock(&mu_);
+      first = preferred_;
+    }
+    std::string errors;
+    for (size_t i = 0; i < n; ++i) {
+      const size_t index = (first + i) % n;
+      absl::StatusOr<SignedCredentials> result =
+          SignAt(addresses_[index], csr_der, credentials, per_address);
+      if (result.ok() || !TryAnotherReplica(result.status()) || n == 1) {
+        if (result.ok()) {
+          absl::MutexLock lock(&mu_);
+          preferred_ = index;
+        }
+        return result;
+      }
+      absl::StrAppend(&errors, errors.empty() ? "" : "; ", addresses_[index], ": ",
+                      result.status().message());
+    }
+    return absl::UnavailableError(absl::StrCat("no certmgr replica answered (", errors, ")"));
+  }
+
+  // WatchTrustBundle streams from one replica; each time a stream ends the next call goes to
+  // the next address, so a replica that went away is left for another at the reconnect.
+  absl::Status WatchTrustBundle(
+      const std::function<void(std::vector<pki::Certificate>, uint64_t)>& on_bundle) override {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = RootsPem();
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    std::string address;
+    {
+      absl::MutexLock lock(&mu_);
+      address = addresses_[watch_next_];
+      watch_next_ = (watch_next_ + 1) % addresses_.size();
+    }
+    std::shared_ptr<grpc::Channel> channel =
+        grpc::CreateCustomChannel(address, grpc::SslCredentials(tls), args);
+    auto stub = meshtls::ca::v1::CertificateAuthority::NewStub(channel);
+    grpc::ClientContext context;
+    {
+      absl::MutexLock lock(&mu_);
+      if (cancelled_) {
+        return absl::CancelledError("watch cancelled");
+      }
+      watch_context_ = &context;
+    }
+    meshtls::ca::v1::WatchTrustBundleRequest request;
+    std::unique_ptr<grpc::ClientReader<meshtls::ca::v1::TrustBundle>> reader =
+        stub->WatchTrustBundle(&context, request);
+    meshtls::ca::v1::TrustBundle bundle;
+    absl::Status result = absl::OkStatus();
+    while (reader->Read(&bundle)) {
+      absl::StatusOr<std::vector<pki::Certificate>> roots =
+          FromDerList(bundle.roots(), "trust bundle");
+      if (!roots.ok()) {
+        result = roots.status();
+        context.TryCancel();
+        break;
+      }
+      on_bundle(*std::move(roots), bundle.sequence());
+    }
+    grpc::Status status = reader->Finish();
+    {
+      absl::MutexLock lock(&mu_);
+      watch_context_ = nullptr;
+    }
+    if (!result.ok()) {
+      return result;
+    }
+    return status.ok()
+               ? absl::UnavailableError(absl::StrCat(address, " closed the trust bundle stream"))
+               : FromGrpc(status, absl::StrCat("certmgr WatchTrustBundle at ", address));
+  }
+
+  void CancelWatch() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    if (watch_context_ != nullptr) {
+      watch_context_->TryCancel();
+    }
+  }
+
+  void SetExtraRoots(std::vector<pki::Certificate> roots) override {
+    absl::MutexLock lock(&mu_);
+    extra_roots_pem_ = pki::ChainToPem(roots);
+  }
+
+ private:
+  absl::StatusOr<SignedCredentials> SignAt(const std::string& address, const std::string& csr_der,
+                                           const CallCredentials& credentials,
+                                           absl::Duration timeout) {
     grpc::SslCredentialsOptions tls;
     tls.pem_root_certs = RootsPem();
     if (credentials.key.has_value() && !credentials.chain.empty()) {
@@ -52,7 +162,7 @@ class GrpcCaClient final : public CaClient {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(1 << 20);
     std::shared_ptr<grpc::Channel> channel =
-        grpc::CreateCustomChannel(address_, grpc::SslCredentials(tls), args);
+        grpc::CreateCustomChannel(address, grpc::SslCredentials(tls), args);
     auto stub = meshtls::ca::v1::CertificateAuthority::NewStub(channel);
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
@@ -87,74 +197,16 @@ class GrpcCaClient final : public CaClient {
     return out;
   }
 
-  absl::Status WatchTrustBundle(
-      const std::function<void(std::vector<pki::Certificate>, uint64_t)>& on_bundle) override {
-    grpc::SslCredentialsOptions tls;
-    tls.pem_root_certs = RootsPem();
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-    std::shared_ptr<grpc::Channel> channel =
-        grpc::CreateCustomChannel(address_, grpc::SslCredentials(tls), args);
-    auto stub = meshtls::ca::v1::CertificateAuthority::NewStub(channel);
-    grpc::ClientContext context;
-    {
-      absl::MutexLock lock(&mu_);
-      if (cancelled_) {
-        return absl::CancelledError("watch cancelled");
-      }
-      watch_context_ = &context;
-    }
-    meshtls::ca::v1::WatchTrustBundleRequest request;
-    std::unique_ptr<grpc::ClientReader<meshtls::ca::v1::TrustBundle>> reader =
-        stub->WatchTrustBundle(&context, request);
-    meshtls::ca::v1::TrustBundle bundle;
-    absl::Status result = absl::OkStatus();
-    while (reader->Read(&bundle)) {
-      absl::StatusOr<std::vector<pki::Certificate>> roots =
-          FromDerList(bundle.roots(), "trust bundle");
-      if (!roots.ok()) {
-        result = roots.status();
-        context.TryCancel();
-        break;
-      }
-      on_bundle(*std::move(roots), bundle.sequence());
-    }
-    grpc::Status status = reader->Finish();
-    {
-      absl::MutexLock lock(&mu_);
-      watch_context_ = nullptr;
-    }
-    if (!result.ok()) {
-      return result;
-    }
-    return status.ok() ? absl::UnavailableError("certmgr closed the trust bundle stream")
-                       : FromGrpc(status, "certmgr WatchTrustBundle");
-  }
-
-  void CancelWatch() override {
-    absl::MutexLock lock(&mu_);
-    cancelled_ = true;
-    if (watch_context_ != nullptr) {
-      watch_context_->TryCancel();
-    }
-  }
-
-  void SetExtraRoots(std::vector<pki::Certificate> roots) override {
-    absl::MutexLock lock(&mu_);
-    extra_roots_pem_ = pki::ChainToPem(roots);
-  }
-
- private:
   std::string RootsPem() {
     absl::MutexLock lock(&mu_);
     return server_ca_pem_ + extra_roots_pem_;
   }
 
-  const std::string address_;
+  const std::vector<std::string> addresses_;  // never empty
   const std::string server_ca_pem_;
   absl::Mutex mu_;
+  size_t preferred_ ABSL_GUARDED_BY(mu_) = 0;   // the replica that signed last
+  size_t watch_next_ ABSL_GUARDED_BY(mu_) = 0;  // where the next trust bundle stream goes
   std::string extra_roots_pem_ ABSL_GUARDED_BY(mu_);
   grpc::ClientContext* watch_context_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
@@ -162,8 +214,10 @@ class GrpcCaClient final : public CaClient {
 
 }  // namespace
 
-std::unique_ptr<CaClient> NewGrpcCaClient(std::string address, std::string server_ca_pem) {
-  return std::make_unique<GrpcCaClient>(std::move(address), std::move(server_ca_pem));
+std::unique_ptr<CaClient> NewGrpcCaClient(std::vector<std::string> addresses,
+                                          std::string server_ca_pem) {
+  MESHTLS_CHECK(!addresses.empty(), "NewGrpcCaClient needs at least one address");
+  return std::make_unique<GrpcCaClient>(std::move(addresses), std::move(server_ca_pem));
 }
 
 }  // namespace meshtls::certmgr

@@ -49,8 +49,12 @@ class CaClient {
   virtual void SetExtraRoots(std::vector<pki::Certificate> roots) = 0;
 };
 
-// NewGrpcCaClient connects to `address` (host:port, or any gRPC target such as dns:///h:p),
-// trusting `server_ca_pem` (plus roots set later) for certmgr's serving certificate.
-std::unique_ptr<CaClient> NewGrpcCaClient(std::string address, std::string server_ca_pem);
+// NewGrpcCaClient talks to the certmgr replicas at `addresses` (each host:port, or any gRPC
+// target such as dns:///h:p; at least one), trusting `server_ca_pem` (plus roots set later) for
+// certmgr's serving certificate. A name that resolves to several addresses is one entry: gRPC
+// tries each of them. Sign fails over to the next entry when one is unreachable or does not
+// answer in time; any other answer (a refusal) is final, as every replica would give it.
+std::unique_ptr<CaClient> NewGrpcCaClient(std::vector<std::string> addresses,
+                                          std::string server_ca_pem);
 
 }  // namespace meshtls::certmgr

@@ -87,7 +87,10 @@ class CertmgrServerImpl final : public CertmgrServer {
                                    d + "/bundle.seq"},
           absl::Seconds(1), [this] { ReloadCaDir(); });
       ReloadCaDir();  // a step taken while we were starting
-      if (config_.rotation_auto) {
+      if (!CaDirIsWritable(d)) {
+        base::LogInfo("ca.dir is read-only: applying the rotation steps it receives, taking none",
+                      {{"dir", d}});
+      } else if (config_.rotation_auto) {
         rotation_thread_ = std::thread([this] { AutoRotationLoop(); });
       }
     }

@@ -145,10 +145,22 @@ absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool ch
     if (address == nullptr) {
       return base::FieldError("identity.certmgr.address", *cm, "required");
     }
-    MESHTLS_ASSIGN_OR_RETURN(c.certmgr.address,
-                             base::ReadString(*address, "identity.certmgr.address"));
-    if (absl::StatusOr<base::HostPort> hp = base::ParseHostPort(c.certmgr.address); !hp.ok()) {
-      return base::FieldError("identity.certmgr.address", *address, hp.status().message());
+    MESHTLS_ASSIGN_OR_RETURN(c.certmgr.addresses,
+                             base::ReadStringList(*address, "identity.certmgr.address"));
+    if (c.certmgr.addresses.empty()) {
+      return base::FieldError("identity.certmgr.address", *address,
+                              "must name at least one host:port");
+    }
+    std::set<std::string> seen;
+    for (const std::string& a : c.certmgr.addresses) {
+      if (absl::StatusOr<base::HostPort> hp = base::ParseHostPort(a); !hp.ok()) {
+        return base::FieldError("identity.certmgr.address", *address,
+                                absl::StrCat("\"", a, "\": ", hp.status().message()));
+      }
+      if (!seen.insert(a).second) {
+        return base::FieldError("identity.certmgr.address", *address,
+                                absl::StrCat("\"", a, "\" is listed twice"));
+      }
     }
     MESHTLS_RETURN_IF_ERROR(
         ReadFilePath(m, "server_ca", /*required=*/true, check_files, *cm, c.certmgr.server_ca));

@@ -27,7 +27,9 @@ struct SidecarConfig {
   enum class IdentityMode { kCertmgr, kFiles };
   IdentityMode identity_mode = IdentityMode::kCertmgr;
   struct Certmgr {
-    std::string address;
+    // certmgr replicas, host:port each (`address:` takes one or a list); Sign fails over
+    // between them in order, and a name resolving to several addresses counts as one entry.
+    std::vector<std::string> addresses;
     std::string server_ca;
     std::string token_file;
     double renew_at = 0.5;
@@ -37,6 +39,10 @@ struct SidecarConfig {
     std::string key;
     std::string trust_bundle;
   } files;
+  // The identity this pod must hold, spiffe://<trust_domain>/ns/<ns>/sa/<sa>, from the
+  // --namespace and --service-account flags (in Kubernetes, the downward API). When set, a
+  // certificate for any other identity is refused and the current one kept. Empty: no check.
+  std::string expected_identity;
   std::vector<ListenerConfig> inbound;
   std::vector<ListenerConfig> outbound;
   std::string admin_listen = "127.0.0.1:15000";

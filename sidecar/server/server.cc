@@ -145,7 +145,7 @@ class ServerImpl final : public Server {
         return absl::InvalidArgumentError(
             absl::StrCat("identity.certmgr.server_ca: ", server_ca.status().message()));
       }
-      ca_client_ = certmgr::NewGrpcCaClient(config_.certmgr.address, *server_ca);
+      ca_client_ = certmgr::NewGrpcCaClient(config_.certmgr.addresses, *server_ca);
       certmgr::RotatorOptions options;
       options.renew_at = config_.certmgr.renew_at;
       options.token_file = config_.certmgr.token_file;
@@ -169,6 +169,14 @@ class ServerImpl final : public Server {
       base::LogError("new credentials refused; keeping the current TLS context",
                      {{"error", std::string(context.status().message())}});
       return context.status();
+    }
+    if (!config_.expected_identity.empty() &&
+        (*context)->identity().str() != config_.expected_identity) {
+      const std::string why = absl::StrCat("the certificate is for ", (*context)->identity().str(),
+                                           ", but this pod is ", config_.expected_identity,
+                                           " (--namespace/--service-account)");
+      base::LogError("new credentials refused; keeping the current TLS context", {{"error", why}});
+      return absl::PermissionDeniedError(why);
     }
     store_.Publish(*context);
     generation_.store(generation);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_split.h"
+#include "certmgr/base/file.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/test_ca.h"
 
@@ -69,6 +70,15 @@ TEST(SidecarCliTest, UnknownFieldBadAddressBadIdMissingFile) {
                      "identity.certmgr.server_ca");
   ExpectOneLineError(RunBinary(dir, {bin, "--config", dir.File("nope.yaml")}), "--config");
   ExpectOneLineError(RunBinary(dir, {bin, "--bogus", "1"}), "unknown flag --bogus");
+  const std::string valid = dir.Write("e.yaml", base);
+  ExpectOneLineError(RunBinary(dir, {bin, "--config", valid, "--namespace", "default"}),
+                     "--namespace and --service-account go together");
+  ExpectOneLineError(
+      RunBinary(dir, {bin, "--config", valid, "--namespace", "a/b", "--service-account", "web"}),
+      "--namespace/--service-account");
+  RunResult checked = RunBinary(
+      dir, {bin, "--config", valid, "--namespace", "shop", "--service-account", "web", "--check"});
+  EXPECT_EQ(checked.exit_code, 0) << checked.output;
 }
 
 TEST(CertmgrCliTest, BadConfigAndBadTokenRequest) {
@@ -85,6 +95,31 @@ TEST(CertmgrCliTest, BadConfigAndBadTokenRequest) {
                                      "--spiffe-id", "spiffe://mesh.test"}),
                      "--spiffe-id must name a workload");
   ExpectOneLineError(RunBinary(dir, {bin, "frobnicate"}), "unknown command");
+}
+
+TEST(CertmgrCliTest, CaInitMakesTheRootOnceForASecret) {
+  testing::TempDir dir;
+  const std::string bin = testing::BinaryPath("meshtls-certmgr");
+  // The config names the directory of the cluster; --ca-dir points the command at a local one.
+  const std::string config =
+      dir.Write("c.yaml", "trust_domain: mesh.test\nca: {dir: /var/run/meshtls/ca}\n");
+  RunResult first =
+      RunBinary(dir, {bin, "ca", "init", "--config", config, "--ca-dir", dir.File("ca")});
+  EXPECT_EQ(first.exit_code, 0) << first.output;
+  EXPECT_NE(first.output.find("meshtls root CA mesh.test"), std::string::npos) << first.output;
+  const std::string root = *base::ReadFileToString(dir.File("ca/ca.pem"));
+  // Again: the same root, not a new one.
+  RunResult again =
+      RunBinary(dir, {bin, "ca", "init", "--config", config, "--ca-dir", dir.File("ca")});
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_EQ(*base::ReadFileToString(dir.File("ca/ca.pem")), root);
+  ExpectOneLineError(RunBinary(dir, {bin, "ca", "init", "--config", config, "--ca-dir", ""}),
+                     "--ca-dir must not be empty");
+  ExpectOneLineError(
+      RunBinary(dir, {bin, "ca", "init", "--config",
+                      dir.Write("files.yaml",
+                                "trust_domain: mesh.test\nca: {cert: a.pem, key: a.key}\n")}),
+      "give --ca-dir");
 }
 
 TEST(CertmgrCliTest, VerifyExplainsTheVerdict) {

@@ -26,6 +26,7 @@
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_ca.h"
 #include "tests/testing/tls_peer.h"
+#include "tests/testing/traffic_load.h"
 
 namespace meshtls {
 namespace {
@@ -35,6 +36,7 @@ using testing::Handshakes;
 using testing::IsOk;
 using testing::SidecarProcess;
 using testing::StatusIs;
+using testing::TrafficLoad;
 
 constexpr char kTd[] = "mesh.test";
 const std::string kFrontend = "spiffe://mesh.test/ns/default/sa/frontend";
@@ -43,88 +45,6 @@ const std::string kBackend = "spiffe://mesh.test/ns/default/sa/backend";
 certmgr::CallCredentials Bearer(std::string token) {
   return {.chain = {}, .key = std::nullopt, .bearer_token = std::move(token)};
 }
-
-// TrafficLoad keeps traffic flowing through an outbound listener until stopped: `long_lived`
-// connections doing echo round trips forever, plus a stream of new connections with one round
-// trip each. Every byte is checked; the first failure is kept. Bounded by Stop().
-class TrafficLoad {
- public:
-  TrafficLoad(uint16_t port, int long_lived) {
-    for (int i = 0; i < long_lived; ++i) {
-      threads_.emplace_back([this, port, i] {
-        absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(port);
-        if (!conn.ok()) {
-          Fail("long-lived connect: " + std::string(conn.status().message()));
-          return;
-        }
-        for (int round = 0; !stop_.load(); ++round) {
-          if (!RoundTrip(conn->get(), 1000 + 97 * ((round + i) % 50),
-                         absl::StrCat("long-lived connection ", i, " round ", round))) {
-            return;
-          }
-        }
-      });
-    }
-    threads_.emplace_back([this, port] {
-      for (int n = 0; !stop_.load(); ++n) {
-        absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(port);
-        if (!conn.ok()) {
-          Fail(absl::StrCat("new connection ", n, ": ", conn.status().message()));
-          return;
-        }
-        if (!RoundTrip(conn->get(), 4096 + n % 100, absl::StrCat("new connection ", n))) {
-          return;
-        }
-        new_connections_.fetch_add(1);
-      }
-    });
-  }
-  ~TrafficLoad() { Stop(); }
-  void Stop() {
-    stop_.store(true);
-    for (std::thread& t : threads_) {
-      if (t.joinable()) {
-        t.join();
-      }
-    }
-  }
-  int failures() const { return failures_.load(); }
-  int new_connections() const { return new_connections_.load(); }
-  uint64_t bytes_checked() const { return bytes_.load(); }
-  std::string first_failure() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return first_failure_;
-  }
-
- private:
-  bool RoundTrip(int fd, size_t size, const std::string& what) {
-    const std::string payload = testing::RandomBytes(size);
-    absl::Status sent = testing::SendAll(fd, payload);
-    absl::StatusOr<std::string> back = testing::RecvExactly(fd, payload.size(), absl::Seconds(10));
-    if (!sent.ok() || !back.ok() || *back != payload) {
-      Fail(absl::StrCat(what, ": ",
-                        !sent.ok()   ? std::string(sent.message())
-                        : !back.ok() ? std::string(back.status().message())
-                                     : "corrupted bytes"));
-      return false;
-    }
-    bytes_.fetch_add(payload.size());
-    return true;
-  }
-  void Fail(const std::string& what) {
-    if (failures_.fetch_add(1) == 0) {
-      std::lock_guard<std::mutex> lock(mu_);
-      first_failure_ = what;
-    }
-  }
-  std::atomic<bool> stop_{false};
-  std::atomic<int> failures_{0};
-  std::atomic<int> new_connections_{0};
-  std::atomic<uint64_t> bytes_{0};
-  std::mutex mu_;
-  std::string first_failure_;
-  std::vector<std::thread> threads_;
-};
 
 class MeshTest : public ::testing::Test {
  protected:
@@ -253,7 +173,7 @@ TEST_F(MeshTest, WatchTrustBundleSendsTheBundleAndStaysOpen) {
                                      "meshtls_certmgr_trust_bundle_watchers") == 2;
       },
       absl::Seconds(10)));
-  auto client = certmgr::NewGrpcCaClient(certmgr_->address(),
+  auto client = certmgr::NewGrpcCaClient({certmgr_->address()},
                                          *base::ReadFileToString(certmgr_->ca_pem_path()));
   std::atomic<int> received{0};
   std::atomic<uint64_t> sequence{0};
@@ -427,7 +347,7 @@ TEST_F(MeshTest, KubernetesServiceAccountTokenBootstrapsASidecar) {
       << certs->body;
 
   // A namespace outside the policy is refused (PERMISSION_DENIED), counted by certmgr.
-  auto client = certmgr::NewGrpcCaClient(certmgr_->address(),
+  auto client = certmgr::NewGrpcCaClient({certmgr_->address()},
                                          *base::ReadFileToString(certmgr_->ca_pem_path()));
   const std::string csr = *pki::CreateCsrDer(*pki::PrivateKey::GenerateEcP256());
   EXPECT_THAT(client->Sign(csr, Bearer(token_for("kube-system", "admin")), absl::Seconds(10)),
@@ -613,6 +533,37 @@ TEST_F(MeshTest, SidecarWithABadTokenStaysUnreadyAndFailsClosed) {
       1);
 }
 
+TEST_F(MeshTest, DownwardApiIdentityRefusesACertificateForAnotherIdentity) {
+  MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd));
+  backend_port_ = testing::PickFreePort();
+  // The pod runs as default/backend, but its token is the frontend's: certmgr issues a
+  // frontend certificate, which the sidecar must not serve.
+  auto yaml = [&](const std::string& token_id, const std::string& name) {
+    return absl::StrCat("trust_domain: ", kTd, "\n",
+                        certmgr_->SidecarIdentityYaml(certmgr_->TokenFile(token_id, name)),
+                        OutboundToBackend(testing::PickFreePort()));
+  };
+  const std::vector<std::string> as_backend = {"--namespace", "default", "--service-account",
+                                               "backend"};
+  auto wrong = *SidecarProcess::Start(dir_, "wrong", yaml(kFrontend, "wrong.token"), as_backend);
+  ASSERT_TRUE(wrong->WaitForMetric(R"(meshtls_cert_renewals_total{result="failure"})", 1,
+                                   absl::Seconds(15)))
+      << wrong->process().Log();
+  EXPECT_EQ(testing::HttpGet(wrong->admin_port(), "/readyz")->status, 503);
+  EXPECT_EQ(wrong->Metric("meshtls_tls_context_generation"), 0);
+  EXPECT_EQ(testing::HttpGet(wrong->admin_port(), "/certs")->body, "{\"identity\":null}\n");
+  EXPECT_NE(wrong->process().Log().find(
+                "the certificate is for spiffe://mesh.test/ns/default/sa/frontend, but this pod "
+                "is spiffe://mesh.test/ns/default/sa/backend"),
+            std::string::npos)
+      << wrong->process().Log();
+  // The same flags with the pod's own token: ready, with that identity.
+  auto right = *SidecarProcess::Start(dir_, "right", yaml(kBackend, "right.token"), as_backend);
+  ASSERT_TRUE(right->WaitReady()) << right->process().Log();
+  EXPECT_NE(testing::HttpGet(right->admin_port(), "/certs")->body.find(kBackend),
+            std::string::npos);
+}
+
 // ClaimingCsr is a CSR whose subject and SAN claim an identity (certmgr must ignore both).
 std::string ClaimingCsr(const pki::PrivateKey& key, const std::string& claimed) {
   pki::X509ReqPtr req(X509_REQ_new());
@@ -636,7 +587,7 @@ std::string ClaimingCsr(const pki::PrivateKey& key, const std::string& claimed) 
 
 TEST_F(MeshTest, CertmgrRefusesBadCredentialsAndIgnoresClaimedIdentity) {
   MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd));
-  auto client = certmgr::NewGrpcCaClient(certmgr_->address(),
+  auto client = certmgr::NewGrpcCaClient({certmgr_->address()},
                                          *base::ReadFileToString(certmgr_->ca_pem_path()));
   pki::PrivateKey key = *pki::PrivateKey::GenerateEcP256();
   const std::string csr = *pki::CreateCsrDer(key);

@@ -8,21 +8,33 @@
 namespace meshtls::testing {
 
 absl::StatusOr<std::unique_ptr<CertmgrProcess>> CertmgrProcess::Start(
-    const TempDir& dir, const std::string& trust_domain, const std::string& extra_yaml,
-    const std::string& ca_extra) {
+    const TempDir& dir, const std::string& trust_domain, CertmgrOptions options) {
   auto c = std::unique_ptr<CertmgrProcess>(new CertmgrProcess(dir));
+  if (options.ca_dir.empty()) {
+    options.ca_dir = dir.File("ca");
+  }
+  c->trust_domain_ = trust_domain;
+  c->options_ = std::move(options);
   c->grpc_port_ = PickFreePort();
   c->admin_port_ = PickFreePort();
-  c->config_path_ = dir.Write(
-      "certmgr.yaml",
-      absl::StrCat("trust_domain: ", trust_domain, "\nlisten: 127.0.0.1:", c->grpc_port_,
-                   "\nadmin: {listen: 127.0.0.1:", c->admin_port_, "}\nca: {dir: ", dir.File("ca"),
-                   ca_extra, "}\nauthenticators:\n  join_tokens: {file: ", dir.File("join-tokens"),
-                   "}\n", extra_yaml));
+  c->config_path_ =
+      dir.Write(c->options_.name + ".yaml",
+                absl::StrCat("trust_domain: ", trust_domain, "\nlisten: 127.0.0.1:", c->grpc_port_,
+                             "\nadmin: {listen: 127.0.0.1:", c->admin_port_,
+                             "}\nca: {dir: ", c->options_.ca_dir, c->options_.ca_extra,
+                             "}\nauthenticators:\n  join_tokens: {file: ", dir.File("join-tokens"),
+                             "}\n", c->options_.extra_yaml));
   if (absl::Status s = c->Launch(); !s.ok()) {
     return s;
   }
   return c;
+}
+
+absl::StatusOr<std::unique_ptr<CertmgrProcess>> CertmgrProcess::StartReplica(
+    const std::string& name) const {
+  CertmgrOptions options = options_;
+  options.name = name;
+  return Start(dir_, trust_domain_, std::move(options));
 }
 
 std::string CertmgrProcess::SidecarIdentityYaml(const std::string& token_file) const {
@@ -31,9 +43,10 @@ std::string CertmgrProcess::SidecarIdentityYaml(const std::string& token_file) c
 }
 
 absl::Status CertmgrProcess::Launch() {
-  absl::StatusOr<std::unique_ptr<Subprocess>> p =
-      Subprocess::Start({BinaryPath("meshtls-certmgr"), "--config", config_path_},
-                        dir_.File(absl::StrCat("certmgr.", ++launches_, ".log")));
+  std::vector<std::string> argv = options_.launcher;
+  argv.insert(argv.end(), {BinaryPath("meshtls-certmgr"), "--config", config_path_});
+  absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Start(
+      std::move(argv), dir_.File(absl::StrCat(options_.name, ".", ++launches_, ".log")));
   if (!p.ok()) {
     return p.status();
   }
@@ -88,9 +101,9 @@ std::string CertmgrProcess::TokenFile(const std::string& spiffe_id, const std::s
   return dir_.Write(name, Token(spiffe_id), 0600);
 }
 
-absl::StatusOr<std::unique_ptr<SidecarProcess>> SidecarProcess::Start(const TempDir& dir,
-                                                                      const std::string& name,
-                                                                      const std::string& yaml) {
+absl::StatusOr<std::unique_ptr<SidecarProcess>> SidecarProcess::Start(
+    const TempDir& dir, const std::string& name, const std::string& yaml,
+    const std::vector<std::string>& extra_args) {
   auto s = std::unique_ptr<SidecarProcess>(new SidecarProcess());
   s->admin_port_ = PickFreePort();
   const std::string config = dir.Write(
@@ -101,6 +114,7 @@ absl::StatusOr<std::unique_ptr<SidecarProcess>> SidecarProcess::Start(const Temp
   if (!absl::StartsWith(yaml, "workers:") && !absl::StrContains(yaml, "\nworkers:")) {
     argv.insert(argv.end(), {"--workers", "2"});
   }
+  argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   absl::StatusOr<std::unique_ptr<Subprocess>> p =
       Subprocess::Start(std::move(argv), dir.File(name + ".log"));
   if (!p.ok()) {

@@ -10,15 +10,35 @@
 
 namespace meshtls::testing {
 
-// CertmgrProcess runs meshtls-certmgr on loopback with a CA directory in `dir`.
+// CertmgrOptions shape one certmgr process of a test.
+struct CertmgrOptions {
+  std::string name = "certmgr";  // names its config and log files in the TempDir
+  std::string extra_yaml;        // appended to the config (for example an issuance section)
+  std::string ca_extra;          // added inside the `ca:` mapping (", rotation: {auto: false}")
+  std::string ca_dir;            // default: <dir>/ca
+  // launcher, when set, runs certmgr under these argv words (the binary and its flags follow).
+  std::vector<std::string> launcher;
+};
+
+// CertmgrProcess runs meshtls-certmgr on loopback with a CA directory in `dir`. Replicas made
+// with StartReplica share the CA directory and the join-token file, as certmgr's replicas in
+// Kubernetes share one Secret.
 class CertmgrProcess {
  public:
-  // `extra_yaml` is appended to the config (for example an issuance section).
-  // `ca_extra` is added inside the `ca:` mapping (", rotation: {auto: false}").
+  static absl::StatusOr<std::unique_ptr<CertmgrProcess>> Start(const TempDir& dir,
+                                                               const std::string& trust_domain,
+                                                               CertmgrOptions options);
   static absl::StatusOr<std::unique_ptr<CertmgrProcess>> Start(const TempDir& dir,
                                                                const std::string& trust_domain,
                                                                const std::string& extra_yaml = "",
-                                                               const std::string& ca_extra = "");
+                                                               const std::string& ca_extra = "") {
+    CertmgrOptions options;
+    options.extra_yaml = extra_yaml;
+    options.ca_extra = ca_extra;
+    return Start(dir, trust_domain, std::move(options));
+  }
+  // StartReplica starts another certmgr with this one's configuration and other ports.
+  absl::StatusOr<std::unique_ptr<CertmgrProcess>> StartReplica(const std::string& name) const;
   // Run runs `meshtls-certmgr <args> --config <this config>`; returns the exit code.
   int Run(const std::vector<std::string>& args) const;
   // Token runs `meshtls-certmgr token create` and returns the new token.
@@ -37,13 +57,16 @@ class CertmgrProcess {
   uint16_t grpc_port() const { return grpc_port_; }
   uint16_t admin_port() const { return admin_port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
-  std::string ca_pem_path() const { return dir_.File("ca/ca.pem"); }
+  std::string ca_pem_path() const { return options_.ca_dir + "/ca.pem"; }
+  const std::string& config_path() const { return config_path_; }
   Subprocess& process() { return *process_; }
 
  private:
   CertmgrProcess(const TempDir& dir) : dir_(dir) {}
   absl::Status Launch();
   const TempDir& dir_;
+  std::string trust_domain_;
+  CertmgrOptions options_;
   std::string config_path_;
   uint16_t grpc_port_ = 0;
   uint16_t admin_port_ = 0;
@@ -55,9 +78,10 @@ class CertmgrProcess {
 // two workers unless the YAML sets `workers`.
 class SidecarProcess {
  public:
-  static absl::StatusOr<std::unique_ptr<SidecarProcess>> Start(const TempDir& dir,
-                                                               const std::string& name,
-                                                               const std::string& yaml);
+  // `extra_args` follow the config flag (for example --namespace NS --service-account SA).
+  static absl::StatusOr<std::unique_ptr<SidecarProcess>> Start(
+      const TempDir& dir, const std::string& name, const std::string& yaml,
+      const std::vector<std::string>& extra_args = {});
   // WaitReady polls /readyz until 200 (false after `timeout`).
   bool WaitReady(absl::Duration timeout = absl::Seconds(20));
   double Metric(const std::string& series) const { return ScrapeMetric(admin_port_, series); }

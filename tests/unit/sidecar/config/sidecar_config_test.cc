@@ -42,7 +42,7 @@ TEST(SidecarConfigTest, ParsesTheDesignExample) {
   ASSERT_THAT(c, IsOk());
   EXPECT_EQ(c->trust_domain, "example.org");
   EXPECT_EQ(c->identity_mode, SidecarConfig::IdentityMode::kCertmgr);
-  EXPECT_EQ(c->certmgr.address, "certmgr.meshtls-system.svc:8443");
+  EXPECT_EQ(c->certmgr.addresses, std::vector<std::string>{"certmgr.meshtls-system.svc:8443"});
   ASSERT_EQ(c->inbound.size(), 1u);
   EXPECT_EQ(c->inbound[0].peers.size(), 2u);
   EXPECT_EQ(c->inbound[0].target.port, 8080);
@@ -110,7 +110,25 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"name: orders", "name: http", "used twice"},
         ErrorCase{"listen: 127.0.0.1:15001", "listen: 0.0.0.0:15443", "used by two listeners"},
         ErrorCase{"  certmgr:\n", "  files: {cert: a, key: b, trust_bundle: c}\n  certmgr:\n",
-                  "exactly one of certmgr or files"}));
+                  "exactly one of certmgr or files"},
+        ErrorCase{"address: certmgr.meshtls-system.svc:8443", "address: [a:1, b]",
+                  "identity.certmgr.address: \"b\""},
+        ErrorCase{"address: certmgr.meshtls-system.svc:8443", "address: [a:1, a:1]",
+                  "\"a:1\" is listed twice"},
+        ErrorCase{"address: certmgr.meshtls-system.svc:8443", "address: []",
+                  "at least one host:port"}));
+
+TEST(SidecarConfigTest, CertmgrAddressTakesAListOfReplicas) {
+  absl::StatusOr<SidecarConfig> c = ParseSidecarConfig(
+      absl::StrReplaceAll(kDesignExample, {{"address: certmgr.meshtls-system.svc:8443",
+                                            "address: [10.0.0.1:8443, \"[fd00::2]:8443\", "
+                                            "certmgr-1.certmgr.meshtls-system.svc:8443]"}}),
+      /*check_files=*/false);
+  ASSERT_THAT(c, IsOk());
+  EXPECT_EQ(c->certmgr.addresses,
+            (std::vector<std::string>{"10.0.0.1:8443", "[fd00::2]:8443",
+                                      "certmgr-1.certmgr.meshtls-system.svc:8443"}));
+}
 
 TEST(SidecarConfigTest, MissingFileNamesTheField) {
   EXPECT_THAT(

@@ -1,0 +1,281 @@
+// certmgr as several replicas, as in Kubernetes: the real binaries on loopback, two certmgr
+// processes over one CA directory, sidecars that know both and fail over between them.
+
+#include <gtest/gtest.h>
+#include <openssl/x509v3.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "certmgr/base/file.h"
+#include "certmgr/client/ca_client.h"
+#include "certmgr/pki/csr.h"
+#include "tests/testing/harness.h"
+#include "tests/testing/mesh_processes.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/traffic_load.h"
+
+namespace meshtls {
+namespace {
+
+using testing::CertmgrOptions;
+using testing::CertmgrProcess;
+using testing::IsOk;
+using testing::SidecarProcess;
+
+constexpr char kTd[] = "mesh.test";
+const std::string kFrontend = "spiffe://mesh.test/ns/default/sa/frontend";
+const std::string kBackend = "spiffe://mesh.test/ns/default/sa/backend";
+const std::string kRenewed = R"(meshtls_cert_renewals_total{result="success"})";
+const std::string kRenewFailed = R"(meshtls_cert_renewals_total{result="failure"})";
+const std::string kSigned = R"(meshtls_certmgr_sign_requests_total{result="success"})";
+
+// TrustedRoots is every root certificate in a CA directory (active, next and previous), so a
+// client trusts the replica's serving certificate on either side of a rotation step.
+std::string TrustedRoots(const std::string& ca_dir) {
+  std::string pem;
+  for (const char* name : {"ca.pem", "next.pem", "previous.pem"}) {
+    if (absl::StatusOr<std::string> p = base::ReadFileToString(ca_dir + "/" + name); p.ok()) {
+      pem += *p;
+    }
+  }
+  return pem;
+}
+
+// SignAt asks one replica (and only it) for a certificate with a join token.
+absl::StatusOr<certmgr::SignedCredentials> SignAt(const CertmgrProcess& replica,
+                                                  const std::string& token,
+                                                  const std::string& ca_dir) {
+  auto client = certmgr::NewGrpcCaClient({replica.address()}, TrustedRoots(ca_dir));
+  return client->Sign(*pki::CreateCsrDer(*pki::PrivateKey::GenerateEcP256()),
+                      {.chain = {}, .key = std::nullopt, .bearer_token = token}, absl::Seconds(10));
+}
+
+// ServesRoots polls until `replica` answers Sign with a bundle of `roots` roots.
+bool ServesRoots(const CertmgrProcess& replica, const std::string& token, const std::string& ca_dir,
+                 size_t roots) {
+  return testing::WaitFor(
+      [&] {
+        absl::StatusOr<certmgr::SignedCredentials> r = SignAt(replica, token, ca_dir);
+        return r.ok() && r->roots.size() == roots;
+      },
+      absl::Seconds(15));
+}
+
+class HaTest : public ::testing::Test {
+ protected:
+  // StartSidecars runs a backend sidecar in front of the echo app and a frontend sidecar with
+  // an outbound listener to it, both given every replica's address.
+  void StartSidecars(const std::vector<const CertmgrProcess*>& replicas, const std::string& extra) {
+    std::string addresses;
+    for (const CertmgrProcess* r : replicas) {
+      absl::StrAppend(&addresses, addresses.empty() ? "" : ", ", r->address());
+    }
+    auto identity = [&](const std::string& id, const std::string& name) {
+      return absl::StrCat("trust_domain: ", kTd, "\nidentity:\n  certmgr:\n    address: [",
+                          addresses, "]\n    server_ca: ", replicas[0]->ca_pem_path(),
+                          "\n    token_file: ", replicas[0]->TokenFile(id, name + ".token"), "\n");
+    };
+    backend_port_ = testing::PickFreePort();
+    frontend_port_ = testing::PickFreePort();
+    backend_ = *SidecarProcess::Start(
+        dir_, "backend",
+        absl::StrCat(identity(kBackend, "backend"),
+                     "inbound:\n  - name: http\n    listen: 127.0.0.1:", backend_port_,
+                     "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n",
+                     extra));
+    frontend_ = *SidecarProcess::Start(
+        dir_, "frontend",
+        absl::StrCat(identity(kFrontend, "frontend"),
+                     "outbound:\n  - name: backend\n    listen: 127.0.0.1:", frontend_port_,
+                     "\n    connect: 127.0.0.1:", backend_port_, "\n    expect: [", kBackend, "]\n",
+                     extra));
+    ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
+    ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
+  }
+
+  double Renewals() const { return frontend_->Metric(kRenewed) + backend_->Metric(kRenewed); }
+
+  testing::TempDir dir_;
+  testing::EchoServer app_;
+  std::unique_ptr<SidecarProcess> backend_;
+  std::unique_ptr<SidecarProcess> frontend_;
+  uint16_t backend_port_ = 0;
+  uint16_t frontend_port_ = 0;
+};
+
+TEST_F(HaTest, OneReplicaKilledTheOtherKeepsRenewingAndTrafficNeverFails) {
+  // 3 s certificates renewed at half their life: each sidecar renews about every 1.5 s.
+  // Automatic rotation off, so the one rotation step here is the test's.
+  CertmgrOptions options;
+  options.extra_yaml = "issuance: {default_ttl: 3s, min_ttl: 2s, backdate: 0}\n";
+  options.ca_extra = ", rotation: {auto: false}";
+  std::unique_ptr<CertmgrProcess> a, b;
+  MESHTLS_ASSERT_OK_AND_MOVE(a, CertmgrProcess::Start(dir_, kTd, options));
+  MESHTLS_ASSERT_OK_AND_MOVE(b, a->StartReplica("certmgr-b"));
+  // Replicas share the CA material and nothing else: both sign for a token that either
+  // created, under the same root.
+  const std::string probe = a->Token("spiffe://mesh.test/ns/default/sa/probe");
+  absl::StatusOr<certmgr::SignedCredentials> from_a = SignAt(*a, probe, dir_.File("ca"));
+  absl::StatusOr<certmgr::SignedCredentials> from_b = SignAt(*b, probe, dir_.File("ca"));
+  ASSERT_THAT(from_a, IsOk());
+  ASSERT_THAT(from_b, IsOk());
+  ASSERT_EQ(from_a->roots.size(), 1u);
+  ASSERT_EQ(from_b->roots.size(), 1u);
+  EXPECT_EQ(from_a->roots[0].Sha256Fingerprint(), from_b->roots[0].Sha256Fingerprint());
+
+  StartSidecars({a.get(), b.get()}, "tls: {close_on_expiry: false}\n");
+  testing::TrafficLoad load(frontend_port_, /*long_lived=*/3);
+  // Both sidecars renew through replica a (the first address) for a while.
+  ASSERT_TRUE(
+      testing::WaitFor([&] { return load.failures() > 0 || Renewals() >= 6; }, absl::Seconds(30)));
+  const double signed_by_a = testing::ScrapeMetric(a->admin_port(), kSigned);
+  EXPECT_GE(signed_by_a, 6);
+
+  // SIGKILL: no drain, no goodbye; its port now refuses connections.
+  a->process().Signal(SIGKILL);
+  ASSERT_EQ(a->process().WaitForExit(absl::Seconds(10)), 128 + SIGKILL);
+  const double signed_by_b = testing::ScrapeMetric(b->admin_port(), kSigned);
+  const double renewals_at_kill = Renewals();
+  // Replica b signs every renewal from now on, within each renewal's own attempt.
+  const bool renewed =
+      testing::WaitFor([&] { return load.failures() > 0 || Renewals() >= renewals_at_kill + 10; },
+                       absl::Seconds(60));
+  EXPECT_TRUE(renewed) << "renewals after the kill: " << Renewals() - renewals_at_kill;
+  EXPECT_GE(testing::ScrapeMetric(b->admin_port(), kSigned), signed_by_b + 10);
+
+  // The trust-bundle streams moved to b too: a rotation step on the shared directory reaches
+  // both sidecars through it.
+  ASSERT_EQ(b->Run({"ca", "rotate", "prepare"}), 0);
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        return frontend_->Metric("meshtls_trust_bundle_roots") == 2 &&
+               backend_->Metric("meshtls_trust_bundle_roots") == 2;
+      },
+      absl::Seconds(20)));
+
+  const int before = load.new_connections();
+  EXPECT_TRUE(
+      testing::WaitFor([&] { return load.new_connections() > before + 20; }, absl::Seconds(20)));
+  load.Stop();
+  std::printf("HA: %.0f renewals (%.0f after the kill), %d new connections, %llu bytes checked\n",
+              Renewals(), Renewals() - renewals_at_kill, load.new_connections(),
+              static_cast<unsigned long long>(load.bytes_checked()));
+  EXPECT_EQ(load.failures(), 0) << load.first_failure();
+  // Failover happens inside each renewal attempt: not one attempt failed.
+  EXPECT_EQ(frontend_->Metric(kRenewFailed), 0);
+  EXPECT_EQ(backend_->Metric(kRenewFailed), 0);
+}
+
+// KubeletSecretVolume lays out a directory the way kubelet's atomic writer projects a Secret:
+// each version in its own hidden directory, `..data` pointing at the current one, and one
+// symlink per key through `..data`. Update() swaps in a new version with one rename.
+class KubeletSecretVolume {
+ public:
+  explicit KubeletSecretVolume(std::string path) : path_(std::move(path)) {
+    ::mkdir(path_.c_str(), 0755);
+  }
+  const std::string& path() const { return path_; }
+
+  // Update makes the regular files of `from` the Secret's new contents.
+  void Update(const std::string& from) {
+    namespace fs = std::filesystem;
+    const std::string version = absl::StrCat("..version_", ++versions_);
+    fs::create_directory(path_ + "/" + version);
+    for (const fs::directory_entry& e : fs::directory_iterator(from)) {
+      const std::string key = e.path().filename().string();
+      if (!e.is_regular_file() || key.starts_with(".")) {
+        continue;  // kubectl create secret --from-file takes regular files; .lock is not CA state
+      }
+      fs::copy_file(e.path(), path_ + "/" + version + "/" + key);
+      const std::string link = path_ + "/" + key;
+      if (!fs::is_symlink(link)) {
+        fs::create_symlink("..data/" + key, link);
+      }
+    }
+    fs::create_symlink(version, path_ + "/..data_tmp");
+    fs::rename(path_ + "/..data_tmp", path_ + "/..data");  // the atomic swap
+  }
+
+ private:
+  std::string path_;
+  int versions_ = 0;
+};
+
+TEST_F(HaTest, ReplicasOnAReadOnlySecretVolumeApplyEachRotationStepLive) {
+  // The Secret's contents start as `ca init` makes them, on the operator's machine.
+  const std::string work = dir_.File("operator-ca");
+  const std::string operator_config =
+      dir_.Write("operator.yaml", absl::StrCat("trust_domain: ", kTd, "\nca: {dir: ", work, "}\n"));
+  auto run_cli = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), testing::BinaryPath("meshtls-certmgr"));
+    args.insert(args.end(), {"--config", operator_config});
+    auto p = testing::Subprocess::Start(args, dir_.File("operator-cli.log"));
+    return p.ok() ? (*p)->WaitForExit(absl::Seconds(20)).value_or(-1) : -1;
+  };
+  ASSERT_EQ(run_cli({"ca", "init"}), 0);
+  KubeletSecretVolume secret(dir_.File("secret"));
+  secret.Update(work);
+
+  // Each replica sees the volume read-only, as in a pod: a private mount namespace with a
+  // read-only bind mount over it (root only; CI runs as root).
+  const std::string unshare = testing::FindProgram("unshare");
+  if (unshare.empty() || std::system("unshare -m true >/dev/null 2>&1") != 0) {
+    GTEST_FAIL() << "this test needs unshare -m (util-linux, as root) for a read-only mount";
+  }
+  const std::string ro = dir_.File("secret-ro");
+  ::mkdir(ro.c_str(), 0755);
+  CertmgrOptions options;
+  options.ca_dir = ro;
+  options.launcher = {unshare, "-m", "sh", "-c",
+                      absl::StrCat("mount --bind ", secret.path(), " ", ro,
+                                   " && mount -o remount,ro,bind ", ro, " && exec \"$0\" \"$@\"")};
+  std::unique_ptr<CertmgrProcess> a, b;
+  MESHTLS_ASSERT_OK_AND_MOVE(a, CertmgrProcess::Start(dir_, kTd, options));
+  MESHTLS_ASSERT_OK_AND_MOVE(b, a->StartReplica("certmgr-b"));
+  EXPECT_NE(a->process().Log().find("ca.dir is read-only"), std::string::npos)
+      << a->process().Log();
+  // The replicas wrote nothing into the volume (not even a lock file).
+  EXPECT_FALSE(base::FileExists(secret.path() + "/.lock"));
+  const std::string token = a->Token("spiffe://mesh.test/ns/default/sa/probe");
+  ASSERT_TRUE(ServesRoots(*a, token, secret.path(), 1));
+  ASSERT_TRUE(ServesRoots(*b, token, secret.path(), 1));
+
+  // prepare on the operator's copy, then the Secret update: both replicas stream 2 roots.
+  ASSERT_EQ(run_cli({"ca", "rotate", "prepare"}), 0);
+  secret.Update(work);
+  EXPECT_TRUE(ServesRoots(*a, token, secret.path(), 2)) << a->process().Log();
+  EXPECT_TRUE(ServesRoots(*b, token, secret.path(), 2)) << b->process().Log();
+
+  // activate: both replicas sign with the new root.
+  const pki::Certificate next_root =
+      *pki::Certificate::FromPem(*base::ReadFileToString(work + "/next.pem"));
+  ASSERT_EQ(run_cli({"ca", "rotate", "activate"}), 0);
+  secret.Update(work);
+  for (CertmgrProcess* replica : {a.get(), b.get()}) {
+    EXPECT_TRUE(testing::WaitFor(
+        [&] {
+          absl::StatusOr<certmgr::SignedCredentials> r = SignAt(*replica, token, secret.path());
+          return r.ok() && X509_check_issued(next_root.get(), r->chain[0].get()) == X509_V_OK;
+        },
+        absl::Seconds(15)))
+        << replica->process().Log();
+  }
+  // A rotation step aimed at the read-only volume itself is refused, naming the way out.
+  std::vector<std::string> argv = options.launcher;
+  argv.insert(argv.end(), {testing::BinaryPath("meshtls-certmgr"), "ca", "rotate", "retire",
+                           "--force", "--config", a->config_path()});
+  auto step = testing::Subprocess::Start(argv, dir_.File("read-only-step.log"));
+  ASSERT_THAT(step, IsOk());
+  EXPECT_EQ((*step)->WaitForExit(absl::Seconds(20)), 1);
+  EXPECT_NE((*step)->Log().find("is read-only (a Kubernetes Secret volume?)"), std::string::npos)
+      << (*step)->Log();
+}
+
+}  // namespace
+}  // namespace meshtls
