@@ -36,7 +36,7 @@ using namespace meshtls;
 
 constexpr const char* kUsage =
     "usage:\n"
-    "  meshtls-certmgr [serve] --config FILE [--log-level debug|info|warning|error]\n"
+    "  meshtls-certmgr [serve] --config FILE [--log-level debug|info|warning|error] [--check]\n"
     "  meshtls-certmgr token create (--config FILE | --token-file PATH) --spiffe-id ID "
     "[--ttl DURATION]\n"
     "  meshtls-certmgr ca init --config FILE [--ca-dir DIR]\n"
@@ -47,6 +47,7 @@ constexpr const char* kUsage =
     "\n"
     "serve         run the CA: gRPC CertificateAuthority over TLS, admin /metrics /healthz "
     "/readyz\n"
+    "              (--check: validate the configuration and exit, 0 if valid)\n"
     "ca init       create the root CA in ca.dir (or --ca-dir) and print it; for a CA kept in a\n"
     "              Kubernetes Secret, made once before the first deployment\n"
     "ca rotate     one CA rotation step on ca.dir (or --ca-dir, a copy of a Secret's files);\n"
@@ -306,6 +307,10 @@ int Serve(const base::Flags& flags) {
     }
     config->log_level = *level;
   }
+  if (flags.Has("check")) {
+    std::puts("configuration is valid");
+    return 0;
+  }
   base::SetLogOptions(config->log_level, config->log_format);
   base::RouteGrpcLogs();
 
@@ -337,7 +342,7 @@ int main(int argc, char** argv) {
       base::ParseFlags(argc, argv,
                        {"config", "log-level", "token-file", "spiffe-id", "ttl", "bundle", "chain",
                         "purpose", "at", "profile", "ca-dir"},
-                       {"help", "version", "force"});
+                       {"help", "version", "force", "check"});
   if (!flags.ok()) {
     return UsageError(flags.status().message());
   }

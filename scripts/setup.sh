@@ -1,22 +1,44 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages meshtls needs to build, test and run its demo.
-# Idempotent and non-interactive: installs only what is missing. prometheus (with promtool) is
-# for the observability test and for watching the demo. Arguments name extra packages
-# (the benchmark's peers).
+# Installs the Debian 12 packages meshtls needs. Idempotent and non-interactive: installs only
+# what is missing.
+#
+#   scripts/setup.sh           build, test and demo (the README's two commands)
+#   scripts/setup.sh --build   only what compiling the two binaries needs (the image's build
+#                              stage, deploy/docker/Dockerfile)
+#   scripts/setup.sh PKG...    also PKG (the benchmark's peers)
 set -euo pipefail
 
-packages=(
+# What compiling meshtls-sidecar and meshtls-certmgr needs (cmake -DBUILD_TESTING=OFF).
+build_packages=(
   g++ cmake ninja-build pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev prometheus-cpp-dev libcivetweb-dev libssl-dev openssl
-  libgtest-dev libgmock-dev libbenchmark-dev
-  curl python3
+  libabsl-dev prometheus-cpp-dev libcivetweb-dev libssl-dev
+)
+# What the tests and the demo add: GoogleTest and Benchmark, openssl and curl for real peers,
+# Prometheus (with promtool) for the observability test, util-linux's unshare for the
+# read-only Secret-volume test.
+test_packages=(
+  openssl libgtest-dev libgmock-dev libbenchmark-dev
+  curl python3 util-linux
   prometheus
 )
-# Node.js and npm run the dashboard checks (tests/observability). Machines of this project's
-# kind come with a newer Node.js; Debian's is enough (Node.js 18, npm 9).
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  packages+=(nodejs npm)
+
+packages=("${build_packages[@]}")
+if [ "${1:-}" = "--build" ]; then
+  shift
+else
+  packages+=("${test_packages[@]}")
+  # Node.js and npm run the dashboard and manifest checks (tests/observability, tests/deploy).
+  # Machines of this project's kind come with a newer Node.js; Debian's is enough (Node.js 18).
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    packages+=(nodejs npm)
+  fi
+  # kubectl renders the kustomize manifests (deploy/kubernetes). Machines of this project's
+  # kind come with kubectl 1.32; elsewhere Debian's kubernetes-client (1.20) is enough: the
+  # manifests use only kustomize fields that both know.
+  if ! command -v kubectl >/dev/null 2>&1; then
+    packages+=(kubernetes-client)
+  fi
 fi
 packages+=("$@")
 

@@ -152,7 +152,9 @@ absl::StatusOr<CaMaterial> LoadCaDirLocked(const std::string& real_dir,
   const std::string dir = ReadView(real_dir);
   const std::string key_path = InDir(dir, "ca.key");
   struct stat st;
-  if (::stat(key_path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+  // Not for a read-only directory: a Secret volume's files are group-readable for the pod's
+  // fsGroup by design, and no other user of the node can read them.
+  if (CaDirIsWritable(real_dir) && ::stat(key_path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
     base::LogWarning("CA key file is readable by group or others; chmod 600 it",
                      {{"path", key_path}});
   }
