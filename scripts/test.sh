@@ -7,14 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# The npm tools of the dashboard checks, pinned by tests/observability/package-lock.json;
-# installed again only when the lockfile changed.
-npm_dir=tests/observability
-if ! cmp -s "$npm_dir/package-lock.json" "$npm_dir/node_modules/.installed-lock.json" 2>/dev/null; then
-  echo "== npm ci ($npm_dir)"
-  npm ci --prefix "$npm_dir" --no-audit --no-fund --loglevel=error
-  cp "$npm_dir/package-lock.json" "$npm_dir/node_modules/.installed-lock.json"
-fi
+# The npm tools of the dashboard and manifest checks, pinned by each directory's
+# package-lock.json; installed again only when the lockfile changed.
+for npm_dir in tests/observability tests/deploy; do
+  if ! cmp -s "$npm_dir/package-lock.json" "$npm_dir/node_modules/.installed-lock.json" 2>/dev/null; then
+    echo "== npm ci ($npm_dir)"
+    npm ci --prefix "$npm_dir" --no-audit --no-fund --loglevel=error
+    cp "$npm_dir/package-lock.json" "$npm_dir/node_modules/.installed-lock.json"
+  fi
+done
 
 echo "== build and test (RelWithDebInfo)"
 BUILD_DIR=build scripts/build.sh
