@@ -207,20 +207,72 @@ class KubeletSecretVolume {
   int versions_ = 0;
 };
 
+// OperatorScript runs deploy/kubernetes/ca.sh as an operator would, against a stand-in for the
+// cluster's API (tests/deploy/fake-kubectl keeps Secrets and ConfigMaps as files).
+class OperatorScript {
+ public:
+  OperatorScript(const testing::TempDir& dir, const std::string& trust_domain)
+      : dir_(dir),
+        kube_(dir.File("kube")),
+        config_(dir.Write("operator.yaml", absl::StrCat("trust_domain: ", trust_domain,
+                                                        "\nca: {dir: /var/run/meshtls/ca}\n"))) {}
+  // The Secret as the API server holds it, one file per key.
+  std::string SecretDir() const { return kube_ + "/meshtls-system/secret/meshtls-ca"; }
+  std::string BundleFile(const std::string& ns) const {
+    return absl::StrCat(kube_, "/", ns, "/configmap/meshtls-ca-bundle/ca.pem");
+  }
+  // Run returns the exit code; the output is in Log().
+  int Run(std::vector<std::string> args) {
+    std::vector<std::string> argv = {
+        "/usr/bin/env",
+        "FAKE_KUBE_DIR=" + kube_,
+        "REAL_KUBECTL=" + testing::FindProgram("kubectl"),
+        absl::StrCat("KUBECTL=", MESHTLS_SOURCE_DIR, "/tests/deploy/fake-kubectl"),
+        "MESHTLS_CERTMGR=" + testing::BinaryPath("meshtls-certmgr"),
+        "MESHTLS_CONFIG=" + config_,
+        "bash",
+        absl::StrCat(MESHTLS_SOURCE_DIR, "/deploy/kubernetes/ca.sh")};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto p = testing::Subprocess::Start(argv, dir_.File(absl::StrCat("ca-sh.", ++runs_, ".log")));
+    if (!p.ok()) {
+      log_ = std::string(p.status().message());
+      return -1;
+    }
+    const int code = (*p)->WaitForExit(absl::Seconds(30)).value_or(-1);
+    log_ = (*p)->Log();
+    return code;
+  }
+  const std::string& Log() const { return log_; }
+
+ private:
+  const testing::TempDir& dir_;
+  const std::string kube_;
+  const std::string config_;
+  int runs_ = 0;
+  std::string log_;
+};
+
+int CountCertificates(const std::string& pem) {
+  int n = 0;
+  for (size_t at = pem.find("BEGIN CERTIFICATE"); at != std::string::npos;
+       at = pem.find("BEGIN CERTIFICATE", at + 1)) {
+    ++n;
+  }
+  return n;
+}
+
 TEST_F(HaTest, ReplicasOnAReadOnlySecretVolumeApplyEachRotationStepLive) {
-  // The Secret's contents start as `ca init` makes them, on the operator's machine.
-  const std::string work = dir_.File("operator-ca");
-  const std::string operator_config =
-      dir_.Write("operator.yaml", absl::StrCat("trust_domain: ", kTd, "\nca: {dir: ", work, "}\n"));
-  auto run_cli = [&](std::vector<std::string> args) {
-    args.insert(args.begin(), testing::BinaryPath("meshtls-certmgr"));
-    args.insert(args.end(), {"--config", operator_config});
-    auto p = testing::Subprocess::Start(args, dir_.File("operator-cli.log"));
-    return p.ok() ? (*p)->WaitForExit(absl::Seconds(20)).value_or(-1) : -1;
-  };
-  ASSERT_EQ(run_cli({"ca", "init"}), 0);
+  if (testing::FindProgram("kubectl").empty()) {
+    GTEST_FAIL() << "kubectl is needed (scripts/setup.sh installs it)";
+  }
+  // The operator makes the CA once; the Secret reaches the pods as kubelet lays it out.
+  OperatorScript ca(dir_, kTd);
+  ASSERT_EQ(ca.Run({"init"}), 0) << ca.Log();
+  EXPECT_EQ(ca.Run({"init"}), 1) << "a second init must not replace the CA";
+  EXPECT_NE(ca.Log().find("exists already"), std::string::npos) << ca.Log();
+  EXPECT_FALSE(base::FileExists(ca.SecretDir() + "/.lock"));
   KubeletSecretVolume secret(dir_.File("secret"));
-  secret.Update(work);
+  secret.Update(ca.SecretDir());
 
   // Each replica sees the volume read-only, as in a pod: a private mount namespace with a
   // read-only bind mount over it (root only; CI runs as root).
@@ -244,17 +296,18 @@ TEST_F(HaTest, ReplicasOnAReadOnlySecretVolumeApplyEachRotationStepLive) {
   ASSERT_TRUE(ServesRoots(*a, token, secret.path(), 1));
   ASSERT_TRUE(ServesRoots(*b, token, secret.path(), 1));
 
-  // prepare on the operator's copy, then the Secret update: both replicas stream 2 roots.
-  ASSERT_EQ(run_cli({"ca", "rotate", "prepare"}), 0);
-  secret.Update(work);
+  // prepare, then kubelet's update: both replicas, still running, stream 2 roots.
+  ASSERT_EQ(ca.Run({"prepare"}), 0) << ca.Log();
+  secret.Update(ca.SecretDir());
   EXPECT_TRUE(ServesRoots(*a, token, secret.path(), 2)) << a->process().Log();
   EXPECT_TRUE(ServesRoots(*b, token, secret.path(), 2)) << b->process().Log();
 
   // activate: both replicas sign with the new root.
   const pki::Certificate next_root =
-      *pki::Certificate::FromPem(*base::ReadFileToString(work + "/next.pem"));
-  ASSERT_EQ(run_cli({"ca", "rotate", "activate"}), 0);
-  secret.Update(work);
+      *pki::Certificate::FromPem(*base::ReadFileToString(ca.SecretDir() + "/next.pem"));
+  ASSERT_EQ(ca.Run({"activate"}), 0) << ca.Log();
+  EXPECT_FALSE(base::FileExists(ca.SecretDir() + "/next.pem")) << "replace drops removed keys";
+  secret.Update(ca.SecretDir());
   for (CertmgrProcess* replica : {a.get(), b.get()}) {
     EXPECT_TRUE(testing::WaitFor(
         [&] {
@@ -264,6 +317,13 @@ TEST_F(HaTest, ReplicasOnAReadOnlySecretVolumeApplyEachRotationStepLive) {
         absl::Seconds(15)))
         << replica->process().Log();
   }
+  // The workloads' bootstrap bundle: every root of the trust bundle (new and previous).
+  ASSERT_EQ(ca.Run({"bundle", "meshtls-demo"}), 0) << ca.Log();
+  EXPECT_EQ(CountCertificates(*base::ReadFileToString(ca.BundleFile("meshtls-demo"))), 2);
+  // Retiring while leaves of the old root may still be valid is refused.
+  EXPECT_EQ(ca.Run({"retire"}), 1);
+  EXPECT_NE(ca.Log().find("retire after that"), std::string::npos) << ca.Log();
+
   // A rotation step aimed at the read-only volume itself is refused, naming the way out.
   std::vector<std::string> argv = options.launcher;
   argv.insert(argv.end(), {testing::BinaryPath("meshtls-certmgr"), "ca", "rotate", "retire",
