@@ -200,8 +200,8 @@ absl::StatusOr<CaMaterial> LoadOrCreateCaInDir(const std::string& dir,
     if (!base::FileExists(InDir(dir, "ca.pem"))) {
       return absl::FailedPreconditionError(
           absl::StrCat("CA directory ", dir,
-                       " is read-only and holds no CA (ca.pem); create one with "
-                       "`meshtls-certmgr ca init --ca-dir DIR` and put DIR's files in it"));
+                       " is read-only and holds no CA (ca.pem): create the CA Secret first "
+                       "(deploy/kubernetes/ca.sh init)"));
     }
     return LoadCaDirLocked(dir, trust_domain, clock);
   }

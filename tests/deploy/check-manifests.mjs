@@ -56,6 +56,7 @@ for (const k of kustomizations) {
     const out = execFileSync("kubectl", ["kustomize", path.join(k8sDir, k)], {
       encoding: "utf8",
       stdio: ["ignore", "pipe", "pipe"],
+      timeout: 60000,
     });
     rendered[k] = YAML.parseAllDocuments(out).map((d) => d.toJS()).filter((o) => o);
     check(rendered[k].length > 0, k, "renders no objects");
@@ -339,7 +340,11 @@ function runCheck(where, binary, text, extraArgs) {
     });
     const file = path.join(dir, "config.yaml");
     fs.writeFileSync(file, doc.toString());
-    execFileSync(binary, ["--config", file, ...extraArgs, "--check"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    execFileSync(binary, ["--config", file, ...extraArgs, "--check"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "pipe"],
+      timeout: 20000,
+    });
   } catch (e) {
     fail(where, `${path.basename(binary)} --check refuses its config: ${(e.stderr || e.message).trim()}`);
   } finally {
