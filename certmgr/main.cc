@@ -43,7 +43,7 @@ constexpr const char* kUsage =
     "  meshtls-certmgr ca rotate (prepare|activate|retire) --config FILE [--ca-dir DIR] "
     "[--force]\n"
     "  meshtls-certmgr verify --bundle ROOTS.pem --chain CHAIN.pem [--purpose client|server]\n"
-    "                         [--at UNIX_TIME] [--spiffe-id ID] [--profile svid|path]\n"
+    "                         [--at UNIX_TIME] [--spiffe-id ID] [--profile svid|svid-shape|path]\n"
     "\n"
     "serve         run the CA: gRPC CertificateAuthority over TLS, admin /metrics /healthz "
     "/readyz\n"
@@ -161,24 +161,28 @@ int Verify(const base::Flags& flags) {
     at = absl::FromUnixSeconds(seconds);
   }
   const std::string profile = flags.Get("profile").value_or("svid");
-  if (profile != "svid" && profile != "path") {
-    return UsageError("--profile must be svid or path");
+  if (profile != "svid" && profile != "path" && profile != "svid-shape") {
+    return UsageError("--profile must be svid, svid-shape or path");
   }
   auto fail = [](absl::string_view why) {
     std::printf("FAIL: %s\n", std::string(why).c_str());
     return 1;
   };
-  if (profile == "path") {
+  if (profile == "path" || profile == "svid-shape") {
     absl::StatusOr<std::shared_ptr<const pki::ChainVerifier>> verifier =
         pki::ChainVerifier::CreatePathOnly(*roots);
     if (!verifier.ok()) {
       return UsageError(absl::StrCat("--bundle: ", verifier.status().message()));
     }
     absl::Status s = (*verifier)->VerifyChainPath(*chain, role, at);
+    if (s.ok() && profile == "svid-shape") {
+      s = pki::CheckSvidLeafShape((*chain)[0].get());
+    }
     if (!s.ok()) {
       return fail(s.message());
     }
-    std::printf("OK (certification path)\n");
+    std::printf(profile == "path" ? "OK (certification path)\n"
+                                  : "OK (certification path, X.509-SVID leaf shape)\n");
     return 0;
   }
   // The trust domain: from --spiffe-id, else the bundle's spiffe:// URI, else the leaf's.

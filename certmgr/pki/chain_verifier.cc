@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "certmgr/pki/openssl_error.h"
+#include "certmgr/pki/path_builder.h"
 
 namespace meshtls::pki {
 namespace {
@@ -40,74 +41,165 @@ absl::StatusOr<std::shared_ptr<const ChainVerifier>> ChainVerifier::CreateWithDo
   if (roots.empty()) {
     return absl::InvalidArgumentError("trust bundle has no root certificate");
   }
-  X509StorePtr store(X509_STORE_new());
-  if (store == nullptr) {
-    return OpenSslError(absl::StatusCode::kInternal, "X509_STORE_new");
-  }
+  std::vector<Anchor> anchors;
   for (const Certificate& root : roots) {
     if (!root.IsCa()) {
       return absl::InvalidArgumentError(
           absl::StrCat("trust bundle entry \"", root.SubjectText(), "\" is not a CA certificate"));
     }
-    if (X509_STORE_add_cert(store.get(), root.get()) != 1) {
-      unsigned long err = ERR_peek_last_error();
-      if (ERR_GET_REASON(err) != X509_R_CERT_ALREADY_IN_HASH_TABLE) {
-        return OpenSslError(absl::StatusCode::kInvalidArgument, "adding a trust bundle root");
-      }
-      ERR_clear_error();
+    bool duplicate = false;
+    for (const Anchor& a : anchors) {
+      duplicate = duplicate || X509_cmp(a.cert.get(), root.get()) == 0;
     }
+    if (duplicate) {
+      continue;
+    }
+    // One store per anchor: each candidate path is validated against its own anchor only, so
+    // OpenSSL cannot wander onto another path than the one being checked.
+    X509StorePtr store(X509_STORE_new());
+    if (store == nullptr || X509_STORE_add_cert(store.get(), root.get()) != 1) {
+      return OpenSslError(absl::StatusCode::kInternal, "building a trust anchor store");
+    }
+    const bool self_issued =
+        X509_NAME_cmp(X509_get_subject_name(root.get()), X509_get_issuer_name(root.get())) == 0;
+    anchors.push_back(Anchor{.cert = root, .store = std::move(store), .self_issued = self_issued});
   }
-  X509_STORE_set_flags(store.get(), X509_V_FLAG_X509_STRICT);
   return std::shared_ptr<const ChainVerifier>(
-      new ChainVerifier(std::move(trust_domain), std::move(roots), std::move(store)));
+      new ChainVerifier(std::move(trust_domain), std::move(roots), std::move(anchors)));
 }
 
 absl::Status ChainVerifier::VerifyPath(X509* leaf, STACK_OF(X509) * untrusted, PeerRole role,
                                        absl::Time now, int* x509_error,
                                        ValidityWindow* window) const {
-  if (x509_error != nullptr) {
-    *x509_error = X509_V_OK;
+  int ignored_error = X509_V_OK;
+  if (x509_error == nullptr) {
+    x509_error = &ignored_error;
   }
+  *x509_error = X509_V_OK;
   if (leaf == nullptr) {
     return Fail(X509_V_ERR_UNSPECIFIED, x509_error, "no certificate");
   }
+  std::vector<X509*> intermediates;
+  for (int i = 0; untrusted != nullptr && i < sk_X509_num(untrusted); ++i) {
+    X509* c = sk_X509_value(untrusted, i);
+    if (X509_cmp(c, leaf) != 0) {
+      intermediates.push_back(c);
+    }
+  }
+  std::vector<X509*> anchor_certs;
+  for (const Anchor& a : anchors_) {
+    anchor_certs.push_back(a.cert.get());
+  }
+  const std::vector<std::vector<X509*>> paths = CandidatePaths(leaf, intermediates, anchor_certs);
+  if (paths.empty()) {
+    const bool self_signed = X509_check_issued(leaf, leaf) == X509_V_OK;
+    *x509_error = self_signed ? X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+                              : X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY;
+    return absl::UnauthenticatedError(absl::StrCat("certificate verification failed at depth 0: ",
+                                                   X509_verify_cert_error_string(*x509_error)));
+  }
+  // The first path's error explains a refusal best: it is the shortest, through anchors first.
+  absl::Status first_error;
+  for (const std::vector<X509*>& path : paths) {
+    int error = X509_V_OK;
+    int depth = 0;
+    absl::Status s = CheckOnePath(path, role, now, &error, &depth);
+    if (s.ok()) {
+      *x509_error = X509_V_OK;
+      if (window != nullptr) {
+        *window = ValidityWindow{};
+        for (X509* cert : path) {
+          window->not_before =
+              std::max(window->not_before, Asn1TimeToAbsl(X509_get0_notBefore(cert)));
+          window->not_after = std::min(window->not_after, Asn1TimeToAbsl(X509_get0_notAfter(cert)));
+        }
+      }
+      return absl::OkStatus();
+    }
+    if (first_error.ok()) {
+      *x509_error = error;
+      const std::string why =
+          absl::StrCat("certificate verification failed at depth ", depth, ": ", s.message());
+      first_error = error == X509_V_ERR_CERT_HAS_EXPIRED || error == X509_V_ERR_CERT_NOT_YET_VALID
+                        ? absl::FailedPreconditionError(why)
+                        : absl::UnauthenticatedError(why);
+    }
+  }
+  return first_error;
+}
+
+absl::Status ChainVerifier::CheckOnePath(const std::vector<X509*>& path, PeerRole role,
+                                         absl::Time now, int* x509_error, int* depth) const {
+  const Anchor* anchor = nullptr;
+  for (const Anchor& a : anchors_) {
+    if (a.cert.get() == path.back()) {
+      anchor = &a;
+    }
+  }
+  X509StackPtr untrusted(sk_X509_new_null());
+  for (size_t i = 1; untrusted != nullptr && i + 1 < path.size(); ++i) {
+    if (sk_X509_push(untrusted.get(), path[i]) <= 0) {  // borrowed: the stack frees nothing
+      untrusted.reset();
+    }
+  }
   X509StoreCtxPtr ctx(X509_STORE_CTX_new());
-  if (ctx == nullptr || X509_STORE_CTX_init(ctx.get(), store_.get(), leaf, untrusted) != 1) {
+  if (anchor == nullptr || untrusted == nullptr || ctx == nullptr ||
+      X509_STORE_CTX_init(ctx.get(), anchor->store.get(), path[0], untrusted.get()) != 1) {
+    // Release the borrowed pointers before the stack's deleter would free them.
+    if (untrusted != nullptr) {
+      sk_X509_zero(untrusted.get());
+    }
+    *x509_error = X509_V_ERR_UNSPECIFIED;
+    *depth = 0;
     return OpenSslError(absl::StatusCode::kInternal, "X509_STORE_CTX_init");
   }
   X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(ctx.get());
-  X509_VERIFY_PARAM_set_time(param, absl::ToTimeT(now));
-  X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_X509_STRICT);
+  // Validity is checked below with RFC 5280's inclusive notAfter; a trust anchor is any
+  // certificate of the bundle, self-signed or not (RFC 5280 6.1). No OpenSSL purpose: its TLS
+  // purposes demand leaf key usages the path profile does not; EKUs are checked below. (No
+  // X509_VERIFY_PARAM_set_time: it turns OpenSSL's own time checks back on.)
+  // PARTIAL_CHAIN only for an anchor that is not self-issued (an intermediate in the bundle).
+  // A self-issued anchor must be a well-formed root: with PARTIAL_CHAIN OpenSSL 3.0 would also
+  // take one whose key identifiers do not match its own (not self-signed by X509_check_issued).
+  unsigned long flags = X509_V_FLAG_X509_STRICT | X509_V_FLAG_NO_CHECK_TIME;
+  if (!anchor->self_issued) {
+    flags |= X509_V_FLAG_PARTIAL_CHAIN;
+  }
+  X509_VERIFY_PARAM_set_flags(param, flags);
   X509_VERIFY_PARAM_set_depth(param, kMaxChainDepth);
-  X509_STORE_CTX_set_purpose(
-      ctx.get(), role == PeerRole::kClient ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER);
-  if (X509_verify_cert(ctx.get()) != 1) {
-    int err = X509_STORE_CTX_get_error(ctx.get());
-    if (err == X509_V_OK) {
-      err = X509_V_ERR_UNSPECIFIED;
-    }
-    ERR_clear_error();
-    if (x509_error != nullptr) {
-      *x509_error = err;
-    }
-    std::string why = absl::StrCat("certificate verification failed at depth ",
-                                   X509_STORE_CTX_get_error_depth(ctx.get()), ": ",
-                                   X509_verify_cert_error_string(err));
-    if (err == X509_V_ERR_CERT_HAS_EXPIRED || err == X509_V_ERR_CERT_NOT_YET_VALID) {
-      return absl::FailedPreconditionError(why);
-    }
-    return absl::UnauthenticatedError(why);
+  // Security level 2 for every key and signature of the path: 112-bit strength at least (RSA
+  // and DSA of 2048 bits, ECDSA from P-224; no SHA-1 signatures). Mesh certificates are P-256.
+  X509_VERIFY_PARAM_set_auth_level(param, 2);
+  const bool verified = X509_verify_cert(ctx.get()) == 1;
+  const int error = X509_STORE_CTX_get_error(ctx.get());
+  const int error_depth = X509_STORE_CTX_get_error_depth(ctx.get());
+  ctx.reset();
+  sk_X509_zero(untrusted.get());  // borrowed pointers: empty the stack before it is freed
+  ERR_clear_error();
+  if (!verified) {
+    *x509_error = error == X509_V_OK ? X509_V_ERR_UNSPECIFIED : error;
+    *depth = error_depth;
+    return absl::UnauthenticatedError(X509_verify_cert_error_string(*x509_error));
   }
-  if (window != nullptr) {
-    *window = ValidityWindow{};
-    STACK_OF(X509)* path = X509_STORE_CTX_get0_chain(ctx.get());
-    for (int i = 0; i < sk_X509_num(path); ++i) {
-      X509* cert = sk_X509_value(path, i);
-      window->not_before = std::max(window->not_before, Asn1TimeToAbsl(X509_get0_notBefore(cert)));
-      window->not_after = std::min(window->not_after, Asn1TimeToAbsl(X509_get0_notAfter(cert)));
+  if (absl::Status s = CheckValidityInclusive(path, absl::ToTimeT(now), depth, x509_error);
+      !s.ok()) {
+    return s;
+  }
+  // Extended key usage, where present, must allow the role, on every certificate (a CA's EKU
+  // constrains what it may issue for). anyExtendedKeyUsage does not count: OpenSSL's TLS
+  // purposes and the Web PKI agree.
+  const uint32_t wanted = role == PeerRole::kClient ? XKU_SSL_CLIENT : XKU_SSL_SERVER;
+  for (size_t i = 0; i < path.size(); ++i) {
+    const uint32_t eku = X509_get_extended_key_usage(path[i]);
+    if (eku != UINT32_MAX && (eku & wanted) == 0) {
+      *depth = static_cast<int>(i);
+      *x509_error = X509_V_ERR_INVALID_PURPOSE;
+      return absl::UnauthenticatedError(role == PeerRole::kClient
+                                            ? "extended key usage does not allow clientAuth"
+                                            : "extended key usage does not allow serverAuth");
     }
   }
-  return absl::OkStatus();
+  return CheckNameConstraintsProfile(path, depth, x509_error);
 }
 
 absl::StatusOr<SpiffeId> ChainVerifier::Verify(X509* leaf, STACK_OF(X509) * untrusted,
@@ -164,8 +256,7 @@ absl::Status ChainVerifier::VerifyChainPath(const std::vector<Certificate>& chai
   return VerifyPath(chain[0].get(), untrusted.get(), role, now, x509_error);
 }
 
-absl::StatusOr<SpiffeId> CheckSvidLeaf(X509* leaf, PeerRole role, absl::string_view trust_domain,
-                                       int* x509_error) {
+absl::Status CheckSvidLeafShape(X509* leaf, int* x509_error) {
   const uint32_t flags = X509_get_extension_flags(leaf);
   if ((flags & EXFLAG_INVALID) != 0) {
     return Fail(X509_V_ERR_INVALID_EXTENSION, x509_error, "leaf has an invalid extension");
@@ -175,11 +266,20 @@ absl::StatusOr<SpiffeId> CheckSvidLeaf(X509* leaf, PeerRole role, absl::string_v
                 "leaf is a CA certificate (X.509-SVID leaves must be CA:FALSE)");
   }
   const uint32_t key_usage = X509_get_key_usage(leaf);
+  if (key_usage != UINT32_MAX && (key_usage & (KU_KEY_CERT_SIGN | KU_CRL_SIGN)) != 0) {
+    return Fail(X509_V_ERR_INVALID_PURPOSE, x509_error,
+                "leaf has keyCertSign or cRLSign key usage");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SpiffeId> CheckSvidLeaf(X509* leaf, PeerRole role, absl::string_view trust_domain,
+                                       int* x509_error) {
+  if (absl::Status s = CheckSvidLeafShape(leaf, x509_error); !s.ok()) {
+    return s;
+  }
+  const uint32_t key_usage = X509_get_key_usage(leaf);
   if (key_usage != UINT32_MAX) {
-    if ((key_usage & (KU_KEY_CERT_SIGN | KU_CRL_SIGN)) != 0) {
-      return Fail(X509_V_ERR_INVALID_PURPOSE, x509_error,
-                  "leaf has keyCertSign or cRLSign key usage");
-    }
     if ((key_usage & KU_DIGITAL_SIGNATURE) == 0) {
       return Fail(X509_V_ERR_INVALID_PURPOSE, x509_error, "leaf key usage lacks digitalSignature");
     }

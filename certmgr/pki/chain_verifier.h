@@ -28,10 +28,15 @@ struct ValidityWindow {
   absl::Time not_after = absl::InfiniteFuture();
 };
 
-// ChainVerifier verifies X.509-SVID chains against one trust bundle. It runs OpenSSL's path
-// validation with X509_V_FLAG_X509_STRICT and the TLS purpose of the role, then the X.509-SVID
-// leaf rules OpenSSL 3.0 does not apply: exactly one URI SAN, a valid spiffe:// ID in the
-// bundle's trust domain, CA:FALSE, no keyCertSign/cRLSign, digitalSignature, and the EKU of
+// ChainVerifier verifies X.509-SVID chains against one trust bundle. It builds every candidate
+// path from the leaf through the peer's intermediates to a bundle certificate (CandidatePaths:
+// cross-signed and out-of-order chains, bounded work) and accepts the first that validates:
+// OpenSSL's path validation with X509_V_FLAG_X509_STRICT against that path's anchor alone,
+// then what OpenSSL 3.0 does not check: validity with RFC 5280's inclusive notAfter, extended
+// key usage of the role on every certificate that has one, and the name-constraint profile of
+// CheckNameConstraintsProfile. The SVID
+// profile then applies the X.509-SVID leaf rules: exactly one URI SAN, a valid spiffe:// ID in
+// the bundle's trust domain, CA:FALSE, no keyCertSign/cRLSign, digitalSignature, and the EKU of
 // the role (clientAuth / serverAuth) present.
 //
 // Immutable once created; thread-safe. A trust bundle change makes a new verifier.
@@ -66,17 +71,32 @@ class ChainVerifier {
  private:
   static absl::StatusOr<std::shared_ptr<const ChainVerifier>> CreateWithDomain(
       std::string trust_domain, std::vector<Certificate> roots);
-  ChainVerifier(std::string trust_domain, std::vector<Certificate> roots, X509StorePtr store)
+  // Anchor is one certificate of the bundle and a store holding only it.
+  struct Anchor {
+    Certificate cert;
+    X509StorePtr store;
+    bool self_issued;  // subject == issuer
+  };
+  ChainVerifier(std::string trust_domain, std::vector<Certificate> roots,
+                std::vector<Anchor> anchors)
       : trust_domain_(std::move(trust_domain)),
         roots_(std::move(roots)),
-        store_(std::move(store)) {}
+        anchors_(std::move(anchors)) {}
+  // CheckOnePath validates one candidate path (leaf first, anchor last).
+  absl::Status CheckOnePath(const std::vector<X509*>& path, PeerRole role, absl::Time now,
+                            int* x509_error, int* depth) const;
 
   std::string trust_domain_;
   std::vector<Certificate> roots_;
-  X509StorePtr store_;
+  std::vector<Anchor> anchors_;
 };
 
-// CheckSvidLeaf applies the X.509-SVID leaf rules alone (no chain validation).
+// CheckSvidLeafShape applies the X.509-SVID leaf rules that do not depend on the SPIFFE ID or
+// the role: CA:FALSE, neither keyCertSign nor cRLSign, no invalid extension.
+absl::Status CheckSvidLeafShape(X509* leaf, int* x509_error = nullptr);
+
+// CheckSvidLeaf applies the X.509-SVID leaf rules alone (no chain validation): the shape, then
+// digitalSignature, the role's EKU, and exactly one URI SAN with a SPIFFE ID in `trust_domain`.
 absl::StatusOr<SpiffeId> CheckSvidLeaf(X509* leaf, PeerRole role, absl::string_view trust_domain,
                                        int* x509_error = nullptr);
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_ca.h"
 
@@ -134,6 +135,100 @@ TEST_F(ChainVerifierTest, TrustsEveryRootOfTheBundle) {
   EXPECT_THAT(
       both->VerifyChain(next.Issue(kId, absl::Hours(1), now_).chain, PeerRole::kClient, now_),
       IsOk());
+}
+
+// RFC 5280 4.1.2.5: the validity period includes its notAfter second (OpenSSL alone calls the
+// certificate expired then).
+TEST_F(ChainVerifierTest, NotAfterIsInclusive) {
+  testing::IssuedLeaf leaf = ca_.Issue(kId, absl::Hours(1), now_);
+  const absl::Time not_after = leaf.chain[0].not_after();
+  EXPECT_THAT(verifier_->VerifyChain(leaf.chain, PeerRole::kClient, not_after), IsOk());
+  EXPECT_THAT(
+      verifier_->VerifyChain(leaf.chain, PeerRole::kClient, not_after + absl::Seconds(1),
+                             &x509_error_),
+      StatusIs(absl::StatusCode::kFailedPrecondition, "at depth 0: certificate has expired"));
+  EXPECT_EQ(x509_error_, X509_V_ERR_CERT_HAS_EXPIRED);
+  const absl::Time not_before = leaf.chain[0].not_before();
+  EXPECT_THAT(verifier_->VerifyChain(leaf.chain, PeerRole::kClient, not_before), IsOk());
+  EXPECT_THAT(verifier_->VerifyChain(leaf.chain, PeerRole::kClient, not_before - absl::Seconds(1)),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "not yet valid"));
+}
+
+// CrossSigned is one intermediate CA (one subject, one key) certified by two roots.
+struct CrossSigned {
+  PrivateKey key;
+  Certificate by_trusted;
+  Certificate by_other;
+};
+
+CrossSigned CrossSign(const TestCa& trusted, const TestCa& other, absl::Time now) {
+  PrivateKey key = *PrivateKey::GenerateEcP256();
+  CertificateProfile p;
+  p.common_name = "cross-signed intermediate";
+  p.is_ca = true;
+  p.key_cert_sign = true;
+  p.not_before = now - absl::Hours(1);
+  p.not_after = now + absl::Hours(2);
+  Certificate by_trusted =
+      *BuildCertificate(p, key.get(), &trusted.root(), trusted.root_key().get());
+  Certificate by_other = *BuildCertificate(p, key.get(), &other.root(), other.root_key().get());
+  return CrossSigned{.key = key, .by_trusted = by_trusted, .by_other = by_other};
+}
+
+// The peer sends first the copy of its intermediate that leads nowhere we trust: OpenSSL would
+// build that one path and fail; the verifier tries the other copy too.
+TEST_F(ChainVerifierTest, FindsTheValidPathThroughACrossSignedIntermediate) {
+  TestCa other("mesh.test", now_);
+  CrossSigned ica = CrossSign(ca_, other, now_);
+  CertificateProfile p = TestCa::LeafProfile(kId, now_ - absl::Minutes(1), now_ + absl::Hours(1));
+  PrivateKey leaf_key = *PrivateKey::GenerateEcP256();
+  Certificate leaf = *BuildCertificate(p, leaf_key.get(), &ica.by_trusted, ica.key.get());
+  EXPECT_THAT(verifier_->VerifyChain({leaf, ica.by_other, ica.by_trusted}, PeerRole::kClient, now_),
+              IsOk());
+  EXPECT_THAT(verifier_->VerifyChain({leaf, ica.by_other}, PeerRole::kClient, now_, &x509_error_),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_EQ(x509_error_, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
+}
+
+// A hostile peer sends many copies of intermediates that certify each other: the search is
+// bounded (and refuses), it does not loop or explode.
+TEST_F(ChainVerifierTest, CrossSignedCycleIsRefusedWithBoundedWork) {
+  std::vector<PrivateKey> keys;
+  std::vector<Certificate> cas;
+  for (int i = 0; i < 6; ++i) {
+    keys.push_back(*PrivateKey::GenerateEcP256());
+  }
+  // Every CA certifies every other one (6 x 5 certificates), none chains to our root.
+  CertificateProfile p;
+  p.is_ca = true;
+  p.key_cert_sign = true;
+  p.not_before = now_ - absl::Hours(1);
+  p.not_after = now_ + absl::Hours(2);
+  std::vector<Certificate> self;
+  for (int i = 0; i < 6; ++i) {
+    p.common_name = absl::StrCat("ca-", i);
+    self.push_back(*BuildCertificate(p, keys[i].get(), nullptr, keys[i].get()));
+  }
+  for (int i = 0; i < 6; ++i) {
+    for (int j = 0; j < 6; ++j) {
+      if (i != j) {
+        p.common_name = absl::StrCat("ca-", i);
+        cas.push_back(*BuildCertificate(p, keys[i].get(), &self[j], keys[j].get()));
+      }
+    }
+  }
+  CertificateProfile leaf_profile =
+      TestCa::LeafProfile(kId, now_ - absl::Minutes(1), now_ + absl::Hours(1));
+  PrivateKey leaf_key = *PrivateKey::GenerateEcP256();
+  std::vector<Certificate> chain = {
+      *BuildCertificate(leaf_profile, leaf_key.get(), &self[0], keys[0].get())};
+  chain.insert(chain.end(), cas.begin(), cas.end());
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(verifier_->VerifyChain(chain, PeerRole::kClient, now_, &x509_error_),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_EQ(x509_error_, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
+  // Not a timing assertion: a generous ceiling that only an unbounded search would break.
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
 }
 
 TEST(ChainVerifierCreateTest, RefusesBadBundles) {
