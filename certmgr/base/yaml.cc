@@ -284,7 +284,7 @@ class Parser {
         MESHTLS_ASSIGN_OR_RETURN(value, ParseInlineValue(at_, start, depth + 1));
         value.line = number;
       }
-      node.entries.emplace_back(std::move(key), std::move(value));
+      node.entries.push_back(YamlEntry{std::move(key), std::move(value)});
       if (at_ >= lines_.size()) {
         break;
       }
@@ -612,7 +612,7 @@ class Parser {
         if (node.Find(key.scalar) != nullptr) {
           return LineError(key.line, absl::StrCat("duplicate key \"", key.scalar, "\""));
         }
-        node.entries.emplace_back(std::move(key.scalar), std::move(value));
+        node.entries.push_back(YamlEntry{std::move(key.scalar), std::move(value)});
       }
       MESHTLS_ASSIGN_OR_RETURN(char sep, NextFlowChar());
       if (sep == close) {

@@ -23,17 +23,26 @@
 
 namespace meshtls::base {
 
+struct YamlEntry;
+
 struct YamlNode {
   enum class Kind { kNull, kScalar, kMapping, kSequence };
   Kind kind = Kind::kNull;
   int line = 0;         // 1-based line where the node starts
   std::string scalar;   // kScalar
   bool quoted = false;  // kScalar written in quotes (never null, never a number)
-  std::vector<std::pair<std::string, YamlNode>> entries;  // kMapping, in document order
+  std::vector<YamlEntry> entries;                         // kMapping, in document order
   std::vector<YamlNode> items;                            // kSequence
 
   // Find returns the value of `key` in a mapping, or nullptr.
   const YamlNode* Find(absl::string_view key) const;
+};
+
+// YamlEntry is one key of a mapping with its value. (A struct of its own, not a std::pair: a
+// pair of an incomplete YamlNode inside YamlNode is ill-formed, and clang says so.)
+struct YamlEntry {
+  std::string key;
+  YamlNode value;
 };
 
 // ParseYaml parses one document. An empty document is a kNull node.
