@@ -77,6 +77,31 @@ bool FromReason(int reason, HandshakeResult& out) {
     case SSL_R_PACKET_LENGTH_TOO_LONG:
     case SSL_R_RECORD_LENGTH_MISMATCH:
     case SSL_R_UNKNOWN_PROTOCOL:
+    // TLS framing, but records or handshake messages no TLS peer sends: oversized or short
+    // records, a record type out of place, malformed messages and extensions.
+    case SSL_R_DATA_LENGTH_TOO_LONG:
+    case SSL_R_ENCRYPTED_LENGTH_TOO_LONG:
+    case SSL_R_RECORD_TOO_SMALL:
+    case SSL_R_BAD_RECORD_TYPE:
+    case SSL_R_UNEXPECTED_RECORD:
+    case SSL_R_UNEXPECTED_MESSAGE:
+    case SSL_R_NOT_ON_RECORD_BOUNDARY:
+    case SSL_R_CCS_RECEIVED_EARLY:
+    case SSL_R_BAD_CHANGE_CIPHER_SPEC:
+    case SSL_R_EXCESSIVE_MESSAGE_SIZE:
+    case SSL_R_LENGTH_MISMATCH:
+    case SSL_R_LENGTH_TOO_SHORT:
+    case SSL_R_BAD_LENGTH:
+    case SSL_R_BAD_PACKET_LENGTH:
+    case SSL_R_BAD_PACKET:
+    case SSL_R_BAD_LEGACY_VERSION:
+    case SSL_R_BAD_EXTENSION:
+    case SSL_R_PARSE_TLSEXT:
+    case SSL_R_BAD_KEY_SHARE:
+    case SSL_R_BAD_ECPOINT:
+    case SSL_R_BAD_DATA:
+    case SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC:
+    case SSL_R_TOO_MANY_WARN_ALERTS:
       out = HandshakeResult::kNotTls;
       return true;
     case SSL_R_UNEXPECTED_EOF_WHILE_READING:

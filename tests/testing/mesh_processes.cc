@@ -103,7 +103,7 @@ std::string CertmgrProcess::TokenFile(const std::string& spiffe_id, const std::s
 
 absl::StatusOr<std::unique_ptr<SidecarProcess>> SidecarProcess::Start(
     const TempDir& dir, const std::string& name, const std::string& yaml,
-    const std::vector<std::string>& extra_args) {
+    const std::vector<std::string>& extra_args, const std::vector<std::string>& launcher) {
   auto s = std::unique_ptr<SidecarProcess>(new SidecarProcess());
   s->admin_port_ = PickFreePort();
   const std::string config = dir.Write(
@@ -115,6 +115,7 @@ absl::StatusOr<std::unique_ptr<SidecarProcess>> SidecarProcess::Start(
     argv.insert(argv.end(), {"--workers", "2"});
   }
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+  argv.insert(argv.begin(), launcher.begin(), launcher.end());
   absl::StatusOr<std::unique_ptr<Subprocess>> p =
       Subprocess::Start(std::move(argv), dir.File(name + ".log"));
   if (!p.ok()) {

@@ -78,10 +78,12 @@ class CertmgrProcess {
 // two workers unless the YAML sets `workers`.
 class SidecarProcess {
  public:
-  // `extra_args` follow the config flag (for example --namespace NS --service-account SA).
+  // `extra_args` follow the config flag (for example --namespace NS --service-account SA);
+  // `launcher`, when set, runs the sidecar under these argv words (prlimit --nofile=N --).
   static absl::StatusOr<std::unique_ptr<SidecarProcess>> Start(
       const TempDir& dir, const std::string& name, const std::string& yaml,
-      const std::vector<std::string>& extra_args = {});
+      const std::vector<std::string>& extra_args = {},
+      const std::vector<std::string>& launcher = {});
   // WaitReady polls /readyz until 200 (false after `timeout`).
   bool WaitReady(absl::Duration timeout = absl::Seconds(20));
   double Metric(const std::string& series) const { return ScrapeMetric(admin_port_, series); }
