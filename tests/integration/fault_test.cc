@@ -5,10 +5,14 @@
 // After each fault the process must still serve, and /metrics must show what happened. Every
 // loop is bounded in count and time.
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -340,6 +344,139 @@ TEST_F(FaultTest, GarbageAndIdleConnectionsOnCertmgrPorts) {
   EXPECT_THAT(signed_credentials, IsOk());
   EXPECT_EQ(testing::HttpGet(certmgr->admin_port(), "/readyz")->status, 200);
   EXPECT_FALSE(certmgr->process().WaitForExit(absl::ZeroDuration()).has_value());
+}
+
+// EpollEcho is an echo app for many connections at once: one thread, one epoll set, every
+// connection non-blocking (the test's EchoServer has a thread per connection).
+class EpollEcho {
+ public:
+  EpollEcho() : listen_fd_(testing::ListenLoopback(&port_, 4096)) {
+    ::fcntl(listen_fd_.get(), F_SETFL, ::fcntl(listen_fd_.get(), F_GETFL) | O_NONBLOCK);
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~EpollEcho() {
+    stop_.store(true);
+    thread_.join();
+  }
+  uint16_t port() const { return port_; }
+
+ private:
+  void Run() {
+    base::UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
+    epoll_event ev{.events = EPOLLIN, .data = {.fd = listen_fd_.get()}};
+    ::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, listen_fd_.get(), &ev);
+    std::vector<epoll_event> events(256);
+    char buffer[4096];
+    while (!stop_.load()) {
+      const int n = ::epoll_wait(epoll.get(), events.data(), events.size(), 50);
+      for (int i = 0; i < n; ++i) {
+        const int fd = events[i].data.fd;
+        if (fd == listen_fd_.get()) {
+          int c;
+          while ((c = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+            epoll_event cev{.events = EPOLLIN, .data = {.fd = c}};
+            ::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, c, &cev);
+          }
+          continue;
+        }
+        const ssize_t got = ::read(fd, buffer, sizeof(buffer));
+        if (got <= 0) {
+          ::close(fd);  // also leaves the epoll set
+          continue;
+        }
+        // Test messages are small: a loopback socket takes them whole.
+        (void)::write(fd, buffer, static_cast<size_t>(got));
+      }
+    }
+  }
+
+  uint16_t port_ = 0;  // declared first: ListenLoopback fills it while listen_fd_ is built
+  base::UniqueFd listen_fd_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// 10,000 connections open at once through a pair of sidecars (frontend: outbound listener;
+// backend: inbound listener in front of the app), each echoing its own message. Each
+// connection holds 2 descriptors in each sidecar and 2 in this process (the client's end and
+// the app's), so the count is capped where RLIMIT_NOFILE's hard limit would be reached (this
+// sandbox allows 20,000 per process, and raising it needs CAP_SYS_RESOURCE); sanitizer builds
+// run at most MESHTLS_CONCURRENT_CONNECTIONS (tests/CMakeLists.txt).
+TEST_F(FaultTest, TenThousandConcurrentConnectionsThroughAPair) {
+  rlimit limit{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &limit), 0);
+  limit.rlim_cur = limit.rlim_max;  // the soft limit may rise to the hard one without privilege
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &limit), 0);
+  const int connections = static_cast<int>(std::min<rlim_t>(
+      MESHTLS_CONCURRENT_CONNECTIONS, (std::min<rlim_t>(limit.rlim_max, 1 << 20) - 1000) / 2));
+  EpollEcho app;
+  const std::string limits = absl::StrCat(
+      "limits: {handshake_timeout: 10s, connect_timeout: 5s, max_connections: ", 2 * connections,
+      "}\n");
+  // The sidecars inherit the raised soft limit from this process.
+  const testing::IssuedLeaf backend = ca_.Issue(kBackend, absl::Hours(1));
+  const testing::IssuedLeaf frontend = ca_.Issue(kFrontend, absl::Hours(1));
+  const std::string bundle = dir_.Write("bundle.pem", ca_.RootPem());
+  auto files = [&](const testing::IssuedLeaf& leaf, const std::string& name) {
+    return absl::StrCat("trust_domain: mesh.test\nidentity:\n  files:\n    cert: ",
+                        dir_.Write(name + ".crt", leaf.ChainPem()),
+                        "\n    key: ", dir_.Write(name + ".key", leaf.KeyPem(), 0600),
+                        "\n    trust_bundle: ", bundle, "\n", limits);
+  };
+  inbound_port_ = testing::PickFreePort();
+  outbound_port_ = testing::PickFreePort();
+  auto backend_sidecar = *SidecarProcess::Start(
+      dir_, "backend",
+      absl::StrCat(files(backend, "backend"),
+                   "inbound:\n  - name: in\n    listen: 127.0.0.1:", inbound_port_,
+                   "\n    forward: 127.0.0.1:", app.port(), "\n    allow: [", kFrontend, "]\n"));
+  auto frontend_sidecar = *SidecarProcess::Start(
+      dir_, "frontend",
+      absl::StrCat(files(frontend, "frontend"),
+                   "outbound:\n  - name: out\n    listen: 127.0.0.1:", outbound_port_,
+                   "\n    connect: 127.0.0.1:", inbound_port_, "\n    expect: [", kBackend, "]\n"));
+  ASSERT_TRUE(backend_sidecar->WaitReady()) << backend_sidecar->process().Log();
+  ASSERT_TRUE(frontend_sidecar->WaitReady()) << frontend_sidecar->process().Log();
+
+  std::vector<base::UniqueFd> conns;
+  conns.reserve(connections);
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < connections; ++i) {
+    absl::StatusOr<base::UniqueFd> c = testing::TcpConnect(outbound_port_, absl::Seconds(10));
+    ASSERT_THAT(c, IsOk()) << "connection " << i;
+    conns.push_back(*std::move(c));
+  }
+  for (int i = 0; i < connections; ++i) {
+    ASSERT_THAT(testing::SendAll(conns[i].get(), absl::StrCat("message ", 100000 + i)), IsOk());
+  }
+  for (int i = 0; i < connections; ++i) {
+    absl::StatusOr<std::string> back = testing::RecvExactly(conns[i].get(), 14, absl::Seconds(30));
+    ASSERT_THAT(back, IsOk()) << "connection " << i << ": " << frontend_sidecar->process().Log();
+    ASSERT_EQ(*back, absl::StrCat("message ", 100000 + i));
+  }
+  const absl::Duration all_echoed = absl::Now() - start;
+  // All of them open at once, on both sides of the pair.
+  EXPECT_EQ(frontend_sidecar->Metric(R"(meshtls_connections_active{direction="outbound"})"),
+            connections);
+  EXPECT_EQ(backend_sidecar->Metric(R"(meshtls_connections_active{direction="inbound"})"),
+            connections);
+  std::printf(
+      "%d concurrent connections through the pair, all echoed in %s; RSS frontend %lld KiB, "
+      "backend %lld KiB\n",
+      connections, absl::FormatDuration(all_echoed).c_str(),
+      static_cast<long long>(testing::RssKiB(frontend_sidecar->process().pid())),
+      static_cast<long long>(testing::RssKiB(backend_sidecar->process().pid())));
+  conns.clear();
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        return frontend_sidecar->Metric(R"(meshtls_connections_active{direction="outbound"})") ==
+                   0 &&
+               backend_sidecar->Metric(R"(meshtls_connections_active{direction="inbound"})") == 0;
+      },
+      absl::Seconds(60)));
+  EXPECT_EQ(backend_sidecar->Metric(Handshakes("inbound", "internal")), 0);
+  EXPECT_EQ(backend_sidecar->Metric(Handshakes("inbound", "success")),
+            frontend_sidecar->Metric(Handshakes("outbound", "success")));
 }
 
 TEST_F(FaultTest, CertmgrKilledAndRestartedUnderTrafficAndRenewals) {

@@ -227,20 +227,11 @@ class StalledApp {
   base::UniqueFd listen_fd_;
 };
 
-int64_t RssKiB(pid_t pid) {
-  absl::StatusOr<std::string> status =
-      base::ReadFileToString(absl::StrCat("/proc/", pid, "/status"));
-  if (!status.ok()) {
-    return -1;
-  }
-  size_t at = status->find("VmRSS:");
-  return at == std::string::npos ? -1 : std::atoll(status->c_str() + at + 6);
-}
-
 TEST_F(MeshTest, SlowAppSlowsTheWriterInsteadOfGrowingMemory) {
   StalledApp stalled;
   StartMesh("", "", stalled.port());
-  const int64_t rss_before = RssKiB(backend_->process().pid()) + RssKiB(frontend_->process().pid());
+  const int64_t rss_before =
+      testing::RssKiB(backend_->process().pid()) + testing::RssKiB(frontend_->process().pid());
 
   absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
   ASSERT_THAT(conn, IsOk());
@@ -264,7 +255,8 @@ TEST_F(MeshTest, SlowAppSlowsTheWriterInsteadOfGrowingMemory) {
   }
   std::printf("backlog absorbed before the writer was slowed: %zu KiB\n", written.size() / 1024);
   EXPECT_LT(written.size(), 96u << 20) << "the writer was never slowed down";
-  const int64_t rss_after = RssKiB(backend_->process().pid()) + RssKiB(frontend_->process().pid());
+  const int64_t rss_after =
+      testing::RssKiB(backend_->process().pid()) + testing::RssKiB(frontend_->process().pid());
   std::printf("sidecar RSS growth with that backlog: %lld KiB\n",
               static_cast<long long>(rss_after - rss_before));
 #if !defined(__SANITIZE_ADDRESS__)

@@ -327,6 +327,16 @@ std::string RandomBytes(size_t n) {
   return out;
 }
 
+int64_t RssKiB(pid_t pid) {
+  absl::StatusOr<std::string> status =
+      base::ReadFileToString(absl::StrCat("/proc/", pid, "/status"));
+  if (!status.ok()) {
+    return -1;
+  }
+  size_t at = status->find("VmRSS:");
+  return at == std::string::npos ? -1 : std::atoll(status->c_str() + at + 6);
+}
+
 std::string FindProgram(absl::string_view name) {
   const char* path = std::getenv("PATH");
   for (absl::string_view dir :

@@ -63,6 +63,9 @@ class Subprocess {
 // WaitFor polls `condition` every 20 ms until it holds (true) or `timeout` passes (false).
 bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout);
 
+// RssKiB returns the resident memory of process `pid` in KiB (-1 if unknown).
+int64_t RssKiB(pid_t pid);
+
 // FindProgram returns the absolute path of `name` on PATH ("" if absent).
 std::string FindProgram(absl::string_view name);
 
