@@ -60,11 +60,8 @@ class FaultTest : public ::testing::Test {
     inbound_port_ = testing::PickFreePort();
     outbound_port_ = testing::PickFreePort();
     const std::string yaml = absl::StrCat(
-        "trust_domain: mesh.test\nidentity:\n  files:\n    cert: ",
-        dir_.Write("own.crt", own.ChainPem()),
-        "\n    key: ", dir_.Write("own.key", own.KeyPem(), 0600),
-        "\n    trust_bundle: ", dir_.Write("bundle.pem", ca_.RootPem()),
-        "\nlimits: {handshake_timeout: 1s, connect_timeout: 1s}\nlog: {format: json}\n", extra,
+        testing::FilesConfigHead(dir_, "own", own, dir_.Write("bundle.pem", ca_.RootPem())),
+        "limits: {handshake_timeout: 1s, connect_timeout: 1s}\nlog: {format: json}\n", extra,
         "inbound:\n  - name: in\n    listen: 127.0.0.1:", inbound_port_,
         "\n    forward: 127.0.0.1:", app_port, "\n    allow: [", kFrontend, ", ", kBackend,
         "]\noutbound:\n  - name: loop\n    listen: 127.0.0.1:", outbound_port_,
@@ -418,10 +415,7 @@ TEST_F(FaultTest, TenThousandConcurrentConnectionsThroughAPair) {
   const testing::IssuedLeaf frontend = ca_.Issue(kFrontend, absl::Hours(1));
   const std::string bundle = dir_.Write("bundle.pem", ca_.RootPem());
   auto files = [&](const testing::IssuedLeaf& leaf, const std::string& name) {
-    return absl::StrCat("trust_domain: mesh.test\nidentity:\n  files:\n    cert: ",
-                        dir_.Write(name + ".crt", leaf.ChainPem()),
-                        "\n    key: ", dir_.Write(name + ".key", leaf.KeyPem(), 0600),
-                        "\n    trust_bundle: ", bundle, "\n", limits);
+    return testing::FilesConfigHead(dir_, name, leaf, bundle) + limits;
   };
   inbound_port_ = testing::PickFreePort();
   outbound_port_ = testing::PickFreePort();

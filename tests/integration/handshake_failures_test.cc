@@ -70,11 +70,9 @@ class HandshakeFailuresTest : public ::testing::Test {
  protected:
   void SetUp() override {
     const testing::IssuedLeaf own = ca_.Issue(kBackend);
-    config_ = absl::StrCat("trust_domain: mesh.test\nidentity:\n  files:\n    cert: ",
-                           dir_.Write("own.crt", own.ChainPem()),
-                           "\n    key: ", dir_.Write("own.key", own.KeyPem(), 0600),
-                           "\n    trust_bundle: ", dir_.Write("bundle.pem", ca_.RootPem()),
-                           "\nworkers: 1\nlog: {format: json}\nlimits: {handshake_timeout: 1s}\n");
+    config_ = absl::StrCat(
+        testing::FilesConfigHead(dir_, "own", own, dir_.Write("bundle.pem", ca_.RootPem())),
+        "workers: 1\nlog: {format: json}\nlimits: {handshake_timeout: 1s}\n");
     inbound_port_ = testing::PickFreePort();
     absl::StrAppend(&config_, "inbound:\n  - name: in\n    listen: 127.0.0.1:", inbound_port_,
                     "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n");

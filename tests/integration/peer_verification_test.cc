@@ -28,10 +28,7 @@ class PeerVerificationTest : public ::testing::Test {
  protected:
   // FilesIdentity writes `leaf` and the CA root and returns the identity.files section.
   std::string FilesIdentity(const std::string& name, const testing::IssuedLeaf& leaf) {
-    return absl::StrCat("trust_domain: mesh.test\nidentity:\n  files:\n    cert: ",
-                        dir_.Write(name + ".crt", leaf.ChainPem()),
-                        "\n    key: ", dir_.Write(name + ".key", leaf.KeyPem(), 0600),
-                        "\n    trust_bundle: ", dir_.Write("bundle.pem", ca_.RootPem()), "\n");
+    return testing::FilesConfigHead(dir_, name, leaf, dir_.Write("bundle.pem", ca_.RootPem()));
   }
 
   // StartBackend runs an inbound listener in front of the echo app, allowing the frontend.

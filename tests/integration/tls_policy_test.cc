@@ -51,13 +51,11 @@ class TlsPolicyTest : public ::testing::Test {
   void StartSidecar(const std::string& tls, uint16_t upstream_port = 0) {
     const testing::IssuedLeaf own = ca_.Issue(kBackend, absl::Hours(1));
     inbound_port_ = testing::PickFreePort();
-    std::string yaml = absl::StrCat(
-        "trust_domain: mesh.test\nidentity:\n  files:\n    cert: ",
-        dir_.Write("own.crt", own.ChainPem()),
-        "\n    key: ", dir_.Write("own.key", own.KeyPem(), 0600), "\n    trust_bundle: ", bundle_,
-        "\nworkers: 1\nlimits: {handshake_timeout: 2s}\n", tls,
-        "\ninbound:\n  - name: in\n    listen: 127.0.0.1:", inbound_port_,
-        "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n");
+    std::string yaml =
+        absl::StrCat(testing::FilesConfigHead(dir_, "own", own, bundle_),
+                     "workers: 1\nlimits: {handshake_timeout: 2s}\n", tls,
+                     "\ninbound:\n  - name: in\n    listen: 127.0.0.1:", inbound_port_,
+                     "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n");
     if (upstream_port != 0) {
       outbound_port_ = testing::PickFreePort();
       absl::StrAppend(&yaml, "outbound:\n  - name: out\n    listen: 127.0.0.1:", outbound_port_,

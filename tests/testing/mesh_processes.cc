@@ -154,6 +154,14 @@ std::string SidecarProcess::ServedSerial() const {
   return r->body.substr(at, r->body.find('"', at) - at);
 }
 
+std::string FilesConfigHead(const TempDir& dir, const std::string& name, const IssuedLeaf& leaf,
+                            const std::string& bundle_path) {
+  return absl::StrCat("trust_domain: mesh.test\nidentity:\n  files:\n    cert: ",
+                      dir.Write(name + ".crt", leaf.ChainPem()),
+                      "\n    key: ", dir.Write(name + ".key", leaf.KeyPem(), 0600),
+                      "\n    trust_bundle: ", bundle_path, "\n");
+}
+
 std::string Handshakes(const std::string& direction, const std::string& result) {
   return absl::StrCat("meshtls_tls_handshakes_total{direction=\"", direction, "\",result=\"",
                       result, "\"}");

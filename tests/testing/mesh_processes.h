@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "tests/testing/harness.h"
+#include "tests/testing/test_ca.h"
 
 namespace meshtls::testing {
 
@@ -99,6 +100,11 @@ class SidecarProcess {
   uint16_t admin_port_ = 0;
   std::unique_ptr<Subprocess> process_;
 };
+
+// FilesConfigHead is the start of a files-mode sidecar config in trust domain mesh.test:
+// `leaf` (written as <name>.crt / <name>.key, 0600) with the trust bundle at `bundle_path`.
+std::string FilesConfigHead(const TempDir& dir, const std::string& name, const IssuedLeaf& leaf,
+                            const std::string& bundle_path);
 
 // Handshakes returns the series name of meshtls_tls_handshakes_total for a direction/result.
 std::string Handshakes(const std::string& direction, const std::string& result);
