@@ -287,6 +287,13 @@ TEST_F(FaultTest, FailedHandshakeFloodDoesNotStarveGoodClients) {
 }
 
 TEST_F(FaultTest, OutOfFileDescriptorsPausesAndRecovers) {
+#ifdef MESHTLS_UBSAN
+  // UBSan's vptr check probes memory through a pipe it opens on the spot; with every
+  // descriptor in use it cannot, and reports a false "invalid vptr" on a live object (seen in
+  // EventLoop::Run, with "memory cannot be printed"). The normal build runs this test, and the
+  // ASan-only build of the sidecar ran it clean by hand.
+  GTEST_SKIP() << "UBSan cannot check types once the process is out of descriptors";
+#endif
   // 40 descriptors: enough to start and serve a few connections, not the 30 held below.
   StartSidecar(app_.port(), {"/usr/bin/prlimit", "--nofile=40:40", "--"});
   std::vector<base::UniqueFd> held;
