@@ -86,11 +86,7 @@ absl::Status ChainVerifier::VerifyPath(X509* leaf, STACK_OF(X509) * untrusted, P
       intermediates.push_back(c);
     }
   }
-  std::vector<X509*> anchor_certs;
-  for (const Anchor& a : anchors_) {
-    anchor_certs.push_back(a.cert.get());
-  }
-  const std::vector<std::vector<X509*>> paths = CandidatePaths(leaf, intermediates, anchor_certs);
+  const std::vector<std::vector<X509*>> paths = CandidatePaths(leaf, intermediates, anchor_certs_);
   if (paths.empty()) {
     const bool self_signed = X509_check_issued(leaf, leaf) == X509_V_OK;
     *x509_error = self_signed ? X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT

@@ -81,7 +81,11 @@ class ChainVerifier {
                 std::vector<Anchor> anchors)
       : trust_domain_(std::move(trust_domain)),
         roots_(std::move(roots)),
-        anchors_(std::move(anchors)) {}
+        anchors_(std::move(anchors)) {
+    for (const Anchor& a : anchors_) {
+      anchor_certs_.push_back(a.cert.get());
+    }
+  }
   // CheckOnePath validates one candidate path (leaf first, anchor last).
   absl::Status CheckOnePath(const std::vector<X509*>& path, PeerRole role, absl::Time now,
                             int* x509_error, int* depth) const;
@@ -89,6 +93,7 @@ class ChainVerifier {
   std::string trust_domain_;
   std::vector<Certificate> roots_;
   std::vector<Anchor> anchors_;
+  std::vector<X509*> anchor_certs_;  // anchors_' certificates, borrowed, for CandidatePaths
 };
 
 // CheckSvidLeafShape applies the X.509-SVID leaf rules that do not depend on the SPIFFE ID or

@@ -84,6 +84,8 @@ absl::Status Refuse(int index, int code, int* depth, int* x509_error, absl::stri
 // ValidDnsName: RFC 1034 preferred name syntax as RFC 5280 uses it (letters, digits and
 // hyphens in labels of 1-63 characters, no empty label, so no leading, trailing or double
 // period), at most 253 characters; with `allow_wildcard`, a leftmost label of exactly "*".
+// Underscores are let through: they are common in internal names (_service records, k8s-ish
+// hostnames) and x509-limbo leaves them out of its selection for us.
 bool ValidDnsName(absl::string_view name, bool allow_wildcard) {
   if (name.empty() || name.size() > 253) {
     return false;

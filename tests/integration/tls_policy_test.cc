@@ -9,7 +9,6 @@
 #include <signal.h>
 #include <sys/stat.h>
 
-#include <map>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
