@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every libFuzzer target for real (the README's test command only replays their corpora).
 #
-#   scripts/fuzz.sh [SECONDS]   each target for SECONDS (default 60)
+#   scripts/fuzz.sh [SECONDS] [TARGET...]   each target (default: all) for SECONDS (default 60)
 #
 # Builds with clang 14, libFuzzer and ASan+UBSan into build-fuzz/ (Debian's clang-14 and
 # libclang-rt-14-dev, installed by scripts/setup.sh), then fuzzes each target starting from its
@@ -13,7 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 scripts/setup.sh clang-14 libclang-rt-14-dev
-targets=(spiffe_id svid_chain csr jwt config)
+targets=(spiffe_id svid_chain csr jwt config relay)
+if [ $# -gt 1 ]; then
+  targets=("${@:2}")
+fi
 CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DMESHTLS_FUZZ=ON -DMESHTLS_SANITIZE=address,undefined >/dev/null
 ninja -C build-fuzz "${targets[@]/%/_fuzz}" >build-fuzz/ninja.log 2>&1 || {

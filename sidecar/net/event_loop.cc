@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -139,8 +140,6 @@ void EventLoop::RunPosted() {
 }
 
 void EventLoop::Run() {
-  constexpr int kMaxEvents = 128;
-  epoll_event events[kMaxEvents];
   while (true) {
     {
       std::lock_guard<std::mutex> lock(post_mu_);
@@ -148,30 +147,39 @@ void EventLoop::Run() {
         break;
       }
     }
-    int n = ::epoll_wait(epoll_fd_.get(), events, kMaxEvents, NextTimeoutMs());
-    if (n < 0 && errno != EINTR) {
-      break;  // only EBADF/EINVAL, which would be a bug in this class
-    }
-    for (int i = 0; i < n; ++i) {
-      auto* handler = static_cast<EventHandler*>(events[i].data.ptr);
-      if (handler == &g_wake_marker) {
-        uint64_t value;
-        [[maybe_unused]] ssize_t r = ::read(wake_fd_.get(), &value, sizeof(value));
-        continue;
-      }
-      handler->OnEvents(events[i].events);
-    }
-    RunPosted();
-    RunTimers();
-    // Deferred work (mostly deletions) runs once no event of this batch can reach it.
-    while (!deferred_.empty()) {
-      std::vector<absl::AnyInvocable<void()>> work;
-      work.swap(deferred_);
-      for (auto& w : work) {
-        w();
-      }
+    if (!RunOnce(/*max_wait_ms=*/1000)) {
+      break;
     }
   }
+}
+
+bool EventLoop::RunOnce(int max_wait_ms) {
+  constexpr int kMaxEvents = 128;
+  epoll_event events[kMaxEvents];
+  int n = ::epoll_wait(epoll_fd_.get(), events, kMaxEvents, std::min(NextTimeoutMs(), max_wait_ms));
+  if (n < 0 && errno != EINTR) {
+    return false;  // only EBADF/EINVAL, which would be a bug in this class
+  }
+  for (int i = 0; i < n; ++i) {
+    auto* handler = static_cast<EventHandler*>(events[i].data.ptr);
+    if (handler == &g_wake_marker) {
+      uint64_t value;
+      [[maybe_unused]] ssize_t r = ::read(wake_fd_.get(), &value, sizeof(value));
+      continue;
+    }
+    handler->OnEvents(events[i].events);
+  }
+  RunPosted();
+  RunTimers();
+  // Deferred work (mostly deletions) runs once no event of this batch can reach it.
+  while (!deferred_.empty()) {
+    std::vector<absl::AnyInvocable<void()>> work;
+    work.swap(deferred_);
+    for (auto& w : work) {
+      w();
+    }
+  }
+  return true;
 }
 
 }  // namespace meshtls::sidecar::net

@@ -48,6 +48,11 @@ class EventLoop {
   void Post(absl::AnyInvocable<void()> task);
   // Run processes events until Stop(). Call on the thread that owns the loop.
   void Run();
+  // RunOnce processes one batch: waits up to `max_wait_ms` (less if a timer is due sooner) for
+  // events, handles them, then runs posted tasks, due timers and deferred work. For drivers
+  // that step the loop themselves (the relay fuzz target); Run() is a loop of these. False
+  // only if epoll itself failed (a bug in this class), after which the loop is unusable.
+  bool RunOnce(int max_wait_ms);
   // Stop makes Run() return after the current batch. Thread-safe.
   void Stop();
 

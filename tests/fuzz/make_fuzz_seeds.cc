@@ -17,6 +17,7 @@
 #include "certmgr/base/file.h"
 #include "certmgr/pki/certificate_builder.h"
 #include "certmgr/pki/csr.h"
+#include "tests/fuzz/relay_script.h"
 #include "tests/testing/jwt.h"
 #include "tests/testing/test_ca.h"
 
@@ -120,6 +121,130 @@ int main(int argc, char** argv) {
               testing::SignJwt(signer, testing::ServiceAccountClaims(
                                            "https://kubernetes.default.svc", "kubernetes",
                                            "default", "web", kAt + absl::Hours(1), kAt)));
+  }
+  // Relay scripts: each way, a clean exchange, half-closes in both orders, backpressure, resets
+  // and closes mid-stream, refused and raw peers, garbage inside the TLS stream, a refused
+  // upstream.
+  const std::string relays = root + "/relay_corpus";
+  using fuzz::RelayOp;
+  using fuzz::RelayPeer;
+  using fuzz::RelayScript;
+  for (bool outbound : {false, true}) {
+    const std::string way = outbound ? "outbound-" : "inbound-";
+    Write(relays, way + "clean",
+          RelayScript(outbound, RelayPeer::kAuthorized)
+              .Steps(4)
+              .Op(RelayOp::kPeerWrite, 3000)
+              .Op(RelayOp::kAppWrite, 5000)
+              .Steps(8)
+              .Op(RelayOp::kAppRead, 65536)
+              .Op(RelayOp::kPeerRead, 65536)
+              .bytes());
+    Write(relays, way + "peer-closes-first",
+          RelayScript(outbound, RelayPeer::kAuthorized)
+              .Steps(4)
+              .Op(RelayOp::kPeerWrite, 100)
+              .Op(RelayOp::kPeerCloseNotify)
+              .Op(RelayOp::kPeerFin)
+              .Steps(8)
+              .Op(RelayOp::kAppRead, 200)
+              .Op(RelayOp::kAppWrite, 40000)
+              .Steps(16)
+              .bytes());
+    Write(relays, way + "app-closes-first",
+          RelayScript(outbound, RelayPeer::kAuthorized)
+              .Op(RelayOp::kAppWrite, 1)
+              .Steps(4)
+              .Op(RelayOp::kAppFin)
+              .Steps(8)
+              .Op(RelayOp::kPeerWrite, 65536)
+              .Steps(8)
+              .bytes());
+    Write(relays, way + "backpressure",
+          RelayScript(outbound, RelayPeer::kAuthorized)
+              .Steps(4)
+              .Op(RelayOp::kPeerWrite, 65536)
+              .Op(RelayOp::kPeerWrite, 65536)
+              .Op(RelayOp::kAppWrite, 65536)
+              .Op(RelayOp::kAppWrite, 65536)
+              .Steps(16)
+              .Op(RelayOp::kAppRead, 1000)
+              .Steps(16)
+              .Op(RelayOp::kPeerRead, 1000)
+              .Steps(16)
+              .bytes());
+    Write(relays, way + "peer-resets",
+          RelayScript(outbound, RelayPeer::kAuthorized)
+              .Steps(4)
+              .Op(RelayOp::kPeerWrite, 20000)
+              .Op(RelayOp::kAppWrite, 20000)
+              .Steps(2)
+              .Op(RelayOp::kPeerReset)
+              .Steps(8)
+              .bytes());
+    Write(relays, way + "app-resets",
+          RelayScript(outbound, RelayPeer::kAuthorized)
+              .Steps(4)
+              .Op(RelayOp::kPeerWrite, 20000)
+              .Steps(2)
+              .Op(RelayOp::kAppReset)
+              .Steps(8)
+              .bytes());
+    Write(relays, way + "close-unread",
+          RelayScript(outbound, RelayPeer::kAuthorized)
+              .Steps(4)
+              .Op(RelayOp::kPeerWrite, 30000)
+              .Op(RelayOp::kAppWrite, 30000)
+              .Steps(4)
+              .Op(RelayOp::kAppClose)
+              .Op(RelayOp::kPeerClose)
+              .bytes());
+    Write(relays, way + "truncated-by-fin",
+          RelayScript(outbound, RelayPeer::kAuthorized)
+              .Steps(4)
+              .Op(RelayOp::kPeerWrite, 500)
+              .Op(RelayOp::kPeerFin)
+              .Steps(8)
+              .bytes());
+    Write(relays, way + "garbage-record",
+          RelayScript(outbound, RelayPeer::kAuthorized)
+              .Steps(4)
+              .Op(RelayOp::kPeerWrite, 100)
+              .Raw(std::string("\x17\x03\x03\x00\x20", 5) + std::string(32, 'A'))
+              .Steps(8)
+              .bytes());
+    Write(relays, way + "not-allowed",
+          RelayScript(outbound, RelayPeer::kNotAllowed)
+              .Op(RelayOp::kAppWrite, 100)
+              .Steps(8)
+              .Op(RelayOp::kPeerWrite, 100)
+              .Steps(8)
+              .bytes());
+    Write(relays, way + "untrusted",
+          RelayScript(outbound, RelayPeer::kUntrusted)
+              .Op(RelayOp::kAppWrite, 100)
+              .Steps(8)
+              .Op(RelayOp::kPeerWrite, 100)
+              .Steps(8)
+              .bytes());
+    Write(relays, way + "raw-peer",
+          RelayScript(outbound, RelayPeer::kRaw)
+              .Raw("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+              .Op(RelayOp::kAppWrite, 100)
+              .Steps(8)
+              .Op(RelayOp::kPeerRead, 4096)
+              .bytes());
+    Write(relays, way + "refused-upstream",
+          RelayScript(outbound, RelayPeer::kAuthorized, /*refuse_upstream=*/true)
+              .Op(RelayOp::kAppWrite, 100)
+              .Steps(8)
+              .bytes());
+    Write(relays, way + "refused-mid-handshake",
+          RelayScript(outbound, RelayPeer::kAuthorized)
+              .Op(RelayOp::kRefuseUpstream)
+              .Op(RelayOp::kPeerWrite, 100)
+              .Steps(8)
+              .bytes());
   }
   std::printf("seeds written under %s\n", root.c_str());
   return 0;
