@@ -1,34 +1,203 @@
 #include "certmgr/admin/admin_server.h"
 
 #include <arpa/inet.h>
-#include <civetweb.h>
 #include <netinet/in.h>
 #include <prometheus/collectable.h>
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
-#include <atomic>
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <mutex>
+#include <map>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "certmgr/base/fd.h"
 #include "certmgr/base/host_port.h"
+#include "certmgr/base/log.h"
 
 namespace meshtls::admin {
+namespace {
 
+using Clock = std::chrono::steady_clock;
+
+const char* ReasonPhrase(int status) {
+  switch (status) {
+    case 200:
+      return "OK";
+    case 400:
+      return "Bad Request";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 501:
+      return "Not Implemented";
+    case 503:
+      return "Service Unavailable";
+    case 505:
+      return "HTTP Version Not Supported";
+    default:
+      return "Error";
+  }
+}
+
+// Why the server dropped a connection or refused a request: the reason label of
+// meshtls_admin_rejected_total.
+enum class Rejection { kTimeout, kEvicted, kMalformed, kTooLarge, kCount };
+constexpr const char* kRejectionNames[] = {"timeout", "evicted", "malformed", "too_large"};
+
+// ParsedRequest is what the server needs of one request head.
+struct ParsedRequest {
+  int error_status = 0;  // non-zero: answer this and close
+  std::string method;
+  std::string path;  // without the query
+  bool keep_alive = true;
+};
+
+// ParseRequestHead parses "METHOD SP target SP HTTP/1.x" and the header lines of `head` (CRLF
+// line ends, without the final empty line). Only what a scraper or probe sends is accepted:
+// GET or HEAD, an origin-form target, no body, no obsolete line folding.
+ParsedRequest ParseRequestHead(absl::string_view head) {
+  ParsedRequest r;
+  std::vector<absl::string_view> lines = absl::StrSplit(head, "\r\n");
+  std::vector<absl::string_view> parts = absl::StrSplit(lines[0], ' ');
+  if (parts.size() != 3 || parts[0].empty() || parts[1].empty() || parts[1][0] != '/') {
+    r.error_status = 400;
+    return r;
+  }
+  for (char c : parts[0]) {
+    if (!absl::ascii_isupper(static_cast<unsigned char>(c))) {
+      r.error_status = 400;
+      return r;
+    }
+  }
+  if (parts[2] == "HTTP/1.0") {
+    r.keep_alive = false;
+  } else if (parts[2] != "HTTP/1.1") {
+    r.error_status = absl::StartsWith(parts[2], "HTTP/") ? 505 : 400;
+    return r;
+  }
+  r.method = std::string(parts[0]);
+  absl::string_view target = parts[1];
+  r.path = std::string(target.substr(0, target.find('?')));
+  for (size_t i = 1; i < lines.size(); ++i) {
+    absl::string_view line = lines[i];
+    const size_t colon = line.find(':');
+    if (colon == 0 || colon == absl::string_view::npos || line[0] == ' ' || line[0] == '\t') {
+      r.error_status = 400;  // not "name: value", or an obsolete folded line
+      return r;
+    }
+    absl::string_view name = line.substr(0, colon);
+    if (absl::StrContains(name, ' ') || absl::StrContains(name, '\t')) {
+      r.error_status = 400;
+      return r;
+    }
+    absl::string_view value = absl::StripAsciiWhitespace(line.substr(colon + 1));
+    if (absl::EqualsIgnoreCase(name, "Content-Length")) {
+      uint64_t length = 0;
+      if (!absl::SimpleAtoi(value, &length) || length != 0) {
+        r.error_status = 400;  // GET and HEAD carry no body here
+        return r;
+      }
+    } else if (absl::EqualsIgnoreCase(name, "Transfer-Encoding")) {
+      r.error_status = 501;
+      return r;
+    } else if (absl::EqualsIgnoreCase(name, "Connection")) {
+      const std::string tokens = absl::AsciiStrToLower(value);
+      if (absl::StrContains(tokens, "close")) {
+        r.keep_alive = false;
+      } else if (absl::StrContains(tokens, "keep-alive")) {
+        r.keep_alive = true;
+      }
+    }
+  }
+  if (r.method != "GET" && r.method != "HEAD") {
+    r.error_status = 405;
+  }
+  return r;
+}
+
+}  // namespace
+
+// Impl is the server: one thread running an epoll loop over the listening socket, an eventfd
+// (stop) and at most max_connections client connections, all non-blocking. Everything below
+// except Stop() runs on that thread; the routes' handlers are called there too.
+//
+// Resource bounds (AdminLimits), against slowloris and its relatives:
+//   - a request head must arrive whole within request_timeout of its first byte (or of the
+//     accept), and be at most max_request_head bytes: trickling bytes does not extend it;
+//   - a keep-alive connection waiting for its next request is closed after idle_timeout;
+//   - a response must be taken by the client within write_timeout;
+//   - at max_connections, a new connection evicts the one that has waited longest for a
+//     request (a scraper's request arrives in one segment and is answered at once, so it is
+//     never the one waiting); if every connection is mid-response, the new one is closed.
 struct AdminServer::Impl {
-  // Target is civetweb's callback data for one route (route == nullptr: /metrics).
-  struct Target {
-    const Impl* impl;
-    const AdminRoute* route;
+  explicit Impl(const AdminLimits& limits)
+      : max_connections(std::max<size_t>(limits.max_connections, 1)),
+        max_request_head(limits.max_request_head),
+        request_timeout(absl::ToChronoNanoseconds(limits.request_timeout)),
+        idle_timeout(absl::ToChronoNanoseconds(limits.idle_timeout)),
+        write_timeout(absl::ToChronoNanoseconds(limits.write_timeout)) {
+    RegisterOwnMetrics();
+  }
+
+  const size_t max_connections;
+  const size_t max_request_head;
+  const Clock::duration request_timeout;
+  const Clock::duration idle_timeout;
+  const Clock::duration write_timeout;
+
+  struct Connection {
+    base::UniqueFd fd;
+    std::string in;   // bytes of the request head(s) received so far
+    std::string out;  // the response being written
+    size_t out_sent = 0;
+    bool close_after_write = false;
+    bool writing = false;
+    bool answered = false;            // at least one response was written
+    Clock::time_point waiting_since;  // reading: since the previous response (or accept)
+    Clock::time_point deadline;
+    uint32_t events = 0;  // the epoll interest
   };
+
   std::vector<AdminRoute> routes;
-  std::vector<Target> targets;  // sized once before the server starts; never reallocated
   std::vector<std::shared_ptr<prometheus::Collectable>> collectables;
-  mg_context* ctx = nullptr;
+  std::shared_ptr<prometheus::Registry> own_metrics = std::make_shared<prometheus::Registry>();
+  prometheus::Counter* rejected[static_cast<int>(Rejection::kCount)] = {};
+  base::UniqueFd listen_fd;
+  base::UniqueFd epoll_fd;
+  base::UniqueFd stop_fd;
+  std::map<int, Connection> connections;  // by fd
+  std::thread thread;
+
+  void RegisterOwnMetrics() {
+    auto& family = prometheus::BuildCounter()
+                       .Name("meshtls_admin_rejected_total")
+                       .Help(
+                           "Admin HTTP connections closed or requests refused by the server, "
+                           "by reason (timeout, evicted, malformed, too_large)")
+                       .Register(*own_metrics);
+    for (int i = 0; i < static_cast<int>(Rejection::kCount); ++i) {
+      rejected[i] = &family.Add({{"reason", kRejectionNames[i]}});
+    }
+  }
+
+  void Count(Rejection r) { rejected[static_cast<int>(r)]->Increment(); }
 
   HttpResponse Metrics() const {
     std::vector<prometheus::MetricFamily> families;
@@ -41,63 +210,241 @@ struct AdminServer::Impl {
                         .content_type = "text/plain; version=0.0.4; charset=utf-8",
                         .body = prometheus::TextSerializer().Serialize(families)};
   }
+
+  HttpResponse Route(const std::string& path) const {
+    if (path == "/metrics") {
+      return Metrics();
+    }
+    for (const AdminRoute& route : routes) {
+      if (route.path == path) {
+        return route.handler();
+      }
+    }
+    return HttpResponse{.status = 404, .body = "not found\n"};
+  }
+
+  void Run() {
+    constexpr int kMaxEvents = 64;
+    epoll_event events[kMaxEvents];
+    while (true) {
+      const int n = ::epoll_wait(epoll_fd.get(), events, kMaxEvents, NextTimeoutMs());
+      if (n < 0 && errno != EINTR) {
+        base::LogError("admin server: epoll_wait failed", {{"error", std::strerror(errno)}});
+        return;
+      }
+      for (int i = 0; i < n; ++i) {
+        const int fd = events[i].data.fd;
+        if (fd == stop_fd.get()) {
+          return;
+        }
+        if (fd == listen_fd.get()) {
+          Accept();
+          continue;
+        }
+        auto it = connections.find(fd);
+        if (it != connections.end()) {
+          OnEvents(it->second, events[i].events);
+        }
+      }
+      ExpireDeadlines();
+    }
+  }
+
+  int NextTimeoutMs() const {
+    if (connections.empty()) {
+      return -1;
+    }
+    Clock::time_point next = Clock::time_point::max();
+    for (const auto& [fd, c] : connections) {
+      next = std::min(next, c.deadline);
+    }
+    const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now());
+    return static_cast<int>(std::clamp<int64_t>(wait.count() + 1, 0, 60'000));
+  }
+
+  void ExpireDeadlines() {
+    const Clock::time_point now = Clock::now();
+    std::vector<int> expired;
+    for (const auto& [fd, c] : connections) {
+      if (c.deadline <= now) {
+        expired.push_back(fd);
+      }
+    }
+    for (int fd : expired) {
+      Connection& c = connections.at(fd);
+      // A keep-alive connection that went quiet after its answers is no attack; a connection
+      // that never asked, or stopped mid-request or mid-response, is.
+      if (c.writing || !c.in.empty() || !c.answered) {
+        Count(Rejection::kTimeout);
+      }
+      Close(fd);
+    }
+  }
+
+  void Accept() {
+    for (int i = 0; i < 16; ++i) {
+      base::UniqueFd fd(::accept4(listen_fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+      if (!fd.valid()) {
+        return;  // EAGAIN, or out of descriptors: the backlog waits for the next wake-up
+      }
+      if (connections.size() >= max_connections && !EvictOneWaiting()) {
+        Count(Rejection::kEvicted);
+        continue;  // every connection is mid-response: this one is closed
+      }
+      const Clock::time_point now = Clock::now();
+      Connection c;
+      c.waiting_since = now;
+      c.deadline = now + request_timeout;  // a new connection is expected to ask at once
+      c.fd = std::move(fd);
+      const int raw = c.fd.get();
+      Connection& placed = connections.emplace(raw, std::move(c)).first->second;
+      SetInterest(placed, EPOLLIN);
+    }
+  }
+
+  bool EvictOneWaiting() {
+    auto oldest = connections.end();
+    for (auto it = connections.begin(); it != connections.end(); ++it) {
+      if (!it->second.writing && (oldest == connections.end() ||
+                                  it->second.waiting_since < oldest->second.waiting_since)) {
+        oldest = it;
+      }
+    }
+    if (oldest == connections.end()) {
+      return false;
+    }
+    Count(Rejection::kEvicted);
+    Close(oldest->first);
+    return true;
+  }
+
+  void SetInterest(Connection& c, uint32_t events) {
+    if (c.events == events) {
+      return;
+    }
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.fd = c.fd.get();
+    ::epoll_ctl(epoll_fd.get(), c.events == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, c.fd.get(), &ev);
+    c.events = events;
+  }
+
+  void Close(int fd) {
+    ::epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, fd, nullptr);
+    connections.erase(fd);  // closes the socket
+  }
+
+  void OnEvents(Connection& c, uint32_t events) {
+    const int fd = c.fd.get();
+    if (c.writing) {
+      if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) != 0) {
+        Write(c);
+      }
+      return;
+    }
+    char buffer[4096];
+    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+      Close(fd);  // the client went away (a half-closed client gets no answer: it asked for none)
+      return;
+    }
+    if (n < 0) {
+      return;
+    }
+    if (c.in.empty()) {
+      c.deadline = Clock::now() + request_timeout;  // the head's clock starts at its first byte
+    }
+    c.in.append(buffer, static_cast<size_t>(n));
+    ProcessInput(c);
+  }
+
+  // ProcessInput answers the request whose head is complete in `c.in`, if any.
+  void ProcessInput(Connection& c) {
+    const size_t end = c.in.find("\r\n\r\n");
+    if (end == std::string::npos) {
+      if (c.in.size() > max_request_head) {
+        Count(Rejection::kTooLarge);
+        Respond(c, HttpResponse{.status = 431, .body = "request head too large\n"}, false, true);
+      }
+      return;
+    }
+    if (end > max_request_head) {
+      Count(Rejection::kTooLarge);
+      Respond(c, HttpResponse{.status = 431, .body = "request head too large\n"}, false, true);
+      return;
+    }
+    ParsedRequest request = ParseRequestHead(absl::string_view(c.in).substr(0, end));
+    c.in.erase(0, end + 4);
+    if (request.error_status != 0) {
+      Count(Rejection::kMalformed);
+      Respond(c,
+              HttpResponse{.status = request.error_status,
+                           .body = absl::StrCat(ReasonPhrase(request.error_status), "\n")},
+              false, true);
+      return;
+    }
+    HttpResponse response = Route(request.path);
+    // Only a client that gets what it asked for keeps its connection: one probing unknown
+    // paths (or meeting a 503) frees its slot.
+    const bool close = !request.keep_alive || response.status >= 400;
+    Respond(c, response, request.method == "HEAD", close);
+  }
+
+  void Respond(Connection& c, const HttpResponse& r, bool head, bool close) {
+    c.out =
+        absl::StrCat("HTTP/1.1 ", r.status, " ", ReasonPhrase(r.status),
+                     "\r\nContent-Type: ", r.content_type, "\r\nContent-Length: ", r.body.size(),
+                     "\r\nCache-Control: no-store", r.status == 405 ? "\r\nAllow: GET, HEAD" : "",
+                     close ? "\r\nConnection: close" : "", "\r\n\r\n");
+    if (!head) {
+      c.out += r.body;
+    }
+    c.out_sent = 0;
+    c.close_after_write = close;
+    c.writing = true;
+    c.deadline = Clock::now() + write_timeout;
+    Write(c);
+  }
+
+  void Write(Connection& c) {
+    const int fd = c.fd.get();
+    while (c.out_sent < c.out.size()) {
+      const ssize_t n =
+          ::send(fd, c.out.data() + c.out_sent, c.out.size() - c.out_sent, MSG_NOSIGNAL);
+      if (n > 0) {
+        c.out_sent += static_cast<size_t>(n);
+        continue;
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        SetInterest(c, EPOLLOUT);
+        return;
+      }
+      Close(fd);
+      return;
+    }
+    if (c.close_after_write) {
+      // Let the client read the answer before the close: a close with unread request bytes
+      // would send a reset that can destroy the response in flight.
+      ::shutdown(fd, SHUT_WR);
+      Close(fd);
+      return;
+    }
+    c.out.clear();
+    c.out.shrink_to_fit();
+    c.writing = false;
+    c.answered = true;
+    c.waiting_since = Clock::now();
+    c.deadline = c.waiting_since + (c.in.empty() ? idle_timeout : request_timeout);
+    SetInterest(c, EPOLLIN);
+    if (!c.in.empty()) {
+      ProcessInput(c);  // a pipelined request already here
+    }
+  }
 };
-
-namespace {
-
-const char* ReasonPhrase(int status) {
-  switch (status) {
-    case 200:
-      return "OK";
-    case 404:
-      return "Not Found";
-    case 405:
-      return "Method Not Allowed";
-    case 503:
-      return "Service Unavailable";
-    default:
-      return "Error";
-  }
-}
-
-void Send(mg_connection* conn, const HttpResponse& r, bool head) {
-  mg_printf(conn,
-            "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-            "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
-            "Connection: close\r\n\r\n",
-            r.status, ReasonPhrase(r.status), r.content_type.c_str(), r.body.size());
-  if (!head) {
-    mg_write(conn, r.body.data(), r.body.size());
-  }
-}
-
-int Dispatch(mg_connection* conn, void* cbdata) {
-  const mg_request_info* info = mg_get_request_info(conn);
-  const bool head = std::strcmp(info->request_method, "HEAD") == 0;
-  if (!head && std::strcmp(info->request_method, "GET") != 0) {
-    Send(conn, {.status = 405, .body = "only GET and HEAD\n"}, false);
-    return 405;
-  }
-  auto* target = static_cast<AdminServer::Impl::Target*>(cbdata);
-  HttpResponse r = target->route == nullptr ? target->impl->Metrics() : target->route->handler();
-  Send(conn, r, head);
-  return r.status;
-}
-
-int NotFound(mg_connection* conn, void*) {
-  Send(conn, {.status = 404, .body = "not found\n"}, false);
-  return 404;
-}
-
-int QuietLog(const mg_connection*, const char*) { return 1; }  // civetweb's own log is noise
-
-std::once_flag g_civetweb_init;
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(
     const std::string& listen, std::vector<AdminRoute> routes,
-    std::vector<std::shared_ptr<prometheus::Collectable>> collectables) {
+    std::vector<std::shared_ptr<prometheus::Collectable>> collectables, const AdminLimits& limits) {
   absl::StatusOr<base::HostPort> hp = base::ParseHostPort(listen, /*allow_port_zero=*/true);
   if (!hp.ok()) {
     return hp.status();
@@ -106,88 +453,75 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(
     return absl::InvalidArgumentError(
         absl::StrCat("admin listen address \"", listen, "\" must be an IP address"));
   }
-  std::call_once(g_civetweb_init, [] { mg_init_library(0); });
-  auto impl = std::make_unique<Impl>();
+  auto impl = std::make_unique<Impl>(limits);
   impl->routes = std::move(routes);
   impl->collectables = std::move(collectables);
+  impl->collectables.push_back(impl->own_metrics);
 
-  const std::string ports = hp->ToString();
-  const char* options[] = {"listening_ports",
-                           ports.c_str(),
-                           "num_threads",
-                           "2",
-                           "request_timeout_ms",
-                           "10000",
-                           "enable_keep_alive",
-                           "no",
-                           "max_request_size",
-                           "16384",
-                           nullptr};
-  mg_callbacks callbacks;
-  std::memset(&callbacks, 0, sizeof(callbacks));
-  callbacks.log_message = QuietLog;
-  mg_context* ctx = mg_start(&callbacks, nullptr, options);
-  if (ctx == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", ports, " for the admin endpoint (in use?)"));
+  sockaddr_storage address{};
+  socklen_t address_length = 0;
+  if (hp->is_ipv6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&address);
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(hp->port);
+    if (::inet_pton(AF_INET6, hp->host.c_str(), &a->sin6_addr) != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("admin listen address \"", listen, "\" is not an IPv6 address"));
+    }
+    address_length = sizeof(*a);
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&address);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(hp->port);
+    if (::inet_pton(AF_INET, hp->host.c_str(), &a->sin_addr) != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("admin listen address \"", listen, "\" is not an IPv4 address"));
+    }
+    address_length = sizeof(*a);
   }
-  impl->ctx = ctx;
-  impl->targets.reserve(impl->routes.size() + 1);
-  impl->targets.push_back({impl.get(), nullptr});
-  mg_set_request_handler(ctx, "/metrics$", Dispatch, &impl->targets.back());
-  for (const AdminRoute& route : impl->routes) {
-    impl->targets.push_back({impl.get(), &route});
-    mg_set_request_handler(ctx, absl::StrCat(route.path, "$").c_str(), Dispatch,
-                           &impl->targets.back());
+  impl->listen_fd.reset(::socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  const int one = 1;
+  if (!impl->listen_fd.valid() ||
+      ::setsockopt(impl->listen_fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+      ::bind(impl->listen_fd.get(), reinterpret_cast<sockaddr*>(&address), address_length) != 0 ||
+      ::listen(impl->listen_fd.get(), 128) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", hp->ToString(),
+                                               " for the admin endpoint: ", std::strerror(errno)));
   }
-  mg_set_request_handler(ctx, "/", NotFound, nullptr);
+  sockaddr_storage bound{};
+  socklen_t bound_length = sizeof(bound);
+  ::getsockname(impl->listen_fd.get(), reinterpret_cast<sockaddr*>(&bound), &bound_length);
+  const uint16_t port = ntohs(hp->is_ipv6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                          : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
 
-  mg_server_port server_ports[4];
-  int n = mg_get_server_ports(ctx, 4, server_ports);
-  uint16_t port = n > 0 ? static_cast<uint16_t>(server_ports[0].port) : hp->port;
-  auto server = std::unique_ptr<AdminServer>(new AdminServer(std::move(impl), port));
-  server->listen_is_ipv6_ = hp->is_ipv6;
-  return server;
+  impl->epoll_fd.reset(::epoll_create1(EPOLL_CLOEXEC));
+  impl->stop_fd.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!impl->epoll_fd.valid() || !impl->stop_fd.valid()) {
+    return absl::InternalError(absl::StrCat("admin server: ", std::strerror(errno)));
+  }
+  for (int fd : {impl->listen_fd.get(), impl->stop_fd.get()}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (::epoll_ctl(impl->epoll_fd.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+      return absl::InternalError(absl::StrCat("admin server: epoll_ctl: ", std::strerror(errno)));
+    }
+  }
+  Impl* raw = impl.get();
+  impl->thread = std::thread([raw] { raw->Run(); });
+  return std::unique_ptr<AdminServer>(new AdminServer(std::move(impl), port));
 }
 
 AdminServer::AdminServer(std::unique_ptr<Impl> impl, uint16_t port)
     : impl_(std::move(impl)), port_(port) {}
 
 AdminServer::~AdminServer() {
-  if (impl_ == nullptr || impl_->ctx == nullptr) {
+  if (impl_ == nullptr) {
     return;
   }
-  // mg_stop joins civetweb's threads (no handler runs after it returns), but its listener
-  // thread only notices the stop flag when its poll() returns, which by itself takes up to
-  // 2 s. A connection to our own port wakes it at once.
-  std::atomic<bool> stopped{false};
-  std::thread stopper([&] {
-    mg_stop(impl_->ctx);
-    stopped.store(true);
-  });
-  const bool v6 = listen_is_ipv6_;
-  for (int i = 0; i < 200 && !stopped.load(); ++i) {
-    sockaddr_storage ss{};
-    socklen_t len = 0;
-    if (v6) {
-      auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-      a->sin6_family = AF_INET6;
-      a->sin6_port = htons(port_);
-      a->sin6_addr = in6addr_loopback;
-      len = sizeof(*a);
-    } else {
-      auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-      a->sin_family = AF_INET;
-      a->sin_port = htons(port_);
-      a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      len = sizeof(*a);
-    }
-    base::UniqueFd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    ::connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), len);
-    fd.reset();
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  stopper.join();
+  const uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(impl_->stop_fd.get(), &one, sizeof(one));
+  impl_->thread.join();  // no handler runs after this
 }
 
 }  // namespace meshtls::admin

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace prometheus {
 class Collectable;
@@ -25,16 +26,29 @@ struct AdminRoute {
   std::function<HttpResponse()> handler;
 };
 
-// AdminServer is the small HTTP listener both binaries expose: /metrics (Prometheus text format,
-// gathered from the given collectables at scrape time) plus the routes the caller adds
-// (/healthz, /readyz, ...). GET and HEAD only; requests time out after 10 s so a slow client
-// cannot hold a thread. Handlers run on the server's own threads (2), so they must be
-// thread-safe. Stops on destruction.
+// AdminLimits bound what each client may hold (see AdminServer). The defaults are what both
+// binaries use; tests shorten the timeouts.
+struct AdminLimits {
+  size_t max_connections = 64;
+  size_t max_request_head = 8 * 1024;                 // request line and headers
+  absl::Duration request_timeout = absl::Seconds(5);  // a whole head, from its first byte
+  absl::Duration idle_timeout = absl::Seconds(30);    // keep-alive, between requests
+  absl::Duration write_timeout = absl::Seconds(10);   // a whole response
+};
+
+// AdminServer is the small HTTP/1.1 listener both binaries expose: /metrics (Prometheus text
+// format, gathered from the given collectables at scrape time, plus the server's own
+// meshtls_admin_rejected_total) and the routes the caller adds (/healthz, /readyz, ...). GET and
+// HEAD only, keep-alive, no request bodies. One thread serves every connection without blocking,
+// with a deadline on each request head and response and a cap on connections (see the .cc), so
+// slow or hostile clients cannot starve a scraper or a kubelet probe. Handlers run on that
+// thread, so they must be thread-safe and quick. Stops (joining the thread) on destruction.
 class AdminServer {
  public:
   static absl::StatusOr<std::unique_ptr<AdminServer>> Start(
       const std::string& listen, std::vector<AdminRoute> routes,
-      std::vector<std::shared_ptr<prometheus::Collectable>> collectables);
+      std::vector<std::shared_ptr<prometheus::Collectable>> collectables,
+      const AdminLimits& limits = AdminLimits{});
   ~AdminServer();
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
@@ -42,13 +56,12 @@ class AdminServer {
   // port is the bound port (useful when listening on port 0).
   uint16_t port() const { return port_; }
 
-  struct Impl;  // opaque; public only so the .cc's civetweb callbacks can name it
+  struct Impl;  // the server; defined in the .cc
 
  private:
   explicit AdminServer(std::unique_ptr<Impl> impl, uint16_t port);
   std::unique_ptr<Impl> impl_;
   uint16_t port_;
-  bool listen_is_ipv6_ = false;
 };
 
 }  // namespace meshtls::admin
