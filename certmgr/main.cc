@@ -47,7 +47,9 @@ constexpr const char* kUsage =
     "\n"
     "serve         run the CA: gRPC CertificateAuthority over TLS, admin /metrics /healthz "
     "/readyz\n"
-    "              (--check: validate the configuration and exit, 0 if valid)\n"
+    "              (--check: validate the configuration and exit, 0 if valid); follows the\n"
+    "              config file (and SIGHUP) to apply `deny` and the Kubernetes\n"
+    "              allowed_namespaces live\n"
     "ca init       create the root CA in ca.dir (or --ca-dir) and print it; for a CA kept in a\n"
     "              Kubernetes Secret, made once before the first deployment\n"
     "ca rotate     one CA rotation step on ca.dir (or --ca-dir, a copy of a Secret's files);\n"
@@ -55,7 +57,9 @@ constexpr const char* kUsage =
     "              activate (it signs), retire (old root dropped)\n"
     "verify        validate a chain with the sidecar's own code; prints OK or the reason\n"
     "token create  add a join token for ID to the token file and print it (only its hash is "
-    "stored)\n";
+    "stored);\n"
+    "              it bootstraps ID until it expires (--ttl, default 24h); ID renews while the\n"
+    "              file keeps a line for it\n";
 
 int UsageError(absl::string_view message) {
   std::fprintf(stderr, "meshtls-certmgr: %.*s\n", static_cast<int>(message.size()), message.data());
@@ -108,20 +112,24 @@ int TokenCreate(const base::Flags& flags) {
   if (!trust_domain.empty() && id->trust_domain() != trust_domain) {
     return UsageError(absl::StrCat("--spiffe-id is not in trust domain ", trust_domain));
   }
-  std::optional<absl::Time> expires;
+  absl::Duration ttl = certmgr::kDefaultJoinTokenTtl;
   if (auto it = flags.values.find("ttl"); it != flags.values.end()) {
-    absl::Duration ttl;
     if (!absl::ParseDuration(it->second, &ttl) || ttl <= absl::ZeroDuration()) {
       return UsageError("--ttl must be a positive duration such as 1h or 720h");
     }
-    expires = absl::Now() + ttl;
   }
+  const absl::Time expires = absl::Now() + ttl;
   absl::StatusOr<std::string> token = certmgr::CreateJoinToken(token_file, *id, expires);
   if (!token.ok()) {
     std::fprintf(stderr, "meshtls-certmgr: %s\n", std::string(token.status().message()).c_str());
     return 1;
   }
+  // The token alone goes to stdout (`token create ... > file`); the expiry to stderr.
   std::printf("%s\n", token->c_str());
+  std::fflush(stdout);
+  std::fprintf(stderr, "join token for %s expires %s (in %s)\n", id->str().c_str(),
+               absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", expires, absl::UTCTimeZone()).c_str(),
+               absl::FormatDuration(ttl).c_str());
   return 0;
 }
 
@@ -323,17 +331,21 @@ int Serve(const base::Flags& flags) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
   absl::StatusOr<std::unique_ptr<certmgr::CertmgrServer>> server =
-      certmgr::CertmgrServer::Create(*config, base::RealClock::Get());
+      certmgr::CertmgrServer::Create(*config, base::RealClock::Get(), config_flag->second);
   if (!server.ok()) {
     base::LogError("certmgr failed to start", {{"error", std::string(server.status().message())}});
     return absl::IsInvalidArgument(server.status()) ? 2 : 1;
   }
   int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  while (sigwait(&stop_signals, &signal_number) == 0 && signal_number == SIGHUP) {
+    base::LogInfo("SIGHUP: reloading the config file");
+    (*server)->ReloadConfig();
+  }
   base::LogInfo("stopping", {{"signal", strsignal(signal_number)}});
   (*server)->Shutdown();
   return 0;

@@ -108,7 +108,7 @@ FileVersion StatFileVersion(const std::string& path) {
     return {};
   }
   return {st.st_dev, st.st_ino, st.st_size,
-          static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
+          static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec, st.st_mode};
 }
 
 bool FileExists(const std::string& path) {

@@ -27,6 +27,7 @@ struct FileVersion {
   ino_t inode = 0;
   off_t size = -1;
   int64_t mtime_ns = -1;
+  mode_t mode = 0;  // a chmod alone is a change too (the join token file's mode is checked)
   bool operator==(const FileVersion&) const = default;
 };
 FileVersion StatFileVersion(const std::string& path);

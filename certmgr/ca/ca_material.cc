@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
@@ -132,9 +133,10 @@ absl::StatusOr<uint64_t> ReadSequence(const std::string& dir) {
   return seq;
 }
 
-absl::Status BumpSequence(const std::string& dir) {
+absl::Status BumpSequence(const std::string& dir, absl::Time now) {
   MESHTLS_ASSIGN_OR_RETURN(uint64_t seq, ReadSequence(dir));
-  return base::WriteFileAtomically(InDir(dir, "bundle.seq"), absl::StrCat(seq + 1, "\n"), 0644);
+  return base::WriteFileAtomically(InDir(dir, "bundle.seq"),
+                                   absl::StrCat(NextBundleSequence(seq, now), "\n"), 0644);
 }
 
 absl::Status WriteKeyPair(const std::string& dir, absl::string_view name, const CaMaterial& ca) {
@@ -158,8 +160,8 @@ absl::StatusOr<CaMaterial> LoadCaDirLocked(const std::string& real_dir,
     base::LogWarning("CA key file is readable by group or others; chmod 600 it",
                      {{"path", key_path}});
   }
-  MESHTLS_ASSIGN_OR_RETURN(CaMaterial ca,
-                           LoadCaFromFiles(InDir(dir, "ca.pem"), key_path, "", trust_domain, clock));
+  MESHTLS_ASSIGN_OR_RETURN(
+      CaMaterial ca, LoadCaFromFiles(InDir(dir, "ca.pem"), key_path, "", trust_domain, clock));
   MESHTLS_ASSIGN_OR_RETURN(ca.bundle_sequence, ReadSequence(dir));
   if (base::FileExists(InDir(dir, "next.pem"))) {
     MESHTLS_ASSIGN_OR_RETURN(std::string pem, base::ReadFileToString(InDir(dir, "next.pem")));
@@ -216,7 +218,8 @@ absl::StatusOr<CaMaterial> LoadOrCreateCaInDir(const std::string& dir,
   if (!have_cert) {
     MESHTLS_ASSIGN_OR_RETURN(CaMaterial ca, CreateRoot(trust_domain, ca_ttl, clock));
     MESHTLS_RETURN_IF_ERROR(WriteKeyPair(dir, "ca", ca));
-    MESHTLS_RETURN_IF_ERROR(base::WriteFileAtomically(InDir(dir, "bundle.seq"), "1\n", 0644));
+    MESHTLS_RETURN_IF_ERROR(base::WriteFileAtomically(
+        InDir(dir, "bundle.seq"), absl::StrCat(NextBundleSequence(0, clock.Now()), "\n"), 0644));
     base::LogInfo("created a new root CA", {{"dir", dir},
                                             {"subject", ca.cert.SubjectText()},
                                             {"not_after", absl::FormatTime(ca.cert.not_after())},
@@ -232,6 +235,11 @@ absl::StatusOr<CaMaterial> LoadCaDir(const std::string& dir, absl::string_view t
   }
   MESHTLS_ASSIGN_OR_RETURN(base::UniqueFd lock, LockCaDir(dir));
   return LoadCaDirLocked(dir, trust_domain, clock);
+}
+
+uint64_t NextBundleSequence(uint64_t current, absl::Time now) {
+  return std::max(current + 1,
+                  static_cast<uint64_t>(std::max<int64_t>(absl::ToUnixMicros(now), 0)));
 }
 
 bool CaDirIsWritable(const std::string& dir) { return ::access(dir.c_str(), W_OK) == 0; }
@@ -269,7 +277,8 @@ absl::Status RotateCa(const std::string& dir, absl::string_view trust_domain, Ca
           InDir(dir, "previous.state"),
           absl::StrCat("retire_after ", absl::ToUnixSeconds(now + max_leaf_lifetime) + 1, "\n"),
           0644));
-      MESHTLS_ASSIGN_OR_RETURN(std::string next_key, base::ReadFileToString(InDir(dir, "next.key")));
+      MESHTLS_ASSIGN_OR_RETURN(std::string next_key,
+                               base::ReadFileToString(InDir(dir, "next.key")));
       MESHTLS_RETURN_IF_ERROR(base::WriteFileAtomically(InDir(dir, "ca.key"), next_key, 0600));
       MESHTLS_RETURN_IF_ERROR(
           base::WriteFileAtomically(InDir(dir, "ca.pem"), ca.next->ToPem(), 0644));
@@ -296,7 +305,7 @@ absl::Status RotateCa(const std::string& dir, absl::string_view trust_domain, Ca
       break;
     }
   }
-  return BumpSequence(dir);
+  return BumpSequence(dir, clock.Now());
 }
 
 absl::StatusOr<CaMaterial> LoadCaFromFiles(const std::string& cert_path,

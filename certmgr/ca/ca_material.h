@@ -22,6 +22,7 @@ struct CaMaterial {
   std::vector<pki::Certificate> intermediates;  // issuer chain above `cert`, excluding roots
   std::vector<pki::Certificate> roots;          // the trust bundle: active, next and previous
   uint64_t bundle_sequence = 1;                 // increases with every change of `roots`
+                                                // (see NextBundleSequence)
   // Rotation state (ca.dir only): a prepared root (trusted, not signing yet) and the previous
   // signer (trusted until every leaf it signed has expired).
   std::optional<pki::Certificate> next = std::nullopt;
@@ -49,6 +50,13 @@ absl::StatusOr<CaMaterial> LoadOrCreateCaInDir(const std::string& dir,
 // A read-only directory is read without the lock (see CaDirIsWritable).
 absl::StatusOr<CaMaterial> LoadCaDir(const std::string& dir, absl::string_view trust_domain,
                                      const base::Clock& clock);
+
+// NextBundleSequence is the sequence after `current` (0 for a new CA): a wall-clock timestamp
+// in microseconds, raised by at least one at every change. Sidecars apply only a higher
+// sequence, so a CA directory recreated after a compromise (starting again from the clock)
+// still reaches every running sidecar. Values stay below 2^53 until the year 2255, so a
+// Prometheus gauge shows them exactly.
+uint64_t NextBundleSequence(uint64_t current, absl::Time now);
 
 // CaDirIsWritable is false for a read-only CA directory, such as a Kubernetes Secret volume.
 // certmgr only reads such a directory (following kubelet's `..data` swaps, so every load sees

@@ -8,6 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "certmgr/base/check.h"
+#include "certmgr/base/file.h"
+#include "certmgr/base/log.h"
 #include "meshtls/ca/v1/ca.grpc.pb.h"
 
 namespace meshtls::certmgr {
@@ -40,8 +42,15 @@ bool TryAnotherReplica(const absl::Status& s) {
 
 class GrpcCaClient final : public CaClient {
  public:
-  GrpcCaClient(std::vector<std::string> addresses, std::string server_ca_pem)
-      : addresses_(std::move(addresses)), server_ca_pem_(std::move(server_ca_pem)) {}
+  GrpcCaClient(std::vector<std::string> addresses, std::string server_ca_pem,
+               std::string server_ca_file)
+      : addresses_(std::move(addresses)),
+        server_ca_file_(std::move(server_ca_file)),
+        server_ca_pem_(std::move(server_ca_pem)) {
+    if (!server_ca_file_.empty()) {
+      server_ca_version_ = base::StatFileVersion(server_ca_file_);
+    }
+  }
 
   // Sign tries the replica that answered last first, then the others in order, each within
   // its share of `timeout` (at least 2 s, or all of it when less), so one replica that
@@ -78,9 +87,12 @@ class GrpcCaClient final : public CaClient {
   // WatchTrustBundle streams from one replica; each time a stream ends the next call goes to
   // the next address, so a replica that went away is left for another at the reconnect.
   absl::Status WatchTrustBundle(
+      const CallCredentials& credentials,
       const std::function<void(std::vector<pki::Certificate>, uint64_t)>& on_bundle) override {
-    grpc::SslCredentialsOptions tls;
-    tls.pem_root_certs = RootsPem();
+    absl::StatusOr<grpc::SslCredentialsOptions> tls = TlsOptions(credentials);
+    if (!tls.ok()) {
+      return tls.status();
+    }
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
@@ -92,9 +104,12 @@ class GrpcCaClient final : public CaClient {
       watch_next_ = (watch_next_ + 1) % addresses_.size();
     }
     std::shared_ptr<grpc::Channel> channel =
-        grpc::CreateCustomChannel(address, grpc::SslCredentials(tls), args);
+        grpc::CreateCustomChannel(address, grpc::SslCredentials(*tls), args);
     auto stub = meshtls::ca::v1::CertificateAuthority::NewStub(channel);
     grpc::ClientContext context;
+    if (credentials.bearer_token.has_value()) {
+      context.AddMetadata("authorization", absl::StrCat("Bearer ", *credentials.bearer_token));
+    }
     {
       absl::MutexLock lock(&mu_);
       if (cancelled_) {
@@ -147,22 +162,16 @@ class GrpcCaClient final : public CaClient {
   absl::StatusOr<SignedCredentials> SignAt(const std::string& address, const std::string& csr_der,
                                            const CallCredentials& credentials,
                                            absl::Duration timeout) {
-    grpc::SslCredentialsOptions tls;
-    tls.pem_root_certs = RootsPem();
-    if (credentials.key.has_value() && !credentials.chain.empty()) {
-      absl::StatusOr<std::string> key_pem = credentials.key->ToPem();
-      if (!key_pem.ok()) {
-        return key_pem.status();
-      }
-      tls.pem_private_key = *key_pem;
-      tls.pem_cert_chain = pki::ChainToPem(credentials.chain);
+    absl::StatusOr<grpc::SslCredentialsOptions> tls = TlsOptions(credentials);
+    if (!tls.ok()) {
+      return tls.status();
     }
     // One channel per renewal: renewals are hours apart, and a fresh channel always presents
     // the current certificate.
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(1 << 20);
     std::shared_ptr<grpc::Channel> channel =
-        grpc::CreateCustomChannel(address, grpc::SslCredentials(tls), args);
+        grpc::CreateCustomChannel(address, grpc::SslCredentials(*tls), args);
     auto stub = meshtls::ca::v1::CertificateAuthority::NewStub(channel);
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
@@ -197,13 +206,55 @@ class GrpcCaClient final : public CaClient {
     return out;
   }
 
+  // TlsOptions trusts certmgr's serving roots and presents the caller's certificate, if any.
+  absl::StatusOr<grpc::SslCredentialsOptions> TlsOptions(const CallCredentials& credentials) {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = RootsPem();
+    if (credentials.key.has_value() && !credentials.chain.empty()) {
+      absl::StatusOr<std::string> key_pem = credentials.key->ToPem();
+      if (!key_pem.ok()) {
+        return key_pem.status();
+      }
+      tls.pem_private_key = *key_pem;
+      tls.pem_cert_chain = pki::ChainToPem(credentials.chain);
+    }
+    return tls;
+  }
+
   std::string RootsPem() {
     absl::MutexLock lock(&mu_);
+    RereadServerCaLocked();
     return server_ca_pem_ + extra_roots_pem_;
   }
 
+  // RereadServerCaLocked picks up a changed server_ca file (the operator's new bootstrap CA
+  // after a CA directory was recreated); an unreadable or certificate-less version is skipped
+  // and the last good one kept.
+  void RereadServerCaLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (server_ca_file_.empty()) {
+      return;
+    }
+    const base::FileVersion now = base::StatFileVersion(server_ca_file_);
+    if (now == server_ca_version_) {
+      return;
+    }
+    server_ca_version_ = now;
+    absl::StatusOr<std::string> pem = base::ReadFileToString(server_ca_file_, 1 << 20);
+    if (!pem.ok() || !pki::ParsePemChain(*pem).ok() || pki::ParsePemChain(*pem)->empty()) {
+      base::LogWarning(
+          "identity.certmgr.server_ca changed but holds no certificate; keeping "
+          "the previous one",
+          {{"path", server_ca_file_}});
+      return;
+    }
+    server_ca_pem_ = *std::move(pem);
+    base::LogInfo("identity.certmgr.server_ca reloaded", {{"path", server_ca_file_}});
+  }
+
   const std::vector<std::string> addresses_;  // never empty
-  const std::string server_ca_pem_;
+  const std::string server_ca_file_;          // re-read when it changes ("" when given as text)
+  std::string server_ca_pem_ ABSL_GUARDED_BY(mu_);
+  base::FileVersion server_ca_version_ ABSL_GUARDED_BY(mu_);
   absl::Mutex mu_;
   size_t preferred_ ABSL_GUARDED_BY(mu_) = 0;   // the replica that signed last
   size_t watch_next_ ABSL_GUARDED_BY(mu_) = 0;  // where the next trust bundle stream goes
@@ -215,9 +266,10 @@ class GrpcCaClient final : public CaClient {
 }  // namespace
 
 std::unique_ptr<CaClient> NewGrpcCaClient(std::vector<std::string> addresses,
-                                          std::string server_ca_pem) {
+                                          std::string server_ca_pem, std::string server_ca_file) {
   MESHTLS_CHECK(!addresses.empty(), "NewGrpcCaClient needs at least one address");
-  return std::make_unique<GrpcCaClient>(std::move(addresses), std::move(server_ca_pem));
+  return std::make_unique<GrpcCaClient>(std::move(addresses), std::move(server_ca_pem),
+                                        std::move(server_ca_file));
 }
 
 }  // namespace meshtls::certmgr

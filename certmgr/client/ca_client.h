@@ -40,8 +40,10 @@ class CaClient {
                                                  const CallCredentials& credentials,
                                                  absl::Duration timeout) = 0;
   // WatchTrustBundle blocks, calling `on_bundle(roots, sequence)` for each bundle received,
-  // until the stream ends (returning its status) or CancelWatch() is called.
+  // until the stream ends (returning its status) or CancelWatch() is called. certmgr asks for
+  // the same credentials as Sign.
   virtual absl::Status WatchTrustBundle(
+      const CallCredentials& credentials,
       const std::function<void(std::vector<pki::Certificate>, uint64_t)>& on_bundle) = 0;
   virtual void CancelWatch() = 0;
   // SetExtraRoots adds roots to the ones trusted for certmgr's serving certificate (the
@@ -54,7 +56,10 @@ class CaClient {
 // certmgr's serving certificate. A name that resolves to several addresses is one entry: gRPC
 // tries each of them. Sign fails over to the next entry when one is unreachable or does not
 // answer in time; any other answer (a refusal) is final, as every replica would give it.
+// With `server_ca_file` (where `server_ca_pem` came from), a changed file is read again before
+// the next call, so a new bootstrap CA (after a CA directory was recreated) needs no restart.
 std::unique_ptr<CaClient> NewGrpcCaClient(std::vector<std::string> addresses,
-                                          std::string server_ca_pem);
+                                          std::string server_ca_pem,
+                                          std::string server_ca_file = "");
 
 }  // namespace meshtls::certmgr

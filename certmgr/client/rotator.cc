@@ -17,6 +17,27 @@ absl::Duration Rotator::Jittered(absl::Duration d, double fraction) {
   return std::max(d * factor, options_.min_refresh);
 }
 
+absl::StatusOr<CallCredentials> Rotator::CurrentCredentials() {
+  CallCredentials credentials;
+  {
+    absl::MutexLock lock(&mu_);
+    if (current_.has_value() && clock_.Now() < current_->chain[0].not_after()) {
+      credentials.chain = current_->chain;
+      credentials.key = current_->key;
+    }
+  }
+  if (!options_.token_file.empty()) {
+    absl::StatusOr<std::string> token = base::ReadFileToString(options_.token_file, 64 * 1024);
+    if (token.ok()) {
+      credentials.bearer_token = std::string(absl::StripAsciiWhitespace(*token));
+    } else if (credentials.chain.empty()) {
+      return absl::UnauthenticatedError(
+          absl::StrCat("no valid certificate and no bootstrap token: ", token.status().message()));
+    }
+  }
+  return credentials;
+}
+
 absl::Status Rotator::RefreshOnce() {
   absl::Status result = [&]() -> absl::Status {
     absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::GenerateEcP256();
@@ -27,25 +48,12 @@ absl::Status Rotator::RefreshOnce() {
     if (!csr.ok()) {
       return csr.status();
     }
-    CallCredentials credentials;
-    {
-      absl::MutexLock lock(&mu_);
-      if (current_.has_value() && clock_.Now() < current_->chain[0].not_after()) {
-        credentials.chain = current_->chain;
-        credentials.key = current_->key;
-      }
-    }
-    if (!options_.token_file.empty()) {
-      absl::StatusOr<std::string> token = base::ReadFileToString(options_.token_file, 64 * 1024);
-      if (token.ok()) {
-        credentials.bearer_token = std::string(absl::StripAsciiWhitespace(*token));
-      } else if (credentials.chain.empty()) {
-        return absl::UnauthenticatedError(absl::StrCat(
-            "no valid certificate and no bootstrap token: ", token.status().message()));
-      }
+    absl::StatusOr<CallCredentials> credentials = CurrentCredentials();
+    if (!credentials.ok()) {
+      return credentials.status();
     }
     absl::StatusOr<SignedCredentials> signed_credentials =
-        client_.Sign(*csr, credentials, options_.rpc_timeout);
+        client_.Sign(*csr, *credentials, options_.rpc_timeout);
     if (!signed_credentials.ok()) {
       return signed_credentials.status();
     }
@@ -217,11 +225,16 @@ void Rotator::WatchLoop() {
   absl::Duration backoff = options_.initial_backoff;
   while (true) {
     bool received = false;
-    absl::Status s =
-        client_.WatchTrustBundle([&](std::vector<pki::Certificate> roots, uint64_t sequence) {
-          received = true;
-          OnTrustBundle(std::move(roots), sequence);
-        });
+    // The credentials of the moment: each reconnect presents the certificate renewed since.
+    absl::StatusOr<CallCredentials> credentials = CurrentCredentials();
+    absl::Status s = credentials.status();
+    if (credentials.ok()) {
+      s = client_.WatchTrustBundle(*credentials,
+                                   [&](std::vector<pki::Certificate> roots, uint64_t sequence) {
+                                     received = true;
+                                     OnTrustBundle(std::move(roots), sequence);
+                                   });
+    }
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) {

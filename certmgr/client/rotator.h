@@ -70,6 +70,9 @@ class Rotator {
   void Stop();
 
  private:
+  // CurrentCredentials is what a call to certmgr presents now: the current certificate while
+  // it is valid, and the bootstrap token when the file can be read. Any thread.
+  absl::StatusOr<CallCredentials> CurrentCredentials();
   absl::Duration Jittered(absl::Duration d, double fraction) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RenewLoop();
   void WatchLoop();

@@ -2,6 +2,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
+
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -88,8 +90,11 @@ grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
 // inline, and a reaction that took the mutex again would deadlock.
 class BundleWriter final : public grpc::ServerWriteReactor<meshtls::ca::v1::TrustBundle> {
  public:
-  BundleWriter(TrustBundleSource& source, CertmgrMetrics& metrics)
-      : source_(source), metrics_(metrics), shared_(std::make_shared<Shared>()) {
+  BundleWriter(TrustBundleSource& source, CertmgrMetrics& metrics, std::function<void()> on_done)
+      : source_(source),
+        metrics_(metrics),
+        on_done_(std::move(on_done)),
+        shared_(std::make_shared<Shared>()) {
     shared_->writer = this;
     std::weak_ptr<Shared> weak = shared_;
     subscription_ = source_.Subscribe([weak] {
@@ -132,6 +137,7 @@ class BundleWriter final : public grpc::ServerWriteReactor<meshtls::ca::v1::Trus
       shared_->writer = nullptr;
     }
     metrics_.SetWatchers(source_.subscriber_count());
+    on_done_();
     delete this;
   }
 
@@ -185,6 +191,7 @@ class BundleWriter final : public grpc::ServerWriteReactor<meshtls::ca::v1::Trus
 
   TrustBundleSource& source_;
   CertmgrMetrics& metrics_;
+  const std::function<void()> on_done_;
   std::shared_ptr<Shared> shared_;
   TrustBundleSource::SubscriptionId subscription_ = 0;
   // The fields below are guarded by shared_->mu (GCC's analysis cannot name it through
@@ -197,6 +204,26 @@ class BundleWriter final : public grpc::ServerWriteReactor<meshtls::ca::v1::Trus
   bool finish_requested_ = false;
   grpc::Status finish_status_;
 };
+
+// RefusedWatch ends a WatchTrustBundle call at once with `status`.
+class RefusedWatch final : public grpc::ServerWriteReactor<meshtls::ca::v1::TrustBundle> {
+ public:
+  explicit RefusedWatch(grpc::Status status) { Finish(std::move(status)); }
+  void OnDone() override { delete this; }
+};
+
+// PeerAddress is the caller's IP address from gRPC's peer string ("ipv4:1.2.3.4:5678",
+// "ipv6:[::1]:5678"), without the port.
+std::string PeerAddress(const std::string& peer) {
+  const size_t colon = peer.rfind(':');
+  return colon == std::string::npos ? peer : peer.substr(0, colon);
+}
+
+const char* CredentialKind(const CallerCredentials& credentials) {
+  return !credentials.peer_chain.empty()        ? "certificate"
+         : credentials.bearer_token.has_value() ? "token"
+                                                : "none";
+}
 
 }  // namespace
 
@@ -211,25 +238,27 @@ void FillTrustBundle(const TrustBundle& bundle, meshtls::ca::v1::TrustBundle& ou
 grpc::Status CaService::DoSign(grpc::CallbackServerContext& context, const SignRequest& request,
                                SignResponse& response, SignResult& result) {
   CallerCredentials credentials = ExtractCredentials(context);
-  const char* credential_kind = !credentials.peer_chain.empty()        ? "certificate"
-                                : credentials.bearer_token.has_value() ? "token"
-                                                                       : "none";
+  const char* credential_kind = CredentialKind(credentials);
   absl::StatusOr<pki::SpiffeId> id = authenticator_.Authenticate(credentials);
   if (!id.ok()) {
     result = absl::IsPermissionDenied(id.status())  ? SignResult::kPermissionDenied
              : absl::IsUnauthenticated(id.status()) ? SignResult::kUnauthenticated
                                                     : SignResult::kInternal;
-    base::LogWarning("sign refused", {{"peer", context.peer()},
-                                      {"credential", credential_kind},
-                                      {"error", std::string(id.status().message())}});
+    if (MayLogRefusal()) {
+      base::LogWarning("sign refused", {{"peer", context.peer()},
+                                        {"credential", credential_kind},
+                                        {"error", std::string(id.status().message())}});
+    }
     return grpc::Status(ToGrpcCode(id.status().code()), std::string(id.status().message()));
   }
   absl::StatusOr<pki::VerifiedCsr> csr = pki::ParseAndVerifyCsr(request.csr());
   if (!csr.ok()) {
     result = SignResult::kInvalidCsr;
-    base::LogWarning("sign refused: bad CSR", {{"peer", context.peer()},
-                                               {"spiffe_id", id->str()},
-                                               {"error", std::string(csr.status().message())}});
+    if (MayLogRefusal()) {
+      base::LogWarning("sign refused: bad CSR", {{"peer", context.peer()},
+                                                 {"spiffe_id", id->str()},
+                                                 {"error", std::string(csr.status().message())}});
+    }
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(csr.status().message()));
   }
   std::optional<absl::Duration> ttl;
@@ -267,9 +296,77 @@ grpc::ServerUnaryReactor* CaService::Sign(grpc::CallbackServerContext* context,
   return reactor;
 }
 
+bool CaService::MayLogRefusal() {
+  base::LogRateLimiter::Verdict verdict;
+  {
+    absl::MutexLock lock(&log_mu_);
+    verdict = refusal_log_.Allow(base::LogRateLimiter::Clock::now());
+  }
+  if (verdict.allowed && verdict.suppressed_before > 0) {
+    base::LogWarning("log lines suppressed by the rate limit",
+                     {{"suppressed", std::to_string(verdict.suppressed_before)}});
+  }
+  return verdict.allowed;
+}
+
+std::optional<WatchRefusal> CaService::ReserveWatchSlot(const std::string& address) {
+  absl::MutexLock lock(&watch_mu_);
+  if (watchers_ >= limits_.max_total) {
+    return WatchRefusal::kTooManyWatchers;
+  }
+  int& from_address = watchers_by_address_[address];
+  if (from_address >= limits_.max_per_address) {
+    return WatchRefusal::kTooManyFromAddress;
+  }
+  ++from_address;
+  ++watchers_;
+  return std::nullopt;
+}
+
+void CaService::ReleaseWatchSlot(const std::string& address) {
+  absl::MutexLock lock(&watch_mu_);
+  --watchers_;
+  auto it = watchers_by_address_.find(address);
+  if (it != watchers_by_address_.end() && --it->second <= 0) {
+    watchers_by_address_.erase(it);
+  }
+}
+
 grpc::ServerWriteReactor<meshtls::ca::v1::TrustBundle>* CaService::WatchTrustBundle(
-    grpc::CallbackServerContext*, const WatchTrustBundleRequest*) {
-  return new BundleWriter(bundle_, metrics_);
+    grpc::CallbackServerContext* context, const WatchTrustBundleRequest*) {
+  // The same credentials as Sign: an open stream costs memory for as long as the caller likes,
+  // so only mesh members (or workloads about to become one) may hold one.
+  const CallerCredentials credentials = ExtractCredentials(*context);
+  absl::StatusOr<pki::SpiffeId> id = authenticator_.Authenticate(credentials);
+  if (!id.ok()) {
+    const bool denied = absl::IsPermissionDenied(id.status());
+    metrics_.RecordWatchRefused(denied ? WatchRefusal::kPermissionDenied
+                                       : WatchRefusal::kUnauthenticated);
+    if (MayLogRefusal()) {
+      base::LogWarning("trust bundle watch refused",
+                       {{"peer", context->peer()},
+                        {"credential", CredentialKind(credentials)},
+                        {"error", std::string(id.status().message())}});
+    }
+    return new RefusedWatch(grpc::Status(
+        denied ? grpc::StatusCode::PERMISSION_DENIED : grpc::StatusCode::UNAUTHENTICATED,
+        std::string(id.status().message())));
+  }
+  const std::string address = PeerAddress(context->peer());
+  if (std::optional<WatchRefusal> refusal = ReserveWatchSlot(address)) {
+    metrics_.RecordWatchRefused(*refusal);
+    const std::string why =
+        *refusal == WatchRefusal::kTooManyWatchers
+            ? absl::StrCat("certmgr holds ", limits_.max_total, " trust bundle streams already")
+            : absl::StrCat(address, " holds ", limits_.max_per_address,
+                           " trust bundle streams already");
+    if (MayLogRefusal()) {
+      base::LogWarning("trust bundle watch refused",
+                       {{"peer", context->peer()}, {"spiffe_id", id->str()}, {"error", why}});
+    }
+    return new RefusedWatch(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, why));
+  }
+  return new BundleWriter(bundle_, metrics_, [this, address] { ReleaseWatchSlot(address); });
 }
 
 }  // namespace meshtls::certmgr

@@ -24,6 +24,11 @@ class CallerAuthenticator {
  public:
   virtual ~CallerAuthenticator() = default;
   virtual absl::StatusOr<pki::SpiffeId> Authenticate(const CallerCredentials& credentials) = 0;
+  // CheckRenewal says whether this authenticator's current policy would still issue `id`, for
+  // a caller that renews with a certificate instead of a bootstrap credential: OK (it would),
+  // PermissionDenied (the identity is of its kind but its policy no longer allows it), NotFound
+  // (not an identity this authenticator issues: ask the next one).
+  virtual absl::Status CheckRenewal(const pki::SpiffeId& id) = 0;
 };
 
 }  // namespace meshtls::certmgr

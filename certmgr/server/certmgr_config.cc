@@ -156,12 +156,52 @@ absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
         MESHTLS_ASSIGN_OR_RETURN(c.kubernetes.allowed_namespaces,
                                  base::ReadStringList(*n, path + ".allowed_namespaces"));
       }
+      if (const YamlNode* n = k.Take("max_token_lifetime")) {
+        MESHTLS_ASSIGN_OR_RETURN(c.kubernetes.max_token_lifetime,
+                                 base::ReadDuration(*n, path + ".max_token_lifetime"));
+        if (c.kubernetes.max_token_lifetime < absl::Minutes(10) ||
+            c.kubernetes.max_token_lifetime > absl::Hours(24 * 7)) {
+          return base::FieldError(path + ".max_token_lifetime", *n, "must be between 10m and 168h");
+        }
+      }
+      if (const YamlNode* n = k.Take("require_pod_binding")) {
+        MESHTLS_ASSIGN_OR_RETURN(c.kubernetes.require_pod_binding,
+                                 base::ReadBool(*n, path + ".require_pod_binding"));
+      }
       MESHTLS_RETURN_IF_ERROR(k.Finish());
       if (c.kubernetes.issuer.empty() || c.kubernetes.audience.empty()) {
         return base::FieldError(path, *k8s, "issuer and audience must not be empty");
       }
     }
     MESHTLS_RETURN_IF_ERROR(auth.Finish());
+  }
+  if (const YamlNode* n = top.Take("deny")) {
+    MESHTLS_ASSIGN_OR_RETURN(c.deny, base::ReadStringList(*n, "deny"));
+    for (const std::string& pattern : c.deny) {
+      absl::StatusOr<pki::SpiffeIdMatcher> m = pki::SpiffeIdMatcher::Parse(pattern);
+      if (!m.ok()) {
+        return base::FieldError("deny", *n, m.status().message());
+      }
+      if (m->trust_domain() != c.trust_domain) {
+        return base::FieldError("deny", *n,
+                                absl::StrCat(pattern, " is not in trust domain ", c.trust_domain));
+      }
+    }
+  }
+  if (const YamlNode* n = top.Take("limits")) {
+    MESHTLS_ASSIGN_OR_RETURN(ConfigMap limits, ConfigMap::Of(*n, "limits"));
+    for (auto [key, out] : {std::pair<const char*, int*>{"max_watchers", &c.max_watchers},
+                            {"max_watchers_per_address", &c.max_watchers_per_address}}) {
+      if (const YamlNode* v = limits.Take(key)) {
+        const std::string field = absl::StrCat("limits.", key);
+        MESHTLS_ASSIGN_OR_RETURN(double d, base::ReadNumber(*v, field));
+        if (d < 1 || d > 1'000'000 || d != static_cast<int>(d)) {
+          return base::FieldError(field, *v, "must be a whole number from 1 to 1000000");
+        }
+        *out = static_cast<int>(d);
+      }
+    }
+    MESHTLS_RETURN_IF_ERROR(limits.Finish());
   }
   if (const YamlNode* n = top.Take("log")) {
     MESHTLS_RETURN_IF_ERROR(base::ReadLogSection(*n, "log", c.log_level, c.log_format));

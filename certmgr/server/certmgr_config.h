@@ -30,7 +30,11 @@ namespace meshtls::certmgr {
 //       issuer: https://kubernetes.default.svc.cluster.local
 //       audience: meshtls
 //       jwks_file: /etc/meshtls/k8s-jwks.json
-//       allowed_namespaces: [default]    # default: every namespace
+//       allowed_namespaces: [default]    # default: every namespace (applied live)
+//       max_token_lifetime: 24h          # longest exp - iat accepted
+//       require_pod_binding: true        # only tokens projected into a pod
+//   deny: [spiffe://example.org/ns/x/sa/y, spiffe://example.org/ns/old/*]  # applied live
+//   limits: {max_watchers: 10000, max_watchers_per_address: 16}
 //   log: {level: info, format: text}
 struct CertmgrConfig {
   std::string trust_domain;
@@ -55,7 +59,14 @@ struct CertmgrConfig {
     std::string audience = "meshtls";
     std::string jwks_file;
     std::vector<std::string> allowed_namespaces;  // empty: all
+    absl::Duration max_token_lifetime = absl::Hours(24);
+    bool require_pod_binding = true;
   } kubernetes;
+  // SPIFFE IDs (exact, or "<id>/*" for every ID below) that may neither bootstrap nor renew.
+  std::vector<std::string> deny;
+  // WatchTrustBundle streams: in all, and from one source address.
+  int max_watchers = 10000;
+  int max_watchers_per_address = 16;
   base::LogLevel log_level = base::LogLevel::kInfo;
   base::LogFormat log_format = base::LogFormat::kText;
 };

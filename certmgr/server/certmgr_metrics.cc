@@ -29,6 +29,50 @@ CertmgrMetrics::CertmgrMetrics() : registry_(std::make_shared<prometheus::Regist
                    .Help("Open WatchTrustBundle streams.")
                    .Register(*registry_)
                    .Add({});
+  auto& refused = prometheus::BuildCounter()
+                      .Name("meshtls_certmgr_trust_bundle_watch_refused_total")
+                      .Help("WatchTrustBundle streams refused, by reason.")
+                      .Register(*registry_);
+  constexpr const char* kReasons[kWatchRefusalCount] = {
+      "unauthenticated", "permission_denied", "too_many_watchers", "too_many_from_address"};
+  for (int i = 0; i < kWatchRefusalCount; ++i) {
+    watch_refused_[i] = &refused.Add({{"reason", kReasons[i]}});
+  }
+  join_token_file_usable_ =
+      &prometheus::BuildGauge()
+           .Name("meshtls_certmgr_join_token_file_usable")
+           .Help(
+               "0 while the join token file is refused whole (writable by group or others, "
+               "unreadable); 1 otherwise.")
+           .Register(*registry_)
+           .Add({});
+  join_token_file_usable_->Set(1);
+  join_token_file_rejected_lines_ =
+      &prometheus::BuildGauge()
+           .Name("meshtls_certmgr_join_token_file_rejected_lines")
+           .Help("Malformed lines refused in the join token file as loaded last.")
+           .Register(*registry_)
+           .Add({});
+  config_reload_successful_ =
+      &prometheus::BuildGauge()
+           .Name("meshtls_certmgr_config_last_reload_successful")
+           .Help("1 when the last reload of the config file applied, 0 when it was refused.")
+           .Register(*registry_)
+           .Add({});
+  config_reload_successful_->Set(1);
+}
+
+void CertmgrMetrics::RecordWatchRefused(WatchRefusal reason) {
+  watch_refused_[static_cast<int>(reason)]->Increment();
+}
+
+void CertmgrMetrics::SetJoinTokenFile(bool usable, int rejected_lines) {
+  join_token_file_usable_->Set(usable ? 1 : 0);
+  join_token_file_rejected_lines_->Set(rejected_lines);
+}
+
+void CertmgrMetrics::SetConfigReloadSuccessful(bool ok) {
+  config_reload_successful_->Set(ok ? 1 : 0);
 }
 
 void CertmgrMetrics::RecordSign(SignResult result, absl::Duration elapsed) {

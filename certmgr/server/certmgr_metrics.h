@@ -16,6 +16,15 @@ namespace meshtls::certmgr {
 enum class SignResult { kSuccess, kUnauthenticated, kPermissionDenied, kInvalidCsr, kInternal };
 inline constexpr int kSignResultCount = 5;
 
+// WatchRefusal is the `reason` label of meshtls_certmgr_trust_bundle_watch_refused_total.
+enum class WatchRefusal {
+  kUnauthenticated,
+  kPermissionDenied,
+  kTooManyWatchers,
+  kTooManyFromAddress
+};
+inline constexpr int kWatchRefusalCount = 4;
+
 // CertmgrMetrics owns certmgr's Prometheus registry. Every label value exists from start.
 // Thread-safe (prometheus-cpp metrics are atomic; certmgr's request rate makes that cheap).
 class CertmgrMetrics {
@@ -26,6 +35,10 @@ class CertmgrMetrics {
   void RecordSign(SignResult result, absl::Duration elapsed);
   void SetCaNotAfter(absl::Time not_after);
   void SetWatchers(size_t count);
+  void RecordWatchRefused(WatchRefusal reason);
+  // The join token file as loaded last (see JoinTokenFileState).
+  void SetJoinTokenFile(bool usable, int rejected_lines);
+  void SetConfigReloadSuccessful(bool ok);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -33,6 +46,10 @@ class CertmgrMetrics {
   prometheus::Histogram* sign_duration_ = nullptr;
   prometheus::Gauge* ca_not_after_ = nullptr;
   prometheus::Gauge* watchers_ = nullptr;
+  std::array<prometheus::Counter*, kWatchRefusalCount> watch_refused_{};
+  prometheus::Gauge* join_token_file_usable_ = nullptr;
+  prometheus::Gauge* join_token_file_rejected_lines_ = nullptr;
+  prometheus::Gauge* config_reload_successful_ = nullptr;
 };
 
 }  // namespace meshtls::certmgr

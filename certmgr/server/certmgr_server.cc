@@ -7,7 +7,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "certmgr/admin/admin_server.h"
+#include "certmgr/base/file.h"
 #include "certmgr/base/file_watcher.h"
 #include "certmgr/base/host_port.h"
 #include "certmgr/base/log.h"
@@ -26,8 +28,10 @@ namespace {
 
 class CertmgrServerImpl final : public CertmgrServer {
  public:
-  CertmgrServerImpl(CaMaterial ca, const CertmgrConfig& config, const base::Clock& clock)
+  CertmgrServerImpl(CaMaterial ca, const CertmgrConfig& config, const base::Clock& clock,
+                    std::string config_path)
       : config_(config),
+        config_path_(std::move(config_path)),
         clock_(clock),
         bundle_(config.trust_domain, ca.roots, ca.bundle_sequence),
         active_sha256_(ca.cert.Sha256Fingerprint()) {
@@ -39,23 +43,44 @@ class CertmgrServerImpl final : public CertmgrServer {
   absl::Status Start() {
     std::vector<std::unique_ptr<CallerAuthenticator>> bootstrap;
     if (!config_.join_tokens_file.empty()) {
-      bootstrap.push_back(
-          std::make_unique<JoinTokenAuthenticator>(config_.join_tokens_file, clock_));
+      auto join_tokens = std::make_unique<JoinTokenAuthenticator>(config_.join_tokens_file, clock_);
+      join_tokens_ = join_tokens.get();
+      bootstrap.push_back(std::move(join_tokens));
     }
     if (config_.kubernetes.enabled) {
-      bootstrap.push_back(std::make_unique<KubernetesAuthenticator>(
+      auto kubernetes = std::make_unique<KubernetesAuthenticator>(
           KubernetesAuthOptions{.trust_domain = config_.trust_domain,
                                 .issuer = config_.kubernetes.issuer,
                                 .audience = config_.kubernetes.audience,
                                 .jwks_file = config_.kubernetes.jwks_file,
                                 .allowed_namespaces = config_.kubernetes.allowed_namespaces,
-                                .clock_skew = absl::Seconds(30)},
-          clock_));
+                                .clock_skew = absl::Seconds(30),
+                                .max_token_lifetime = config_.kubernetes.max_token_lifetime,
+                                .require_pod_binding = config_.kubernetes.require_pod_binding},
+          clock_);
+      kubernetes_ = kubernetes.get();
+      bootstrap.push_back(std::move(kubernetes));
     }
     authenticator_ = std::make_unique<MeshAuthenticator>(config_.trust_domain, bundle_,
                                                          std::move(bootstrap), clock_);
+    authenticator_->SetDenyList(DenyMatchers(config_));
     metrics_.SetCaNotAfter(signer_.Get()->ca().cert.not_after());
-    service_ = std::make_unique<CaService>(signer_, bundle_, *authenticator_, metrics_, clock_);
+    service_ = std::make_unique<CaService>(
+        signer_, bundle_, *authenticator_, metrics_, clock_,
+        WatchLimits{.max_total = config_.max_watchers,
+                    .max_per_address = config_.max_watchers_per_address});
+    if (join_tokens_ != nullptr) {
+      ReloadJoinTokens();
+      // A broken or unsafe token file shows in the metrics (and its alert) at once, not at
+      // the next token use.
+      token_watcher_ =
+          std::make_unique<base::FileWatcher>(std::vector<std::string>{config_.join_tokens_file},
+                                              absl::Seconds(1), [this] { ReloadJoinTokens(); });
+    }
+    if (!config_path_.empty()) {
+      config_watcher_ = std::make_unique<base::FileWatcher>(
+          std::vector<std::string>{config_path_}, absl::Seconds(1), [this] { ReloadConfig(); });
+    }
     {
       absl::MutexLock lock(&grpc_mu_);
       MESHTLS_RETURN_IF_ERROR(StartGrpcLocked());
@@ -100,6 +125,36 @@ class CertmgrServerImpl final : public CertmgrServer {
 
   int admin_port() const override { return admin_ == nullptr ? 0 : admin_->port(); }
 
+  void ReloadConfig() override {
+    if (config_path_.empty()) {
+      return;
+    }
+    absl::MutexLock lock(&config_reload_mu_);
+    absl::StatusOr<std::string> text = base::ReadFileToString(config_path_);
+    absl::StatusOr<CertmgrConfig> next =
+        text.ok() ? ParseCertmgrConfig(*text) : absl::StatusOr<CertmgrConfig>(text.status());
+    if (next.ok() && next->trust_domain != config_.trust_domain) {
+      next = absl::InvalidArgumentError("trust_domain cannot change without a restart");
+    }
+    if (!next.ok()) {
+      metrics_.SetConfigReloadSuccessful(false);
+      base::LogError("config reload refused; keeping the current policy",
+                     {{"path", config_path_}, {"error", std::string(next.status().message())}});
+      return;
+    }
+    authenticator_->SetDenyList(DenyMatchers(*next));
+    if (kubernetes_ != nullptr) {
+      kubernetes_->SetAllowedNamespaces(next->kubernetes.allowed_namespaces);
+    }
+    metrics_.SetConfigReloadSuccessful(true);
+    base::LogInfo(
+        "config reloaded: deny and authenticators.kubernetes.allowed_namespaces applied; other "
+        "fields take effect at restart",
+        {{"path", config_path_},
+         {"deny", absl::StrCat(next->deny.size())},
+         {"allowed_namespaces", absl::StrJoin(next->kubernetes.allowed_namespaces, ",")}});
+  }
+
   void Shutdown() override {
     ready_.store(false);
     {
@@ -110,6 +165,8 @@ class CertmgrServerImpl final : public CertmgrServer {
       rotation_thread_.join();
     }
     ca_watcher_.reset();
+    config_watcher_.reset();
+    token_watcher_.reset();
     {
       absl::MutexLock lock(&grpc_mu_);
       StopGrpcLocked();
@@ -152,6 +209,9 @@ class CertmgrServerImpl final : public CertmgrServer {
     // A connection must finish its TLS handshake (and send its HTTP/2 settings) within 10 s,
     // not gRPC's default 120 s: a slowloris caller holds a descriptor for that long at most.
     builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 10000);
+    // A sidecar needs one stream at a time per connection (a Sign or its watch); more than a
+    // few on one connection is a caller piling up work.
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 8);
     grpc_server_ = builder.BuildAndStart();
     if (grpc_server_ == nullptr || port == 0) {
       return absl::UnavailableError(
@@ -206,6 +266,21 @@ class CertmgrServerImpl final : public CertmgrServer {
     }
   }
 
+  static std::vector<pki::SpiffeIdMatcher> DenyMatchers(const CertmgrConfig& config) {
+    std::vector<pki::SpiffeIdMatcher> out;
+    for (const std::string& pattern : config.deny) {
+      out.push_back(*pki::SpiffeIdMatcher::Parse(pattern));  // validated by the config parser
+    }
+    return out;
+  }
+
+  // ReloadJoinTokens re-reads the join token file and exports how it loaded. Runs on the
+  // token watcher's thread (and once in Start).
+  void ReloadJoinTokens() {
+    const JoinTokenFileState state = join_tokens_->Reload();
+    metrics_.SetJoinTokenFile(state.usable, state.rejected_lines);
+  }
+
   void AutoRotationLoop() {
     while (true) {
       {
@@ -233,7 +308,8 @@ class CertmgrServerImpl final : public CertmgrServer {
     }
   }
 
-  const CertmgrConfig config_;
+  const CertmgrConfig config_;  // as started; ReloadConfig applies the live fields elsewhere
+  const std::string config_path_;
   const base::Clock& clock_;
   CertmgrMetrics metrics_;
   CurrentSigner signer_;
@@ -241,6 +317,11 @@ class CertmgrServerImpl final : public CertmgrServer {
   absl::Mutex reload_mu_;      // serializes ReloadCaDir; taken before grpc_mu_
   std::string active_sha256_;  // written under reload_mu_ (read unlocked only before the watcher)
   std::unique_ptr<MeshAuthenticator> authenticator_;
+  JoinTokenAuthenticator* join_tokens_ = nullptr;  // owned by authenticator_, or null
+  KubernetesAuthenticator* kubernetes_ = nullptr;  // owned by authenticator_, or null
+  absl::Mutex config_reload_mu_;                   // the watcher's reload vs SIGHUP's
+  std::unique_ptr<base::FileWatcher> config_watcher_;
+  std::unique_ptr<base::FileWatcher> token_watcher_;
   std::unique_ptr<CaService> service_;
   absl::Mutex grpc_mu_;
   std::unique_ptr<grpc::Server> grpc_server_ ABSL_GUARDED_BY(grpc_mu_);
@@ -256,7 +337,8 @@ class CertmgrServerImpl final : public CertmgrServer {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CertmgrServer>> CertmgrServer::Create(const CertmgrConfig& config,
-                                                                     const base::Clock& clock) {
+                                                                     const base::Clock& clock,
+                                                                     std::string config_path) {
   absl::StatusOr<CaMaterial> ca =
       config.ca_dir.empty()
           ? LoadCaFromFiles(config.ca_cert, config.ca_key, config.ca_trust_bundle,
@@ -265,7 +347,12 @@ absl::StatusOr<std::unique_ptr<CertmgrServer>> CertmgrServer::Create(const Certm
   if (!ca.ok()) {
     return absl::Status(ca.status().code(), absl::StrCat("CA: ", ca.status().message()));
   }
-  auto server = std::make_unique<CertmgrServerImpl>(*std::move(ca), config, clock);
+  if (config.ca_dir.empty()) {
+    // CA files change only with a restart: each start's bundle outranks the last one's.
+    ca->bundle_sequence = NextBundleSequence(0, clock.Now());
+  }
+  auto server =
+      std::make_unique<CertmgrServerImpl>(*std::move(ca), config, clock, std::move(config_path));
   MESHTLS_RETURN_IF_ERROR(server->Start());
   return server;
 }

@@ -11,13 +11,20 @@ namespace meshtls::certmgr {
 // CertmgrServer is a running certmgr: the CA, the gRPC CertificateAuthority service over TLS
 // and the admin listener. Create() starts everything; Shutdown() (or destruction) stops it,
 // closing open WatchTrustBundle streams. Create/Shutdown run on the main thread.
+//
+// With a `config_path`, certmgr follows that file (and ReloadConfig() on SIGHUP): each valid
+// new version applies its identity policy live (`deny`, the Kubernetes `allowed_namespaces`),
+// so a revoked identity stops renewing within seconds; other fields take effect at restart.
 class CertmgrServer {
  public:
   static absl::StatusOr<std::unique_ptr<CertmgrServer>> Create(const CertmgrConfig& config,
-                                                               const base::Clock& clock);
+                                                               const base::Clock& clock,
+                                                               std::string config_path = "");
   virtual ~CertmgrServer() = default;
 
   virtual int admin_port() const = 0;
+  // ReloadConfig re-reads the config file now. Any thread.
+  virtual void ReloadConfig() = 0;
   virtual void Shutdown() = 0;
 };
 

@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "certmgr/base/fd.h"
 #include "certmgr/base/file.h"
@@ -35,7 +36,7 @@ std::string TokenSha256Hex(absl::string_view token) {
 }
 
 absl::StatusOr<std::string> CreateJoinToken(const std::string& path, const pki::SpiffeId& id,
-                                            std::optional<absl::Time> expires) {
+                                            absl::Time expires) {
   unsigned char random[32];
   if (RAND_bytes(random, sizeof(random)) != 1) {
     return absl::InternalError("RAND_bytes failed");
@@ -43,7 +44,7 @@ absl::StatusOr<std::string> CreateJoinToken(const std::string& path, const pki::
   std::string token =
       absl::StrCat(kTokenPrefix, absl::WebSafeBase64Escape(absl::string_view(
                                      reinterpret_cast<char*>(random), sizeof(random))));
-  const int64_t expiry = expires.has_value() ? absl::ToUnixSeconds(*expires) : 0;
+  const int64_t expiry = absl::ToUnixSeconds(expires);
   const std::string line =
       absl::StrCat("v1 ", TokenSha256Hex(token), " ", id.str(), " ", expiry, "\n");
   base::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
@@ -60,23 +61,51 @@ absl::StatusOr<std::string> CreateJoinToken(const std::string& path, const pki::
   return token;
 }
 
+void JoinTokenAuthenticator::RefuseWholeFile(const base::FileVersion& version,
+                                             absl::string_view why) {
+  by_hash_.clear();
+  identities_.clear();
+  state_ = JoinTokenFileState{.usable = false, .rejected_lines = 0, .tokens = 0};
+  refused_because_ = std::string(why);
+  loaded_ = version;
+  base::LogError("join token file refused; no join token is valid until it is fixed",
+                 {{"path", path_}, {"error", std::string(why)}});
+}
+
 void JoinTokenAuthenticator::ReloadIfChanged() {
   const base::FileVersion now = base::StatFileVersion(path_);
   if (now == loaded_) {
     return;
   }
+  struct stat st;
+  if (::stat(path_.c_str(), &st) != 0) {
+    if (errno == ENOENT) {  // no tokens created yet
+      by_hash_.clear();
+      identities_.clear();
+      state_ = JoinTokenFileState{};
+      loaded_ = now;
+    } else {
+      RefuseWholeFile(now, std::strerror(errno));
+    }
+    return;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    RefuseWholeFile(now, "not a regular file");
+    return;
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    RefuseWholeFile(now, absl::StrFormat("writable by group or others (mode %04o): chmod go-w %s",
+                                         st.st_mode & 07777, path_));
+    return;
+  }
   absl::StatusOr<std::string> text = base::ReadFileToString(path_, 16 << 20);
   if (!text.ok()) {
-    if (absl::IsNotFound(text.status())) {
-      by_hash_.clear();
-      loaded_ = now;
-      return;
-    }
-    base::LogError("cannot read the join token file; keeping the previous tokens",
-                   {{"path", path_}, {"error", std::string(text.status().message())}});
+    RefuseWholeFile(now, text.status().message());
     return;
   }
   std::map<std::string, Entry> parsed;
+  std::set<std::string> identities;
+  JoinTokenFileState state;
   int line_number = 0;
   for (absl::string_view line : absl::StrSplit(*text, '\n')) {
     ++line_number;
@@ -86,17 +115,40 @@ void JoinTokenAuthenticator::ReloadIfChanged() {
     std::vector<absl::string_view> parts = absl::StrSplit(line, ' ', absl::SkipEmpty());
     int64_t expiry = 0;
     if (parts.size() != 4 || parts[0] != "v1" || parts[1].size() != 64 ||
-        !pki::SpiffeId::Parse(parts[2]).ok() || !absl::SimpleAtoi(parts[3], &expiry)) {
-      base::LogError("join token file has a malformed line; keeping the previous tokens",
+        !pki::SpiffeId::Parse(parts[2]).ok() || !absl::SimpleAtoi(parts[3], &expiry) ||
+        expiry < 0) {
+      ++state.rejected_lines;
+      base::LogError("join token file: malformed line refused (the other lines apply)",
                      {{"path", path_}, {"line", absl::StrCat(line_number)}});
-      return;
+      continue;
     }
     parsed[std::string(parts[1])] =
         Entry{std::string(parts[2]),
               expiry == 0 ? absl::InfiniteFuture() : absl::FromUnixSeconds(expiry)};
+    identities.insert(std::string(parts[2]));
   }
+  state.tokens = parsed.size();
   by_hash_ = std::move(parsed);
+  identities_ = std::move(identities);
+  state_ = state;
+  refused_because_.clear();
   loaded_ = now;
+}
+
+JoinTokenFileState JoinTokenAuthenticator::Reload() {
+  absl::MutexLock lock(&mu_);
+  ReloadIfChanged();
+  return state_;
+}
+
+absl::Status JoinTokenAuthenticator::CheckRenewal(const pki::SpiffeId& id) {
+  absl::MutexLock lock(&mu_);
+  ReloadIfChanged();
+  if (identities_.contains(id.str())) {
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(state_.usable ? "no join token names it any more"
+                                           : "the join token file is refused");
 }
 
 absl::StatusOr<pki::SpiffeId> JoinTokenAuthenticator::Authenticate(
@@ -114,6 +166,10 @@ absl::StatusOr<pki::SpiffeId> JoinTokenAuthenticator::Authenticate(
   const std::string hash = TokenSha256Hex(token);
   absl::MutexLock lock(&mu_);
   ReloadIfChanged();
+  if (!state_.usable) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("join tokens are refused: the token file is ", refused_because_));
+  }
   auto it = by_hash_.find(hash);
   if (it == by_hash_.end()) {
     return absl::UnauthenticatedError("unknown join token");

@@ -185,6 +185,12 @@ absl::StatusOr<std::vector<ParsedJwk>> ParseJwks(absl::string_view json) {
       if (n && e && Base64UrlDecode(*n, a) && Base64UrlDecode(*e, b)) {
         jwk.key = RsaKey(a, b);
       }
+      if (jwk.key != nullptr && EVP_PKEY_get_bits(jwk.key.get()) < kMinJwksRsaBits) {
+        base::LogWarning("JWKS: ignoring an RSA key shorter than 2048 bits",
+                         {{"kid", jwk.kid.substr(0, 64)},
+                          {"bits", absl::StrCat(EVP_PKEY_get_bits(jwk.key.get()))}});
+        jwk.key = nullptr;
+      }
     } else if (jwk.kty == "EC" && StringField(k, "crv").value_or("") == "P-256") {
       std::optional<std::string> x = StringField(k, "x"), y = StringField(k, "y");
       if (x && y && Base64UrlDecode(*x, a) && Base64UrlDecode(*y, b)) {
@@ -299,11 +305,25 @@ absl::StatusOr<pki::SpiffeId> KubernetesAuthenticator::Authenticate(
   if (std::optional<double> nbf = NumberField(*claims, "nbf"); nbf && now + skew < *nbf) {
     return Bad("not valid yet (nbf)");
   }
+  std::optional<double> iat = NumberField(*claims, "iat");
+  if (!iat.has_value()) {
+    return Bad("no iat claim (the token's lifetime cannot be checked)");
+  }
+  if (*exp - *iat > absl::ToDoubleSeconds(options_.max_token_lifetime)) {
+    return Bad(absl::StrCat("its lifetime (exp - iat) exceeds ",
+                            absl::FormatDuration(options_.max_token_lifetime)));
+  }
   // The identity: the kubernetes.io claim, cross-checked with sub.
   std::string ns, sa;
+  bool pod_bound = false;
   if (const Value* k8s = Field(*claims, "kubernetes.io");
       k8s != nullptr && k8s->kind_case() == Value::kStructValue) {
     ns = StringField(k8s->struct_value(), "namespace").value_or("");
+    if (const Value* pod = Field(k8s->struct_value(), "pod");
+        pod != nullptr && pod->kind_case() == Value::kStructValue) {
+      pod_bound = !StringField(pod->struct_value(), "name").value_or("").empty() &&
+                  !StringField(pod->struct_value(), "uid").value_or("").empty();
+    }
     if (const Value* account = Field(k8s->struct_value(), "serviceaccount");
         account != nullptr && account->kind_case() == Value::kStructValue) {
       sa = StringField(account->struct_value(), "name").value_or("");
@@ -323,13 +343,40 @@ absl::StatusOr<pki::SpiffeId> KubernetesAuthenticator::Authenticate(
   if (!ValidSegment(ns) || !ValidSegment(sa)) {
     return Bad("no valid namespace and service account in the token");
   }
-  if (!options_.allowed_namespaces.empty() &&
-      std::find(options_.allowed_namespaces.begin(), options_.allowed_namespaces.end(), ns) ==
-          options_.allowed_namespaces.end()) {
+  if (options_.require_pod_binding && !pod_bound) {
+    return Bad("not bound to a pod (no kubernetes.io.pod name and uid)");
+  }
+  if (absl::Status s = CheckNamespace(ns); !s.ok()) {
+    return s;
+  }
+  return pki::SpiffeId::ForWorkload(options_.trust_domain, ns, sa);
+}
+
+absl::Status KubernetesAuthenticator::CheckNamespace(absl::string_view ns) {
+  absl::MutexLock lock(&policy_mu_);
+  if (!allowed_namespaces_.empty() &&
+      std::find(allowed_namespaces_.begin(), allowed_namespaces_.end(), ns) ==
+          allowed_namespaces_.end()) {
     return absl::PermissionDeniedError(
         absl::StrCat("namespace ", ns, " may not obtain mesh identities"));
   }
-  return pki::SpiffeId::ForWorkload(options_.trust_domain, ns, sa);
+  return absl::OkStatus();
+}
+
+absl::Status KubernetesAuthenticator::CheckRenewal(const pki::SpiffeId& id) {
+  // Only identities this authenticator could have issued: ns/<namespace>/sa/<name>.
+  std::vector<absl::string_view> segments = absl::StrSplit(id.path(), '/');
+  if (id.trust_domain() != options_.trust_domain || segments.size() != 5 || !segments[0].empty() ||
+      segments[1] != "ns" || segments[3] != "sa" || !ValidSegment(segments[2]) ||
+      !ValidSegment(segments[4])) {
+    return absl::NotFoundError("not a Kubernetes service account identity");
+  }
+  return CheckNamespace(segments[2]);
+}
+
+void KubernetesAuthenticator::SetAllowedNamespaces(std::vector<std::string> namespaces) {
+  absl::MutexLock lock(&policy_mu_);
+  allowed_namespaces_ = std::move(namespaces);
 }
 
 }  // namespace meshtls::certmgr

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "certmgr/base/log.h"
+#include "certmgr/base/status_macros.h"
 
 namespace meshtls::certmgr {
 
@@ -20,7 +21,7 @@ absl::StatusOr<std::shared_ptr<const pki::ChainVerifier>> MeshAuthenticator::Cur
   return verifier_;
 }
 
-absl::Status MeshAuthenticator::CheckAllowed(const pki::SpiffeId& id) const {
+absl::Status MeshAuthenticator::CheckAllowed(const pki::SpiffeId& id) {
   if (id.trust_domain() != trust_domain_) {
     return absl::PermissionDeniedError(
         absl::StrCat(id.str(), " is not in trust domain ", trust_domain_));
@@ -29,7 +30,34 @@ absl::Status MeshAuthenticator::CheckAllowed(const pki::SpiffeId& id) const {
     return absl::PermissionDeniedError(
         absl::StrCat(id.str(), " names a trust domain, not a workload"));
   }
+  absl::MutexLock lock(&mu_);
+  for (const pki::SpiffeIdMatcher& m : deny_) {
+    if (m.Matches(id)) {
+      return absl::PermissionDeniedError(
+          absl::StrCat(id.str(), " is denied (deny-list entry ", m.pattern(), ")"));
+    }
+  }
   return absl::OkStatus();
+}
+
+absl::Status MeshAuthenticator::CheckRenewal(const pki::SpiffeId& id) {
+  MESHTLS_RETURN_IF_ERROR(CheckAllowed(id));
+  std::string refusals;
+  for (const auto& authenticator : bootstrap_) {
+    absl::Status s = authenticator->CheckRenewal(id);
+    if (s.ok()) {
+      return s;
+    }
+    absl::StrAppend(&refusals, refusals.empty() ? "" : "; ", s.message());
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat(id.str(), " may no longer renew: no bootstrap policy issues it today (",
+                   refusals.empty() ? "no bootstrap authenticator is configured" : refusals, ")"));
+}
+
+void MeshAuthenticator::SetDenyList(std::vector<pki::SpiffeIdMatcher> deny) {
+  absl::MutexLock lock(&mu_);
+  deny_ = std::move(deny);
 }
 
 absl::StatusOr<pki::SpiffeId> MeshAuthenticator::Authenticate(
@@ -43,7 +71,7 @@ absl::StatusOr<pki::SpiffeId> MeshAuthenticator::Authenticate(
     absl::StatusOr<pki::SpiffeId> id =
         (*verifier)->VerifyChain(credentials.peer_chain, pki::PeerRole::kClient, clock_.Now());
     if (id.ok()) {
-      if (absl::Status s = CheckAllowed(*id); !s.ok()) {
+      if (absl::Status s = CheckRenewal(*id); !s.ok()) {
         return s;
       }
       return id;

@@ -15,11 +15,15 @@ namespace meshtls::certmgr {
 
 // MeshAuthenticator is certmgr's policy for who gets which identity:
 //  1. a client certificate that verifies against the current trust bundle (X.509-SVID rules,
-//     clientAuth) keeps its own SPIFFE ID: renewal;
+//     clientAuth) keeps its own SPIFFE ID: renewal, allowed only while a bootstrap
+//     authenticator's current policy would still issue that identity (CheckRenewal: its
+//     namespace is still allowed, its join token line is still there), so taking an identity
+//     out of the bootstrap policy also ends its renewals;
 //  2. otherwise each bootstrap authenticator (join tokens, ...) is asked in order; an expired
 //     certificate plus a good token therefore still succeeds, which is how a sidecar recovers
 //     by itself after an outage;
-//  3. the identity must be in certmgr's trust domain and have a path, else PermissionDenied.
+//  3. the identity must be in certmgr's trust domain, have a path and match no entry of the
+//     deny-list, else PermissionDenied.
 // Thread-safe.
 class MeshAuthenticator final : public CallerAuthenticator {
  public:
@@ -32,10 +36,15 @@ class MeshAuthenticator final : public CallerAuthenticator {
         clock_(clock) {}
 
   absl::StatusOr<pki::SpiffeId> Authenticate(const CallerCredentials& credentials) override;
+  // CheckRenewal: the trust-domain and deny-list rules, then OK when a bootstrap authenticator
+  // would issue `id` today; PermissionDenied otherwise.
+  absl::Status CheckRenewal(const pki::SpiffeId& id) override;
+  // SetDenyList applies a new deny-list (a config reload) to every later call. Any thread.
+  void SetDenyList(std::vector<pki::SpiffeIdMatcher> deny);
 
  private:
   absl::StatusOr<std::shared_ptr<const pki::ChainVerifier>> CurrentVerifier();
-  absl::Status CheckAllowed(const pki::SpiffeId& id) const;
+  absl::Status CheckAllowed(const pki::SpiffeId& id);
 
   const std::string trust_domain_;
   const TrustBundleSource& bundle_;
@@ -44,6 +53,7 @@ class MeshAuthenticator final : public CallerAuthenticator {
   absl::Mutex mu_;
   std::shared_ptr<const pki::ChainVerifier> verifier_ ABSL_GUARDED_BY(mu_);
   uint64_t verifier_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<pki::SpiffeIdMatcher> deny_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace meshtls::certmgr

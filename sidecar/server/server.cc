@@ -145,7 +145,8 @@ class ServerImpl final : public Server {
         return absl::InvalidArgumentError(
             absl::StrCat("identity.certmgr.server_ca: ", server_ca.status().message()));
       }
-      ca_client_ = certmgr::NewGrpcCaClient(config_.certmgr.addresses, *server_ca);
+      ca_client_ = certmgr::NewGrpcCaClient(config_.certmgr.addresses, *server_ca,
+                                            config_.certmgr.server_ca);
       certmgr::RotatorOptions options;
       options.renew_at = config_.certmgr.renew_at;
       options.token_file = config_.certmgr.token_file;

@@ -15,7 +15,9 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "certmgr/base/file.h"
 #include "certmgr/client/ca_client.h"
 #include "certmgr/pki/csr.h"
@@ -72,6 +74,15 @@ class MeshTest : public ::testing::Test {
     return absl::StrCat("outbound:\n  - name: backend\n    listen: 127.0.0.1:", listen_port,
                         "\n    connect: 127.0.0.1:", backend_port_, "\n    expect: [", kBackend,
                         "]\n");
+  }
+
+  // BundleSequenceOnDisk is the trust bundle sequence certmgr's CA directory holds.
+  uint64_t BundleSequenceOnDisk() const {
+    uint64_t seq = 0;
+    const std::string dir = certmgr_->ca_pem_path().substr(0, certmgr_->ca_pem_path().rfind('/'));
+    EXPECT_TRUE(absl::SimpleAtoi(
+        absl::StripAsciiWhitespace(*base::ReadFileToString(dir + "/bundle.seq")), &seq));
+    return seq;
   }
 
   std::unique_ptr<SidecarProcess> StartSidecar(const std::string& name, const std::string& id,
@@ -159,7 +170,8 @@ TEST_F(MeshTest, EveryMetricSeriesExistsFromStart) {
   EXPECT_LT(*testing::MetricValue(scrape->body, "meshtls_cert_not_before_timestamp_seconds"), now);
   EXPECT_GT(*testing::MetricValue(scrape->body, "meshtls_cert_renewal_due_timestamp_seconds"), now);
   EXPECT_EQ(testing::MetricValue(scrape->body, "meshtls_trust_bundle_roots"), 1);
-  EXPECT_EQ(testing::MetricValue(scrape->body, "meshtls_trust_bundle_sequence"), 1);
+  EXPECT_EQ(testing::MetricValue(scrape->body, "meshtls_trust_bundle_sequence"),
+            BundleSequenceOnDisk());
   EXPECT_EQ(testing::MetricValue(scrape->body, R"(meshtls_cert_renewals_total{result="success"})"),
             1);
 }
@@ -179,14 +191,16 @@ TEST_F(MeshTest, WatchTrustBundleSendsTheBundleAndStaysOpen) {
   std::atomic<uint64_t> sequence{0};
   std::string root_der;
   absl::Status ended;
+  const std::string token = certmgr_->Token("spiffe://mesh.test/ns/default/sa/watcher");
   std::thread watcher([&] {
-    ended = client->WatchTrustBundle([&](std::vector<pki::Certificate> roots, uint64_t seq) {
-      if (received.load() == 0 && roots.size() == 1) {
-        root_der = roots[0].ToDer();
-      }
-      sequence.store(seq);
-      received.fetch_add(1);
-    });
+    ended = client->WatchTrustBundle(Bearer(token),
+                                     [&](std::vector<pki::Certificate> roots, uint64_t seq) {
+                                       if (received.load() == 0 && roots.size() == 1) {
+                                         root_der = roots[0].ToDer();
+                                       }
+                                       sequence.store(seq);
+                                       received.fetch_add(1);
+                                     });
   });
   EXPECT_TRUE(testing::WaitFor([&] { return received.load() == 1; }, absl::Seconds(10)));
   EXPECT_TRUE(testing::WaitFor(
@@ -199,7 +213,7 @@ TEST_F(MeshTest, WatchTrustBundleSendsTheBundleAndStaysOpen) {
   client->CancelWatch();
   watcher.join();
   EXPECT_EQ(received.load(), 1);
-  EXPECT_EQ(sequence.load(), 1u);
+  EXPECT_EQ(sequence.load(), BundleSequenceOnDisk());
   EXPECT_EQ(root_der,
             pki::Certificate::FromPem(*base::ReadFileToString(certmgr_->ca_pem_path()))->ToDer());
   EXPECT_THAT(ended, StatusIs(absl::StatusCode::kCancelled));

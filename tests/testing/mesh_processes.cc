@@ -2,6 +2,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "certmgr/base/file.h"
 
@@ -81,7 +82,13 @@ std::string CertmgrProcess::Token(const std::string& spiffe_id) const {
   if (!p.ok() || (*p)->WaitForExit(absl::Seconds(10)) != 0) {
     return "";
   }
-  return std::string(absl::StripAsciiWhitespace(*base::ReadFileToString(out)));
+  // The log holds stdout (the token) and stderr (its expiry).
+  for (absl::string_view line : absl::StrSplit(*base::ReadFileToString(out), '\n')) {
+    if (absl::StartsWith(line, "mjt_")) {
+      return std::string(absl::StripAsciiWhitespace(line));
+    }
+  }
+  return "";
 }
 
 int CertmgrProcess::Run(const std::vector<std::string>& args) const {

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "certmgr/ca/ca_material.h"
 #include "certmgr/ca/signer.h"
 #include "tests/testing/fake_clock.h"
@@ -29,7 +31,8 @@ class CaRotationTest : public ::testing::Test {
 TEST_F(CaRotationTest, PrepareActivateRetire) {
   CaMaterial first = *LoadOrCreateCaInDir(dir_.path() + "/ca", "mesh.test", kCaTtl, clock_);
   EXPECT_EQ(first.roots.size(), 1u);
-  EXPECT_EQ(first.bundle_sequence, 1u);
+  // The sequence starts at the clock (microseconds) and rises with every step.
+  EXPECT_EQ(first.bundle_sequence, static_cast<uint64_t>(absl::ToUnixMicros(clock_.Now())));
 
   EXPECT_THAT(Step(CaRotationStep::kActivate),
               StatusIs(absl::StatusCode::kFailedPrecondition, "prepare first"));
@@ -38,7 +41,7 @@ TEST_F(CaRotationTest, PrepareActivateRetire) {
   ASSERT_THAT(Step(CaRotationStep::kPrepare), IsOk());
   CaMaterial prepared = Load();
   EXPECT_EQ(prepared.roots.size(), 2u);  // trusted before it signs
-  EXPECT_EQ(prepared.bundle_sequence, 2u);
+  EXPECT_EQ(prepared.bundle_sequence, first.bundle_sequence + 1);
   EXPECT_EQ(prepared.cert.Sha256Fingerprint(), first.cert.Sha256Fingerprint());
   EXPECT_THAT(Step(CaRotationStep::kPrepare), StatusIs(absl::StatusCode::kFailedPrecondition));
 
@@ -49,7 +52,7 @@ TEST_F(CaRotationTest, PrepareActivateRetire) {
   ASSERT_TRUE(active.previous.has_value());
   EXPECT_EQ(active.previous->Sha256Fingerprint(), first.cert.Sha256Fingerprint());
   EXPECT_EQ(active.roots.size(), 2u);
-  EXPECT_EQ(active.bundle_sequence, 3u);
+  EXPECT_EQ(active.bundle_sequence, prepared.bundle_sequence + 1);
 
   // The old root stays until every leaf it signed has expired.
   EXPECT_THAT(Step(CaRotationStep::kRetire),
@@ -58,8 +61,24 @@ TEST_F(CaRotationTest, PrepareActivateRetire) {
   ASSERT_THAT(Step(CaRotationStep::kRetire), IsOk());
   CaMaterial retired = Load();
   EXPECT_EQ(retired.roots.size(), 1u);
-  EXPECT_EQ(retired.bundle_sequence, 4u);
+  EXPECT_EQ(retired.bundle_sequence,  // the clock moved on further than the steps
+            static_cast<uint64_t>(absl::ToUnixMicros(clock_.Now())));
   EXPECT_FALSE(retired.previous.has_value());
+}
+
+TEST_F(CaRotationTest, ARecreatedDirectoryStartsAboveEveryEarlierSequence) {
+  const std::string ca_dir = dir_.path() + "/ca";
+  ASSERT_THAT(LoadOrCreateCaInDir(ca_dir, "mesh.test", kCaTtl, clock_), IsOk());
+  ASSERT_THAT(Step(CaRotationStep::kPrepare), IsOk());
+  ASSERT_THAT(Step(CaRotationStep::kActivate), IsOk());
+  const uint64_t before = Load().bundle_sequence;
+  // After a compromise the operator wipes the directory and certmgr creates a new root a
+  // moment later: sidecars apply only a higher sequence, so it must be one.
+  std::filesystem::remove_all(ca_dir);
+  clock_.Advance(absl::Seconds(1));
+  absl::StatusOr<CaMaterial> recreated = LoadOrCreateCaInDir(ca_dir, "mesh.test", kCaTtl, clock_);
+  ASSERT_THAT(recreated, IsOk());
+  EXPECT_GT(recreated->bundle_sequence, before);
 }
 
 TEST_F(CaRotationTest, ForcedEarlyRetire) {

@@ -44,6 +44,7 @@ class FakeCaClient final : public CaClient {
                              .not_after = leaf.not_after()};
   }
   absl::Status WatchTrustBundle(
+      const CallCredentials&,
       const std::function<void(std::vector<pki::Certificate>, uint64_t)>&) override {
     return absl::CancelledError("not used");
   }

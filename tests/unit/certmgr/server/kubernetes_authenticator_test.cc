@@ -1,6 +1,7 @@
 #include "certmgr/server/kubernetes_authenticator.h"
 
 #include <gtest/gtest.h>
+#include <openssl/rsa.h>
 
 #include "absl/strings/str_replace.h"
 #include "tests/testing/fake_clock.h"
@@ -82,7 +83,8 @@ TEST_F(KubernetesAuthenticatorTest, EachBadTokenKindIsRefused) {
               unauthenticated("different service accounts"));
   const std::string no_identity =
       absl::StrCat(R"({"aud":["meshtls"],"iss":")", kIssuer, R"(","exp":)",
-                   absl::ToUnixSeconds(clock_.Now() + absl::Hours(1)), "}");
+                   absl::ToUnixSeconds(clock_.Now() + absl::Hours(1)), R"(,"iat":)",
+                   absl::ToUnixSeconds(clock_.Now()), "}");
   EXPECT_THAT(Auth(testing::SignJwt(rsa_, no_identity)), unauthenticated("namespace"));
 }
 
@@ -97,6 +99,38 @@ TEST_F(KubernetesAuthenticatorTest, NamespacePolicy) {
               StatusIs(absl::StatusCode::kPermissionDenied, "namespace shop"));
   options.allowed_namespaces = {"payments", "shop"};
   EXPECT_THAT(Auth(testing::SignJwt(rsa_, Claims()), options), IsOk());
+}
+
+TEST_F(KubernetesAuthenticatorTest, LongLivedUnboundOrUndatedTokensAreRefused) {
+  // A token valid for ten years: a stolen one would mint identities for a decade.
+  const std::string ten_years = testing::ServiceAccountClaims(
+      kIssuer, "meshtls", "shop", "cart", clock_.Now() + absl::Hours(24 * 3650), clock_.Now());
+  EXPECT_THAT(Auth(testing::SignJwt(rsa_, ten_years)),
+              StatusIs(absl::StatusCode::kUnauthenticated, "lifetime"));
+  // Without iat the lifetime cannot be checked.
+  const std::string no_iat = absl::StrReplaceAll(Claims(), {{"\"iat\":", "\"issued\":"}});
+  EXPECT_THAT(Auth(testing::SignJwt(rsa_, no_iat)),
+              StatusIs(absl::StatusCode::kUnauthenticated, "iat"));
+  // A token bound to no pod (a legacy or TokenRequest token for the ServiceAccount alone).
+  const std::string unbound =
+      absl::StrReplaceAll(Claims(), {{R"("pod":{"name":"p-1","uid":"u-1"},)", ""}});
+  ASSERT_NE(unbound, Claims());
+  EXPECT_THAT(Auth(testing::SignJwt(rsa_, unbound)),
+              StatusIs(absl::StatusCode::kUnauthenticated, "pod"));
+  // A token of exactly the default cap (24 h) still passes.
+  const std::string day =
+      testing::ServiceAccountClaims(kIssuer, "meshtls", "shop", "cart",
+                                    clock_.Now() + absl::Hours(23), clock_.Now() - absl::Hours(1));
+  EXPECT_THAT(Auth(testing::SignJwt(rsa_, day)), IsOk());
+}
+
+TEST_F(KubernetesAuthenticatorTest, RsaKeysShorterThan2048BitsAreNotTrusted) {
+  testing::JwtSigner weak{"rsa-weak", "RS256",
+                          std::shared_ptr<EVP_PKEY>(EVP_RSA_gen(1024), EVP_PKEY_free)};
+  dir_.Write("jwks.json", testing::Jwks({weak, rsa_}));
+  EXPECT_THAT(Auth(testing::SignJwt(weak, Claims())),
+              StatusIs(absl::StatusCode::kUnauthenticated, "no key"));
+  EXPECT_THAT(Auth(testing::SignJwt(rsa_, Claims())), IsOk());
 }
 
 TEST_F(KubernetesAuthenticatorTest, PicksUpRotatedSigningKeys) {
