@@ -12,6 +12,10 @@
 //    workload's native sidecar (restartPolicy Always, projected token with audience meshtls,
 //    namespace and service account from the downward API, readiness on /readyz); scrape
 //    annotations and PodMonitors; the PrometheusRule equal to deploy/prometheus/meshtls-alerts.yaml.
+//    No way around a sidecar: an app container (any container but the sidecar) declares no port
+//    of its own, inbound listeners forward to loopback, an nginx app runs on a config of the
+//    manifests that listens on loopback only, Services and NetworkPolicies open only the
+//    sidecar's ports, and every namespace with workloads has a default-deny ingress policy.
 // 4. The configs in ConfigMaps pass the binaries' own --check, and the paths and ports they name
 //    match the volumes and ports of their pods.
 // Each failure prints the overlay, the object and what is wrong; the exit code is 1 if any.
@@ -143,6 +147,30 @@ const find = (objects, kind, name, ns) =>
 const podTemplates = (objects) => objects.filter((o) => o.spec?.template?.spec);
 const portOf = (container, name) => (container.ports || []).find((p) => p.name === name)?.containerPort;
 const listenPort = (address) => Number(String(address).split(":").pop());
+// selects reports whether a label selector (matchLabels and matchExpressions) matches labels;
+// an empty selector matches every pod, as in a NetworkPolicy's podSelector {}.
+function selects(selector, labels) {
+  if (!selector) return false;
+  const matchesLabels = Object.entries(selector.matchLabels || {}).every(([l, v]) => labels[l] === v);
+  return matchesLabels && (selector.matchExpressions || []).every((e) => {
+    const has = Object.hasOwn(labels, e.key);
+    switch (e.operator) {
+      case "In": return has && e.values.includes(labels[e.key]);
+      case "NotIn": return !has || !e.values.includes(labels[e.key]);
+      case "Exists": return has;
+      case "DoesNotExist": return !has;
+      default: return false;
+    }
+  });
+}
+const emptySelector = (selector) =>
+  !Object.keys(selector?.matchLabels || {}).length && !(selector?.matchExpressions || []).length;
+// A default-deny ingress policy: it selects every pod of its namespace for Ingress and admits
+// nothing, so a pod is reachable only on what another policy opens for it.
+const isDefaultDenyIngress = (np) =>
+  emptySelector(np.spec.podSelector) && (np.spec.policyTypes || ["Ingress"]).includes("Ingress") &&
+  !(np.spec.ingress || []).length;
+const isLoopback = (address) => /^(127\.\d+\.\d+\.\d+|\[::1\]|localhost)(:\d+)?$/.test(String(address));
 
 function checkContainerSecurity(where, pod, c) {
   const sc = c.securityContext || {};
@@ -235,7 +263,7 @@ for (const [k, objects] of Object.entries(rendered)) {
   runCheck(where, args.certmgr, text, []);
   // The NetworkPolicy: only sidecars reach gRPC.
   const np = objects.find((o) => o.kind === "NetworkPolicy" && o.metadata.namespace === "meshtls-system" &&
-    Object.entries(o.spec.podSelector.matchLabels || {}).every(([l, v]) => labels[l] === v));
+    !isDefaultDenyIngress(o) && selects(o.spec.podSelector, labels));
   if (check(np, where, "no NetworkPolicy selects the certmgr pods")) {
     const grpcRules = np.spec.ingress.filter((r) => r.ports?.some((p) => p.port === "grpc" || p.port === portOf(c, "grpc")));
     check(grpcRules.length === 1 && grpcRules[0].from.length > 0 &&
@@ -263,6 +291,17 @@ for (const [k, objects] of Object.entries(rendered)) {
     const annotations = o.spec.template.metadata.annotations || {};
     check(annotations["prometheus.io/scrape"] === "true" && Number(annotations["prometheus.io/port"]) === portOf(s, "meshtls-admin"),
       where, "pods lack prometheus.io/scrape and port annotations for the sidecar's admin port");
+    // The app is reached only through the sidecar: an app container's own port is reachable
+    // in plain text at <pod IP>:port by any pod, around the sidecar.
+    const sidecarPorts = s.ports || [];
+    const appContainers = [...(pod.initContainers || []).filter((c) => c !== s), ...pod.containers];
+    for (const c of appContainers) {
+      for (const p of c.ports || []) {
+        check(sidecarPorts.some((sp) => sp.containerPort === p.containerPort), where,
+          `app container ${c.name} declares port ${p.containerPort}${p.name ? ` (${p.name})` : ""}: ` +
+          "an app listens on loopback only, reached through the sidecar's inbound listener");
+      }
+    }
     // The config, its mounts and ports.
     const volumes = Object.fromEntries(pod.volumes.map((v) => [v.name, v]));
     const mountOf = (file) => s.volumeMounts.find((m) => m.mountPath === file || m.mountPath === path.dirname(file));
@@ -284,8 +323,8 @@ for (const [k, objects] of Object.entries(rendered)) {
       "admin.listen is not 0.0.0.0 on the meshtls-admin container port");
     for (const l of config.inbound || []) {
       check((s.ports || []).some((p) => p.containerPort === listenPort(l.listen)), where, `inbound ${l.name} listens on a port the container does not declare`);
-      check(pod.containers.some((c) => (c.ports || []).some((p) => p.containerPort === listenPort(l.forward))), where,
-        `inbound ${l.name} forwards to a port no app container declares`);
+      check(isLoopback(l.forward), where,
+        `inbound ${l.name} forwards to ${l.forward}, not loopback: the app must listen on loopback only`);
     }
     for (const l of config.outbound || []) {
       check(l.listen.startsWith("127.0.0.1:"), where, `outbound ${l.name} listens beyond loopback`);
@@ -293,7 +332,105 @@ for (const [k, objects] of Object.entries(rendered)) {
       const svc = find(objects, "Service", svcName, svcNs);
       check(svc && svc.spec.ports.some((p) => p.port === listenPort(l.connect)), where, `outbound ${l.name} connects to ${l.connect}, which no Service of the manifests serves`);
     }
+    const appPorts = new Set([
+      ...(config.inbound || []).map((l) => listenPort(l.forward)),
+      ...appContainers.flatMap((c) => (c.ports || []).map((p) => p.containerPort)),
+    ]);
+    for (const c of appContainers.filter((x) => /nginx/.test(String(x.image).split("/").pop()))) {
+      checkNginxListensOnLoopback(where, objects, o.metadata.namespace, pod, c, (config.inbound || []).map((l) => listenPort(l.forward)));
+    }
+    checkExposure(where, objects, o, s, appPorts, config);
     runCheck(where, args.sidecar, text, ["--namespace", o.metadata.namespace, "--service-account", pod.serviceAccountName]);
+  }
+}
+
+// checkNginxListensOnLoopback: the nginx images' entrypoint scripts rewrite and add listen lines
+// (nginx-unprivileged's 10-listen-on-ipv6-by-default.sh adds `listen [::]:8080` to
+// conf.d/default.conf, whose own `listen 8080` is every interface), so an nginx app container
+// must run nginx itself (command, not the entrypoint) on a config of the manifests that includes
+// no other file and listens on loopback only, on the ports its sidecar forwards to.
+function checkNginxListensOnLoopback(where, objects, namespace, pod, c, forwardPorts) {
+  const w = `${where} container ${c.name}`;
+  const argv = [...(c.command || []), ...(c.args || [])];
+  if (!check(argv[0] === "nginx" && argv.includes("-c"), w,
+    "runs nginx through the image's entrypoint or on the image's config, whose listen lines reach every interface: " +
+    "set command to [nginx, -c, <a file of a mounted ConfigMap>]")) return;
+  const configFile = argv[argv.indexOf("-c") + 1];
+  const mount = (c.volumeMounts || []).find((m) => m.mountPath === configFile || m.mountPath === path.dirname(configFile));
+  const volume = mount && (pod.volumes || []).find((v) => v.name === mount.name);
+  const cm = volume?.configMap && find(objects, "ConfigMap", volume.configMap.name, namespace);
+  const text = cm?.data?.[mount.mountPath === configFile ? mount.subPath || path.basename(configFile) : path.basename(configFile)];
+  if (!check(typeof text === "string", w, `nginx -c ${configFile} is not a file of a mounted ConfigMap of the manifests`)) return;
+  const directives = text.replace(/#.*$/gm, "");
+  check(!/(^|[\s;{}])include\s/.test(directives), w, `${configFile} includes other files, whose listen lines this check cannot see`);
+  const listens = [...directives.matchAll(/(?:^|[\s;{}])listen\s+([^\s;]+)/g)].map((m) => m[1]);
+  check(listens.length > 0, w, `${configFile} has no listen directive (nginx then listens on every interface)`);
+  for (const address of listens) {
+    check(isLoopback(address) || address.startsWith("unix:"), w,
+      `${configFile}: listen ${address} is not loopback (other pods reach it in plain text, around the sidecar)`);
+  }
+  for (const port of forwardPorts) {
+    check(listens.some((a) => listenPort(a) === port), w, `${configFile} does not listen on the sidecar's forward port ${port}`);
+  }
+}
+
+// checkExposure: a workload's Services and the NetworkPolicies that select its pods open only
+// the sidecar's ports, never the app's; its inbound ports are open to the peers that need them
+// and the sidecar's admin port to Prometheus (the namespace's default-deny would refuse them).
+function checkExposure(where, objects, workload, sidecar, appPorts, config) {
+  const namespace = workload.metadata.namespace;
+  const labels = workload.spec.template.metadata.labels || {};
+  const pod = workload.spec.template.spec;
+  const allContainers = [...(pod.initContainers || []), ...pod.containers];
+  // resolve: a Service targetPort or NetworkPolicy port (number or container port name) of this pod.
+  const resolve = (port) =>
+    typeof port === "number" ? port
+    : allContainers.flatMap((c) => c.ports || []).find((p) => p.name === port)?.containerPort;
+  const sidecarPort = (n) => (sidecar.ports || []).some((p) => p.containerPort === n);
+  for (const svc of objects.filter((x) => x.kind === "Service" && x.metadata.namespace === namespace &&
+    x.spec.selector && selects({ matchLabels: x.spec.selector }, labels))) {
+    for (const p of svc.spec.ports || []) {
+      const target = resolve(p.targetPort ?? p.port);
+      check(sidecarPort(target) && !appPorts.has(target), `${where} (${describe(svc)})`,
+        `Service port ${p.name || p.port} targets ${p.targetPort ?? p.port}, not a port of the sidecar`);
+    }
+  }
+  const opened = [];  // {port, from} of every ingress rule that selects this pod
+  for (const np of objects.filter((x) => x.kind === "NetworkPolicy" && x.metadata.namespace === namespace &&
+    (x.spec.policyTypes || ["Ingress"]).includes("Ingress") && selects(x.spec.podSelector, labels))) {
+    const w = `${where} (${describe(np)})`;
+    for (const rule of np.spec.ingress || []) {
+      check(rule.from?.length > 0, w, "an ingress rule admits every peer");
+      if (!check(rule.ports?.length > 0 && rule.ports.every((p) => p.port !== undefined), w,
+        "an ingress rule opens every port of the pod, the app's included")) continue;
+      for (const p of rule.ports) {
+        const first = resolve(p.port);
+        const last = p.endPort ?? first;
+        const inRange = (n) => first !== undefined && n >= first && n <= last;
+        if (!check(![...appPorts].some(inRange), w, `opens the app's port (${p.port}${p.endPort ? `-${p.endPort}` : ""}): ` +
+          "other pods would reach the app in plain text, around the sidecar")) continue;
+        check(first !== undefined && first === last && sidecarPort(first), w,
+          `opens port ${p.port}${p.endPort ? `-${p.endPort}` : ""}, which is not a port of the sidecar`);
+        opened.push({ port: first, from: rule.from || [] });
+      }
+    }
+  }
+  for (const l of config.inbound || []) {
+    check(opened.some((r) => r.port === listenPort(l.listen) && r.from.length > 0), where,
+      `no NetworkPolicy opens inbound ${l.name}'s port ${listenPort(l.listen)} to its callers`);
+  }
+  check(opened.some((r) => r.port === portOf(sidecar, "meshtls-admin") &&
+    r.from.some((f) => f.podSelector?.matchLabels?.["app.kubernetes.io/name"] === "prometheus")), where,
+  "no NetworkPolicy opens the sidecar's meshtls-admin port to Prometheus (app.kubernetes.io/name: prometheus)");
+}
+
+// Every namespace with workloads has a default-deny ingress NetworkPolicy: the second wall, so
+// that a port an app opens by mistake is still closed to other pods.
+for (const [k, objects] of Object.entries(rendered)) {
+  for (const namespace of new Set(podTemplates(objects).map((o) => o.metadata.namespace))) {
+    check(objects.some((o) => o.kind === "NetworkPolicy" && o.metadata.namespace === namespace && isDefaultDenyIngress(o)),
+      `${k}: namespace ${namespace}`,
+      "has workloads but no default-deny ingress NetworkPolicy (podSelector {}, policyTypes [Ingress], no ingress rules)");
   }
 }
 
