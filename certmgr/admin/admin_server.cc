@@ -1,7 +1,9 @@
 #include "certmgr/admin/admin_server.h"
 
 #include <arpa/inet.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -9,6 +11,7 @@
 #include <prometheus/text_serializer.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -132,6 +135,31 @@ ParsedRequest ParseRequestHead(absl::string_view head) {
   return r;
 }
 
+// kListenBacklog is the kernel's queue of connections not yet accepted. When it is full the
+// kernel drops new SYNs and the client retries a second later, past a kubelet probe's 1 s
+// timeout: under a flood of reconnecting clients (hundreds at once, each evicted and back at
+// once), a probe must find room in the queue and wait its turn instead. The kernel caps it at
+// net.core.somaxconn (4096 by default since Linux 5.4).
+constexpr int kListenBacklog = 1024;
+
+// SourceKey is the peer's IP address as bytes: the unit of the per-address share. An
+// IPv4-mapped IPv6 address counts as the IPv4 address it maps.
+std::string SourceKey(const sockaddr_storage& peer) {
+  if (peer.ss_family == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(peer);
+    return std::string(reinterpret_cast<const char*>(&a.sin_addr), sizeof(a.sin_addr));
+  }
+  if (peer.ss_family == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6&>(peer);
+    const char* bytes = reinterpret_cast<const char*>(&a.sin6_addr);
+    if (IN6_IS_ADDR_V4MAPPED(&a.sin6_addr)) {
+      return std::string(bytes + 12, 4);
+    }
+    return std::string(bytes, sizeof(a.sin6_addr));
+  }
+  return std::string();
+}
+
 }  // namespace
 
 // Impl is the server: one thread running an epoll loop over the listening socket, an eventfd
@@ -142,13 +170,25 @@ ParsedRequest ParseRequestHead(absl::string_view head) {
 //   - a request head must arrive whole within request_timeout of its first byte (or of the
 //     accept), and be at most max_request_head bytes: trickling bytes does not extend it;
 //   - a keep-alive connection waiting for its next request is closed after idle_timeout;
-//   - a response must be taken by the client within write_timeout;
-//   - at max_connections, a new connection evicts the one that has waited longest for a
-//     request (a scraper's request arrives in one segment and is answered at once, so it is
-//     never the one waiting); if every connection is mid-response, the new one is closed.
+//   - a response must be taken by the client within write_timeout, and it counts as taken
+//     only once the kernel has sent all of it (TCP_NOTSENT_LOWAT and SIOCOUTQNSD), not when
+//     send() accepted it: a client that does not read keeps its response unsent;
+//   - no pipelined request is read or parsed while a response is untaken, so a connection
+//     holds one response (in memory and in the kernel's send queue) and a bounded input
+//     buffer; further requests wait in the kernel's receive buffer, and TCP flow control
+//     stops the client;
+//   - a new connection always gets a slot. When its address already holds
+//     max_connections_per_address connections, its own address's longest-waiting one is
+//     evicted; otherwise, at max_connections, the longest-waiting connection of all is. A
+//     connection waits for a request (since the accept or its previous response) or for its
+//     peer to take a response (since the response began). Probes and scrapes ask at once and
+//     take their answers at once, so they never wait longest; a client holding a slot by not
+//     asking or not reading does.
 struct AdminServer::Impl {
   explicit Impl(const AdminLimits& limits)
       : max_connections(std::max<size_t>(limits.max_connections, 1)),
+        max_connections_per_address(
+            std::clamp<size_t>(limits.max_connections_per_address, 1, max_connections)),
         max_request_head(limits.max_request_head),
         request_timeout(absl::ToChronoNanoseconds(limits.request_timeout)),
         idle_timeout(absl::ToChronoNanoseconds(limits.idle_timeout)),
@@ -157,6 +197,7 @@ struct AdminServer::Impl {
   }
 
   const size_t max_connections;
+  const size_t max_connections_per_address;
   const size_t max_request_head;
   const Clock::duration request_timeout;
   const Clock::duration idle_timeout;
@@ -164,13 +205,19 @@ struct AdminServer::Impl {
 
   struct Connection {
     base::UniqueFd fd;
-    std::string in;   // bytes of the request head(s) received so far
-    std::string out;  // the response being written
+    std::string source;  // the peer's address (SourceKey)
+    std::string in;      // bytes of the request head(s) received so far
+    std::string out;     // the part of the response not yet handed to the kernel
     size_t out_sent = 0;
     bool close_after_write = false;
-    bool writing = false;
-    bool answered = false;            // at least one response was written
-    Clock::time_point waiting_since;  // reading: since the previous response (or accept)
+    bool writing = false;   // a response is untaken: being written or not yet sent by the kernel
+    bool answered = false;  // at least one response was taken
+    // unsent_observable: TCP_NOTSENT_LOWAT is set, so EPOLLOUT means "all sent" and the
+    // kernel's unsent bytes can be waited for without spinning.
+    bool unsent_observable = false;
+    // waiting_since: when the current wait began; reading: since the previous response was
+    // taken (or the accept); writing: since the response began. Eviction takes the oldest.
+    Clock::time_point waiting_since;
     Clock::time_point deadline;
     uint32_t events = 0;  // the epoll interest
   };
@@ -283,16 +330,22 @@ struct AdminServer::Impl {
 
   void Accept() {
     for (int i = 0; i < 16; ++i) {
-      base::UniqueFd fd(::accept4(listen_fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+      sockaddr_storage peer{};
+      socklen_t peer_length = sizeof(peer);
+      base::UniqueFd fd(::accept4(listen_fd.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length,
+                                  SOCK_NONBLOCK | SOCK_CLOEXEC));
       if (!fd.valid()) {
         return;  // EAGAIN, or out of descriptors: the backlog waits for the next wake-up
       }
-      if (connections.size() >= max_connections && !EvictOneWaiting()) {
-        Count(Rejection::kEvicted);
-        continue;  // every connection is mid-response: this one is closed
-      }
-      const Clock::time_point now = Clock::now();
       Connection c;
+      c.source = SourceKey(peer);
+      MakeRoomFor(c.source);
+      // With a low-water mark of one byte, send() stops and EPOLLOUT stays off while anything
+      // is unsent: Write() can wait for a response to be sent whole without spinning.
+      const int one = 1;
+      c.unsent_observable =
+          ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NOTSENT_LOWAT, &one, sizeof(one)) == 0;
+      const Clock::time_point now = Clock::now();
       c.waiting_since = now;
       c.deadline = now + request_timeout;  // a new connection is expected to ask at once
       c.fd = std::move(fd);
@@ -302,20 +355,37 @@ struct AdminServer::Impl {
     }
   }
 
-  bool EvictOneWaiting() {
+  // MakeRoomFor evicts a connection if one more from `source` would exceed that address's
+  // share or the cap (see the class comment). The share keeps one client address (an
+  // attacker's pod) from pushing out the others (the kubelet's node address, Prometheus).
+  void MakeRoomFor(const std::string& source) {
+    size_t from_source = 0;
+    for (const auto& [fd, c] : connections) {
+      from_source += c.source == source ? 1 : 0;
+    }
+    if (from_source >= max_connections_per_address) {
+      EvictLongestWaiting(&source);
+    } else if (connections.size() >= max_connections) {
+      EvictLongestWaiting(nullptr);
+    }
+  }
+
+  // EvictLongestWaiting closes the connection (of `only_source`, if given) whose current
+  // wait began first, whether it waits for a request or for its peer to take a response.
+  void EvictLongestWaiting(const std::string* only_source) {
     auto oldest = connections.end();
     for (auto it = connections.begin(); it != connections.end(); ++it) {
-      if (!it->second.writing && (oldest == connections.end() ||
-                                  it->second.waiting_since < oldest->second.waiting_since)) {
+      if (only_source != nullptr && it->second.source != *only_source) {
+        continue;
+      }
+      if (oldest == connections.end() || it->second.waiting_since < oldest->second.waiting_since) {
         oldest = it;
       }
     }
-    if (oldest == connections.end()) {
-      return false;
+    if (oldest != connections.end()) {
+      Count(Rejection::kEvicted);
+      Close(oldest->first);
     }
-    Count(Rejection::kEvicted);
-    Close(oldest->first);
-    return true;
   }
 
   void SetInterest(Connection& c, uint32_t events) {
@@ -337,10 +407,12 @@ struct AdminServer::Impl {
   void OnEvents(Connection& c, uint32_t events) {
     const int fd = c.fd.get();
     if (c.writing) {
-      if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) != 0) {
+      if ((events & (EPOLLERR | EPOLLHUP)) != 0) {
+        Close(fd);  // reset, or closed both ways: nobody will take the rest of the response
+      } else if ((events & EPOLLOUT) != 0) {
         Write(c);
       }
-      return;
+      return;  // no request is read while a response is untaken
     }
     char buffer[4096];
     const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
@@ -402,8 +474,19 @@ struct AdminServer::Impl {
     c.out_sent = 0;
     c.close_after_write = close;
     c.writing = true;
-    c.deadline = Clock::now() + write_timeout;
+    c.waiting_since = Clock::now();
+    c.deadline = c.waiting_since + write_timeout;
     Write(c);
+  }
+
+  // UnsentBytes is how much of what was handed to the kernel it has not sent yet: more than
+  // zero while the peer's receive window is closed, that is while the peer does not read.
+  static int UnsentBytes(const Connection& c) {
+    int unsent = 0;
+    if (!c.unsent_observable || ::ioctl(c.fd.get(), SIOCOUTQNSD, &unsent) != 0) {
+      return 0;
+    }
+    return unsent;
   }
 
   void Write(Connection& c) {
@@ -422,6 +505,10 @@ struct AdminServer::Impl {
       Close(fd);
       return;
     }
+    if (!c.out.empty()) {
+      c.out.clear();  // all handed to the kernel: the memory goes back at once
+      c.out.shrink_to_fit();
+    }
     if (c.close_after_write) {
       // Let the client read the answer before the close: a close with unread request bytes
       // would send a reset that can destroy the response in flight.
@@ -429,8 +516,10 @@ struct AdminServer::Impl {
       Close(fd);
       return;
     }
-    c.out.clear();
-    c.out.shrink_to_fit();
+    if (UnsentBytes(c) > 0) {
+      SetInterest(c, EPOLLOUT);  // taken when the kernel has sent it all (see Accept)
+      return;
+    }
     c.writing = false;
     c.answered = true;
     c.waiting_since = Clock::now();
@@ -484,7 +573,7 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(
   if (!impl->listen_fd.valid() ||
       ::setsockopt(impl->listen_fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
       ::bind(impl->listen_fd.get(), reinterpret_cast<sockaddr*>(&address), address_length) != 0 ||
-      ::listen(impl->listen_fd.get(), 128) != 0) {
+      ::listen(impl->listen_fd.get(), kListenBacklog) != 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", hp->ToString(),
                                                " for the admin endpoint: ", std::strerror(errno)));
   }

@@ -30,6 +30,9 @@ struct AdminRoute {
 // binaries use; tests shorten the timeouts.
 struct AdminLimits {
   size_t max_connections = 64;
+  // One client address's share of max_connections: past it, that address's own oldest
+  // connection is evicted, never another client's.
+  size_t max_connections_per_address = 32;
   size_t max_request_head = 8 * 1024;                 // request line and headers
   absl::Duration request_timeout = absl::Seconds(5);  // a whole head, from its first byte
   absl::Duration idle_timeout = absl::Seconds(30);    // keep-alive, between requests

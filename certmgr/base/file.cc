@@ -1,12 +1,14 @@
 #include "certmgr/base/file.h"
 
 #include <fcntl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "certmgr/base/fd.h"
 
@@ -64,16 +66,27 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max
 
 absl::Status WriteFileAtomically(const std::string& path, const std::string& contents,
                                  unsigned mode) {
-  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
+  // A name nobody can guess (64 random bits), created here and now (O_EXCL) and never through
+  // a symlink (O_NOFOLLOW): whoever else may write the directory cannot plant a file or a link
+  // at it and have us write, chmod or rename something of theirs.
+  unsigned char random[8];
+  if (::getrandom(random, sizeof(random), 0) != static_cast<ssize_t>(sizeof(random))) {
+    return ErrnoError(errno, absl::StrCat("cannot name a temporary file for ", path));
+  }
+  const std::string tmp = absl::StrCat(path, ".tmp.",
+                                       absl::BytesToHexString(absl::string_view(
+                                           reinterpret_cast<const char*>(random), sizeof(random))));
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
   if (!fd.valid()) {
     return ErrnoError(errno, absl::StrCat("cannot create ", tmp));
   }
+  auto fail = [&tmp](int err, const std::string& what) {
+    ::unlink(tmp.c_str());
+    return ErrnoError(err, what);
+  };
   // The umask may have narrowed `mode`; never widened, but set it exactly.
   if (::fchmod(fd.get(), mode) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    return ErrnoError(err, absl::StrCat("cannot chmod ", tmp));
+    return fail(errno, absl::StrCat("cannot chmod ", tmp));
   }
   size_t written = 0;
   while (written < contents.size()) {
@@ -82,22 +95,30 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
       if (errno == EINTR) {
         continue;
       }
-      int err = errno;
-      ::unlink(tmp.c_str());
-      return ErrnoError(err, absl::StrCat("cannot write ", tmp));
+      return fail(errno, absl::StrCat("cannot write ", tmp));
     }
     written += static_cast<size_t>(n);
   }
   if (::fsync(fd.get()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    return ErrnoError(err, absl::StrCat("cannot fsync ", tmp));
+    return fail(errno, absl::StrCat("cannot fsync ", tmp));
   }
   fd.reset();
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    return ErrnoError(err, absl::StrCat("cannot rename ", tmp, " to ", path));
+    return fail(errno, absl::StrCat("cannot rename ", tmp, " to ", path));
+  }
+  // The rename is durable only once the directory is: without this, a crash can bring back
+  // the old file (or none) after callers were told the new one was written.
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir_fd.valid()) {
+    return ErrnoError(errno, absl::StrCat("cannot open ", dir, " to fsync it"));
+  }
+  // EINVAL: a file system that cannot sync directories (it has nothing more to make durable).
+  if (::fsync(dir_fd.get()) != 0 && errno != EINVAL) {
+    return ErrnoError(errno, absl::StrCat("cannot fsync ", dir));
   }
   return absl::OkStatus();
 }

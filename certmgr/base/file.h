@@ -13,8 +13,10 @@ namespace meshtls::base {
 // NotFound, PermissionDenied, InvalidArgument (too large), Internal.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max_bytes = 1 << 20);
 
-// WriteFileAtomically writes `contents` to a temporary file beside `path` with `mode`, fsyncs
-// it and renames it over `path`, so readers see the old or the new file, never half of one.
+// WriteFileAtomically writes `contents` to a new temporary file beside `path` with `mode` (a
+// random name, created exclusively, never through a symlink), fsyncs it, renames it over `path`
+// and fsyncs the directory, so readers see the old or the new file, never half of one, and the
+// new one survives a crash once this returns. On error the temporary file is removed.
 absl::Status WriteFileAtomically(const std::string& path, const std::string& contents,
                                  unsigned mode);
 

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "certmgr/base/fd.h"
 #include "certmgr/base/file.h"
@@ -83,6 +85,32 @@ absl::Status CheckCaMaterial(const CaMaterial& ca, absl::string_view trust_domai
 
 namespace {
 
+// CheckCaDirNotWritableByOthers refuses a CA directory that its group or other users may
+// write: they could replace ca.pem and ca.key, or plant files the CA then reads. Only write
+// access that exists counts, so a directory on a read-only mount passes whatever its mode says:
+// kubelet mounts a Secret volume read-only into the container, with a directory mode (often
+// 1777 on its tmpfs) that grants nothing there, and the files' 0440 for the pod's fsGroup is
+// about reading. Sticky (1777) does not help on a writable mount: it stops others deleting
+// our files, not adding theirs (a ca.key where none is yet).
+absl::Status CheckCaDirNotWritableByOthers(const std::string& dir) {
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot stat CA directory ", dir, ": ", std::strerror(errno)));
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) == 0) {
+    return absl::OkStatus();
+  }
+  struct statvfs fs;
+  if (::statvfs(dir.c_str(), &fs) == 0 && (fs.f_flag & ST_RDONLY) != 0) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "CA directory %s has mode %04o: group or others can write it and replace the CA's files; "
+      "run chmod go-w %s",
+      dir, st.st_mode & 07777, dir));
+}
+
 // LockCaDir creates the directory if needed and takes its exclusive flock (held while the
 // returned fd lives), so processes sharing the directory see each change whole.
 absl::StatusOr<base::UniqueFd> LockCaDir(const std::string& dir) {
@@ -90,6 +118,7 @@ absl::StatusOr<base::UniqueFd> LockCaDir(const std::string& dir) {
     return absl::InternalError(
         absl::StrCat("cannot create CA directory ", dir, ": ", std::strerror(errno)));
   }
+  MESHTLS_RETURN_IF_ERROR(CheckCaDirNotWritableByOthers(dir));
   if (!CaDirIsWritable(dir)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "CA directory ", dir,
@@ -151,6 +180,7 @@ absl::Status WriteKeyPair(const std::string& dir, absl::string_view name, const 
 absl::StatusOr<CaMaterial> LoadCaDirLocked(const std::string& real_dir,
                                            absl::string_view trust_domain,
                                            const base::Clock& clock) {
+  MESHTLS_RETURN_IF_ERROR(CheckCaDirNotWritableByOthers(real_dir));
   const std::string dir = ReadView(real_dir);
   const std::string key_path = InDir(dir, "ca.key");
   struct stat st;

@@ -19,7 +19,8 @@ struct VerifiedCsr {
 };
 
 // ParseAndVerifyCsr parses a DER CSR (at most 16 KiB, no trailing bytes), verifies its
-// self-signature, refuses MD5/SHA-1 signatures, and accepts only ECDSA P-256 or RSA >= 2048 keys.
+// self-signature, refuses MD5/SHA-1 signatures, and accepts only ECDSA P-256 keys (named curve;
+// explicit curve parameters are refused) or RSA >= 2048 keys.
 // Errors are InvalidArgument and name what was wrong.
 absl::StatusOr<VerifiedCsr> ParseAndVerifyCsr(absl::string_view der);
 

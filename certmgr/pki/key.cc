@@ -2,6 +2,7 @@
 
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 
@@ -48,6 +49,18 @@ absl::StatusOr<std::string> PrivateKey::ToPem() const {
 absl::Status CheckKeyAcceptable(EVP_PKEY* key) {
   switch (EVP_PKEY_get_base_id(key)) {
     case EVP_PKEY_EC: {
+      // Named curves only (RFC 5480 section 2.1.1 forbids the others in PKIX): OpenSSL maps
+      // explicit parameters equal to P-256 to its name, so the group name alone would accept
+      // them, and explicit parameters have been the way to attacks on curve validation.
+      char encoding[32] = {0};
+      size_t encoding_len = 0;
+      if (EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_EC_ENCODING, encoding,
+                                         sizeof(encoding), &encoding_len) != 1 ||
+          absl::string_view(encoding, encoding_len) != OSSL_PKEY_EC_ENCODING_GROUP) {
+        ERR_clear_error();
+        return absl::InvalidArgumentError(
+            "EC key with explicit curve parameters; want the named curve P-256");
+      }
       char group[64] = {0};
       size_t len = 0;
       if (EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group),

@@ -34,8 +34,9 @@ class PrivateKey {
   EvpPkeyPtr key_;
 };
 
-// CheckKeyAcceptable accepts ECDSA P-256 and RSA of 2048 bits or more: the keys the mesh allows
-// in certificates. The error names what is wrong with the key.
+// CheckKeyAcceptable accepts ECDSA P-256 (as a named curve, never explicit parameters) and RSA
+// of 2048 to 8192 bits: the keys the mesh allows in certificates. The error names what is wrong
+// with the key.
 absl::Status CheckKeyAcceptable(EVP_PKEY* key);
 
 }  // namespace meshtls::pki

@@ -177,8 +177,11 @@ TEST_F(HaTest, OneReplicaKilledTheOtherKeepsRenewingAndTrafficNeverFails) {
 // symlink per key through `..data`. Update() swaps in a new version with one rename.
 class KubeletSecretVolume {
  public:
+  // The volume's directory is world-writable and sticky, as kubelet's tmpfs for a Secret is;
+  // the container sees it read-only, and certmgr must accept that mode there.
   explicit KubeletSecretVolume(std::string path) : path_(std::move(path)) {
-    ::mkdir(path_.c_str(), 0755);
+    ::mkdir(path_.c_str(), 0700);
+    ::chmod(path_.c_str(), 01777);
   }
   const std::string& path() const { return path_; }
 

@@ -200,7 +200,24 @@ uint16_t PickFreePort() {
 }
 
 absl::StatusOr<base::UniqueFd> TcpConnect(uint16_t port, absl::Duration timeout) {
+  return TcpConnectFrom("127.0.0.1", port, timeout);
+}
+
+absl::StatusOr<base::UniqueFd> TcpConnectFrom(const std::string& source_ip, uint16_t port,
+                                              absl::Duration timeout) {
   base::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  sockaddr_in source = Loopback(0);
+  if (::inet_pton(AF_INET, source_ip.c_str(), &source.sin_addr) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("not an IPv4 address: ", source_ip));
+  }
+  // The port is left to connect(), which needs only the 4-tuple to be unique (a plain bind
+  // would take an ephemeral port for this address alone, and run out sooner).
+  const int one = 1;
+  if (source.sin_addr.s_addr != htonl(INADDR_LOOPBACK) &&
+      (::setsockopt(fd.get(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)) != 0 ||
+       ::bind(fd.get(), reinterpret_cast<sockaddr*>(&source), sizeof(source)) != 0)) {
+    return absl::UnavailableError(absl::StrCat("bind ", source_ip, ": ", std::strerror(errno)));
+  }
   sockaddr_in a = Loopback(port);
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 &&
       errno != EINPROGRESS) {
@@ -217,7 +234,6 @@ absl::StatusOr<base::UniqueFd> TcpConnect(uint16_t port, absl::Duration timeout)
   }
   int flags = ::fcntl(fd.get(), F_GETFL);
   ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK);
-  int one = 1;
   ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   return fd;
 }

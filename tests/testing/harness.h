@@ -86,6 +86,10 @@ double ScrapeMetric(uint16_t admin_port, absl::string_view series);
 
 // Blocking loopback TCP with timeouts.
 absl::StatusOr<base::UniqueFd> TcpConnect(uint16_t port, absl::Duration timeout = absl::Seconds(5));
+// TcpConnectFrom connects from `source_ip` (any of 127.0.0.0/8, so that a test can play many
+// clients with addresses of their own) to 127.0.0.1:`port`.
+absl::StatusOr<base::UniqueFd> TcpConnectFrom(const std::string& source_ip, uint16_t port,
+                                              absl::Duration timeout = absl::Seconds(5));
 absl::Status SendAll(int fd, absl::string_view data);
 // RecvExactly reads n bytes; RecvUntilEof reads until EOF (at most `max` bytes).
 absl::StatusOr<std::string> RecvExactly(int fd, size_t n, absl::Duration timeout);

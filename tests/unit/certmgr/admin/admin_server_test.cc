@@ -6,11 +6,13 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <prometheus/counter.h>
 #include <prometheus/registry.h>
 #include <sys/socket.h>
 
 #include <atomic>
+#include <cerrno>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,9 +41,14 @@ class AdminServerTest : public ::testing::Test {
         .Add({});
     std::vector<AdminRoute> routes = {
         {"/readyz", [] { return HttpResponse{.status = 200, .body = "ready\n"}; }},
-        {"/slow", [this] {
+        {"/slow",
+         [this] {
            calls_.fetch_add(1);
            return HttpResponse{.status = 200, .body = std::string(8 << 20, 'x')};
+         }},
+        {"/large", [this] {
+           large_calls_.fetch_add(1);
+           return HttpResponse{.status = 200, .body = std::string(1 << 20, 'l')};
          }}};
     auto server = AdminServer::Start("127.0.0.1:0", std::move(routes), {registry}, limits);
     ASSERT_THAT(server, IsOk());
@@ -64,6 +71,7 @@ class AdminServerTest : public ::testing::Test {
   }
 
   std::atomic<int> calls_{0};
+  std::atomic<int> large_calls_{0};
   std::unique_ptr<AdminServer> server_;
 };
 
@@ -181,6 +189,115 @@ TEST_F(AdminServerTest, AClientThatNeverReadsIsCutOffAtTheWriteDeadline) {
   EXPECT_TRUE(testing::WaitFor([&] { return Rejected("timeout") >= 1; }, absl::Seconds(5)));
   EXPECT_EQ(calls_.load(), 1);
   EXPECT_EQ(testing::HttpGet(server_->port(), "/readyz")->status, 200);
+}
+
+// PeerClosed reads and discards what `fd` receives until the peer closes it (FIN or reset):
+// true, or the connection is still open after `timeout`: false.
+bool PeerClosed(int fd, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  char buffer[65536];
+  while (absl::Now() < deadline) {
+    pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
+    const int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now())) + 1;
+    if (::poll(&p, 1, ms) <= 0) {
+      continue;
+    }
+    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// A client stuck with an unread response waits too: at the cap, the connection whose wait
+// (for a request, or for its peer to read) began first is the one evicted, whatever it waits
+// for. Each client has an address of its own, so no per-address share comes into play.
+TEST_F(AdminServerTest, AtTheCapTheOldestWaitIsEvictedEvenMidResponse) {
+  Start({.max_connections = 4});
+  absl::StatusOr<base::UniqueFd> stuck = testing::TcpConnectFrom("127.0.0.2", server_->port());
+  ASSERT_THAT(stuck, IsOk());
+  const int small = 4096;
+  ::setsockopt(stuck->get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  ASSERT_THAT(testing::SendAll(stuck->get(), "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"), IsOk());
+  ASSERT_TRUE(testing::WaitFor([&] { return calls_.load() == 1; }, absl::Seconds(5)));
+  // Three connections that have not asked yet: each began waiting after `stuck` did.
+  std::vector<base::UniqueFd> idle;
+  for (const char* source : {"127.0.0.3", "127.0.0.4", "127.0.0.5"}) {
+    absl::StatusOr<base::UniqueFd> fd = testing::TcpConnectFrom(source, server_->port());
+    ASSERT_THAT(fd, IsOk());
+    idle.push_back(*std::move(fd));
+  }
+  // The fifth connection (a probe) is answered, and `stuck` makes room for it.
+  absl::StatusOr<testing::HttpResult> probe = testing::HttpGet(server_->port(), "/readyz");
+  ASSERT_THAT(probe, IsOk());
+  EXPECT_EQ(probe->status, 200);
+  EXPECT_TRUE(PeerClosed(stuck->get(), absl::Seconds(5))) << "the writer was not evicted";
+  EXPECT_FALSE(PeerClosed(idle[0].get(), absl::Milliseconds(300)))
+      << "a younger waiting connection was evicted instead of the writer";
+  EXPECT_EQ(Rejected("evicted"), 1);
+}
+
+// One address past its share evicts its own connections, never another address's, even
+// when that other connection has waited longer.
+TEST_F(AdminServerTest, OneAddressPastItsShareEvictsOnlyItsOwnConnections) {
+  Start({.max_connections = 8, .max_connections_per_address = 4});
+  absl::StatusOr<base::UniqueFd> other = testing::TcpConnectFrom("127.0.0.3", server_->port());
+  ASSERT_THAT(other, IsOk());
+  std::vector<base::UniqueFd> flood;
+  for (int i = 0; i < 10; ++i) {
+    absl::StatusOr<base::UniqueFd> fd = testing::TcpConnectFrom("127.0.0.2", server_->port());
+    ASSERT_THAT(fd, IsOk());
+    flood.push_back(*std::move(fd));
+  }
+  // The server has taken every connection once the evictions are counted.
+  ASSERT_TRUE(testing::WaitFor([&] { return Rejected("evicted") >= 6; }, absl::Seconds(5)));
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_TRUE(PeerClosed(flood[i].get(), absl::Seconds(5))) << "flood connection " << i;
+  }
+  for (int i = 6; i < 10; ++i) {
+    EXPECT_FALSE(PeerClosed(flood[i].get(), absl::Milliseconds(100))) << "flood connection " << i;
+  }
+  EXPECT_FALSE(PeerClosed(other->get(), absl::Milliseconds(100)))
+      << "another address's connection was evicted";
+  EXPECT_EQ(Rejected("evicted"), 6);
+  // And that other client is served on the connection it kept.
+  ASSERT_THAT(testing::SendAll(other->get(), "GET /readyz HTTP/1.0\r\n\r\n"), IsOk());
+  absl::StatusOr<std::string> answer = testing::RecvUntilEof(other->get(), absl::Seconds(5));
+  ASSERT_THAT(answer, IsOk());
+  EXPECT_THAT(*answer, StartsWith("HTTP/1.1 200"));
+}
+
+// A client that pipelines requests and never reads gets one response at a time: the next
+// request is parsed only once the kernel has sent all of the previous response, so the
+// requests wait in the socket's receive buffer and the server holds one response per
+// connection, in memory and in the kernel's send queue.
+TEST_F(AdminServerTest, PipelinedRequestsWaitUntilTheResponseBeforeIsSent) {
+  Start();
+  absl::StatusOr<base::UniqueFd> fd = testing::TcpConnect(server_->port());
+  ASSERT_THAT(fd, IsOk());
+  constexpr int kRequests = 20;
+  std::string requests;
+  for (int i = 0; i < kRequests - 1; ++i) {
+    requests += "GET /large HTTP/1.1\r\nHost: x\r\n\r\n";
+  }
+  requests += "GET /large HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  ASSERT_THAT(testing::SendAll(fd->get(), requests), IsOk());
+  ASSERT_TRUE(testing::WaitFor([&] { return large_calls_.load() >= 1; }, absl::Seconds(5)));
+  // 1 MiB does not fit the receive window of a client that has not read (about 128 KiB), while
+  // the server's send buffer takes several: the second request must not be parsed.
+  EXPECT_FALSE(testing::WaitFor([&] { return large_calls_.load() >= 2; }, absl::Seconds(1)))
+      << large_calls_.load() << " responses made for a client that read none";
+  // Reading lets every request through, in order.
+  absl::StatusOr<std::string> answers = testing::RecvUntilEof(fd->get(), absl::Seconds(10));
+  ASSERT_THAT(answers, IsOk());
+  size_t count = 0;
+  for (size_t at = answers->find("HTTP/1.1 200"); at != std::string::npos;
+       at = answers->find("HTTP/1.1 200", at + 1)) {
+    ++count;
+  }
+  EXPECT_EQ(count, static_cast<size_t>(kRequests));
+  EXPECT_EQ(large_calls_.load(), kRequests);
 }
 
 TEST_F(AdminServerTest, RefusesANameAsListenAddress) {

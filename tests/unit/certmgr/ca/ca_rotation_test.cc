@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 
+#include "certmgr/base/file.h"
 #include "certmgr/ca/ca_material.h"
 #include "certmgr/ca/signer.h"
 #include "tests/testing/fake_clock.h"
@@ -105,6 +107,43 @@ TEST_F(CaRotationTest, AutomaticScheduleFollowsTheRootsLifetime) {
   EXPECT_EQ(DueRotationStep(ca, clock_.Now() + kLeafLife / 2, 0.6, 0.8), std::nullopt);
   EXPECT_EQ(DueRotationStep(ca, clock_.Now() + kLeafLife + absl::Seconds(2), 0.6, 0.8),
             CaRotationStep::kRetire);
+}
+
+// A CA directory that group or others may write lets them swap ca.pem/ca.key or plant files
+// the CA then reads: certmgr refuses it, at creation, load and rotation, and says how to fix it.
+TEST_F(CaRotationTest, RefusesACaDirWritableByGroupOrOthers) {
+  const std::string ca_dir = dir_.path() + "/ca";
+  ASSERT_THAT(LoadOrCreateCaInDir(ca_dir, "mesh.test", kCaTtl, clock_), IsOk());
+  const struct {
+    mode_t mode;
+    const char* octal;
+  } loose_modes[] = {{0770, "0770"}, {0702, "0702"}, {01777, "1777"}};
+  for (const auto& [mode, octal] : loose_modes) {
+    ASSERT_EQ(::chmod(ca_dir.c_str(), mode), 0);
+    for (const absl::Status& s :
+         {LoadOrCreateCaInDir(ca_dir, "mesh.test", kCaTtl, clock_).status(),
+          LoadCaDir(ca_dir, "mesh.test", clock_).status(), Step(CaRotationStep::kPrepare)}) {
+      EXPECT_THAT(s, StatusIs(absl::StatusCode::kFailedPrecondition, ca_dir)) << octal;
+      EXPECT_THAT(s, StatusIs(absl::StatusCode::kFailedPrecondition, octal));
+      EXPECT_THAT(s, StatusIs(absl::StatusCode::kFailedPrecondition, "chmod go-w"));
+    }
+  }
+  // A fresh directory made by someone else with a loose mode is refused before anything is
+  // written into it.
+  const std::string loose = dir_.path() + "/loose";
+  ASSERT_EQ(::mkdir(loose.c_str(), 0700), 0);
+  ASSERT_EQ(::chmod(loose.c_str(), 0777), 0);
+  EXPECT_THAT(LoadOrCreateCaInDir(loose, "mesh.test", kCaTtl, clock_),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "chmod go-w"));
+  EXPECT_FALSE(base::FileExists(loose + "/ca.key"));
+  // Group- and world-readable is not writable: accepted, as is 0700.
+  for (const mode_t mode : {0755, 0700}) {
+    ASSERT_EQ(::chmod(ca_dir.c_str(), mode), 0);
+    EXPECT_THAT(LoadCaDir(ca_dir, "mesh.test", clock_), IsOk());
+    EXPECT_THAT(Step(CaRotationStep::kPrepare), IsOk());
+    ASSERT_THAT(Step(CaRotationStep::kActivate), IsOk());
+    ASSERT_THAT(Step(CaRotationStep::kRetire, /*force=*/true), IsOk());
+  }
 }
 
 }  // namespace

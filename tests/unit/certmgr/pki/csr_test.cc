@@ -1,7 +1,10 @@
 #include "certmgr/pki/csr.h"
 
 #include <gtest/gtest.h>
+#include <openssl/core_names.h>
 #include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
 #include <openssl/rsa.h>
 
 #include "certmgr/pki/openssl_ptr.h"
@@ -61,6 +64,38 @@ TEST(CsrTest, RejectsWrongCurve) {
   EvpPkeyPtr p384(EVP_EC_gen("P-384"));
   EXPECT_THAT(ParseAndVerifyCsr(CsrFor(p384.get(), EVP_sha384())),
               StatusIs(absl::StatusCode::kInvalidArgument, "P-256"));
+}
+
+// P256WithEncoding makes a P-256 key whose public key is written with its curve named by OID
+// ("named_curve") or spelled out as explicit parameters ("explicit").
+EvpPkeyPtr P256WithEncoding(const char* encoding) {
+  const OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, const_cast<char*>("P-256"), 0),
+      OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_EC_ENCODING, const_cast<char*>(encoding), 0),
+      OSSL_PARAM_construct_end()};
+  std::unique_ptr<EVP_PKEY_CTX, OpenSslFree<EVP_PKEY_CTX_free>> ctx(
+      EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr));
+  EVP_PKEY* key = nullptr;
+  if (ctx == nullptr || EVP_PKEY_keygen_init(ctx.get()) != 1 ||
+      EVP_PKEY_CTX_set_params(ctx.get(), params) != 1 || EVP_PKEY_generate(ctx.get(), &key) != 1) {
+    return nullptr;
+  }
+  return EvpPkeyPtr(key);
+}
+
+// RFC 5480 section 2.1.1: specifiedCurve and implicitCurve MUST NOT be used in PKIX. Explicit
+// parameters equal to P-256 are still refused: the policy names curves, it does not compare them.
+TEST(CsrTest, RejectsExplicitCurveParametersAndAcceptsTheNamedCurve) {
+  EvpPkeyPtr named = P256WithEncoding(OSSL_PKEY_EC_ENCODING_GROUP);
+  EvpPkeyPtr explicit_params = P256WithEncoding(OSSL_PKEY_EC_ENCODING_EXPLICIT);
+  ASSERT_NE(named, nullptr);
+  ASSERT_NE(explicit_params, nullptr);
+  const std::string explicit_csr = CsrFor(explicit_params.get(), EVP_sha256());
+  // The CSR really carries the parameters (an OID would make it much shorter).
+  ASSERT_GT(explicit_csr.size(), CsrFor(named.get(), EVP_sha256()).size() + 100);
+  EXPECT_THAT(ParseAndVerifyCsr(CsrFor(named.get(), EVP_sha256())), IsOk());
+  EXPECT_THAT(ParseAndVerifyCsr(explicit_csr),
+              StatusIs(absl::StatusCode::kInvalidArgument, "explicit curve parameters"));
 }
 
 TEST(CsrTest, RejectsSmallRsaAndAcceptsRsa2048) {
