@@ -182,7 +182,10 @@ class Driver {
                       .idle_timeout = std::chrono::seconds(600),
                       .close_on_expiry = true,
                       .on_closed = [this](uint64_t) { connection_closed_ = true; },
-                      .may_log = [] { return std::getenv("RELAY_FUZZ_VERBOSE") != nullptr; }});
+                      .may_log = [] { return std::getenv("RELAY_FUZZ_VERBOSE") != nullptr; },
+                      // A refused peer's lingering close runs to its end here: nothing
+                      // needs its place.
+                      .on_lingering = nullptr});
     // The accepted side: our own connection to the listener, accepted at once.
     Endpoint& accepted_side = inbound_ ? peer_ : app_;
     base::UniqueFd ours = ConnectBlocking(port);
