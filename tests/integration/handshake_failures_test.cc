@@ -16,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/mesh_processes.h"
@@ -394,6 +395,52 @@ TEST_F(HandshakeFailuresTest, BothEndsOfADeniedIdentityNameTheSameResult) {
   }
   EXPECT_EQ(inbound_lines, 1);
   EXPECT_EQ(outbound_lines, 1);
+}
+
+// The lingering close after a refusal is bounded and gives way. Refused clients that keep
+// their connections open are not counted active, and at limits.max_connections a new client
+// takes the place of a lingering one at once instead of being refused; a refused client that
+// keeps writing is cut off after the 256 KiB the sidecar reads for it.
+TEST_F(HandshakeFailuresTest, LingeringRefusedClientsAreBoundedAndGiveWayToNewClients) {
+  config_ = absl::StrReplaceAll(config_, {{"limits: {handshake_timeout: 1s}",
+                                           "limits: {handshake_timeout: 1s, max_connections: 2}"}});
+  Start();
+  const testing::TlsIdentity intruder = AsIdentity(ca_.Issue(kIntruder));
+  // Two refused clients fill the cap and never close or read: the sidecar lingers on both.
+  std::vector<std::unique_ptr<testing::TlsClient>> refused;
+  for (int i = 0; i < 2; ++i) {
+    auto client = testing::TlsClient::Connect(inbound_port_, intruder, ca_.RootPem());
+    ASSERT_THAT(client, IsOk());
+    refused.push_back(*std::move(client));
+  }
+  const absl::Time refused_at = absl::Now();
+  ASSERT_TRUE(sidecar_->WaitForMetric(Handshakes("inbound", "identity_denied"), 2));
+  EXPECT_EQ(sidecar_->Metric(R"(meshtls_connections_active{direction="inbound"})"), 0)
+      << "a lingering connection counts as active";
+  // A good client is served while they may still linger (2 s).
+  auto good =
+      testing::TlsClient::Connect(inbound_port_, AsIdentity(ca_.Issue(kFrontend)), ca_.RootPem());
+  ASSERT_THAT(good, IsOk());
+  ASSERT_THAT((*good)->Write("ping"), IsOk());
+  absl::StatusOr<std::string> echo = (*good)->Read(4);
+  ASSERT_THAT(echo, IsOk()) << "the good client was refused while refused ones lingered";
+  EXPECT_EQ(*echo, "ping");
+  EXPECT_LT(absl::Now() - refused_at, absl::Seconds(2))
+      << "too slow to tell: the refused connections may have stopped lingering by themselves";
+  EXPECT_EQ(
+      sidecar_->Metric(
+          R"(meshtls_connections_refused_total{direction="inbound",reason="max_connections"})"),
+      0);
+  good->reset();
+  refused.clear();
+
+  // A refused client that keeps writing is cut off (reset) after the bound, not drained forever.
+  constexpr size_t kEndless = 8 << 20;
+  const testing::WriteFirstOutcome outcome =
+      testing::WriteFirstThenRead(inbound_port_, intruder, kEndless);
+  EXPECT_TRUE(outcome.handshake_done) << outcome.error;
+  EXPECT_LT(outcome.written, size_t{1} << 20) << outcome.error;
+  EXPECT_EQ(outcome.alert, SSL_AD_ACCESS_DENIED) << outcome.error;
 }
 
 // A flood of failing handshakes writes a bounded number of log lines (10/s after a burst of 20,
