@@ -12,7 +12,8 @@
 //     to the app (inbound) and never receives an app byte (outbound), and is never counted a
 //     successful handshake;
 //   - once both ends have closed, the connection closes without waiting for a timer (bounded),
-//     and its active-connection gauge is back to zero;
+//     and its active-connection gauge is back to zero (a refused peer's lingering close, too,
+//     ends when the peer closes, not at its 2 s bound);
 //   - a clean run (authorized peer; only graceful writes, reads and half-closes) delivers
 //     every byte both ways, ends both ways with a graceful EOF, and the byte counters match.
 //
