@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "certmgr/base/log.h"
@@ -183,8 +184,79 @@ void Connection::OnHandshakeFailed(int ssl_error) {
     env_.counters.authz_deny[listener_.id].Add();
   }
   RecordHandshakeFailure(failure.result, failure.reason);
-  // A normal close lets the alert OpenSSL queued reach the peer.
-  Close(/*abortive=*/false);
+  // OpenSSL has written its alert; lingering lets it reach the peer (see kLingerMaxBytes).
+  Linger();
+}
+
+void Connection::RefuseDeniedIdentity() {
+  // One more ticket makes OpenSSL build a NewSessionTicket, whose extension callback fails it
+  // with access_denied (TlsContext's DenyInTicket): the alert goes out in the ticket's place.
+  // Whatever SSL_do_handshake returns, this connection is refused.
+  ERR_clear_error();
+  const int rc = SSL_new_session_ticket(ssl_.get()) == 1 ? SSL_do_handshake(ssl_.get()) : 0;
+  OnHandshakeFailed(rc == 1 ? SSL_ERROR_SSL : SSL_get_error(ssl_.get(), rc));
+}
+
+void Connection::Linger() {
+  if (timer_ != 0) {
+    env_.loop.CancelTimer(timer_);
+    timer_ = 0;
+  }
+  if (expiry_timer_ != 0) {
+    env_.loop.CancelTimer(expiry_timer_);
+    expiry_timer_ = 0;
+  }
+  state_ = State::kLingering;
+  *alive_ = false;
+  tls_shutdown_sent_ = true;  // no close_notify after a fatal alert
+  if (plain_.fd.valid()) {    // the app's side (outbound) has nothing to wait for: a FIN now
+    SetInterest(plain_, 0);
+    plain_.fd.reset();
+  }
+  if (counted_active_) {
+    env_.counters.connections_active[DirectionIndex()].Add(-1);
+    counted_active_ = false;
+  }
+  if (::shutdown(tls_.fd.get(), SHUT_WR) != 0) {
+    Close(/*abortive=*/true);  // the peer is gone already
+    return;
+  }
+  timer_ = env_.loop.AddTimer(kLingerTimeout, [this] {
+    timer_ = 0;
+    Close(/*abortive=*/false);  // whatever is still unread draws the reset now
+  });
+  if (env_.on_lingering) {
+    env_.on_lingering(id_);
+  }
+  SetInterest(tls_, EPOLLIN);
+  DrainLingering();
+}
+
+void Connection::DrainLingering() {
+  if (state_ != State::kLingering) {
+    return;
+  }
+  char discard[16384];
+  // Bounded: every pass either ends the connection or discards bytes, at most kLingerMaxBytes.
+  while (true) {
+    const ssize_t n = ::recv(tls_.fd.get(), discard, sizeof(discard), 0);
+    if (n > 0) {
+      lingered_bytes_ += static_cast<size_t>(n);
+      if (lingered_bytes_ > kLingerMaxBytes) {
+        Close(/*abortive=*/false);
+        return;
+      }
+      continue;
+    }
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return;
+    }
+    Close(/*abortive=*/false);  // EOF (the peer closed after reading the alert), or an error
+    return;
+  }
 }
 
 void Connection::RecordHandshakeFailure(HandshakeResult result, absl::string_view reason) {
@@ -201,6 +273,10 @@ void Connection::RecordHandshakeFailure(HandshakeResult result, absl::string_vie
 }
 
 void Connection::OnHandshakeDone() {
+  if (check_.deny_after_handshake) {
+    RefuseDeniedIdentity();  // never relayed: the identity is not allowed
+    return;
+  }
   if (timer_ != 0) {
     env_.loop.CancelTimer(timer_);
     timer_ = 0;
@@ -228,16 +304,42 @@ void Connection::OnHandshakeDone() {
     Close(/*abortive=*/true);
     return;
   }
-  const double seconds =
+  handshake_seconds_ =
       std::chrono::duration<double>(net::EventLoop::Now() - handshake_start_).count();
-  env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kSuccess)].Add();
-  env_.counters.handshake_latency[DirectionIndex()][resumed ? 1 : 0].Observe(seconds);
+  handshake_resumed_ = resumed;
   env_.counters.authz_allow[listener_.id].Add();
+  if (listener_.direction == Direction::kOutbound && !resumed &&
+      SSL_version(ssl_.get()) == TLS1_3_VERSION) {
+    // The server has not judged our certificate yet (a resumption was judged at its start).
+    verdict_pending_ = true;
+    SSL_set_msg_callback(ssl_.get(), &Connection::OnTlsMessage);
+    SSL_set_msg_callback_arg(ssl_.get(), this);
+  } else {
+    CountHandshakeSuccess();
+  }
   SetInterest(tls_, 0);
   if (listener_.direction == Direction::kInbound) {
     StartUpstreamConnect();
   } else {
     EnterRelaying();
+  }
+}
+
+void Connection::CountHandshakeSuccess() {
+  if (verdict_pending_) {
+    verdict_pending_ = false;
+    SSL_set_msg_callback(ssl_.get(), nullptr);
+  }
+  env_.counters.handshakes[DirectionIndex()][static_cast<int>(HandshakeResult::kSuccess)].Add();
+  env_.counters.handshake_latency[DirectionIndex()][handshake_resumed_ ? 1 : 0].Observe(
+      handshake_seconds_);
+}
+
+void Connection::OnTlsMessage(int write_p, int /*version*/, int content_type, const void* buf,
+                              size_t length, SSL* /*ssl*/, void* arg) {
+  if (write_p == 0 && content_type == SSL3_RT_HANDSHAKE && length > 0 &&
+      static_cast<const uint8_t*>(buf)[0] == SSL3_MT_NEWSESSION_TICKET) {
+    static_cast<Connection*>(arg)->server_spoke_ = true;
   }
 }
 
@@ -316,6 +418,11 @@ void Connection::OnEvents(bool tls_side, uint32_t events) {
       return;
     case State::kRelaying:
       Progress();
+      return;
+    case State::kLingering:
+      if (tls_side) {
+        DrainLingering();
+      }
       return;
   }
 }
@@ -403,6 +510,9 @@ void Connection::Progress() {
       int n = SSL_read(ssl_.get(), to_plain_.WritableSpan(env_.buffers),
                        static_cast<int>(to_plain_.WritableSize()));
       if (n > 0) {
+        if (verdict_pending_) {
+          CountHandshakeSuccess();  // the server accepted us: it sends data
+        }
         if (tls_socket_reads_ > 0 && tls_socket_drained_ && SSL_has_pending(ssl_.get()) != 1) {
           tls_readable_ = false;  // nothing left in the socket or in OpenSSL's buffer
         }
@@ -412,13 +522,26 @@ void Connection::Progress() {
       } else {
         int err = SSL_get_error(ssl_.get(), n);
         if (err == SSL_ERROR_ZERO_RETURN) {
+          if (verdict_pending_) {
+            CountHandshakeSuccess();  // close_notify, not a refusal
+          }
           tls_eof_ = true;  // close_notify: a clean half-close
           progress = true;
         } else if (err == SSL_ERROR_WANT_WRITE) {
           tls_wants_write_ = true;
         } else if (err == SSL_ERROR_WANT_READ) {
           tls_readable_ = false;
+          if (verdict_pending_ && server_spoke_) {
+            CountHandshakeSuccess();  // a ticket: the server accepted us
+          }
         } else {
+          if (verdict_pending_) {
+            // The server's verdict on our certificate, if the failure is its alert.
+            if (std::optional<HandshakeFailure> refusal = ClassifyRefusalAfterHandshake()) {
+              verdict_pending_ = false;
+              RecordHandshakeFailure(refusal->result, refusal->reason);
+            }
+          }
           abort = true;  // reset, or EOF without close_notify: possibly truncated
           break;
         }
@@ -532,6 +655,9 @@ void Connection::Refuse(RefusedReason reason, absl::string_view detail) {
 void Connection::Close(bool abortive) {
   if (state_ == State::kClosed) {
     return;
+  }
+  if (verdict_pending_) {
+    CountHandshakeSuccess();  // it ended without the server refusing us
   }
   state_ = State::kClosed;
   *alive_ = false;

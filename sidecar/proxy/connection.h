@@ -1,5 +1,7 @@
 #pragma once
 
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -49,7 +51,24 @@ struct ConnectionEnv {
   std::function<void(uint64_t id)> on_closed;
   // may_log rate-limits failure log lines (one worker's budget).
   std::function<bool()> may_log;
+  // on_lingering (may be empty) is called once when a refused connection starts its lingering
+  // close: it is no longer active, and the worker may end it at once with Shutdown() to make
+  // room for a new client. on_closed still follows when it ends.
+  std::function<void(uint64_t id)> on_lingering;
 };
+
+// Lingering close after a failed handshake (as nginx's lingering_close): the alert is sent, the
+// TLS socket's sending side shut down (a FIN follows the alert), and whatever the peer still
+// sends is read and discarded until it closes. Closing with the peer's bytes unread would make
+// the kernel answer them with a reset, which fails the peer's writes and can destroy the alert
+// before the peer reads it; a TLS 1.3 client sends its first request right behind its Finished,
+// so it always has bytes in flight when it is refused. Bounded in bytes: a peer's first flight
+// is a few congestion windows, well under 256 KiB on any link; in time: 2 s covers the round
+// trips of a slow link, and is less than the handshake timeout an idle connection already
+// holds a descriptor for. A lingering connection is not counted active, and the worker closes it
+// at once when it needs its place under limits.max_connections.
+inline constexpr size_t kLingerMaxBytes = 256 * 1024;
+inline constexpr net::MonoDuration kLingerTimeout = std::chrono::seconds(2);
 
 // Connection proxies one client connection. Inbound: TLS server handshake (client certificate
 // required, identity authorized inside the handshake), then a plain connection to `forward`.
@@ -73,12 +92,15 @@ class Connection {
   Connection& operator=(const Connection&) = delete;
 
   void Start();
-  // Shutdown closes gracefully (used by drain when its deadline passes).
+  // Shutdown closes gracefully (used by drain when its deadline passes, and to end a lingering
+  // close early).
   void Shutdown() { Close(/*abortive=*/false); }
   uint64_t id() const { return id_; }
 
  private:
-  enum class State { kResolving, kConnecting, kHandshaking, kRelaying, kClosed };
+  // kLingering: a failed handshake's alert is sent and the TLS side drains (see
+  // kLingerMaxBytes); nothing else is open.
+  enum class State { kResolving, kConnecting, kHandshaking, kRelaying, kLingering, kClosed };
 
   class Side final : public net::EventHandler {
    public:
@@ -106,6 +128,20 @@ class Connection {
   // RecordHandshakeFailure counts a failed handshake and logs its line (rate-limited).
   void RecordHandshakeFailure(HandshakeResult result, absl::string_view reason);
   void OnHandshakeDone();
+  // RefuseDeniedIdentity ends an inbound TLS 1.3 handshake whose client identity was denied
+  // after its chain was accepted (PeerCheck::deny_after_handshake) with an access_denied alert.
+  void RefuseDeniedIdentity();
+  // CountHandshakeSuccess counts (and times) the completed handshake, once; see
+  // verdict_pending_.
+  void CountHandshakeSuccess();
+  // OnTlsMessage is the outbound SSL's message callback while verdict_pending_: it notes a
+  // NewSessionTicket from the server, which the server sends only once it accepted us.
+  static void OnTlsMessage(int write_p, int version, int content_type, const void* buf,
+                           size_t length, SSL* ssl, void* arg);
+  // Linger starts the lingering close of the TLS side after a failed handshake (see
+  // kLingerMaxBytes); DrainLingering reads and discards what the peer sends meanwhile.
+  void Linger();
+  void DrainLingering();
   void EnterRelaying();
   void Progress();
   // NoteTlsWait records what a failed SSL_write/SSL_shutdown waits for; false on a real error.
@@ -153,6 +189,16 @@ class Connection {
   // (and meet EAGAIN) until epoll reports more. Worker thread only.
   int tls_socket_reads_ = 0;
   bool tls_socket_drained_ = false;
+  // Outbound TLS 1.3: our side of the handshake completed, but the server judges our
+  // certificate only after that, so `success` waits for proof that it accepted us (application
+  // data, a ticket or close_notify from it) or for the connection to end without a refusal; an
+  // alert refusing us on the first read is counted under the result it names instead. Never
+  // both: whichever comes first clears the flag.
+  bool verdict_pending_ = false;
+  bool server_spoke_ = false;  // a NewSessionTicket arrived while verdict_pending_
+  double handshake_seconds_ = 0;
+  bool handshake_resumed_ = false;
+  size_t lingered_bytes_ = 0;  // discarded while kLingering
   bool destroying_ = false;
   bool counted_active_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for resolver callbacks

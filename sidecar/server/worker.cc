@@ -54,13 +54,29 @@ Worker::Worker(int index, const TlsContextStore& tls, net::Resolver& resolver, W
            .idle_timeout = limits.idle_timeout,
            .close_on_expiry = limits.close_on_expiry,
            .on_closed = nullptr,
-           .may_log = nullptr} {
+           .may_log = nullptr,
+           .on_lingering = nullptr} {
   env_.on_closed = [this](uint64_t id) {
     open_connections_.fetch_sub(1, std::memory_order_relaxed);
+    lingering_.erase(id);
     // Delete after the current event batch: the connection's handlers may still be on the stack.
     loop_->Defer([this, id] { connections_.erase(id); });
   };
   env_.may_log = [this] { return MayLog(); };
+  env_.on_lingering = [this](uint64_t id) { lingering_.insert(id); };
+}
+
+bool Worker::EndOldestLingering() {
+  if (lingering_.empty()) {
+    return false;
+  }
+  const uint64_t id = *lingering_.begin();
+  lingering_.erase(lingering_.begin());
+  auto it = connections_.find(id);
+  if (it != connections_.end()) {
+    it->second->Shutdown();  // on_closed gives its place back
+  }
+  return true;
 }
 
 Worker::~Worker() { Stop(); }
@@ -101,7 +117,9 @@ void Worker::Accept(Acceptor& acceptor) {
       return;  // EAGAIN, or a connection that died before accept
     }
     base::UniqueFd accepted(fd);
-    if (open_connections_.fetch_add(1, std::memory_order_relaxed) >= limits_.max_connections) {
+    // A refused peer draining its last bytes gives way to a new client.
+    if (open_connections_.fetch_add(1, std::memory_order_relaxed) >= limits_.max_connections &&
+        !EndOldestLingering()) {
       open_connections_.fetch_sub(1, std::memory_order_relaxed);
       counters_.refused[direction][static_cast<int>(RefusedReason::kMaxConnections)].Add();
       net::SetAbortiveClose(accepted.get());

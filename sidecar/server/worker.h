@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -64,6 +65,9 @@ class Worker {
          std::atomic<int>& open_connections, size_t listener_count,
          std::unique_ptr<net::EventLoop> loop);
   void Accept(Acceptor& acceptor);
+  // EndOldestLingering closes the longest-lingering refused connection, if there is one, to
+  // free its place under limits.max_connections; false if none lingers.
+  bool EndOldestLingering();
   bool MayLog();
 
   const int index_;
@@ -75,6 +79,9 @@ class Worker {
   ConnectionEnv env_;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
+  // Connections in their lingering close (Connection::kLingerMaxBytes), oldest first: ids only
+  // grow, and every connection lingers for the same bounded time.
+  std::set<uint64_t> lingering_;
   uint64_t next_connection_id_ = 1;
   // Failure-log budget, per worker: 10 lines/s, burst 20 (a handshake flood cannot flood the
   // log; the first line after a refusal says how many were dropped).

@@ -112,13 +112,10 @@ bool FromReason(int reason, HandshakeResult& out) {
   }
 }
 
-}  // namespace
-
-HandshakeFailure ClassifyHandshakeFailure(int ssl_error, const PeerCheck& check) {
-  HandshakeFailure out;
-  // Keep the first SSL-library reason and the full text of the queue for the log line.
-  int ssl_reason = 0;
-  std::string reasons;
+// DrainErrors empties the thread's OpenSSL error queue into its first SSL-library reason (0 if
+// none) and the text of every entry, for the log line.
+void DrainErrors(int& ssl_reason, std::string& reasons) {
+  ssl_reason = 0;
   unsigned long code = 0;
   while ((code = ERR_get_error()) != 0) {
     if (ssl_reason == 0 && ERR_GET_LIB(code) == ERR_LIB_SSL) {
@@ -130,6 +127,15 @@ HandshakeFailure ClassifyHandshakeFailure(int ssl_error, const PeerCheck& check)
     }
     reasons += text != nullptr ? text : absl::StrCat("error ", code);
   }
+}
+
+}  // namespace
+
+HandshakeFailure ClassifyHandshakeFailure(int ssl_error, const PeerCheck& check) {
+  HandshakeFailure out;
+  int ssl_reason = 0;
+  std::string reasons;
+  DrainErrors(ssl_reason, reasons);
   if (check.identity_denied) {
     out.result = HandshakeResult::kIdentityDenied;
     out.reason = check.detail;
@@ -156,6 +162,31 @@ HandshakeFailure ClassifyHandshakeFailure(int ssl_error, const PeerCheck& check)
     out.reason = absl::StrCat("SSL error ", ssl_error);
   }
   return out;
+}
+
+std::optional<HandshakeFailure> ClassifyRefusalAfterHandshake() {
+  int ssl_reason = 0;
+  std::string reasons;
+  DrainErrors(ssl_reason, reasons);
+  HandshakeFailure out;
+  out.reason = absl::StrCat("the server refused this sidecar after the handshake: ", reasons);
+  switch (ssl_reason) {
+    case SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE:
+      out.result = HandshakeResult::kBadCertificate;
+      return out;
+    case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
+    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
+    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+    case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
+      FromReason(ssl_reason, out.result);
+      return out;
+    default:
+      return std::nullopt;
+  }
 }
 
 }  // namespace meshtls::sidecar

@@ -34,6 +34,11 @@ struct PeerCheck {
   std::string detail;                          // why verification or authorization failed
   bool verified = false;
   bool identity_denied = false;
+  // Inbound TLS 1.3: the identity was denied, but the certificate was accepted so that the
+  // handshake goes on and the refusal can be an `access_denied` alert, which OpenSSL sends
+  // only from a point after the handshake (see TlsContext). The connection must send it and
+  // never relay: SSL_do_handshake returning 1 does not mean the peer is allowed.
+  bool deny_after_handshake = false;
   // Resumption: the identity a session was established with. Inbound, set when a ticket names
   // a stored session whose identity is still allowed here; outbound, set when a cached session
   // is offered. Used only if the handshake really resumed (SSL_session_reused).

@@ -74,6 +74,14 @@ int VerifyPeer(X509_STORE_CTX* store_ctx, void* arg) {
   if (check->authorizer != nullptr && !check->authorizer->Allows(*id)) {
     check->identity_denied = true;
     check->detail = absl::StrCat(id->str(), " is not allowed on this listener");
+    if (SSL_is_server(ssl) && SSL_version(ssl) == TLS1_3_VERSION) {
+      // A failure here would send handshake_failure (OpenSSL maps every verification error to
+      // an alert, none to access_denied). Accept the chain instead and let the connection send
+      // access_denied through RefuseDeniedIdentity once the handshake is done.
+      check->deny_after_handshake = true;
+      X509_STORE_CTX_set_error(store_ctx, X509_V_OK);
+      return 1;
+    }
     X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
     return 0;
   }
@@ -186,6 +194,26 @@ int OnNewClientSession(SSL* ssl, SSL_SESSION* session) {
   return 0;  // OpenSSL keeps its own reference
 }
 
+// A private-use extension number (RFC 8446 §4.2) for DenyInTicket; it is never sent.
+constexpr unsigned int kDenyExtensionType = 0xff5a;
+
+// DenyInTicket is the server's add callback of an extension of NewSessionTicket messages. It
+// never adds anything; for a connection whose client identity was denied after an accepted
+// chain (PeerCheck::deny_after_handshake) it fails with access_denied, which makes OpenSSL send
+// that alert, encrypted, in place of the ticket. This is the one place in OpenSSL 3.0's server
+// past the client's Certificate where the application chooses the alert: a verification
+// callback's error is mapped by ssl_x509err2alert, which has no access_denied.
+int DenyInTicket(SSL* ssl, unsigned int /*ext_type*/, unsigned int /*context*/,
+                 const unsigned char** /*out*/, size_t* /*outlen*/, X509* /*x*/,
+                 size_t /*chainidx*/, int* alert, void* /*add_arg*/) {
+  const PeerCheck* check = CheckOf(ssl);
+  if (check != nullptr && check->deny_after_handshake) {
+    *alert = SSL_AD_ACCESS_DENIED;
+    return -1;
+  }
+  return 0;  // add nothing
+}
+
 void ConfigureResumption(SSL_CTX* ctx, const TlsSettings& settings, bool server) {
   if (!settings.session_resumption) {
     SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
@@ -253,6 +281,10 @@ absl::Status Configure(SSL_CTX* ctx, bool server, const pki::CredentialBundle& b
   if (SSL_CTX_use_PrivateKey(ctx, bundle.key.get()) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
     return pki::OpenSslError(absl::StatusCode::kInvalidArgument,
                              "the private key does not match the certificate");
+  }
+  if (server && SSL_CTX_add_custom_ext(ctx, kDenyExtensionType, SSL_EXT_TLS1_3_NEW_SESSION_TICKET,
+                                       DenyInTicket, nullptr, nullptr, nullptr, nullptr) != 1) {
+    return pki::OpenSslError(absl::StatusCode::kInternal, "adding the ticket extension callback");
   }
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
   SSL_CTX_set_cert_verify_callback(ctx, VerifyPeer, const_cast<TlsContext*>(self));

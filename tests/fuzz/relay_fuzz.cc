@@ -12,7 +12,8 @@
 //     to the app (inbound) and never receives an app byte (outbound), and is never counted a
 //     successful handshake;
 //   - once both ends have closed, the connection closes without waiting for a timer (bounded),
-//     and its active-connection gauge is back to zero;
+//     and its active-connection gauge is back to zero (a refused peer's lingering close, too,
+//     ends when the peer closes, not at its 2 s bound);
 //   - a clean run (authorized peer; only graceful writes, reads and half-closes) delivers
 //     every byte both ways, ends both ways with a graceful EOF, and the byte counters match.
 //
@@ -182,7 +183,10 @@ class Driver {
                       .idle_timeout = std::chrono::seconds(600),
                       .close_on_expiry = true,
                       .on_closed = [this](uint64_t) { connection_closed_ = true; },
-                      .may_log = [] { return std::getenv("RELAY_FUZZ_VERBOSE") != nullptr; }});
+                      .may_log = [] { return std::getenv("RELAY_FUZZ_VERBOSE") != nullptr; },
+                      // A refused peer's lingering close runs to its end here: nothing
+                      // needs its place.
+                      .on_lingering = nullptr});
     // The accepted side: our own connection to the listener, accepted at once.
     Endpoint& accepted_side = inbound_ ? peer_ : app_;
     base::UniqueFd ours = ConnectBlocking(port);

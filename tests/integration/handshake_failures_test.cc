@@ -16,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/mesh_processes.h"
@@ -320,6 +321,126 @@ TEST_F(HandshakeFailuresTest, EveryResultOnBothDirectionsIsCountedLoggedAndKeptO
         << "`internal` is for bugs; log:\n"
         << sidecar_->process().Log();
   }
+}
+
+// A refused TLS 1.3 client that sends its first request right behind its Finished, as clients
+// do, still receives the alert that names the refusal, not a reset. The sidecar refuses it
+// after that request is on its way; if it closed with those bytes unread, the kernel would
+// answer them with a reset, which fails the client's write (and can destroy the alert). So after
+// the alert it shuts down its sending side and reads what the client sent, up to a bound, before
+// it closes. Each refusal sends the alert RFC 8446 §6.2 gives it, `access_denied` for a valid
+// certificate whose identity is not allowed.
+TEST_F(HandshakeFailuresTest, ARefusedClientThatWritesFirstReceivesItsAlert) {
+  Start();
+  // More than loopback's socket buffers hold without the sidecar reading (about 90 KiB with
+  // the client's send buffer at its minimum), so a close without reading resets the client in
+  // the middle of its write; less than the 256 KiB the sidecar reads before it closes.
+  constexpr size_t kFirstFlight = 192 * 1024;
+  struct Refusal {
+    const char* result;
+    testing::TlsIdentity identity;
+    int alert;
+  };
+  const Refusal refusals[] = {
+      {"no_peer_certificate", {}, SSL_AD_CERTIFICATE_REQUIRED},
+      {"unknown_authority", AsIdentity(other_ca_.Issue(kFrontend)), SSL_AD_UNKNOWN_CA},
+      {"identity_denied", AsIdentity(ca_.Issue(kIntruder)), SSL_AD_ACCESS_DENIED},
+      {"certificate_expired",
+       AsIdentity(ca_.IssueWith(
+           TestCa::LeafProfile(kFrontend, now_ - absl::Hours(2), now_ - absl::Hours(1)))),
+       SSL_AD_CERTIFICATE_EXPIRED},
+  };
+  for (const Refusal& refusal : refusals) {
+    SCOPED_TRACE(refusal.result);
+    const Snapshot before = Take("inbound");
+    const testing::WriteFirstOutcome outcome =
+        testing::WriteFirstThenRead(inbound_port_, refusal.identity, kFirstFlight);
+    EXPECT_TRUE(outcome.handshake_done) << outcome.error;
+    EXPECT_EQ(outcome.written, kFirstFlight) << "the write was cut: " << outcome.error;
+    EXPECT_EQ(outcome.alert, refusal.alert)
+        << "expected " << SSL_alert_desc_string_long(refusal.alert) << ", received "
+        << (outcome.alert < 0 ? "no alert" : SSL_alert_desc_string_long(outcome.alert)) << "; "
+        << outcome.error;
+    EXPECT_TRUE(sidecar_->WaitForMetric(Handshakes("inbound", refusal.result),
+                                        before.results.at(refusal.result) + 1, absl::Seconds(10)));
+  }
+  EXPECT_EQ(app_.connections(), 0) << "a refused client reached the app";
+  EXPECT_EQ(sidecar_->Metric(Handshakes("inbound", "success")), 0);
+}
+
+// Both ends of a refused handshake name the same cause. The sidecar calls its own inbound
+// listener, whose `allow` does not list the sidecar's identity (backend): the inbound side
+// counts identity_denied and sends access_denied; the outbound side, which in TLS 1.3 completes
+// its handshake before the server has judged its certificate and so learns of the refusal from
+// that alert on its first read, counts identity_denied too, and not a success.
+TEST_F(HandshakeFailuresTest, BothEndsOfADeniedIdentityNameTheSameResult) {
+  const uint16_t self = AddUpstream("self", inbound_port_);
+  Start();
+  AppConnectsThrough(self);
+  EXPECT_TRUE(sidecar_->WaitForMetric(Handshakes("inbound", "identity_denied"), 1));
+  EXPECT_TRUE(sidecar_->WaitForMetric(Handshakes("outbound", "identity_denied"), 1))
+      << sidecar_->process().Log();
+  EXPECT_EQ(sidecar_->Metric(Handshakes("outbound", "success")), 0)
+      << "the refused outbound handshake was also counted as a success";
+  EXPECT_EQ(sidecar_->Metric(testing::HandshakeCount("outbound", false)), 0)
+      << "a refused handshake was timed";
+  EXPECT_EQ(app_.connections(), 0);
+  // One log line per side, each naming the same result.
+  int inbound_lines = 0;
+  int outbound_lines = 0;
+  for (const std::string& line : FailureLines()) {
+    EXPECT_TRUE(absl::StrContains(line, R"("result":"identity_denied")")) << line;
+    inbound_lines += absl::StrContains(line, R"("direction":"inbound")") ? 1 : 0;
+    outbound_lines += absl::StrContains(line, R"("direction":"outbound")") ? 1 : 0;
+  }
+  EXPECT_EQ(inbound_lines, 1);
+  EXPECT_EQ(outbound_lines, 1);
+}
+
+// The lingering close after a refusal is bounded and gives way. Refused clients that keep
+// their connections open are not counted active, and at limits.max_connections a new client
+// takes the place of a lingering one at once instead of being refused; a refused client that
+// keeps writing is cut off after the 256 KiB the sidecar reads for it.
+TEST_F(HandshakeFailuresTest, LingeringRefusedClientsAreBoundedAndGiveWayToNewClients) {
+  config_ = absl::StrReplaceAll(config_, {{"limits: {handshake_timeout: 1s}",
+                                           "limits: {handshake_timeout: 1s, max_connections: 2}"}});
+  Start();
+  const testing::TlsIdentity intruder = AsIdentity(ca_.Issue(kIntruder));
+  // Two refused clients fill the cap and never close or read: the sidecar lingers on both.
+  std::vector<std::unique_ptr<testing::TlsClient>> refused;
+  for (int i = 0; i < 2; ++i) {
+    auto client = testing::TlsClient::Connect(inbound_port_, intruder, ca_.RootPem());
+    ASSERT_THAT(client, IsOk());
+    refused.push_back(*std::move(client));
+  }
+  const absl::Time refused_at = absl::Now();
+  ASSERT_TRUE(sidecar_->WaitForMetric(Handshakes("inbound", "identity_denied"), 2));
+  EXPECT_EQ(sidecar_->Metric(R"(meshtls_connections_active{direction="inbound"})"), 0)
+      << "a lingering connection counts as active";
+  // A good client is served while they may still linger (2 s).
+  auto good =
+      testing::TlsClient::Connect(inbound_port_, AsIdentity(ca_.Issue(kFrontend)), ca_.RootPem());
+  ASSERT_THAT(good, IsOk());
+  ASSERT_THAT((*good)->Write("ping"), IsOk());
+  absl::StatusOr<std::string> echo = (*good)->Read(4);
+  ASSERT_THAT(echo, IsOk()) << "the good client was refused while refused ones lingered";
+  EXPECT_EQ(*echo, "ping");
+  EXPECT_LT(absl::Now() - refused_at, absl::Seconds(2))
+      << "too slow to tell: the refused connections may have stopped lingering by themselves";
+  EXPECT_EQ(
+      sidecar_->Metric(
+          R"(meshtls_connections_refused_total{direction="inbound",reason="max_connections"})"),
+      0);
+  good->reset();
+  refused.clear();
+
+  // A refused client that keeps writing is cut off (reset) after the bound, not drained forever.
+  constexpr size_t kEndless = 8 << 20;
+  const testing::WriteFirstOutcome outcome =
+      testing::WriteFirstThenRead(inbound_port_, intruder, kEndless);
+  EXPECT_TRUE(outcome.handshake_done) << outcome.error;
+  EXPECT_LT(outcome.written, size_t{1} << 20) << outcome.error;
+  EXPECT_EQ(outcome.alert, SSL_AD_ACCESS_DENIED) << outcome.error;
 }
 
 // A flood of failing handshakes writes a bounded number of log lines (10/s after a burst of 20,

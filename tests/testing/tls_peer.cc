@@ -1,10 +1,16 @@
 #include "tests/testing/tls_peer.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <poll.h>
 #include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "certmgr/pki/certificate.h"
@@ -104,6 +110,121 @@ absl::StatusOr<std::string> TlsClient::Read(size_t max, absl::Duration timeout) 
   }
   buf.resize(static_cast<size_t>(n));
   return buf;
+}
+
+namespace {
+
+// RecordAlert keeps the description of a fatal alert the peer sent (info callback).
+void RecordAlert(const SSL* ssl, int where, int ret) {
+  if ((where & SSL_CB_READ_ALERT) == SSL_CB_READ_ALERT && (ret >> 8) == SSL3_AL_FATAL) {
+    static_cast<WriteFirstOutcome*>(SSL_get_app_data(ssl))->alert = ret & 0xff;
+  }
+}
+
+// WaitFd polls `fd` for `events` until `deadline`; false when it passed.
+bool WaitFd(int fd, short events, absl::Time deadline) {
+  while (absl::Now() < deadline) {
+    pollfd p{fd, events, 0};
+    const int wait_ms = static_cast<int>(
+        std::clamp<int64_t>(absl::ToInt64Milliseconds(deadline - absl::Now()), 1, 100));
+    if (::poll(&p, 1, wait_ms) > 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// SslFailure describes why an SSL call failed: OpenSSL's reason, or the socket's.
+std::string SslFailure(const char* what, int ssl_error) {
+  std::string out = absl::StrCat(what, ": SSL error ", ssl_error);
+  if (ssl_error == SSL_ERROR_SYSCALL) {
+    absl::StrAppend(&out, errno != 0 ? absl::StrCat(" (", std::strerror(errno), ")") : " (EOF)");
+  }
+  while (unsigned long code = ERR_get_error()) {
+    const char* reason = ERR_reason_error_string(code);
+    absl::StrAppend(&out, "; ", reason != nullptr ? reason : "?");
+  }
+  return out;
+}
+
+}  // namespace
+
+WriteFirstOutcome WriteFirstThenRead(uint16_t port, const TlsIdentity& identity, size_t bytes,
+                                     absl::Duration timeout) {
+  // OpenSSL writes with write(): a reset connection must be an EPIPE here, not a signal that
+  // ends the test binary.
+  std::signal(SIGPIPE, SIG_IGN);
+  WriteFirstOutcome out;
+  const absl::Time deadline = absl::Now() + timeout;
+  sidecar::SslCtxPtr ctx(SSL_CTX_new(TLS_client_method()));
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION);
+  if (absl::Status s = UseIdentity(ctx.get(), identity); !s.ok()) {
+    out.error = std::string(s.message());
+    return out;
+  }
+  absl::StatusOr<base::UniqueFd> fd = TcpConnect(port, timeout);
+  if (!fd.ok()) {
+    out.error = std::string(fd.status().message());
+    return out;
+  }
+  const int small = 4096;  // the kernel's minimum, about 4.5 KiB
+  ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+  ::fcntl(fd->get(), F_SETFL, ::fcntl(fd->get(), F_GETFL) | O_NONBLOCK);
+  sidecar::SslPtr ssl(SSL_new(ctx.get()));
+  SSL_set_fd(ssl.get(), fd->get());
+  SSL_set_app_data(ssl.get(), &out);
+  SSL_set_info_callback(ssl.get(), RecordAlert);
+  SSL_set_mode(ssl.get(), SSL_MODE_ENABLE_PARTIAL_WRITE);
+  // At most one wait per call below, each bounded by `deadline`.
+  while (true) {
+    ERR_clear_error();
+    const int rc = SSL_connect(ssl.get());
+    if (rc == 1) {
+      out.handshake_done = true;
+      break;
+    }
+    const int err = SSL_get_error(ssl.get(), rc);
+    if ((err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) ||
+        !WaitFd(fd->get(), err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline)) {
+      out.error = SslFailure("handshake", err);
+      return out;
+    }
+  }
+  const std::string chunk(16384, 'w');
+  while (out.written < bytes) {
+    ERR_clear_error();
+    errno = 0;
+    const int n = SSL_write(ssl.get(), chunk.data(),
+                            static_cast<int>(std::min(chunk.size(), bytes - out.written)));
+    if (n > 0) {
+      out.written += static_cast<size_t>(n);
+      continue;
+    }
+    const int err = SSL_get_error(ssl.get(), n);
+    if (err == SSL_ERROR_WANT_WRITE && WaitFd(fd->get(), POLLOUT, deadline)) {
+      continue;
+    }
+    if (err == SSL_ERROR_WANT_READ && WaitFd(fd->get(), POLLIN, deadline)) {
+      continue;
+    }
+    out.error = SslFailure("write", err) + "; ";
+    break;
+  }
+  char buffer[16384];
+  while (true) {
+    ERR_clear_error();
+    errno = 0;
+    const int n = SSL_read(ssl.get(), buffer, sizeof(buffer));
+    if (n > 0) {
+      continue;  // not expected from a refusing server; the alert or the close follows
+    }
+    const int err = SSL_get_error(ssl.get(), n);
+    if (err == SSL_ERROR_WANT_READ && WaitFd(fd->get(), POLLIN, deadline)) {
+      continue;
+    }
+    absl::StrAppend(&out.error, SslFailure("read", err));
+    return out;
+  }
 }
 
 TlsServer::TlsServer(const TlsIdentity& identity, int max_version,

@@ -62,6 +62,24 @@ class TlsClient {
   sidecar::SslPtr ssl_;
 };
 
+// WriteFirstOutcome is what a TLS 1.3 client that writes before it reads learned.
+struct WriteFirstOutcome {
+  bool handshake_done = false;  // the client's side of the handshake completed
+  size_t written = 0;           // application bytes the connection took
+  int alert = -1;               // description of the fatal alert received (SSL_AD_*), or -1
+  std::string error;            // what ended the write, if it did not finish, and the read
+};
+
+// WriteFirstThenRead plays a client that sends its first request right behind its Finished, as
+// real TLS 1.3 clients do (Certificate, Finished and application data in one flight): it
+// connects to 127.0.0.1:port presenting `identity`, and as soon as its side of the handshake is
+// complete writes `bytes` of application data, then reads until the connection fails or
+// `timeout` passes. Its socket's send buffer is kept small, so a write larger than the kernel's
+// loopback buffers finishes only if the server reads it: a server that closes with it unread
+// resets the connection under the writer.
+WriteFirstOutcome WriteFirstThenRead(uint16_t port, const TlsIdentity& identity, size_t bytes,
+                                     absl::Duration timeout = absl::Seconds(10));
+
 // TlsServer accepts TLS connections on 127.0.0.1 in a thread, presenting `identity` and
 // requesting (not verifying) a client certificate, then reads until the peer closes. It counts
 // completed handshakes and application bytes received. `max_version` and a non-empty
