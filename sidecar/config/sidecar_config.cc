@@ -108,6 +108,22 @@ absl::StatusOr<std::vector<ListenerConfig>> ReadListeners(const YamlNode& node,
   return out;
 }
 
+// ParseDnsServer accepts an IP literal with an optional port: 10.96.0.10, 10.96.0.10:5353,
+// fd00::10, [fd00::10]:5353.
+absl::StatusOr<base::HostPort> ParseDnsServer(const std::string& text) {
+  absl::StatusOr<base::HostPort> hp = base::ParseHostPort(text);
+  if (!hp.ok()) {
+    const bool bare_ipv6 = text.find(':') != std::string::npos && text.front() != '[';
+    hp = base::ParseHostPort(bare_ipv6 ? absl::StrCat("[", text, "]:53")
+                                       : absl::StrCat(text, ":53"));
+  }
+  if (!hp.ok() || !hp->host_is_ip) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", text, "\" is not an IP address with an optional port (10.96.0.10, [fd00::10]:53)"));
+  }
+  return *hp;
+}
+
 absl::Status ReadDurationField(ConfigMap& map, absl::string_view key, absl::Duration& out) {
   if (const YamlNode* n = map.Take(key)) {
     MESHTLS_ASSIGN_OR_RETURN(out, base::ReadDuration(*n, map.FieldPath(key)));
@@ -251,6 +267,37 @@ absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool ch
       c.limits.max_connections = static_cast<int>(m);
     }
     MESHTLS_RETURN_IF_ERROR(limits.Finish());
+  }
+  if (const YamlNode* n = top.Take("dns")) {
+    MESHTLS_ASSIGN_OR_RETURN(ConfigMap dns, ConfigMap::Of(*n, "dns"));
+    if (const YamlNode* v = dns.Take("servers")) {
+      MESHTLS_ASSIGN_OR_RETURN(std::vector<std::string> servers,
+                               base::ReadStringList(*v, "dns.servers"));
+      if (servers.empty() || servers.size() > 8) {
+        return base::FieldError("dns.servers", *v,
+                                "must list 1 to 8 servers (leave it out to use /etc/resolv.conf)");
+      }
+      for (const std::string& text : servers) {
+        absl::StatusOr<base::HostPort> server = ParseDnsServer(text);
+        if (!server.ok()) {
+          return base::FieldError("dns.servers", *v, server.status().message());
+        }
+        c.dns.servers.push_back(*server);
+      }
+    }
+    if (const YamlNode* v = dns.Take("max_ttl")) {
+      MESHTLS_ASSIGN_OR_RETURN(c.dns.max_ttl, base::ReadDuration(*v, "dns.max_ttl"));
+      if (c.dns.max_ttl < absl::Seconds(1) || c.dns.max_ttl > absl::Hours(24)) {
+        return base::FieldError("dns.max_ttl", *v, "must be between 1s and 24h");
+      }
+    }
+    if (const YamlNode* v = dns.Take("negative_ttl")) {
+      MESHTLS_ASSIGN_OR_RETURN(c.dns.negative_ttl, base::ReadDuration(*v, "dns.negative_ttl"));
+      if (c.dns.negative_ttl > absl::Hours(1)) {
+        return base::FieldError("dns.negative_ttl", *v, "must be between 1ms and 1h");
+      }
+    }
+    MESHTLS_RETURN_IF_ERROR(dns.Finish());
   }
   if (const YamlNode* n = top.Take("log")) {
     MESHTLS_RETURN_IF_ERROR(base::ReadLogSection(*n, "log", c.log.level, c.log.format));

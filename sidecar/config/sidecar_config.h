@@ -59,6 +59,15 @@ struct SidecarConfig {
     int max_connections = 20000;
     absl::Duration drain_timeout = absl::Seconds(30);
   } limits;
+  // Dns: how names in `connect:` and `forward:` are resolved (each worker resolves and caches
+  // on its own, with c-ares).
+  struct Dns {
+    // DNS servers to ask instead of /etc/resolv.conf's nameservers (IP literals; port 53 unless
+    // given). Empty: the system's. Search domains, ndots and /etc/hosts apply either way.
+    std::vector<base::HostPort> servers;
+    absl::Duration max_ttl = absl::Minutes(5);       // the longest an answer is cached
+    absl::Duration negative_ttl = absl::Seconds(5);  // how long NXDOMAIN or a failure is cached
+  } dns;
   struct Log {
     base::LogLevel level = base::LogLevel::kInfo;
     base::LogFormat format = base::LogFormat::kText;

@@ -122,6 +122,18 @@ std::vector<MetricFamily> SidecarCollector::Collect() const {
   out.push_back(std::move(bytes));
   out.push_back(std::move(refused));
 
+  MetricFamily dns = Family("meshtls_dns_lookups_total",
+                            "Resolutions of upstream host names (IP literals excluded), by result.",
+                            MetricType::Counter);
+  for (int r = 0; r < kDnsLookupResultCount; ++r) {
+    uint64_t sum = 0;
+    for (const WorkerCounters* s : shards_) {
+      sum += s->dns_lookups[r].Get();
+    }
+    AddCounter(dns, {{"result", kDnsLookupResultNames[r]}}, static_cast<double>(sum));
+  }
+  out.push_back(std::move(dns));
+
   // Per worker (a small, fixed set: the configured worker count), to see how SO_REUSEPORT
   // spreads connections.
   MetricFamily per_worker =

@@ -58,6 +58,14 @@ inline constexpr int kRefusedReasonCount = 4;
 inline constexpr std::array<const char*, kRefusedReasonCount> kRefusedReasonNames = {
     "no_credentials", "certificate_expired", "max_connections", "upstream_unavailable"};
 
+// The `result` of meshtls_dns_lookups_total, by net::LookupOutcome (the same order): a DNS
+// lookup that found addresses, found no such name (or no address), timed out or failed
+// otherwise; an answer from the worker's cache (positive or negative); a join onto a lookup of
+// the same name already in flight.
+inline constexpr int kDnsLookupResultCount = 6;
+inline constexpr std::array<const char*, kDnsLookupResultCount> kDnsLookupResultNames = {
+    "success", "nxdomain", "timeout", "error", "cache_hit", "coalesced"};
+
 // Handshake latency buckets, 100us .. 10s.
 inline constexpr std::array<double, 16> kHandshakeBuckets = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,

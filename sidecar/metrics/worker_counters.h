@@ -65,6 +65,7 @@ struct alignas(64) WorkerCounters {
   Counter bytes_received[kDirectionCount];  // from the remote peer (the TLS side)
   Counter bytes_sent[kDirectionCount];      // to the remote peer
   Counter refused[kDirectionCount][kRefusedReasonCount];
+  Counter dns_lookups[kDnsLookupResultCount];  // outbound and inbound targets given as names
   // Indexed by listener id (inbound listeners first, then outbound).
   std::unique_ptr<Counter[]> authz_allow;
   std::unique_ptr<Counter[]> authz_deny;

@@ -67,45 +67,62 @@ void Connection::StartUpstreamConnect() {
   timer_ = env_.loop.AddTimer(env_.connect_timeout, [this] {
     timer_ = 0;
     Refuse(RefusedReason::kUpstreamUnavailable,
-           absl::StrCat("connect to ", listener_.target.ToString(), " timed out"));
+           absl::StrCat("connect to ", listener_.target.ToString(), " timed out",
+                        state_ == State::kResolving ? " (resolving the name)" : ""));
   });
+  // Called at once (IP literal, cached answer) or later from the loop; the connection may be
+  // gone by then, or have given up (connect timeout).
   std::weak_ptr<bool> alive = alive_;
-  net::EventLoop& loop = env_.loop;
   env_.resolver.Resolve(listener_.target,
-                        [this, alive, &loop](absl::StatusOr<net::SocketAddress> address) mutable {
-                          // Runs on the resolver thread (or inline for IP literals).
-                          loop.Post([this, alive, address = std::move(address)]() mutable {
-                            if (!alive.expired() && state_ == State::kResolving) {
-                              OnResolved(std::move(address));
-                            }
-                          });
+                        [this, alive](absl::StatusOr<net::Resolver::Addresses> addresses) {
+                          if (!alive.expired() && state_ == State::kResolving) {
+                            OnResolved(std::move(addresses));
+                          }
                         });
 }
 
-void Connection::OnResolved(absl::StatusOr<net::SocketAddress> address) {
-  if (!address.ok()) {
-    Refuse(RefusedReason::kUpstreamUnavailable, address.status().message());
+void Connection::OnResolved(absl::StatusOr<net::Resolver::Addresses> addresses) {
+  if (!addresses.ok()) {
+    Refuse(RefusedReason::kUpstreamUnavailable, addresses.status().message());
     return;
   }
-  absl::StatusOr<base::UniqueFd> fd = net::ConnectTcp(*address);
-  if (!fd.ok()) {
-    Refuse(RefusedReason::kUpstreamUnavailable, fd.status().message());
-    return;
-  }
+  upstream_addresses_ = *std::move(addresses);
+  next_address_ = 0;
+  last_connect_error_ = absl::StrCat(listener_.target.ToString(), " has no address");
+  ConnectNextAddress();
+}
+
+void Connection::ConnectNextAddress() {
   Side& upstream = listener_.direction == Direction::kInbound ? plain_side() : tls_side();
-  upstream.fd = *std::move(fd);
-  if (listener_.direction == Direction::kOutbound) {
-    tls_peer_ = net::PeerAddress::From(*address);
+  while (next_address_ < upstream_addresses_.size()) {
+    const net::SocketAddress& address = upstream_addresses_[next_address_++];
+    absl::StatusOr<base::UniqueFd> fd = net::ConnectTcp(address);
+    if (!fd.ok()) {
+      last_connect_error_ = std::string(fd.status().message());
+      if (fd.status().code() == absl::StatusCode::kResourceExhausted) {
+        break;  // out of descriptors: another address would not help
+      }
+      continue;
+    }
+    upstream.fd = *std::move(fd);
+    if (listener_.direction == Direction::kOutbound) {
+      tls_peer_ = net::PeerAddress::From(address);
+    }
+    state_ = State::kConnecting;
+    SetInterest(upstream, EPOLLOUT);
+    return;
   }
-  state_ = State::kConnecting;
-  SetInterest(upstream, EPOLLOUT);
+  Refuse(RefusedReason::kUpstreamUnavailable, last_connect_error_);
 }
 
 void Connection::OnUpstreamConnected() {
   Side& upstream = listener_.direction == Direction::kInbound ? plain_side() : tls_side();
   if (int err = net::SocketError(upstream.fd.get()); err != 0) {
-    Refuse(RefusedReason::kUpstreamUnavailable,
-           absl::StrCat("connect to ", listener_.target.ToString(), ": ", std::strerror(err)));
+    last_connect_error_ =
+        absl::StrCat("connect to ", listener_.target.ToString(), " (",
+                     upstream_addresses_[next_address_ - 1].ToString(), "): ", std::strerror(err));
+    CloseSide(upstream);
+    ConnectNextAddress();
     return;
   }
   if (timer_ != 0) {
@@ -638,6 +655,18 @@ void Connection::SetInterest(Side& side, uint32_t events) {
   side.registered = events;
 }
 
+void Connection::CloseSide(Side& side) {
+  if (!side.fd.valid()) {
+    return;
+  }
+  if (side.in_epoll) {
+    env_.loop.Remove(side.fd.get());
+    side.in_epoll = false;
+  }
+  side.registered = 0;
+  side.fd.reset();
+}
+
 void Connection::Refuse(RefusedReason reason, absl::string_view detail) {
   env_.counters.refused[DirectionIndex()][static_cast<int>(reason)].Add();
   if (env_.may_log()) {
@@ -675,17 +704,10 @@ void Connection::Close(bool abortive) {
     ERR_clear_error();
   }
   for (Side* side : {&tls_, &plain_}) {
-    if (!side->fd.valid()) {
-      continue;
-    }
-    if (side->in_epoll) {
-      env_.loop.Remove(side->fd.get());
-      side->in_epoll = false;
-    }
-    if (abortive) {
+    if (side->fd.valid() && abortive) {
       net::SetAbortiveClose(side->fd.get());
     }
-    side->fd.reset();
+    CloseSide(*side);
   }
   if (counted_active_) {
     env_.counters.connections_active[DirectionIndex()].Add(-1);

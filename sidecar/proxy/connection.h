@@ -36,7 +36,7 @@ struct ListenerRuntime {
 // the worker's thread.
 struct ConnectionEnv {
   net::EventLoop& loop;
-  net::Resolver& resolver;
+  net::Resolver& resolver;  // the worker's own (its cache and DNS sockets)
   WorkerCounters& counters;
   BufferPool& buffers;
   const TlsContextStore& tls;
@@ -120,7 +120,10 @@ class Connection {
   static long OnTlsSocketBio(BIO* bio, int operation, const char* data, size_t length, int argi,
                              long argl, int result, size_t* processed);
   void StartUpstreamConnect();
-  void OnResolved(absl::StatusOr<net::SocketAddress> address);
+  void OnResolved(absl::StatusOr<net::Resolver::Addresses> addresses);
+  // ConnectNextAddress starts a connect to the next address of the upstream's name; when none
+  // is left, the connection is refused with the last address's error.
+  void ConnectNextAddress();
   void OnUpstreamConnected();
   void StartTls();
   void DoHandshake();
@@ -151,6 +154,8 @@ class Connection {
   void ArmIdleTimer();
   void ArmExpiryTimer();
   void Close(bool abortive);
+  // CloseSide takes the side's socket out of epoll and closes it.
+  void CloseSide(Side& side);
   void Refuse(RefusedReason reason, absl::string_view detail);
   int DirectionIndex() const { return static_cast<int>(listener_.direction); }
   Side& tls_side() { return tls_; }
@@ -201,6 +206,11 @@ class Connection {
   size_t lingered_bytes_ = 0;  // discarded while kLingering
   bool destroying_ = false;
   bool counted_active_ = false;
+  // The upstream's addresses, tried in order until one accepts: a refused or unreachable
+  // address falls through to the next, all within limits.connect_timeout.
+  net::Resolver::Addresses upstream_addresses_;
+  size_t next_address_ = 0;
+  std::string last_connect_error_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for resolver callbacks
 };
 

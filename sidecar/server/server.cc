@@ -68,7 +68,9 @@ class ServerImpl final : public Server {
             .authorizer = std::move(authorizer)});
       }
     }
-    resolver_ = std::make_unique<net::Resolver>();
+    const net::ResolverOptions dns{.servers = config_.dns.servers,
+                                   .max_ttl = config_.dns.max_ttl,
+                                   .negative_ttl = config_.dns.negative_ttl};
     const int worker_count =
         config_.workers > 0 ? config_.workers
                             : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
@@ -106,9 +108,9 @@ class ServerImpl final : public Server {
                               .session_resumption = config_.tls.session_resumption};
     std::vector<const WorkerCounters*> shards;
     for (int w = 0; w < worker_count; ++w) {
-      MESHTLS_ASSIGN_OR_RETURN(std::unique_ptr<Worker> worker,
-                               Worker::Create(w, listeners_, std::move(fds[w]), store_, *resolver_,
-                                              limits, open_connections_));
+      MESHTLS_ASSIGN_OR_RETURN(
+          std::unique_ptr<Worker> worker,
+          Worker::Create(w, listeners_, std::move(fds[w]), store_, dns, limits, open_connections_));
       shards.push_back(&worker->counters());
       workers_.push_back(std::move(worker));
     }
@@ -326,9 +328,6 @@ class ServerImpl final : public Server {
   TlsContextStore store_;
   std::vector<ListenerRuntime> listeners_;
   std::vector<std::unique_ptr<Worker>> workers_;
-  // Declared after workers_, so it is destroyed (its thread joined) before their event loops:
-  // a DNS answer in flight must never be posted to a destroyed loop.
-  std::unique_ptr<net::Resolver> resolver_;
   std::unique_ptr<admin::AdminServer> admin_;
   std::unique_ptr<certmgr::CaClient> ca_client_;
   std::unique_ptr<certmgr::Rotator> rotator_;

@@ -14,14 +14,19 @@ namespace meshtls::sidecar {
 
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
     int index, const std::vector<ListenerRuntime>& listeners,
-    std::vector<base::UniqueFd> listen_fds, const TlsContextStore& tls, net::Resolver& resolver,
-    WorkerLimits limits, std::atomic<int>& open_connections) {
+    std::vector<base::UniqueFd> listen_fds, const TlsContextStore& tls,
+    const net::ResolverOptions& dns, WorkerLimits limits, std::atomic<int>& open_connections) {
   absl::StatusOr<std::unique_ptr<net::EventLoop>> loop = net::EventLoop::Create();
   if (!loop.ok()) {
     return loop.status();
   }
-  auto worker = std::unique_ptr<Worker>(new Worker(index, tls, resolver, limits, open_connections,
-                                                   listeners.size(), *std::move(loop)));
+  absl::StatusOr<std::unique_ptr<net::Resolver>> resolver = net::Resolver::Create(**loop, dns);
+  if (!resolver.ok()) {
+    return resolver.status();
+  }
+  auto worker =
+      std::unique_ptr<Worker>(new Worker(index, tls, limits, open_connections, listeners.size(),
+                                         *std::move(loop), *std::move(resolver)));
   for (size_t i = 0; i < listeners.size(); ++i) {
     auto acceptor = std::make_unique<Acceptor>(*worker, listeners[i], std::move(listen_fds[i]));
     if (limits.session_resumption && listeners[i].direction == Direction::kOutbound) {
@@ -36,16 +41,17 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
   return worker;
 }
 
-Worker::Worker(int index, const TlsContextStore& tls, net::Resolver& resolver, WorkerLimits limits,
+Worker::Worker(int index, const TlsContextStore& tls, WorkerLimits limits,
                std::atomic<int>& open_connections, size_t listener_count,
-               std::unique_ptr<net::EventLoop> loop)
+               std::unique_ptr<net::EventLoop> loop, std::unique_ptr<net::Resolver> resolver)
     : index_(index),
       limits_(limits),
       open_connections_(open_connections),
       counters_(listener_count),
       loop_(std::move(loop)),
+      resolver_(std::move(resolver)),
       env_{.loop = *loop_,
-           .resolver = resolver,
+           .resolver = *resolver_,
            .counters = counters_,
            .buffers = buffers_,
            .tls = tls,
@@ -64,6 +70,10 @@ Worker::Worker(int index, const TlsContextStore& tls, net::Resolver& resolver, W
   };
   env_.may_log = [this] { return MayLog(); };
   env_.on_lingering = [this](uint64_t id) { lingering_.insert(id); };
+  static_assert(kDnsLookupResultCount == net::kLookupOutcomeCount);
+  resolver_->set_observer([this](net::LookupOutcome outcome) {
+    counters_.dns_lookups[static_cast<int>(outcome)].Add();
+  });
 }
 
 bool Worker::EndOldestLingering() {

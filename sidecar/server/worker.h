@@ -30,14 +30,16 @@ struct WorkerLimits {
 
 // Worker is one data-plane thread: its own epoll loop, its own SO_REUSEPORT listening socket
 // per listener, its own connections and its own metric shard. Other threads reach it only
-// through EventLoop::Post. `listeners`, the store, the resolver and `open_connections` (shared
-// by all workers, touched once per connection) must outlive it.
+// through EventLoop::Post. `listeners`, the store and `open_connections` (shared by all
+// workers, touched once per connection) must outlive it. Each worker resolves names with its
+// own Resolver on its own loop (its own DNS cache): no lock and no thread between a new
+// connection and its upstream's addresses.
 class Worker {
  public:
   static absl::StatusOr<std::unique_ptr<Worker>> Create(
       int index, const std::vector<ListenerRuntime>& listeners,
-      std::vector<base::UniqueFd> listen_fds, const TlsContextStore& tls, net::Resolver& resolver,
-      WorkerLimits limits, std::atomic<int>& open_connections);
+      std::vector<base::UniqueFd> listen_fds, const TlsContextStore& tls,
+      const net::ResolverOptions& dns, WorkerLimits limits, std::atomic<int>& open_connections);
   ~Worker();
 
   void Start();
@@ -61,9 +63,9 @@ class Worker {
     bool paused = false;
   };
 
-  Worker(int index, const TlsContextStore& tls, net::Resolver& resolver, WorkerLimits limits,
+  Worker(int index, const TlsContextStore& tls, WorkerLimits limits,
          std::atomic<int>& open_connections, size_t listener_count,
-         std::unique_ptr<net::EventLoop> loop);
+         std::unique_ptr<net::EventLoop> loop, std::unique_ptr<net::Resolver> resolver);
   void Accept(Acceptor& acceptor);
   // EndOldestLingering closes the longest-lingering refused connection, if there is one, to
   // free its place under limits.max_connections; false if none lingers.
@@ -76,6 +78,7 @@ class Worker {
   WorkerCounters counters_;
   BufferPool buffers_;  // before env_, which refers to it
   std::unique_ptr<net::EventLoop> loop_;
+  std::unique_ptr<net::Resolver> resolver_;  // after loop_: destroyed before it
   ConnectionEnv env_;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;

@@ -3,9 +3,10 @@
 
 Every proxy runs as a pair (an outbound proxy that originates mutual TLS 1.3 and an inbound
 proxy that terminates it, each with one worker) between wrk/curl and a plain HTTP backend, all
-on loopback. Rows: keep-alive requests/s and latency, full and resumed handshakes/s, one bulk
-stream, RSS per idle connection, and proxy CPU per request and per handshake; plus the ceiling
-from `openssl speed`. Each figure is repeated --reps times; the table shows the median, then
+on loopback. Rows: keep-alive requests/s and latency, full and resumed handshakes/s (for
+meshtls also with the outbound `connect:` a DNS name served by a DNS server on loopback), one
+bulk stream, RSS per idle connection, and proxy CPU per request and per handshake; plus the
+ceiling from `openssl speed`. Each figure is repeated --reps times; the table shows the median, then
 every repetition, and meshtls / best peer. Run through scripts/bench.sh, which installs the
 peers and builds meshtls in Release mode.
 
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -38,6 +40,8 @@ BULK_BYTES = 100 * 1024 * 1024
 IDLE_CONNECTIONS = 2000
 WRK_CONNECTIONS = 32
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+DNS_NAME = "upstream.bench.test"  # the DNS row's `connect:` name, served by DnsResponder
+DNS_TTL = 5
 
 
 def log(msg):
@@ -261,8 +265,59 @@ def start_pair(d, tag, out_port, ext, configs, argv):
     return Pair(tag, procs["out"], procs["in"], out_port)
 
 
-def start_meshtls(d, tag, backend_port, pki, sidecar, resumption, workers):
+class DnsResponder:
+    """A DNS server on 127.0.0.1 (UDP) for the DNS row: answers A queries for `name` with
+    127.0.0.1 and `ttl`, AAAA with no record, anything else with NXDOMAIN; counts queries."""
+
+    def __init__(self, name, ttl):
+        self.name, self.ttl, self.queries = name.lower(), ttl, 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stopping = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stopping:
+            try:
+                query, peer = self.sock.recvfrom(1500)
+            except socket.timeout:
+                continue
+            if len(query) < 17:
+                continue
+            labels, at = [], 12
+            while at < len(query) and query[at] != 0:
+                n = query[at]
+                labels.append(query[at + 1:at + 1 + n].decode(errors="replace"))
+                at += 1 + n
+            qtype = int.from_bytes(query[at + 1:at + 3], "big")
+            question = query[12:at + 5]
+            self.queries += 1
+            known = ".".join(labels).lower() == self.name
+            flags = 0x8000 | (int.from_bytes(query[2:4], "big") & 0x7900) | 0x80 | (0 if known else 3)
+            answers = b""
+            if known and qtype == 1:
+                answers = (b"\xc0\x0c" + (1).to_bytes(2, "big") + (1).to_bytes(2, "big") +
+                           self.ttl.to_bytes(4, "big") + (4).to_bytes(2, "big") +
+                           socket.inet_aton("127.0.0.1"))
+            header = (query[0:2] + flags.to_bytes(2, "big") + (1).to_bytes(2, "big") +
+                      (1 if answers else 0).to_bytes(2, "big") + bytes(4))
+            self.sock.sendto(header + question + answers, peer)
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join()
+        self.sock.close()
+
+
+def start_meshtls(d, tag, backend_port, pki, sidecar, resumption, workers, dns=None):
+    """A meshtls pair; with `dns` (a DnsResponder), the outbound side connects to its name,
+    resolved through it, instead of to 127.0.0.1."""
     in_port, out_port = free_port(), free_port()
+    connect_host = dns.name if dns else "127.0.0.1"
+    dns_section = f'dns: {{servers: ["127.0.0.1:{dns.port}"]}}\n' if dns else ""
 
     def config(cert, listener):
         return f"""trust_domain: {TRUST_DOMAIN}
@@ -285,9 +340,9 @@ log: {{level: warning}}
         "out": config("client", f"""outbound:
   - name: bench
     listen: 127.0.0.1:{out_port}
-    connect: 127.0.0.1:{in_port}
+    connect: {connect_host}:{in_port}
     expect: [{SERVER_ID}]
-"""),
+{dns_section}"""),
     }, lambda role, conf: [sidecar, "--config", conf])
 
 
@@ -502,6 +557,7 @@ ROWS = [
     ("p99", "1. keep-alive p99 latency", "us", False),
     ("hs_full", "2. full mTLS handshakes/s (resumption off)", "hs/s", True),
     ("hs_full_p99", "2. full handshake request p99", "us", False),
+    ("hs_dns", f"2. full handshakes/s, connect: a DNS name (TTL {DNS_TTL}s)", "hs/s", True),
     ("hs_resumed", "3. handshakes/s, resumption on", "hs/s", True),
     ("bulk", "4. bulk, one 100 MiB stream", "MiB/s", True),
     ("idle_kib", "5. RSS per idle connection (2000 held)", "KiB", False),
@@ -534,6 +590,7 @@ def main():
     pki = os.path.join(d, "pki")
     os.makedirs(pki)
     results = {c: {k: [] for k, *_ in ROWS} for c in columns}
+    dns = DnsResponder(DNS_NAME, DNS_TTL)
     try:
         make_pki(pki)
         backend, backend_port = start_backend(d)
@@ -560,6 +617,10 @@ def main():
                 continue
             for resumption in (False, True):
                 pairs[(c, resumption)] = start(c, resumption)
+            if c in ("meshtls", "meshtls-2w"):
+                # The DNS row: the same pair, resumption off, with `connect:` a DNS name.
+                pairs[(c, "dns")] = start_meshtls(d, f"{c}-dns", backend_port, pki, sidecar,
+                                                  False, 1 if c == "meshtls" else 2, dns)
         for key, pair in pairs.items():
             wait_until(f"{key[0]} to serve", lambda pair=pair: ready(pair))
             wrk(pair.port, 1, close=False)  # warm-up
@@ -587,6 +648,9 @@ def main():
                     results[c]["cpu_hs"].append(cpu * 1e6 / r["requests"])
                     r = wrk(pairs[(c, True)].port, args.duration, close=True)
                     results[c]["hs_resumed"].append(r["rps"])
+                if (c, "dns") in pairs:
+                    r = wrk(pairs[(c, "dns")].port, args.duration, close=True)
+                    results[c]["hs_dns"].append(r["rps"])
                 results[c]["bulk"].append(bulk(pair.port))
                 pair.check_alive()
                 got = {k: v[-1] for k, v in results[c].items() if v}
@@ -595,8 +659,8 @@ def main():
         for c in columns:
             if c == "baseline":
                 continue
-            for resumption in (False, True):
-                pairs[(c, resumption)].stop()
+            for key in [k for k in pairs if k[0] == c]:
+                pairs[key].stop()
 
         # Idle memory on a fresh pair each time: warmed by one request, then 2000 held open.
         for rep in range(args.reps):
@@ -617,7 +681,8 @@ def main():
         speed = openssl_speed(2)
     finally:
         Proc.stop_all()
-    report(args, columns, results, speed)
+        dns.stop()
+    report(args, columns, results, speed, dns.queries)
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -640,7 +705,7 @@ def versions():
             first_line(["nginx", "-v"]), first_line(["stunnel4", "-version"], "stunnel ")]
 
 
-def report(args, columns, results, speed):
+def report(args, columns, results, speed, dns_queries):
     def median(c, k):
         vals = results[c][k]
         return statistics.median(vals) if vals else None
@@ -690,6 +755,10 @@ def report(args, columns, results, speed):
         f"2 X25519) {speed['side_us']:.0f} us, so at most "
         f"{speed['handshakes_per_s']:,.0f} full handshakes/s through a pair on "
         f"{os.cpu_count()} cores with nothing else running.")
+    lines.append(
+        f"row hs_dns: the outbound side's connect: is {DNS_NAME}, answered by a DNS server on "
+        f"loopback with a TTL of {DNS_TTL}s ({dns_queries} queries in the whole run); row hs_full "
+        "is the same pair with connect: 127.0.0.1.")
     lines.append("")
     lines.append("every repetition:")
     for key, title, unit, _ in ROWS:

@@ -76,14 +76,13 @@ using PeerKind = fuzz::RelayPeer;
 constexpr const char* kPeerKindNames[] = {"authorized", "not-allowed", "untrusted", "raw"};
 
 // World is made once per process: certificates (the sidecar's, and the peer's in each kind),
-// the TLS contexts and the resolver thread (idle: targets are IP literals).
+// and the TLS contexts.
 struct World {
   testing::TestCa ca{kTrustDomain, absl::Now() - absl::Hours(1)};
   testing::TestCa other_ca{kTrustDomain, absl::Now() - absl::Hours(1)};
   std::shared_ptr<const TlsContext> sidecar;
   std::shared_ptr<const TlsContext> peer[3];  // by PeerKind, TLS kinds only
   TlsContextStore store;
-  net::Resolver resolver;
   PeerAuthorizer allow_peer = Authorizer(kPeerId);
   PeerAuthorizer expect_sidecar = Authorizer(kSidecarId);
 
@@ -163,6 +162,12 @@ class Driver {
       Fail("EventLoop::Create failed");
     }
     loop_ = *std::move(loop);
+    // Idle: the targets are IP literals, answered without DNS.
+    auto resolver = net::Resolver::Create(*loop_, {});
+    if (!resolver.ok()) {
+      Fail("Resolver::Create failed");
+    }
+    resolver_ = *std::move(resolver);
     listen_ = Listen();
     const uint16_t port = net::LocalPort(listen_.get());
     listener_ = std::make_unique<ListenerRuntime>(
@@ -173,7 +178,7 @@ class Driver {
                         .authorizer = world_.allow_peer});  // inbound `allow`, outbound `expect`
     env_ = std::make_unique<ConnectionEnv>(
         ConnectionEnv{.loop = *loop_,
-                      .resolver = world_.resolver,
+                      .resolver = *resolver_,
                       .counters = counters_,
                       .buffers = buffers_,
                       .tls = world_.store,
@@ -654,6 +659,7 @@ class Driver {
   WorkerCounters counters_;
   BufferPool buffers_;
   std::unique_ptr<net::EventLoop> loop_;
+  std::unique_ptr<net::Resolver> resolver_;  // after loop_: destroyed before it
   std::unique_ptr<ConnectionEnv> env_;
   std::unique_ptr<ListenerRuntime> listener_;
   base::UniqueFd listen_;

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/status_matchers.h"
@@ -116,7 +117,39 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"address: certmgr.meshtls-system.svc:8443", "address: [a:1, a:1]",
                   "\"a:1\" is listed twice"},
         ErrorCase{"address: certmgr.meshtls-system.svc:8443", "address: []",
-                  "at least one host:port"}));
+                  "at least one host:port"},
+        ErrorCase{"workers: 0", "workers: 0\ndns: {servers: [kube-dns.svc:53]}",
+                  "dns.servers: \"kube-dns.svc:53\" is not an IP address"},
+        ErrorCase{"workers: 0", "workers: 0\ndns: {servers: []}", "dns.servers: must list 1 to 8"},
+        ErrorCase{"workers: 0", "workers: 0\ndns: {servers: [10.0.0.1:0]}",
+                  "dns.servers: \"10.0.0.1:0\""},
+        ErrorCase{"workers: 0", "workers: 0\ndns: {max_ttl: 48h}", "dns.max_ttl: must be between"},
+        ErrorCase{"workers: 0", "workers: 0\ndns: {negative_ttl: 2h}",
+                  "dns.negative_ttl: must be between"},
+        ErrorCase{"workers: 0", "workers: 0\ndns: {server: [10.0.0.1]}",
+                  "dns.server: unknown field"}));
+
+TEST(SidecarConfigTest, DnsSection) {
+  absl::StatusOr<SidecarConfig> c = ParseSidecarConfig(kDesignExample, /*check_files=*/false);
+  ASSERT_THAT(c, IsOk());
+  EXPECT_TRUE(c->dns.servers.empty()) << "the system's resolver by default";
+  EXPECT_EQ(c->dns.max_ttl, absl::Minutes(5));
+  EXPECT_EQ(c->dns.negative_ttl, absl::Seconds(5));
+  c = ParseSidecarConfig(
+      absl::StrCat(kDesignExample,
+                   "dns: {servers: [10.96.0.10, 127.0.0.1:5353, \"fd00::a\", \"[::1]:53\"], "
+                   "max_ttl: 30s, negative_ttl: 1s}\n"),
+      /*check_files=*/false);
+  ASSERT_THAT(c, IsOk());
+  std::vector<std::string> servers;
+  for (const base::HostPort& s : c->dns.servers) {
+    servers.push_back(s.ToString());
+  }
+  EXPECT_EQ(servers, (std::vector<std::string>{"10.96.0.10:53", "127.0.0.1:5353", "[fd00::a]:53",
+                                               "[::1]:53"}));
+  EXPECT_EQ(c->dns.max_ttl, absl::Seconds(30));
+  EXPECT_EQ(c->dns.negative_ttl, absl::Seconds(1));
+}
 
 TEST(SidecarConfigTest, CertmgrAddressTakesAListOfReplicas) {
   absl::StatusOr<SidecarConfig> c = ParseSidecarConfig(
