@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "certmgr/base/file.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/test_ca.h"
@@ -95,6 +98,47 @@ TEST(CertmgrCliTest, BadConfigAndBadTokenRequest) {
                                      "--spiffe-id", "spiffe://mesh.test"}),
                      "--spiffe-id must name a workload");
   ExpectOneLineError(RunBinary(dir, {bin, "frobnicate"}), "unknown command");
+}
+
+TEST(CertmgrCliTest, TokenCreateDefaultsToADayAndSaysWhen) {
+  testing::TempDir dir;
+  const std::string bin = testing::BinaryPath("meshtls-certmgr");
+  const absl::Time before = absl::Now();
+  RunResult r = RunBinary(dir, {bin, "token", "create", "--token-file", dir.File("t"),
+                                "--spiffe-id", "spiffe://mesh.test/vm/db"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("expires "), std::string::npos) << r.output;
+  // The file's line: "v1 <hash> <id> <expiry>", the expiry a day from now.
+  std::vector<std::string> fields =
+      absl::StrSplit(absl::StripAsciiWhitespace(*base::ReadFileToString(dir.File("t"))), ' ');
+  ASSERT_EQ(fields.size(), 4u);
+  int64_t expiry = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(fields[3], &expiry));
+  EXPECT_GE(expiry, absl::ToUnixSeconds(before + absl::Hours(24)));
+  EXPECT_LE(expiry, absl::ToUnixSeconds(absl::Now() + absl::Hours(24)));
+}
+
+TEST(CertmgrCliTest, PolicyFieldsAreValidated) {
+  testing::TempDir dir;
+  const std::string bin = testing::BinaryPath("meshtls-certmgr");
+  const std::string head = "trust_domain: mesh.test\nca: {dir: /tmp/x}\n";
+  ExpectOneLineError(
+      RunBinary(dir, {bin, "--check", "--config",
+                      dir.Write("a.yaml", head + "deny: [spiffe://other.test/a]\n")}),
+      "deny");
+  ExpectOneLineError(RunBinary(dir, {bin, "--check", "--config",
+                                     dir.Write("b.yaml", head + "limits: {max_watchers: 0}\n")}),
+                     "limits.max_watchers");
+  ExpectOneLineError(
+      RunBinary(dir, {bin, "--check", "--config",
+                      dir.Write("c.yaml", head + "authenticators:\n  kubernetes: {issuer: i, "
+                                                 "jwks_file: j, max_token_lifetime: 720h}\n")}),
+      "max_token_lifetime");
+  RunResult ok = RunBinary(
+      dir, {bin, "--check", "--config",
+            dir.Write("d.yaml", head + "deny: [spiffe://mesh.test/ns/old/*]\nlimits: "
+                                       "{max_watchers: 50, max_watchers_per_address: 4}\n")});
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
 }
 
 TEST(CertmgrCliTest, CaInitMakesTheRootOnceForASecret) {
