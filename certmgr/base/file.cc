@@ -114,11 +114,13 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
                                                      : path.substr(0, slash);
   UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dir_fd.valid()) {
-    return ErrnoError(errno, absl::StrCat("cannot open ", dir, " to fsync it"));
+    return ErrnoError(errno, absl::StrCat(path, " was replaced, but its directory ", dir,
+                                          " cannot be opened to make that durable"));
   }
   // EINVAL: a file system that cannot sync directories (it has nothing more to make durable).
   if (::fsync(dir_fd.get()) != 0 && errno != EINVAL) {
-    return ErrnoError(errno, absl::StrCat("cannot fsync ", dir));
+    return ErrnoError(errno, absl::StrCat(path, " was replaced, but fsync of its directory ", dir,
+                                          " failed: the change may not survive a crash"));
   }
   return absl::OkStatus();
 }

@@ -16,7 +16,8 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max
 // WriteFileAtomically writes `contents` to a new temporary file beside `path` with `mode` (a
 // random name, created exclusively, never through a symlink), fsyncs it, renames it over `path`
 // and fsyncs the directory, so readers see the old or the new file, never half of one, and the
-// new one survives a crash once this returns. On error the temporary file is removed.
+// new one survives a crash once this returns. On error the temporary file is removed; only a
+// failure to sync the directory comes after the rename (its message says the file was replaced).
 absl::Status WriteFileAtomically(const std::string& path, const std::string& contents,
                                  unsigned mode);
 

@@ -27,7 +27,8 @@ class CallerAuthenticator {
   // CheckRenewal says whether this authenticator's current policy would still issue `id`, for
   // a caller that renews with a certificate instead of a bootstrap credential: OK (it would),
   // PermissionDenied (the identity is of its kind but its policy no longer allows it), NotFound
-  // (not an identity this authenticator issues: ask the next one).
+  // (not an identity this authenticator issues). MeshAuthenticator allows a renewal when any
+  // bootstrap authenticator answers OK, as a bootstrap succeeds with any one credential.
   virtual absl::Status CheckRenewal(const pki::SpiffeId& id) = 0;
 };
 

@@ -136,6 +136,13 @@ class CertmgrServerImpl final : public CertmgrServer {
     if (next.ok() && next->trust_domain != config_.trust_domain) {
       next = absl::InvalidArgumentError("trust_domain cannot change without a restart");
     }
+    // Adding or removing the Kubernetes authenticator takes a restart; applying the rest of
+    // such a file would turn a removed section's (empty) namespace list into "every namespace"
+    // for the authenticator still running.
+    if (next.ok() && next->kubernetes.enabled != config_.kubernetes.enabled) {
+      next = absl::InvalidArgumentError(
+          "authenticators.kubernetes cannot be added or removed without a restart");
+    }
     if (!next.ok()) {
       metrics_.SetConfigReloadSuccessful(false);
       base::LogError("config reload refused; keeping the current policy",

@@ -63,8 +63,10 @@ absl::StatusOr<std::string> CreateJoinToken(const std::string& path, const pki::
 
 void JoinTokenAuthenticator::RefuseWholeFile(const base::FileVersion& version,
                                              absl::string_view why) {
+  // No token bootstraps while the file is refused, but the identities of its last good version
+  // keep renewing: a chmod mistake must not take every join-token workload out of the mesh
+  // within a certificate lifetime. (Deleting the file, or lines of it, does revoke.)
   by_hash_.clear();
-  identities_.clear();
   state_ = JoinTokenFileState{.usable = false, .rejected_lines = 0, .tokens = 0};
   refused_because_ = std::string(why);
   loaded_ = version;

@@ -52,6 +52,7 @@ class JoinTokenAuthenticator final : public CallerAuthenticator {
       : path_(std::move(path)), clock_(clock) {}
   absl::StatusOr<pki::SpiffeId> Authenticate(const CallerCredentials& credentials) override;
   // CheckRenewal: OK while the file holds a line for `id` (expired or not), else NotFound.
+  // While the file is refused whole, its last good version answers.
   absl::Status CheckRenewal(const pki::SpiffeId& id) override;
   // Reload re-reads the file if it changed and returns how it loaded. Any thread (certmgr's
   // file watcher calls it, so a broken file shows in metrics before a token is used).

@@ -309,6 +309,9 @@ absl::StatusOr<pki::SpiffeId> KubernetesAuthenticator::Authenticate(
   if (!iat.has_value()) {
     return Bad("no iat claim (the token's lifetime cannot be checked)");
   }
+  if (*iat > now + skew) {
+    return Bad("issued in the future (iat)");
+  }
   if (*exp - *iat > absl::ToDoubleSeconds(options_.max_token_lifetime)) {
     return Bad(absl::StrCat("its lifetime (exp - iat) exceeds ",
                             absl::FormatDuration(options_.max_token_lifetime)));

@@ -247,8 +247,10 @@ TEST_P(AdminFloodTest, ProbesAreAnsweredAndMemoryStaysBounded) {
   // Each admin connection holds at most one response (a /metrics page of some KiB here) and a
   // bounded input buffer; 16 MiB is far above that for 64 connections, and far below what
   // buffering the pipelined requests or their answers would take.
+#if !defined(__SANITIZE_ADDRESS__)  // ASan's quarantine keeps freed memory resident
   EXPECT_LT(peak_kib - baseline_kib, 16 * 1024)
       << "RSS grew from " << baseline_kib << " KiB to " << peak_kib << " KiB";
+#endif
   // The attack reached the cap (connections were evicted), and the process still serves.
   EXPECT_GE(testing::ScrapeMetric(admin_port_, R"(meshtls_admin_rejected_total{reason="evicted"})"),
             1);

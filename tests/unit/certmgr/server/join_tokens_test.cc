@@ -100,6 +100,10 @@ TEST(JoinTokensTest, AFileWritableByGroupOrOthersIsRefused) {
     EXPECT_THAT(auth.Authenticate({.bearer_token = token, .peer_chain = {}}),
                 StatusIs(absl::StatusCode::kUnauthenticated, "writable by group or others"))
         << std::oct << mode;
+    // The identities of the last good version still renew: a chmod mistake must not take
+    // every join-token workload out of the mesh.
+    EXPECT_THAT(auth.CheckRenewal(Id("spiffe://mesh.test/ns/a/sa/b")), IsOk());
+    EXPECT_FALSE(auth.Reload().usable);
   }
   ASSERT_EQ(::chmod(path.c_str(), 0640), 0);
   EXPECT_THAT(auth.Authenticate({.bearer_token = token, .peer_chain = {}}), IsOk());

@@ -117,6 +117,13 @@ TEST_F(KubernetesAuthenticatorTest, LongLivedUnboundOrUndatedTokensAreRefused) {
   ASSERT_NE(unbound, Claims());
   EXPECT_THAT(Auth(testing::SignJwt(rsa_, unbound)),
               StatusIs(absl::StatusCode::kUnauthenticated, "pod"));
+  // Nor can the cap be dodged by dating the token in the future.
+  const std::string future_dated = testing::ServiceAccountClaims(
+      kIssuer, "meshtls", "shop", "cart", clock_.Now() + absl::Hours(24 * 3650 + 1),
+      clock_.Now() + absl::Hours(24 * 3650));
+  EXPECT_THAT(
+      Auth(testing::SignJwt(rsa_, absl::StrReplaceAll(future_dated, {{"\"nbf\":", "\"x_nbf\":"}}))),
+      StatusIs(absl::StatusCode::kUnauthenticated, "future"));
   // A token of exactly the default cap (24 h) still passes.
   const std::string day =
       testing::ServiceAccountClaims(kIssuer, "meshtls", "shop", "cart",
