@@ -91,10 +91,15 @@ class CertmgrPolicyTest : public ::testing::Test {
       thread.join();
     }
   };
-  std::unique_ptr<Watch> OpenWatch(const certmgr::CallCredentials& credentials) {
+  // OpenWatch watches certmgr_, or `target`.
+  std::unique_ptr<Watch> OpenWatch(const certmgr::CallCredentials& credentials,
+                                   const CertmgrProcess* target = nullptr) {
+    if (target == nullptr) {
+      target = certmgr_.get();
+    }
     auto w = std::make_unique<Watch>();
-    w->client = certmgr::NewGrpcCaClient({certmgr_->address()},
-                                         *base::ReadFileToString(certmgr_->ca_pem_path()));
+    w->client = certmgr::NewGrpcCaClient({target->address()},
+                                         *base::ReadFileToString(target->ca_pem_path()));
     Watch* raw = w.get();
     w->thread = std::thread([raw, credentials] {
       raw->status = raw->client->WatchTrustBundle(
@@ -263,18 +268,7 @@ TEST_F(CertmgrPolicyTest, WatchStreamsAreCappedPerAddressAndInTotal) {
   options.extra_yaml = "limits: {max_watchers: 2, max_watchers_per_address: 100}\n";
   std::unique_ptr<CertmgrProcess> small;
   MESHTLS_ASSERT_OK_AND_MOVE(small, CertmgrProcess::Start(dir_, kTd, options));
-  auto watch_small = [&] {
-    auto w = std::make_unique<Watch>();
-    w->client =
-        certmgr::NewGrpcCaClient({small->address()}, *base::ReadFileToString(small->ca_pem_path()));
-    Watch* raw = w.get();
-    w->thread = std::thread([raw, token] {
-      raw->status = raw->client->WatchTrustBundle(
-          Bearer(token), [raw](std::vector<pki::Certificate>, uint64_t) { raw->received++; });
-      raw->ended = true;
-    });
-    return w;
-  };
+  auto watch_small = [&] { return OpenWatch(Bearer(token), small.get()); };
   auto a = watch_small();
   auto b = watch_small();
   ASSERT_TRUE(testing::WaitFor([&] { return Streaming(*a) && Streaming(*b); }, absl::Seconds(10)));
