@@ -293,7 +293,7 @@ absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool ch
     }
     if (const YamlNode* v = dns.Take("negative_ttl")) {
       MESHTLS_ASSIGN_OR_RETURN(c.dns.negative_ttl, base::ReadDuration(*v, "dns.negative_ttl"));
-      if (c.dns.negative_ttl > absl::Hours(1)) {
+      if (c.dns.negative_ttl < absl::Milliseconds(1) || c.dns.negative_ttl > absl::Hours(1)) {
         return base::FieldError("dns.negative_ttl", *v, "must be between 1ms and 1h");
       }
     }

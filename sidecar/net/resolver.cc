@@ -36,6 +36,34 @@ Resolver::Addresses WithPort(const Resolver::Addresses& addresses, uint16_t port
   return out;
 }
 
+// Each server is tried twice; each try waits between kMinTryTimeout and kMaxTryTimeout.
+constexpr int kTries = 2;
+constexpr absl::Duration kMinTryTimeout = absl::Milliseconds(10);
+constexpr absl::Duration kMaxTryTimeout = absl::Seconds(1);
+
+// SystemServerCount counts the nameservers of the system's configuration (/etc/resolv.conf).
+absl::StatusOr<size_t> SystemServerCount() {
+  ares_channeldata* probe = nullptr;
+  ares_options none{};
+  if (int s = ares_init_options(&probe, &none, 0); s != ARES_SUCCESS) {
+    return AresError("ares_init_options", s);
+  }
+  ares_addr_port_node* servers = nullptr;
+  const int s = ares_get_servers_ports(probe, &servers);
+  size_t count = 0;
+  for (ares_addr_port_node* n = servers; n != nullptr; n = n->next) {
+    ++count;
+  }
+  if (servers != nullptr) {
+    ares_free_data(servers);
+  }
+  ares_destroy(probe);
+  if (s != ARES_SUCCESS) {
+    return AresError("ares_get_servers_ports", s);
+  }
+  return count;
+}
+
 }  // namespace
 
 // SocketWatcher forwards epoll events on one c-ares socket. Once c-ares closes the socket the
@@ -71,10 +99,27 @@ absl::StatusOr<std::unique_ptr<Resolver>> Resolver::Create(EventLoop& loop,
     return AresError("ares_library_init", library_status);
   }
   auto resolver = std::unique_ptr<Resolver>(new Resolver(loop, options));
+  size_t server_count = options.servers.size();
+  if (server_count == 0) {
+    absl::StatusOr<size_t> system = SystemServerCount();
+    if (!system.ok()) {
+      return system.status();
+    }
+    server_count = *system;
+  }
   ares_options ares{};
   ares.sock_state_cb = &Resolver::OnSocketState;
   ares.sock_state_cb_data = resolver.get();
-  if (int s = ares_init_options(&resolver->channel_, &ares, ARES_OPT_SOCK_STATE_CB);
+  // c-ares tries each server `tries` times, in rounds, doubling the wait every round: with
+  // two tries a lookup takes at most 3 x servers x the first wait. Its defaults (5 s, 4 tries)
+  // would take 75 s per server, long after every connection waiting for it gave up.
+  const absl::Duration per_try = std::clamp(
+      options.lookup_timeout / (3 * static_cast<int64_t>(std::max<size_t>(server_count, 1))),
+      kMinTryTimeout, kMaxTryTimeout);
+  ares.timeout = static_cast<int>(absl::ToInt64Milliseconds(per_try));
+  ares.tries = kTries;
+  if (int s = ares_init_options(&resolver->channel_, &ares,
+                                ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES);
       s != ARES_SUCCESS) {
     resolver->channel_ = nullptr;
     return AresError("ares_init_options", s);
@@ -117,7 +162,13 @@ void Resolver::Count(LookupOutcome outcome) {
   }
 }
 
-void Resolver::Resolve(const base::HostPort& target, Callback callback) {
+size_t Resolver::waiters_for_test(const std::string& name) const {
+  auto it = pending_.find(name);
+  return it == pending_.end() ? 0 : it->second.waiters.size();
+}
+
+void Resolver::Resolve(const base::HostPort& target, std::weak_ptr<const void> owner,
+                       Callback callback) {
   if (target.host_is_ip) {
     absl::StatusOr<SocketAddress> address = ToSocketAddress(target);
     if (!address.ok()) {
@@ -141,7 +192,25 @@ void Resolver::Resolve(const base::HostPort& target, Callback callback) {
     cache_.erase(it);
   }
   auto [pending, first] = pending_.try_emplace(name);
-  pending->second.push_back(Waiter{target.port, std::move(callback)});
+  std::vector<Waiter>& waiters = pending->second.waiters;
+  if (waiters.size() >= pending->second.prune_at ||
+      waiters.size() >= options_.max_waiters_per_name) {
+    // Connections that gave up (connect timeout, app closed) leave their waiter behind.
+    std::erase_if(waiters, [](const Waiter& w) { return w.owner.expired(); });
+    pending->second.prune_at = std::max<size_t>(16, 2 * waiters.size());
+  }
+  if (waiters.size() >= options_.max_waiters_per_name) {
+    absl::Status refused = absl::ResourceExhaustedError(
+        absl::StrCat("cannot resolve ", name, ": ", waiters.size(),
+                     " connections are already waiting for its lookup"));
+    if (first) {
+      pending_.erase(pending);  // max_waiters_per_name 0: no lookup at all
+    }
+    Count(LookupOutcome::kError);
+    callback(std::move(refused));
+    return;
+  }
+  waiters.push_back(Waiter{target.port, std::move(owner), std::move(callback)});
   if (!first) {
     Count(LookupOutcome::kCoalesced);
     return;
@@ -215,7 +284,7 @@ void Resolver::Finish(const std::string& name, int status, ares_addrinfo* result
   Count(outcome);
   std::vector<Waiter> waiters;
   if (auto it = pending_.find(name); it != pending_.end()) {
-    waiters = std::move(it->second);
+    waiters = std::move(it->second.waiters);
     pending_.erase(it);
   }
   Store(name, entry);
@@ -223,6 +292,9 @@ void Resolver::Finish(const std::string& name, int status, ares_addrinfo* result
   // they may start new lookups and connections freely.
   loop_.Defer([waiters = std::move(waiters), entry = std::move(entry)]() mutable {
     for (Waiter& w : waiters) {
+      if (w.owner.expired()) {
+        continue;  // its connection is gone
+      }
       if (!entry.error.ok()) {
         w.callback(entry.error);
       } else {

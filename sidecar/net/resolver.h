@@ -30,6 +30,12 @@ struct ResolverOptions {
   absl::Duration negative_ttl = absl::Seconds(5);
   // max_names bounds the cache; when it is full the entry closest to expiry goes first.
   size_t max_names = 4096;
+  // lookup_timeout bounds one lookup, every try of every server included (the worker passes
+  // limits.connect_timeout, so a lookup ends no later than the connections waiting for it).
+  absl::Duration lookup_timeout = absl::Seconds(5);
+  // max_waiters_per_name bounds the connections waiting for one name's lookup in flight; one
+  // more is refused at once. Waiters whose owner has gone do not count.
+  size_t max_waiters_per_name = 1024;
 };
 
 // LookupOutcome is what one Resolve() of a name (not an IP literal) came to: a DNS lookup
@@ -68,21 +74,33 @@ class Resolver {
   Resolver(const Resolver&) = delete;
   Resolver& operator=(const Resolver&) = delete;
 
-  // Resolve calls `callback` once, on the loop's thread: at once for an IP literal or a cached
-  // answer, else when the lookup ends (an error names the host and what went wrong). Callbacks
-  // still waiting when the Resolver is destroyed are dropped without a call.
-  void Resolve(const base::HostPort& target, Callback callback);
+  // Resolve calls `callback` once, on the loop's thread: at once for an IP literal, a cached
+  // answer or a name with max_waiters_per_name waiters already, else when the lookup ends (an
+  // error names the host and what went wrong). The waiter lives only as long as `owner` (the
+  // connection's liveness token): once `owner` has expired its callback is dropped without a
+  // call, and so is every callback still waiting when the Resolver is destroyed.
+  void Resolve(const base::HostPort& target, std::weak_ptr<const void> owner, Callback callback);
 
   // set_observer: `observer` is told the outcome of every later Resolve() of a name, on the
   // loop's thread (the worker counts them).
   void set_observer(OutcomeObserver observer) { observer_ = std::move(observer); }
 
   size_t cached_names_for_test() const { return cache_.size(); }
+  // waiters_for_test counts the callbacks held for `name`'s lookup in flight.
+  size_t waiters_for_test(const std::string& name) const;
 
  private:
   struct Waiter {
     uint16_t port;
+    std::weak_ptr<const void> owner;
     Callback callback;
+  };
+  // PendingLookup is one name's lookup in flight and who waits for it. Expired waiters are
+  // dropped when the list reaches prune_at, which then doubles the live count: amortized O(1)
+  // per Resolve, and the list never holds more than twice its live waiters (plus 16).
+  struct PendingLookup {
+    std::vector<Waiter> waiters;
+    size_t prune_at = 16;
   };
   struct CacheEntry {
     absl::Status error;   // OK for a positive answer
@@ -105,8 +123,8 @@ class Resolver {
   const ResolverOptions options_;
   OutcomeObserver observer_;
   ares_channeldata* channel_ = nullptr;
-  std::unordered_map<std::string, CacheEntry> cache_;             // by lower-case name
-  std::unordered_map<std::string, std::vector<Waiter>> pending_;  // lookups in flight
+  std::unordered_map<std::string, CacheEntry> cache_;       // by lower-case name
+  std::unordered_map<std::string, PendingLookup> pending_;  // lookups in flight, by name
   std::unordered_map<int, std::unique_ptr<SocketWatcher>> sockets_;
   EventLoop::TimerId timer_ = 0;
 };

@@ -73,7 +73,7 @@ void Connection::StartUpstreamConnect() {
   // Called at once (IP literal, cached answer) or later from the loop; the connection may be
   // gone by then, or have given up (connect timeout).
   std::weak_ptr<bool> alive = alive_;
-  env_.resolver.Resolve(listener_.target,
+  env_.resolver.Resolve(listener_.target, alive_,
                         [this, alive](absl::StatusOr<net::Resolver::Addresses> addresses) {
                           if (!alive.expired() && state_ == State::kResolving) {
                             OnResolved(std::move(addresses));

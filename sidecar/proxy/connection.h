@@ -52,8 +52,9 @@ struct ConnectionEnv {
   // may_log rate-limits failure log lines (one worker's budget).
   std::function<bool()> may_log;
   // on_lingering (may be empty) is called once when a refused connection starts its lingering
-  // close: it is no longer active, and the worker may end it at once with Shutdown() to make
-  // room for a new client. on_closed still follows when it ends.
+  // close: it is no longer active nor counted under limits.max_connections, and the worker may
+  // end it at once with Shutdown() (to bound how many linger). on_closed still follows when it
+  // ends.
   std::function<void(uint64_t id)> on_lingering;
 };
 
@@ -65,8 +66,8 @@ struct ConnectionEnv {
 // so it always has bytes in flight when it is refused. Bounded in bytes: a peer's first flight
 // is a few congestion windows, well under 256 KiB on any link; in time: 2 s covers the round
 // trips of a slow link, and is less than the handshake timeout an idle connection already
-// holds a descriptor for. A lingering connection is not counted active, and the worker closes it
-// at once when it needs its place under limits.max_connections.
+// holds a descriptor for. A lingering connection is neither counted active nor under
+// limits.max_connections; each worker keeps at most kMaxLingeringPerWorker, closing the oldest.
 inline constexpr size_t kLingerMaxBytes = 256 * 1024;
 inline constexpr net::MonoDuration kLingerTimeout = std::chrono::seconds(2);
 

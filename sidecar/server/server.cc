@@ -70,7 +70,9 @@ class ServerImpl final : public Server {
     }
     const net::ResolverOptions dns{.servers = config_.dns.servers,
                                    .max_ttl = config_.dns.max_ttl,
-                                   .negative_ttl = config_.dns.negative_ttl};
+                                   .negative_ttl = config_.dns.negative_ttl,
+                                   // A lookup never outlives the connections waiting for it.
+                                   .lookup_timeout = config_.limits.connect_timeout};
     const int worker_count =
         config_.workers > 0 ? config_.workers
                             : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));

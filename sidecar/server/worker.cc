@@ -63,13 +63,22 @@ Worker::Worker(int index, const TlsContextStore& tls, WorkerLimits limits,
            .may_log = nullptr,
            .on_lingering = nullptr} {
   env_.on_closed = [this](uint64_t id) {
-    open_connections_.fetch_sub(1, std::memory_order_relaxed);
-    lingering_.erase(id);
+    if (lingering_.erase(id) == 0) {
+      // A lingering connection gave its place back when it started lingering.
+      open_connections_.fetch_sub(1, std::memory_order_relaxed);
+    }
     // Delete after the current event batch: the connection's handlers may still be on the stack.
     loop_->Defer([this, id] { connections_.erase(id); });
   };
   env_.may_log = [this] { return MayLog(); };
-  env_.on_lingering = [this](uint64_t id) { lingering_.insert(id); };
+  env_.on_lingering = [this](uint64_t id) {
+    // Its place under limits.max_connections is free for a new client on any worker at once.
+    open_connections_.fetch_sub(1, std::memory_order_relaxed);
+    lingering_.insert(id);
+    if (lingering_.size() > kMaxLingeringPerWorker) {
+      EndOldestLingering();
+    }
+  };
   static_assert(kDnsLookupResultCount == net::kLookupOutcomeCount);
   resolver_->set_observer([this](net::LookupOutcome outcome) {
     counters_.dns_lookups[static_cast<int>(outcome)].Add();
@@ -77,16 +86,19 @@ Worker::Worker(int index, const TlsContextStore& tls, WorkerLimits limits,
 }
 
 bool Worker::EndOldestLingering() {
-  if (lingering_.empty()) {
-    return false;
+  while (!lingering_.empty()) {
+    const uint64_t id = *lingering_.begin();
+    auto it = connections_.find(id);
+    if (it == connections_.end()) {
+      lingering_.erase(lingering_.begin());  // not ours to end: nothing was freed
+      continue;
+    }
+    // Left in lingering_ for on_closed, which erases it there (and so does not give back a
+    // place twice).
+    it->second->Shutdown();
+    return true;
   }
-  const uint64_t id = *lingering_.begin();
-  lingering_.erase(lingering_.begin());
-  auto it = connections_.find(id);
-  if (it != connections_.end()) {
-    it->second->Shutdown();  // on_closed gives its place back
-  }
-  return true;
+  return false;
 }
 
 Worker::~Worker() { Stop(); }
@@ -127,9 +139,9 @@ void Worker::Accept(Acceptor& acceptor) {
       return;  // EAGAIN, or a connection that died before accept
     }
     base::UniqueFd accepted(fd);
-    // A refused peer draining its last bytes gives way to a new client.
-    if (open_connections_.fetch_add(1, std::memory_order_relaxed) >= limits_.max_connections &&
-        !EndOldestLingering()) {
+    // Lingering connections are not counted: a refused peer draining its last bytes never
+    // keeps a new client out, whichever worker either lands on.
+    if (open_connections_.fetch_add(1, std::memory_order_relaxed) >= limits_.max_connections) {
       open_connections_.fetch_sub(1, std::memory_order_relaxed);
       counters_.refused[direction][static_cast<int>(RefusedReason::kMaxConnections)].Add();
       net::SetAbortiveClose(accepted.get());

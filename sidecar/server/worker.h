@@ -28,6 +28,10 @@ struct WorkerLimits {
   bool session_resumption = false;  // outbound listeners keep a session cache per worker
 };
 
+// kMaxLingeringPerWorker bounds the refused connections one worker keeps in their lingering
+// close (their descriptors and at most 2 s each); beyond it the oldest is closed at once.
+inline constexpr size_t kMaxLingeringPerWorker = 256;
+
 // Worker is one data-plane thread: its own epoll loop, its own SO_REUSEPORT listening socket
 // per listener, its own connections and its own metric shard. Other threads reach it only
 // through EventLoop::Post. `listeners`, the store and `open_connections` (shared by all
@@ -67,8 +71,8 @@ class Worker {
          std::atomic<int>& open_connections, size_t listener_count,
          std::unique_ptr<net::EventLoop> loop, std::unique_ptr<net::Resolver> resolver);
   void Accept(Acceptor& acceptor);
-  // EndOldestLingering closes the longest-lingering refused connection, if there is one, to
-  // free its place under limits.max_connections; false if none lingers.
+  // EndOldestLingering closes the longest-lingering refused connection, if there is one (to
+  // keep at most kMaxLingeringPerWorker); false if none lingers.
   bool EndOldestLingering();
   bool MayLog();
 
@@ -83,7 +87,9 @@ class Worker {
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
   // Connections in their lingering close (Connection::kLingerMaxBytes), oldest first: ids only
-  // grow, and every connection lingers for the same bounded time.
+  // grow, and every connection lingers for the same bounded time. They no longer count in
+  // open_connections_ (a new client on any worker may take their place under
+  // limits.max_connections); kMaxLingeringPerWorker bounds them instead.
   std::set<uint64_t> lingering_;
   uint64_t next_connection_id_ = 1;
   // Failure-log budget, per worker: 10 lines/s, burst 20 (a handshake flood cannot flood the

@@ -126,6 +126,10 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"workers: 0", "workers: 0\ndns: {max_ttl: 48h}", "dns.max_ttl: must be between"},
         ErrorCase{"workers: 0", "workers: 0\ndns: {negative_ttl: 2h}",
                   "dns.negative_ttl: must be between"},
+        ErrorCase{"workers: 0", "workers: 0\ndns: {negative_ttl: 0s}",
+                  "dns.negative_ttl: must be a positive duration"},
+        ErrorCase{"workers: 0", "workers: 0\ndns: {negative_ttl: 500us}",
+                  "dns.negative_ttl: must be between 1ms and 1h"},
         ErrorCase{"workers: 0", "workers: 0\ndns: {server: [10.0.0.1]}",
                   "dns.server: unknown field"}));
 

@@ -33,10 +33,14 @@ class ResolverTest : public ::testing::Test {
     resolver_->set_observer([this](LookupOutcome o) { ++outcomes_[static_cast<int>(o)]; });
   }
 
-  // Start resolves `host:port` into `*out` (set when the callback runs).
-  void Start(const std::string& host_port,
-             std::optional<absl::StatusOr<Resolver::Addresses>>* out) {
-    resolver_->Resolve(*base::ParseHostPort(host_port),
+  // Start resolves `host:port` into `*out` (set when the callback runs) for as long as
+  // `owner` lives (the fixture's own token by default).
+  void Start(const std::string& host_port, std::optional<absl::StatusOr<Resolver::Addresses>>* out,
+             std::weak_ptr<const void> owner = {}) {
+    if (owner.expired()) {
+      owner = owner_;
+    }
+    resolver_->Resolve(*base::ParseHostPort(host_port), std::move(owner),
                        [out](absl::StatusOr<Resolver::Addresses> r) { *out = std::move(r); });
   }
 
@@ -71,6 +75,7 @@ class ResolverTest : public ::testing::Test {
 
   int outcome(LookupOutcome o) const { return outcomes_[static_cast<int>(o)]; }
 
+  std::shared_ptr<int> owner_ = std::make_shared<int>(0);
   meshtls::testing::DnsServer dns_;
   std::unique_ptr<EventLoop> loop_;
   std::unique_ptr<Resolver> resolver_;
@@ -182,6 +187,64 @@ TEST_F(ResolverTest, TheCacheIsBounded) {
     ASSERT_TRUE(ResolveNow(std::string(name) + ":1").ok());
     EXPECT_LE(resolver_->cached_names_for_test(), 2u);
   }
+}
+
+TEST_F(ResolverTest, ASilentNameTimesOutWithinTheLookupTimeout) {
+  ResolverOptions options;
+  options.lookup_timeout = absl::Seconds(1);
+  MakeResolver(options);
+  dns_.SetSilent("silent.dns.test");
+  const absl::Time start = absl::Now();
+  std::optional<absl::StatusOr<Resolver::Addresses>> out;
+  Start("silent.dns.test:1", &out);
+  // c-ares's own defaults (5 s per try, 4 tries, doubling) would take over a minute.
+  ASSERT_TRUE(Run([&] { return out.has_value(); }, absl::Seconds(10)))
+      << "no answer within 10 s for a lookup bounded by 1 s";
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_LE(took, absl::Milliseconds(1500));
+  EXPECT_THAT(out->status(), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_NE(out->status().message().find("did not answer"), std::string::npos) << out->status();
+  EXPECT_EQ(outcome(LookupOutcome::kTimeout), 1);
+  EXPECT_GE(dns_.Queries("silent.dns.test"), 2) << "the query was not tried again";
+}
+
+TEST_F(ResolverTest, WaitersOfClosedConnectionsDoNotAccumulate) {
+  dns_.SetSilent("silent.dns.test");
+  std::optional<absl::StatusOr<Resolver::Addresses>> out;
+  // 1000 connections in turn wait for the name and go away before it answers.
+  for (int i = 0; i < 1000; ++i) {
+    auto connection = std::make_shared<int>(i);
+    Start("silent.dns.test:1", &out, connection);
+  }
+  EXPECT_LE(resolver_->waiters_for_test("silent.dns.test"), 32u);
+  // The live ones are kept, and a waiter over the cap is refused at once with a clear error.
+  ResolverOptions options;
+  options.max_waiters_per_name = 4;
+  MakeResolver(options);
+  std::vector<std::optional<absl::StatusOr<Resolver::Addresses>>> live(5);
+  for (auto& o : live) {
+    Start("silent.dns.test:1", &o);
+  }
+  EXPECT_EQ(resolver_->waiters_for_test("silent.dns.test"), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_FALSE(live[i].has_value()) << i;
+  }
+  ASSERT_TRUE(live[4].has_value()) << "the fifth waiter was neither held nor refused";
+  EXPECT_THAT(live[4]->status(), StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_NE(live[4]->status().message().find("silent.dns.test"), std::string::npos)
+      << live[4]->status();
+}
+
+TEST_F(ResolverTest, AnAnswerIsNotDeliveredToAGoneOwner) {
+  dns_.SetAnswer("late.dns.test", {"127.0.0.1"}, 60);
+  std::optional<absl::StatusOr<Resolver::Addresses>> gone, live;
+  auto connection = std::make_shared<int>(0);
+  Start("late.dns.test:1", &gone, connection);
+  Start("late.dns.test:2", &live);
+  connection.reset();  // closed while the lookup is in flight
+  ASSERT_TRUE(Run([&] { return live.has_value(); }));
+  loop_->RunOnce(0);  // any deferred callback of the same batch
+  EXPECT_FALSE(gone.has_value()) << "the answer reached a connection that had gone";
 }
 
 }  // namespace
