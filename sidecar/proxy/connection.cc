@@ -342,6 +342,21 @@ void Connection::OnHandshakeDone() {
   }
 }
 
+void Connection::RecordPendingVerdictAsRefusal() {
+  if (!verdict_pending_) {
+    return;
+  }
+  verdict_pending_ = false;
+  SSL_set_msg_callback(ssl_.get(), nullptr);
+  if (std::optional<HandshakeFailure> refusal = ClassifyRefusalAfterHandshake()) {
+    RecordHandshakeFailure(refusal->result, refusal->reason);
+  } else {
+    RecordHandshakeFailure(HandshakeResult::kPeerClosed,
+                           "the server ended the connection before accepting this sidecar "
+                           "(a reset, or EOF without close_notify)");
+  }
+}
+
 void Connection::CountHandshakeSuccess() {
   if (verdict_pending_) {
     verdict_pending_ = false;
@@ -498,6 +513,7 @@ void Connection::Progress() {
         progress = true;
       } else {
         if (!NoteTlsWait(n)) {
+          RecordPendingVerdictAsRefusal();
           abort = true;
           break;
         }
@@ -552,13 +568,7 @@ void Connection::Progress() {
             CountHandshakeSuccess();  // a ticket: the server accepted us
           }
         } else {
-          if (verdict_pending_) {
-            // The server's verdict on our certificate, if the failure is its alert.
-            if (std::optional<HandshakeFailure> refusal = ClassifyRefusalAfterHandshake()) {
-              verdict_pending_ = false;
-              RecordHandshakeFailure(refusal->result, refusal->reason);
-            }
-          }
+          RecordPendingVerdictAsRefusal();
           abort = true;  // reset, or EOF without close_notify: possibly truncated
           break;
         }

@@ -130,6 +130,11 @@ class Connection {
   void DoHandshake();
   void OnHandshakeFailed(int ssl_error);
   // RecordHandshakeFailure counts a failed handshake and logs its line (rate-limited).
+  // RecordPendingVerdictAsRefusal: a TLS read or write failed on an outbound TLS 1.3
+  // connection whose server has not accepted us yet (no data, ticket or close_notify from it).
+  // Its alert names the refusal; with none (a reset, EOF without close_notify) the server still
+  // ended the connection before accepting us: peer_closed, never success. No-op otherwise.
+  void RecordPendingVerdictAsRefusal();
   void RecordHandshakeFailure(HandshakeResult result, absl::string_view reason);
   void OnHandshakeDone();
   // RefuseDeniedIdentity ends an inbound TLS 1.3 handshake whose client identity was denied

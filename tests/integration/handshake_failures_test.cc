@@ -9,8 +9,12 @@
 // certificate_revoked alert, which no peer here sends).
 
 #include <gtest/gtest.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 
+#include <atomic>
 #include <functional>
 #include <map>
 
@@ -18,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "sidecar/tls/ssl_ptr.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/mesh_processes.h"
 #include "tests/testing/status_matchers.h"
@@ -410,6 +415,49 @@ TEST_F(HandshakeFailuresTest, BothEndsOfADeniedIdentityNameTheSameResult) {
   }
   EXPECT_EQ(inbound_lines, 1);
   EXPECT_EQ(outbound_lines, 1);
+}
+
+// A TLS 1.3 server that completes its side of the handshake, then resets without a word (no
+// ticket, no data, no alert), has not accepted this sidecar: older meshtls inbound sides refuse
+// a peer so. The outbound side counts peer_closed, not success.
+TEST_F(HandshakeFailuresTest, AServerThatResetsAfterTheHandshakeIsNotASuccess) {
+  const testing::TlsIdentity backend = AsIdentity(ca_.Issue(kBackend));
+  std::atomic<int> server_handshakes{0};
+  testing::ScriptedTcpServer resets([&](base::UniqueFd fd) {
+    sidecar::SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+    SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION);
+    SSL_CTX_set_num_tickets(ctx.get(), 0);
+    BIO* cert_bio =
+        BIO_new_mem_buf(backend.chain_pem.data(), static_cast<int>(backend.chain_pem.size()));
+    X509* cert = PEM_read_bio_X509(cert_bio, nullptr, nullptr, nullptr);
+    BIO_free(cert_bio);
+    BIO* key_bio =
+        BIO_new_mem_buf(backend.key_pem.data(), static_cast<int>(backend.key_pem.size()));
+    EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio, nullptr, nullptr, nullptr);
+    BIO_free(key_bio);
+    SSL_CTX_use_certificate(ctx.get(), cert);
+    SSL_CTX_use_PrivateKey(ctx.get(), key);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    timeval timeout{5, 0};
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    sidecar::SslPtr ssl(SSL_new(ctx.get()));
+    SSL_set_fd(ssl.get(), fd.get());
+    if (SSL_accept(ssl.get()) == 1) {
+      server_handshakes.fetch_add(1);
+    }
+    linger reset{1, 0};  // close with a reset
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+  });
+  const uint16_t port = AddUpstream("resets", resets.port());
+  Start();
+  AppConnectsThrough(port);
+  EXPECT_TRUE(sidecar_->WaitForMetric(Handshakes("outbound", "peer_closed"), 1))
+      << sidecar_->process().Log();
+  EXPECT_EQ(server_handshakes.load(), 1);
+  EXPECT_EQ(sidecar_->Metric(Handshakes("outbound", "success")), 0)
+      << "a server that reset before accepting us was counted as a success";
+  EXPECT_EQ(sidecar_->Metric(testing::HandshakeCount("outbound", false)), 0);
 }
 
 // The lingering close after a refusal is bounded and gives way. Refused clients that keep
