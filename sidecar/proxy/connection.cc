@@ -214,7 +214,7 @@ void Connection::RefuseDeniedIdentity() {
   OnHandshakeFailed(rc == 1 ? SSL_ERROR_SSL : SSL_get_error(ssl_.get(), rc));
 }
 
-void Connection::Linger() {
+void Connection::CancelTimers() {
   if (timer_ != 0) {
     env_.loop.CancelTimer(timer_);
     timer_ = 0;
@@ -223,6 +223,10 @@ void Connection::Linger() {
     env_.loop.CancelTimer(expiry_timer_);
     expiry_timer_ = 0;
   }
+}
+
+void Connection::Linger() {
+  CancelTimers();
   state_ = State::kLingering;
   *alive_ = false;
   tls_shutdown_sent_ = true;  // no close_notify after a fatal alert
@@ -700,14 +704,7 @@ void Connection::Close(bool abortive) {
   }
   state_ = State::kClosed;
   *alive_ = false;
-  if (timer_ != 0) {
-    env_.loop.CancelTimer(timer_);
-    timer_ = 0;
-  }
-  if (expiry_timer_ != 0) {
-    env_.loop.CancelTimer(expiry_timer_);
-    expiry_timer_ = 0;
-  }
+  CancelTimers();
   if (!abortive && ssl_ != nullptr && !tls_shutdown_sent_ && SSL_is_init_finished(ssl_.get())) {
     ERR_clear_error();
     SSL_shutdown(ssl_.get());  // best effort close_notify

@@ -134,6 +134,8 @@ class Connection {
   // connection whose server has not accepted us yet (no data, ticket or close_notify from it).
   // Its alert names the refusal; with none (a reset, EOF without close_notify) the server still
   // ended the connection before accepting us: peer_closed, never success. No-op otherwise.
+  // CancelTimers stops the handshake/idle/linger timer and the expiry timer.
+  void CancelTimers();
   void RecordPendingVerdictAsRefusal();
   void RecordHandshakeFailure(HandshakeResult result, absl::string_view reason);
   void OnHandshakeDone();

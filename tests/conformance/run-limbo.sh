@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # X.509 path-validation conformance (ctest x509_limbo): runs the x509-limbo selection of
-# ../shared/conformance/x509-limbo against scripts/limbo-verify.sh (meshtls-certmgr verify)
+# tests/conformance/x509-limbo (a copy of the public selection) against scripts/limbo-verify.sh (meshtls-certmgr verify)
 # and requires that the cases meshtls decides differently are exactly those listed, with their
 # reasons, in tests/conformance/limbo-differences.txt.
 #
 #   tests/conformance/run-limbo.sh CERTMGR_BINARY
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-suite=${MESHTLS_LIMBO_DIR:-$root/../shared/conformance/x509-limbo}
+suite=${MESHTLS_LIMBO_DIR:-$root/tests/conformance/x509-limbo}
 if [ ! -f "$suite/limbo_harness.py" ]; then
   echo "run-limbo: no x509-limbo suite at $suite (set MESHTLS_LIMBO_DIR)" >&2
   exit 1
