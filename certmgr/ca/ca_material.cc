@@ -17,12 +17,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
-#include "certmgr/base/fd.h"
-#include "certmgr/base/file.h"
-#include "certmgr/base/log.h"
-#include "certmgr/base/status_macros.h"
-#include "certmgr/pki/certificate_builder.h"
-#include "certmgr/pki/spiffe_id.h"
+#include "common/base/fd.h"
+#include "common/base/file.h"
+#include "common/base/log.h"
+#include "common/base/status_macros.h"
+#include "common/pki/certificate_builder.h"
+#include "common/pki/spiffe_id.h"
 
 namespace meshtls::certmgr {
 namespace {

@@ -8,9 +8,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "certmgr/base/clock.h"
-#include "certmgr/pki/certificate.h"
-#include "certmgr/pki/key.h"
+#include "common/base/clock.h"
+#include "common/pki/certificate.h"
+#include "common/pki/key.h"
 
 namespace meshtls::certmgr {
 

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include "certmgr/base/status_macros.h"
-#include "certmgr/pki/certificate_builder.h"
+#include "common/base/status_macros.h"
+#include "common/pki/certificate_builder.h"
 
 namespace meshtls::certmgr {
 

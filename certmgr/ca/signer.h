@@ -8,12 +8,12 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "certmgr/base/clock.h"
 #include "certmgr/ca/ca_material.h"
 #include "certmgr/ca/issuance_policy.h"
-#include "certmgr/pki/certificate.h"
-#include "certmgr/pki/csr.h"
-#include "certmgr/pki/spiffe_id.h"
+#include "common/base/clock.h"
+#include "common/pki/certificate.h"
+#include "common/pki/csr.h"
+#include "common/pki/spiffe_id.h"
 
 namespace meshtls::certmgr {
 

@@ -9,7 +9,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "certmgr/pki/certificate.h"
+#include "common/pki/certificate.h"
 
 namespace meshtls::certmgr {
 

@@ -8,8 +8,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "certmgr/base/log.h"
-#include "certmgr/pki/csr.h"
+#include "common/base/log.h"
+#include "common/pki/csr.h"
 
 namespace meshtls::certmgr {
 namespace {

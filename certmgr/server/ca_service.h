@@ -9,12 +9,12 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "certmgr/base/clock.h"
-#include "certmgr/base/log.h"
 #include "certmgr/ca/signer.h"
 #include "certmgr/ca/trust_bundle_source.h"
 #include "certmgr/server/caller_authenticator.h"
 #include "certmgr/server/certmgr_metrics.h"
+#include "common/base/clock.h"
+#include "common/base/log.h"
 #include "meshtls/ca/v1/ca.grpc.pb.h"
 
 namespace meshtls::certmgr {

@@ -5,8 +5,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "certmgr/pki/certificate.h"
-#include "certmgr/pki/spiffe_id.h"
+#include "common/pki/certificate.h"
+#include "common/pki/spiffe_id.h"
 
 namespace meshtls::certmgr {
 

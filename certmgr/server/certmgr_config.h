@@ -6,8 +6,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "certmgr/base/log.h"
 #include "certmgr/ca/issuance_policy.h"
+#include "common/base/log.h"
 
 namespace meshtls::certmgr {
 

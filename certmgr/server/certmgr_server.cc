@@ -8,12 +8,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "certmgr/admin/admin_server.h"
-#include "certmgr/base/file.h"
-#include "certmgr/base/file_watcher.h"
-#include "certmgr/base/host_port.h"
-#include "certmgr/base/log.h"
-#include "certmgr/base/status_macros.h"
 #include "certmgr/ca/ca_material.h"
 #include "certmgr/ca/signer.h"
 #include "certmgr/ca/trust_bundle_source.h"
@@ -22,6 +16,12 @@
 #include "certmgr/server/join_tokens.h"
 #include "certmgr/server/kubernetes_authenticator.h"
 #include "certmgr/server/mesh_authenticator.h"
+#include "common/admin/admin_server.h"
+#include "common/base/file.h"
+#include "common/base/file_watcher.h"
+#include "common/base/host_port.h"
+#include "common/base/log.h"
+#include "common/base/status_macros.h"
 
 namespace meshtls::certmgr {
 namespace {

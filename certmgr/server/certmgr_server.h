@@ -3,8 +3,8 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "certmgr/base/clock.h"
 #include "certmgr/server/certmgr_config.h"
+#include "common/base/clock.h"
 
 namespace meshtls::certmgr {
 

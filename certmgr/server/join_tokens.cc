@@ -16,9 +16,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "certmgr/base/fd.h"
-#include "certmgr/base/file.h"
-#include "certmgr/base/log.h"
+#include "common/base/fd.h"
+#include "common/base/file.h"
+#include "common/base/log.h"
 
 namespace meshtls::certmgr {
 namespace {

@@ -11,9 +11,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "certmgr/base/clock.h"
-#include "certmgr/base/file.h"
 #include "certmgr/server/caller_authenticator.h"
+#include "common/base/clock.h"
+#include "common/base/file.h"
 
 namespace meshtls::certmgr {
 

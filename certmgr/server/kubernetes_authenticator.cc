@@ -13,8 +13,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "certmgr/base/file.h"
-#include "certmgr/base/log.h"
+#include "common/base/file.h"
+#include "common/base/log.h"
 
 namespace meshtls::certmgr {
 namespace {

@@ -10,10 +10,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "certmgr/base/clock.h"
-#include "certmgr/base/file.h"
-#include "certmgr/pki/openssl_ptr.h"
 #include "certmgr/server/caller_authenticator.h"
+#include "common/base/clock.h"
+#include "common/base/file.h"
+#include "common/pki/openssl_ptr.h"
 
 namespace meshtls::certmgr {
 

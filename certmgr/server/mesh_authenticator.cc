@@ -1,8 +1,8 @@
 #include "certmgr/server/mesh_authenticator.h"
 
 #include "absl/strings/str_cat.h"
-#include "certmgr/base/log.h"
-#include "certmgr/base/status_macros.h"
+#include "common/base/log.h"
+#include "common/base/status_macros.h"
 
 namespace meshtls::certmgr {
 

@@ -6,10 +6,10 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "certmgr/base/clock.h"
 #include "certmgr/ca/trust_bundle_source.h"
-#include "certmgr/pki/chain_verifier.h"
 #include "certmgr/server/caller_authenticator.h"
+#include "common/base/clock.h"
+#include "common/pki/chain_verifier.h"
 
 namespace meshtls::certmgr {
 

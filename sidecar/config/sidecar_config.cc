@@ -5,9 +5,9 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "certmgr/base/status_macros.h"
-#include "certmgr/base/yaml.h"
-#include "certmgr/pki/spiffe_id.h"
+#include "common/base/status_macros.h"
+#include "common/base/yaml.h"
+#include "common/pki/spiffe_id.h"
 
 namespace meshtls::sidecar {
 namespace {

@@ -6,8 +6,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "certmgr/base/host_port.h"
-#include "certmgr/base/log.h"
+#include "common/base/host_port.h"
+#include "common/base/log.h"
 
 namespace meshtls::sidecar {
 

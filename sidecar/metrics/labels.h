@@ -3,6 +3,8 @@
 #include <array>
 #include <cstdint>
 
+#include "sidecar/tls/handshake_result.h"
+
 // The sidecar's metric label vocabulary (DESIGN §5). These names are public API: dashboards,
 // alert rules and README list them.
 
@@ -11,40 +13,6 @@ namespace meshtls::sidecar {
 enum class Direction : uint8_t { kInbound = 0, kOutbound = 1 };
 inline constexpr int kDirectionCount = 2;
 inline constexpr std::array<const char*, kDirectionCount> kDirectionNames = {"inbound", "outbound"};
-
-// HandshakeResult is the `result` of meshtls_tls_handshakes_total.
-enum class HandshakeResult : uint8_t {
-  kSuccess,
-  kNoPeerCertificate,
-  kCertificateExpired,
-  kCertificateNotYetValid,
-  kUnknownAuthority,
-  kBadCertificate,
-  kCertificateRevoked,
-  kIdentityDenied,
-  kProtocolVersion,
-  kNoSharedCipher,
-  kTimeout,
-  kPeerClosed,
-  kNotTls,
-  kInternal,
-};
-inline constexpr int kHandshakeResultCount = 14;
-inline constexpr std::array<const char*, kHandshakeResultCount> kHandshakeResultNames = {
-    "success",
-    "no_peer_certificate",
-    "certificate_expired",
-    "certificate_not_yet_valid",
-    "unknown_authority",
-    "bad_certificate",
-    "certificate_revoked",
-    "identity_denied",
-    "protocol_version",
-    "no_shared_cipher",
-    "timeout",
-    "peer_closed",
-    "not_tls",
-    "internal"};
 
 // RefusedReason is the `reason` of meshtls_connections_refused_total: connections closed
 // before any handshake.
@@ -58,7 +26,7 @@ inline constexpr int kRefusedReasonCount = 4;
 inline constexpr std::array<const char*, kRefusedReasonCount> kRefusedReasonNames = {
     "no_credentials", "certificate_expired", "max_connections", "upstream_unavailable"};
 
-// The `result` of meshtls_dns_lookups_total, by net::LookupOutcome (the same order): a DNS
+// The `result` of meshtls_dns_lookups_total, by dns::LookupOutcome (the same order): a DNS
 // lookup that found addresses, found no such name (or no address), timed out or failed
 // otherwise; an answer from the worker's cache (positive or negative); a join onto a lookup of
 // the same name already in flight.

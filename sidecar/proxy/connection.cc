@@ -10,9 +10,9 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
-#include "certmgr/base/log.h"
-#include "certmgr/pki/certificate.h"
-#include "sidecar/net/socket.h"
+#include "common/base/log.h"
+#include "common/net/socket.h"
+#include "common/pki/certificate.h"
 #include "sidecar/tls/handshake_classifier.h"
 
 namespace meshtls::sidecar {
@@ -74,14 +74,14 @@ void Connection::StartUpstreamConnect() {
   // gone by then, or have given up (connect timeout).
   std::weak_ptr<bool> alive = alive_;
   env_.resolver.Resolve(listener_.target, alive_,
-                        [this, alive](absl::StatusOr<net::Resolver::Addresses> addresses) {
+                        [this, alive](absl::StatusOr<dns::Resolver::Addresses> addresses) {
                           if (!alive.expired() && state_ == State::kResolving) {
                             OnResolved(std::move(addresses));
                           }
                         });
 }
 
-void Connection::OnResolved(absl::StatusOr<net::Resolver::Addresses> addresses) {
+void Connection::OnResolved(absl::StatusOr<dns::Resolver::Addresses> addresses) {
   if (!addresses.ok()) {
     Refuse(RefusedReason::kUpstreamUnavailable, addresses.status().message());
     return;

@@ -7,13 +7,13 @@
 #include <memory>
 #include <string>
 
-#include "certmgr/base/fd.h"
-#include "certmgr/base/host_port.h"
+#include "common/base/fd.h"
+#include "common/base/host_port.h"
+#include "common/net/event_loop.h"
+#include "common/net/socket.h"
+#include "sidecar/dns/resolver.h"
 #include "sidecar/metrics/labels.h"
 #include "sidecar/metrics/worker_counters.h"
-#include "sidecar/net/event_loop.h"
-#include "sidecar/net/resolver.h"
-#include "sidecar/net/socket.h"
 #include "sidecar/proxy/relay_buffer.h"
 #include "sidecar/tls/peer_authorizer.h"
 #include "sidecar/tls/session_cache.h"
@@ -36,7 +36,7 @@ struct ListenerRuntime {
 // the worker's thread.
 struct ConnectionEnv {
   net::EventLoop& loop;
-  net::Resolver& resolver;  // the worker's own (its cache and DNS sockets)
+  dns::Resolver& resolver;  // the worker's own (its cache and DNS sockets)
   WorkerCounters& counters;
   BufferPool& buffers;
   const TlsContextStore& tls;
@@ -121,7 +121,7 @@ class Connection {
   static long OnTlsSocketBio(BIO* bio, int operation, const char* data, size_t length, int argi,
                              long argl, int result, size_t* processed);
   void StartUpstreamConnect();
-  void OnResolved(absl::StatusOr<net::Resolver::Addresses> addresses);
+  void OnResolved(absl::StatusOr<dns::Resolver::Addresses> addresses);
   // ConnectNextAddress starts a connect to the next address of the upstream's name; when none
   // is left, the connection is refused with the last address's error.
   void ConnectNextAddress();
@@ -216,7 +216,7 @@ class Connection {
   bool counted_active_ = false;
   // The upstream's addresses, tried in order until one accepts: a refused or unreachable
   // address falls through to the next, all within limits.connect_timeout.
-  net::Resolver::Addresses upstream_addresses_;
+  dns::Resolver::Addresses upstream_addresses_;
   size_t next_address_ = 0;
   std::string last_connect_error_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for resolver callbacks

@@ -7,16 +7,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "certmgr/admin/admin_server.h"
-#include "certmgr/base/file.h"
-#include "certmgr/base/file_watcher.h"
-#include "certmgr/base/log.h"
-#include "certmgr/base/status_macros.h"
-#include "certmgr/client/ca_client.h"
-#include "certmgr/client/rotator.h"
+#include "common/admin/admin_server.h"
+#include "common/base/file.h"
+#include "common/base/file_watcher.h"
+#include "common/base/log.h"
+#include "common/base/status_macros.h"
+#include "common/net/socket.h"
+#include "sidecar/dns/resolver.h"
+#include "sidecar/identity/ca_client.h"
+#include "sidecar/identity/rotator.h"
 #include "sidecar/metrics/collector.h"
-#include "sidecar/net/resolver.h"
-#include "sidecar/net/socket.h"
 #include "sidecar/server/worker.h"
 #include "sidecar/tls/tls_context.h"
 
@@ -68,7 +68,7 @@ class ServerImpl final : public Server {
             .authorizer = std::move(authorizer)});
       }
     }
-    const net::ResolverOptions dns{.servers = config_.dns.servers,
+    const dns::ResolverOptions dns{.servers = config_.dns.servers,
                                    .max_ttl = config_.dns.max_ttl,
                                    .negative_ttl = config_.dns.negative_ttl,
                                    // A lookup never outlives the connections waiting for it.
@@ -149,16 +149,15 @@ class ServerImpl final : public Server {
         return absl::InvalidArgumentError(
             absl::StrCat("identity.certmgr.server_ca: ", server_ca.status().message()));
       }
-      ca_client_ = certmgr::NewGrpcCaClient(config_.certmgr.addresses, *server_ca,
-                                            config_.certmgr.server_ca);
-      certmgr::RotatorOptions options;
+      ca_client_ =
+          NewGrpcCaClient(config_.certmgr.addresses, *server_ca, config_.certmgr.server_ca);
+      RotatorOptions options;
       options.renew_at = config_.certmgr.renew_at;
       options.token_file = config_.certmgr.token_file;
       options.on_attempt = [this](const absl::Status& s) {
         (s.ok() ? renewals_success_ : renewals_failure_).fetch_add(1);
       };
-      rotator_ =
-          std::make_unique<certmgr::Rotator>(options, *ca_client_, *this, base::RealClock::Get());
+      rotator_ = std::make_unique<Rotator>(options, *ca_client_, *this, base::RealClock::Get());
       rotator_->Start();
     }
     base::LogInfo("sidecar started", {{"workers", absl::StrCat(worker_count)},
@@ -260,7 +259,7 @@ class ServerImpl final : public Server {
       g.trust_bundle_sequence = context->bundle().bundle_sequence;
     }
     if (rotator_ != nullptr) {
-      certmgr::RotatorStatus s = rotator_->status();
+      RotatorStatus s = rotator_->status();
       g.renewal_due = UnixSeconds(s.next_refresh);
       g.last_renewal = UnixSeconds(s.last_success);
     } else {
@@ -303,7 +302,7 @@ class ServerImpl final : public Server {
       return r;
     }
     const pki::Certificate& leaf = context->bundle().chain[0];
-    certmgr::RotatorStatus rs;
+    RotatorStatus rs;
     if (rotator_ != nullptr) {
       rs = rotator_->status();
     }
@@ -331,8 +330,8 @@ class ServerImpl final : public Server {
   std::vector<ListenerRuntime> listeners_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<admin::AdminServer> admin_;
-  std::unique_ptr<certmgr::CaClient> ca_client_;
-  std::unique_ptr<certmgr::Rotator> rotator_;
+  std::unique_ptr<CaClient> ca_client_;
+  std::unique_ptr<Rotator> rotator_;
   std::unique_ptr<base::FileWatcher> file_watcher_;
   std::atomic<int> open_connections_{0};
   std::atomic<uint64_t> generation_{0};

@@ -3,8 +3,8 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "certmgr/client/credential_sink.h"
 #include "sidecar/config/sidecar_config.h"
+#include "sidecar/identity/credential_sink.h"
 
 namespace meshtls::sidecar {
 
@@ -14,7 +14,7 @@ namespace meshtls::sidecar {
 // used is refused and the previous context stays.
 //
 // Create/Drain/Stop/ReloadFiles run on the main thread; Publish on the rotator's threads.
-class Server : public certmgr::CredentialSink {
+class Server : public CredentialSink {
  public:
   static absl::StatusOr<std::unique_ptr<Server>> Create(const SidecarConfig& config);
   ~Server() override = default;

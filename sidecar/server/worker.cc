@@ -7,20 +7,20 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "certmgr/base/log.h"
-#include "sidecar/net/socket.h"
+#include "common/base/log.h"
+#include "common/net/socket.h"
 
 namespace meshtls::sidecar {
 
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
     int index, const std::vector<ListenerRuntime>& listeners,
     std::vector<base::UniqueFd> listen_fds, const TlsContextStore& tls,
-    const net::ResolverOptions& dns, WorkerLimits limits, std::atomic<int>& open_connections) {
+    const dns::ResolverOptions& dns, WorkerLimits limits, std::atomic<int>& open_connections) {
   absl::StatusOr<std::unique_ptr<net::EventLoop>> loop = net::EventLoop::Create();
   if (!loop.ok()) {
     return loop.status();
   }
-  absl::StatusOr<std::unique_ptr<net::Resolver>> resolver = net::Resolver::Create(**loop, dns);
+  absl::StatusOr<std::unique_ptr<dns::Resolver>> resolver = dns::Resolver::Create(**loop, dns);
   if (!resolver.ok()) {
     return resolver.status();
   }
@@ -43,7 +43,7 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
 
 Worker::Worker(int index, const TlsContextStore& tls, WorkerLimits limits,
                std::atomic<int>& open_connections, size_t listener_count,
-               std::unique_ptr<net::EventLoop> loop, std::unique_ptr<net::Resolver> resolver)
+               std::unique_ptr<net::EventLoop> loop, std::unique_ptr<dns::Resolver> resolver)
     : index_(index),
       limits_(limits),
       open_connections_(open_connections),
@@ -79,8 +79,8 @@ Worker::Worker(int index, const TlsContextStore& tls, WorkerLimits limits,
       EndOldestLingering();
     }
   };
-  static_assert(kDnsLookupResultCount == net::kLookupOutcomeCount);
-  resolver_->set_observer([this](net::LookupOutcome outcome) {
+  static_assert(kDnsLookupResultCount == dns::kLookupOutcomeCount);
+  resolver_->set_observer([this](dns::LookupOutcome outcome) {
     counters_.dns_lookups[static_cast<int>(outcome)].Add();
   });
 }

@@ -9,11 +9,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "certmgr/base/fd.h"
-#include "certmgr/base/log.h"
+#include "common/base/fd.h"
+#include "common/base/log.h"
+#include "common/net/event_loop.h"
+#include "sidecar/dns/resolver.h"
 #include "sidecar/metrics/worker_counters.h"
-#include "sidecar/net/event_loop.h"
-#include "sidecar/net/resolver.h"
 #include "sidecar/proxy/connection.h"
 #include "sidecar/tls/tls_context.h"
 
@@ -43,7 +43,7 @@ class Worker {
   static absl::StatusOr<std::unique_ptr<Worker>> Create(
       int index, const std::vector<ListenerRuntime>& listeners,
       std::vector<base::UniqueFd> listen_fds, const TlsContextStore& tls,
-      const net::ResolverOptions& dns, WorkerLimits limits, std::atomic<int>& open_connections);
+      const dns::ResolverOptions& dns, WorkerLimits limits, std::atomic<int>& open_connections);
   ~Worker();
 
   void Start();
@@ -69,7 +69,7 @@ class Worker {
 
   Worker(int index, const TlsContextStore& tls, WorkerLimits limits,
          std::atomic<int>& open_connections, size_t listener_count,
-         std::unique_ptr<net::EventLoop> loop, std::unique_ptr<net::Resolver> resolver);
+         std::unique_ptr<net::EventLoop> loop, std::unique_ptr<dns::Resolver> resolver);
   void Accept(Acceptor& acceptor);
   // EndOldestLingering closes the longest-lingering refused connection, if there is one (to
   // keep at most kMaxLingeringPerWorker); false if none lingers.
@@ -82,7 +82,7 @@ class Worker {
   WorkerCounters counters_;
   BufferPool buffers_;  // before env_, which refers to it
   std::unique_ptr<net::EventLoop> loop_;
-  std::unique_ptr<net::Resolver> resolver_;  // after loop_: destroyed before it
+  std::unique_ptr<dns::Resolver> resolver_;  // after loop_: destroyed before it
   ConnectionEnv env_;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;

@@ -3,7 +3,7 @@
 #include <optional>
 #include <string>
 
-#include "sidecar/metrics/labels.h"
+#include "sidecar/tls/handshake_result.h"
 #include "sidecar/tls/peer_authorizer.h"
 
 namespace meshtls::sidecar {

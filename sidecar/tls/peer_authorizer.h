@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "certmgr/pki/spiffe_id.h"
+#include "common/pki/spiffe_id.h"
 
 namespace meshtls::sidecar {
 

@@ -6,7 +6,7 @@
 #include <optional>
 
 #include "absl/time/time.h"
-#include "certmgr/pki/spiffe_id.h"
+#include "common/pki/spiffe_id.h"
 #include "sidecar/tls/ssl_ptr.h"
 
 namespace meshtls::sidecar {

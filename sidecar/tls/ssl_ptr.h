@@ -4,7 +4,7 @@
 
 #include <memory>
 
-#include "certmgr/pki/openssl_ptr.h"
+#include "common/pki/openssl_ptr.h"
 
 namespace meshtls::sidecar {
 

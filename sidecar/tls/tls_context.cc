@@ -6,8 +6,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "certmgr/base/status_macros.h"
-#include "certmgr/pki/openssl_error.h"
+#include "common/base/status_macros.h"
+#include "common/pki/openssl_error.h"
 #include "sidecar/tls/server_session_store.h"
 #include "sidecar/tls/session_cache.h"
 #include "sidecar/tls/verified_chain_cache.h"

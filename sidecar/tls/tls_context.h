@@ -9,8 +9,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "certmgr/pki/chain_verifier.h"
-#include "certmgr/pki/credential_bundle.h"
+#include "common/pki/chain_verifier.h"
+#include "common/pki/credential_bundle.h"
 #include "sidecar/tls/peer_authorizer.h"
 #include "sidecar/tls/server_session_store.h"
 #include "sidecar/tls/ssl_ptr.h"

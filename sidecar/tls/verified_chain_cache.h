@@ -11,8 +11,8 @@
 #include <utility>
 
 #include "absl/time/time.h"
-#include "certmgr/pki/chain_verifier.h"
-#include "certmgr/pki/spiffe_id.h"
+#include "common/pki/chain_verifier.h"
+#include "common/pki/spiffe_id.h"
 
 namespace meshtls::sidecar {
 

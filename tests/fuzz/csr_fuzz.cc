@@ -8,9 +8,9 @@
 
 #include "absl/time/time.h"
 #include "certmgr/ca/signer.h"
-#include "certmgr/pki/certificate_builder.h"
-#include "certmgr/pki/csr.h"
-#include "certmgr/pki/spiffe_id.h"
+#include "common/pki/certificate_builder.h"
+#include "common/pki/csr.h"
+#include "common/pki/spiffe_id.h"
 #include "tests/testing/fake_clock.h"
 
 namespace {

@@ -10,8 +10,8 @@
 #include <string>
 
 #include "absl/time/time.h"
-#include "certmgr/base/file.h"
 #include "certmgr/server/kubernetes_authenticator.h"
+#include "common/base/file.h"
 #include "tests/testing/fake_clock.h"
 
 namespace {

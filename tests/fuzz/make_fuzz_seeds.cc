@@ -14,9 +14,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "certmgr/base/file.h"
-#include "certmgr/pki/certificate_builder.h"
-#include "certmgr/pki/csr.h"
+#include "common/base/file.h"
+#include "common/pki/certificate_builder.h"
+#include "common/pki/csr.h"
 #include "tests/fuzz/relay_script.h"
 #include "tests/testing/jwt.h"
 #include "tests/testing/test_ca.h"

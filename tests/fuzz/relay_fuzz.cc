@@ -39,9 +39,9 @@
 #include <string>
 
 #include "absl/time/clock.h"
-#include "sidecar/net/event_loop.h"
-#include "sidecar/net/resolver.h"
-#include "sidecar/net/socket.h"
+#include "common/net/event_loop.h"
+#include "common/net/socket.h"
+#include "sidecar/dns/resolver.h"
 #include "sidecar/proxy/connection.h"
 #include "sidecar/tls/tls_context.h"
 #include "tests/fuzz/relay_script.h"
@@ -163,7 +163,7 @@ class Driver {
     }
     loop_ = *std::move(loop);
     // Idle: the targets are IP literals, answered without DNS.
-    auto resolver = net::Resolver::Create(*loop_, {});
+    auto resolver = dns::Resolver::Create(*loop_, {});
     if (!resolver.ok()) {
       Fail("Resolver::Create failed");
     }
@@ -659,7 +659,7 @@ class Driver {
   WorkerCounters counters_;
   BufferPool buffers_;
   std::unique_ptr<net::EventLoop> loop_;
-  std::unique_ptr<net::Resolver> resolver_;  // after loop_: destroyed before it
+  std::unique_ptr<dns::Resolver> resolver_;  // after loop_: destroyed before it
   std::unique_ptr<ConnectionEnv> env_;
   std::unique_ptr<ListenerRuntime> listener_;
   base::UniqueFd listen_;

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "certmgr/base/file.h"
+#include "common/base/file.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 extern "C" __attribute__((weak)) int LLVMFuzzerInitialize(int* argc, char*** argv);

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
-#include "certmgr/pki/chain_verifier.h"
+#include "common/pki/chain_verifier.h"
 
 namespace {
 

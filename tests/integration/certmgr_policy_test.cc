@@ -14,9 +14,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "certmgr/base/file.h"
-#include "certmgr/client/ca_client.h"
-#include "certmgr/pki/csr.h"
+#include "common/base/file.h"
+#include "common/pki/csr.h"
+#include "sidecar/identity/ca_client.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/jwt.h"
 #include "tests/testing/mesh_processes.h"
@@ -32,13 +32,13 @@ using testing::StatusIs;
 constexpr char kTd[] = "mesh.test";
 constexpr char kIssuer[] = "https://kubernetes.default.svc";
 
-certmgr::CallCredentials Bearer(std::string token) {
+sidecar::CallCredentials Bearer(std::string token) {
   return {.chain = {}, .key = std::nullopt, .bearer_token = std::move(token)};
 }
 
 // Holder is a workload's certificate and key, as a renewal presents them.
 struct Holder {
-  certmgr::CallCredentials Credentials() const {
+  sidecar::CallCredentials Credentials() const {
     return {.chain = chain, .key = key, .bearer_token = std::nullopt};
   }
   std::vector<pki::Certificate> chain;
@@ -49,17 +49,17 @@ class CertmgrPolicyTest : public ::testing::Test {
  protected:
   void Start(const std::string& extra_yaml = "") {
     MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd, extra_yaml));
-    client_ = certmgr::NewGrpcCaClient({certmgr_->address()},
+    client_ = sidecar::NewGrpcCaClient({certmgr_->address()},
                                        *base::ReadFileToString(certmgr_->ca_pem_path()));
   }
 
   // Sign sends a fresh CSR with `credentials`; on success returns the new holder.
-  absl::StatusOr<Holder> Sign(const certmgr::CallCredentials& credentials) {
+  absl::StatusOr<Holder> Sign(const sidecar::CallCredentials& credentials) {
     absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::GenerateEcP256();
     if (!key.ok()) {
       return key.status();
     }
-    absl::StatusOr<certmgr::SignedCredentials> signed_credentials =
+    absl::StatusOr<sidecar::SignedCredentials> signed_credentials =
         client_->Sign(*pki::CreateCsrDer(*key), credentials, absl::Seconds(10));
     if (!signed_credentials.ok()) {
       return signed_credentials.status();
@@ -81,7 +81,7 @@ class CertmgrPolicyTest : public ::testing::Test {
 
   // Watch opens a WatchTrustBundle stream in a thread of its own, with its own client.
   struct Watch {
-    std::unique_ptr<certmgr::CaClient> client;
+    std::unique_ptr<sidecar::CaClient> client;
     std::atomic<int> received{0};
     std::atomic<bool> ended{false};
     absl::Status status;
@@ -92,13 +92,13 @@ class CertmgrPolicyTest : public ::testing::Test {
     }
   };
   // OpenWatch watches certmgr_, or `target`.
-  std::unique_ptr<Watch> OpenWatch(const certmgr::CallCredentials& credentials,
+  std::unique_ptr<Watch> OpenWatch(const sidecar::CallCredentials& credentials,
                                    const CertmgrProcess* target = nullptr) {
     if (target == nullptr) {
       target = certmgr_.get();
     }
     auto w = std::make_unique<Watch>();
-    w->client = certmgr::NewGrpcCaClient({target->address()},
+    w->client = sidecar::NewGrpcCaClient({target->address()},
                                          *base::ReadFileToString(target->ca_pem_path()));
     Watch* raw = w.get();
     w->thread = std::thread([raw, credentials] {
@@ -113,7 +113,7 @@ class CertmgrPolicyTest : public ::testing::Test {
 
   testing::TempDir dir_;
   std::unique_ptr<CertmgrProcess> certmgr_;
-  std::unique_ptr<certmgr::CaClient> client_;
+  std::unique_ptr<sidecar::CaClient> client_;
 };
 
 TEST_F(CertmgrPolicyTest, ADeniedIdentityCanNeitherBootstrapNorRenewAndTheListAppliesLive) {

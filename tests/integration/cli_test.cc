@@ -6,7 +6,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
-#include "certmgr/base/file.h"
+#include "common/base/file.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/test_ca.h"
 

@@ -20,9 +20,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "certmgr/base/file.h"
-#include "certmgr/client/ca_client.h"
-#include "certmgr/pki/csr.h"
+#include "common/base/file.h"
+#include "common/pki/csr.h"
+#include "sidecar/identity/ca_client.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/mesh_processes.h"
 #include "tests/testing/status_matchers.h"
@@ -51,7 +51,7 @@ void Reset(base::UniqueFd fd) {
 // SignAsWeb asks `certmgr` for a certificate for a new workload (bootstrap token, no chain).
 absl::Status SignAsWeb(testing::CertmgrProcess& certmgr) {
   auto client =
-      certmgr::NewGrpcCaClient({certmgr.address()}, *base::ReadFileToString(certmgr.ca_pem_path()));
+      sidecar::NewGrpcCaClient({certmgr.address()}, *base::ReadFileToString(certmgr.ca_pem_path()));
   return client
       ->Sign(*pki::CreateCsrDer(*pki::PrivateKey::GenerateEcP256()),
              {.chain = {},

@@ -12,9 +12,9 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
-#include "certmgr/base/file.h"
-#include "certmgr/client/ca_client.h"
-#include "certmgr/pki/csr.h"
+#include "common/base/file.h"
+#include "common/pki/csr.h"
+#include "sidecar/identity/ca_client.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/mesh_processes.h"
 #include "tests/testing/status_matchers.h"
@@ -48,10 +48,10 @@ std::string TrustedRoots(const std::string& ca_dir) {
 }
 
 // SignAt asks one replica (and only it) for a certificate with a join token.
-absl::StatusOr<certmgr::SignedCredentials> SignAt(const CertmgrProcess& replica,
+absl::StatusOr<sidecar::SignedCredentials> SignAt(const CertmgrProcess& replica,
                                                   const std::string& token,
                                                   const std::string& ca_dir) {
-  auto client = certmgr::NewGrpcCaClient({replica.address()}, TrustedRoots(ca_dir));
+  auto client = sidecar::NewGrpcCaClient({replica.address()}, TrustedRoots(ca_dir));
   return client->Sign(*pki::CreateCsrDer(*pki::PrivateKey::GenerateEcP256()),
                       {.chain = {}, .key = std::nullopt, .bearer_token = token}, absl::Seconds(10));
 }
@@ -61,7 +61,7 @@ bool ServesRoots(const CertmgrProcess& replica, const std::string& token, const 
                  size_t roots) {
   return testing::WaitFor(
       [&] {
-        absl::StatusOr<certmgr::SignedCredentials> r = SignAt(replica, token, ca_dir);
+        absl::StatusOr<sidecar::SignedCredentials> r = SignAt(replica, token, ca_dir);
         return r.ok() && r->roots.size() == roots;
       },
       absl::Seconds(15));
@@ -121,8 +121,8 @@ TEST_F(HaTest, OneReplicaKilledTheOtherKeepsRenewingAndTrafficNeverFails) {
   // Replicas share the CA material and nothing else: both sign for a token that either
   // created, under the same root.
   const std::string probe = a->Token("spiffe://mesh.test/ns/default/sa/probe");
-  absl::StatusOr<certmgr::SignedCredentials> from_a = SignAt(*a, probe, dir_.File("ca"));
-  absl::StatusOr<certmgr::SignedCredentials> from_b = SignAt(*b, probe, dir_.File("ca"));
+  absl::StatusOr<sidecar::SignedCredentials> from_a = SignAt(*a, probe, dir_.File("ca"));
+  absl::StatusOr<sidecar::SignedCredentials> from_b = SignAt(*b, probe, dir_.File("ca"));
   ASSERT_THAT(from_a, IsOk());
   ASSERT_THAT(from_b, IsOk());
   ASSERT_EQ(from_a->roots.size(), 1u);
@@ -314,7 +314,7 @@ TEST_F(HaTest, ReplicasOnAReadOnlySecretVolumeApplyEachRotationStepLive) {
   for (CertmgrProcess* replica : {a.get(), b.get()}) {
     EXPECT_TRUE(testing::WaitFor(
         [&] {
-          absl::StatusOr<certmgr::SignedCredentials> r = SignAt(*replica, token, secret.path());
+          absl::StatusOr<sidecar::SignedCredentials> r = SignAt(*replica, token, secret.path());
           return r.ok() && X509_check_issued(next_root.get(), r->chain[0].get()) == X509_V_OK;
         },
         absl::Seconds(15)))

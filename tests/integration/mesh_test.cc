@@ -18,10 +18,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "certmgr/base/file.h"
-#include "certmgr/client/ca_client.h"
-#include "certmgr/pki/csr.h"
-#include "certmgr/pki/openssl_ptr.h"
+#include "common/base/file.h"
+#include "common/pki/csr.h"
+#include "common/pki/openssl_ptr.h"
+#include "sidecar/identity/ca_client.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/jwt.h"
 #include "tests/testing/mesh_processes.h"
@@ -44,7 +44,7 @@ constexpr char kTd[] = "mesh.test";
 const std::string kFrontend = "spiffe://mesh.test/ns/default/sa/frontend";
 const std::string kBackend = "spiffe://mesh.test/ns/default/sa/backend";
 
-certmgr::CallCredentials Bearer(std::string token) {
+sidecar::CallCredentials Bearer(std::string token) {
   return {.chain = {}, .key = std::nullopt, .bearer_token = std::move(token)};
 }
 
@@ -185,7 +185,7 @@ TEST_F(MeshTest, WatchTrustBundleSendsTheBundleAndStaysOpen) {
                                      "meshtls_certmgr_trust_bundle_watchers") == 2;
       },
       absl::Seconds(10)));
-  auto client = certmgr::NewGrpcCaClient({certmgr_->address()},
+  auto client = sidecar::NewGrpcCaClient({certmgr_->address()},
                                          *base::ReadFileToString(certmgr_->ca_pem_path()));
   std::atomic<int> received{0};
   std::atomic<uint64_t> sequence{0};
@@ -353,7 +353,7 @@ TEST_F(MeshTest, KubernetesServiceAccountTokenBootstrapsASidecar) {
       << certs->body;
 
   // A namespace outside the policy is refused (PERMISSION_DENIED), counted by certmgr.
-  auto client = certmgr::NewGrpcCaClient({certmgr_->address()},
+  auto client = sidecar::NewGrpcCaClient({certmgr_->address()},
                                          *base::ReadFileToString(certmgr_->ca_pem_path()));
   const std::string csr = *pki::CreateCsrDer(*pki::PrivateKey::GenerateEcP256());
   EXPECT_THAT(client->Sign(csr, Bearer(token_for("kube-system", "admin")), absl::Seconds(10)),
@@ -593,7 +593,7 @@ std::string ClaimingCsr(const pki::PrivateKey& key, const std::string& claimed) 
 
 TEST_F(MeshTest, CertmgrRefusesBadCredentialsAndIgnoresClaimedIdentity) {
   MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd));
-  auto client = certmgr::NewGrpcCaClient({certmgr_->address()},
+  auto client = sidecar::NewGrpcCaClient({certmgr_->address()},
                                          *base::ReadFileToString(certmgr_->ca_pem_path()));
   pki::PrivateKey key = *pki::PrivateKey::GenerateEcP256();
   const std::string csr = *pki::CreateCsrDer(key);
@@ -617,7 +617,7 @@ TEST_F(MeshTest, CertmgrRefusesBadCredentialsAndIgnoresClaimedIdentity) {
   EXPECT_THAT(client->Sign(*pki::CreateCsrDer(rsa_small), Bearer(token), absl::Seconds(10)),
               StatusIs(absl::StatusCode::kInvalidArgument, "2048"));
 
-  absl::StatusOr<certmgr::SignedCredentials> issued =
+  absl::StatusOr<sidecar::SignedCredentials> issued =
       client->Sign(ClaimingCsr(key, "spiffe://mesh.test/ns/kube-system/sa/admin"), Bearer(token),
                    absl::Seconds(10));
   ASSERT_THAT(issued, IsOk());
@@ -639,7 +639,7 @@ TEST_F(MeshTest, CertmgrRefusesBadCredentialsAndIgnoresClaimedIdentity) {
   // Renewal over mTLS keeps the certificate's identity even with another identity's token.
   const std::string other_token = certmgr_->Token("spiffe://mesh.test/ns/default/sa/other");
   pki::PrivateKey next = *pki::PrivateKey::GenerateEcP256();
-  absl::StatusOr<certmgr::SignedCredentials> renewed = client->Sign(
+  absl::StatusOr<sidecar::SignedCredentials> renewed = client->Sign(
       *pki::CreateCsrDer(next), {.chain = issued->chain, .key = key, .bearer_token = other_token},
       absl::Seconds(10));
   ASSERT_THAT(renewed, IsOk());

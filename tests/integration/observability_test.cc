@@ -18,7 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "certmgr/base/file.h"
+#include "common/base/file.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/mesh_processes.h"
 #include "tests/testing/status_matchers.h"

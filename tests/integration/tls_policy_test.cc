@@ -9,11 +9,10 @@
 #include <signal.h>
 #include <sys/stat.h>
 
-
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "certmgr/base/file.h"
+#include "common/base/file.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/mesh_processes.h"
 #include "tests/testing/status_matchers.h"

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
-#include "certmgr/base/fd.h"
+#include "common/base/fd.h"
 
 namespace meshtls::testing {
 

@@ -17,7 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "certmgr/base/fd.h"
+#include "common/base/fd.h"
 
 namespace meshtls::testing {
 

@@ -6,7 +6,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "certmgr/base/check.h"
+#include "common/base/check.h"
 
 namespace meshtls::testing {
 namespace {

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
-#include "certmgr/pki/openssl_ptr.h"
+#include "common/pki/openssl_ptr.h"
 
 namespace meshtls::testing {
 

@@ -4,7 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "certmgr/base/file.h"
+#include "common/base/file.h"
 
 namespace meshtls::testing {
 

@@ -1,6 +1,6 @@
 #include "tests/testing/test_ca.h"
 
-#include "certmgr/base/check.h"
+#include "common/base/check.h"
 
 namespace meshtls::testing {
 namespace {

@@ -4,9 +4,9 @@
 #include <vector>
 
 #include "absl/time/time.h"
-#include "certmgr/pki/certificate.h"
-#include "certmgr/pki/certificate_builder.h"
-#include "certmgr/pki/key.h"
+#include "common/pki/certificate.h"
+#include "common/pki/certificate_builder.h"
+#include "common/pki/key.h"
 
 namespace meshtls::testing {
 

@@ -13,9 +13,9 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "certmgr/pki/certificate.h"
-#include "certmgr/pki/key.h"
-#include "certmgr/pki/openssl_error.h"
+#include "common/pki/certificate.h"
+#include "common/pki/key.h"
+#include "common/pki/openssl_error.h"
 #include "tests/testing/harness.h"
 
 namespace meshtls::testing {

@@ -13,7 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "certmgr/base/fd.h"
+#include "common/base/fd.h"
 #include "sidecar/tls/ssl_ptr.h"
 #include "tests/testing/test_ca.h"
 

@@ -3,9 +3,9 @@
 
 #include <filesystem>
 
-#include "certmgr/base/file.h"
 #include "certmgr/ca/ca_material.h"
 #include "certmgr/ca/signer.h"
+#include "common/base/file.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/status_matchers.h"

@@ -3,8 +3,8 @@
 #include <gtest/gtest.h>
 #include <openssl/x509v3.h>
 
-#include "certmgr/pki/chain_verifier.h"
-#include "certmgr/pki/csr.h"
+#include "common/pki/chain_verifier.h"
+#include "common/pki/csr.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_ca.h"

@@ -3,10 +3,10 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
-#include "certmgr/base/file.h"
 #include "certmgr/ca/trust_bundle_source.h"
 #include "certmgr/server/kubernetes_authenticator.h"
 #include "certmgr/server/mesh_authenticator.h"
+#include "common/base/file.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/jwt.h"
