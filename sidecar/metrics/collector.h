@@ -29,7 +29,7 @@ struct ListenerLabel {
   std::string name;
 };
 
-// SidecarCollector exposes every sidecar metric of DESIGN §5 by summing the workers' shards
+// SidecarCollector exposes every sidecar metric (docs/metrics.md) by summing the workers' shards
 // and reading the credential state, at scrape time, on the admin server's threads. The shards
 // and the callback must outlive it. Thread-safe.
 class SidecarCollector final : public prometheus::Collectable {

@@ -5,7 +5,7 @@
 
 #include "sidecar/tls/handshake_result.h"
 
-// The sidecar's metric label vocabulary (DESIGN §5). These names are public API: dashboards,
+// The sidecar's metric label vocabulary. These names are public API: dashboards,
 // alert rules and README list them.
 
 namespace meshtls::sidecar {

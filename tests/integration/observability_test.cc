@@ -1,6 +1,6 @@
 // The observability contract, proven against a real Prometheus (Debian's `prometheus`) on
 // loopback: it scrapes certmgr and two sidecars carrying traffic, some of it failing. Then
-//  - every metric of DESIGN §5 is in the live scrapes and `promtool check metrics` accepts them;
+//  - every documented metric (docs/metrics.md) is in the live scrapes and `promtool check metrics` accepts them;
 //  - tests/observability/check-dashboards.mjs validates both dashboards against the Grafana
 //    schema, fills their variables from this Prometheus, and every panel query returns data;
 //  - the alert rules load into this Prometheus and evaluate without error, and
@@ -36,7 +36,7 @@ const std::string kFrontend = "spiffe://mesh.test/ns/shop/sa/frontend";
 const std::string kBackend = "spiffe://mesh.test/ns/shop/sa/backend";
 const std::string kSource = MESHTLS_SOURCE_DIR;
 
-// DESIGN §5, as metric families (a histogram by its base name).
+// The documented metrics (docs/metrics.md), as metric families (a histogram by its base name).
 constexpr const char* kSidecarFamilies[] = {"meshtls_tls_handshakes_total",
                                             "meshtls_tls_handshake_duration_seconds",
                                             "meshtls_connections_active",
@@ -259,7 +259,7 @@ TEST_F(ObservabilityTest, DashboardsAndAlertRulesWorkOnARealPrometheusScrapingAL
           R"(meshtls_authz_decisions_total{direction="inbound",decision="deny",listener="admin"})"),
       0);
 
-  // 1. Every DESIGN §5 family in the live scrapes, which promtool accepts.
+  // 1. Every documented family in the live scrapes, which promtool accepts.
   const struct {
     std::string name;
     uint16_t port;
