@@ -1,24 +1,15 @@
 #include "common/admin/admin_server.h"
 
-#include <arpa/inet.h>
-#include <linux/sockios.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
-#include <cstring>
 #include <map>
 #include <thread>
 
@@ -30,11 +21,12 @@
 #include "common/base/fd.h"
 #include "common/base/host_port.h"
 #include "common/base/log.h"
+#include "common/base/status_macros.h"
+#include "common/net/event_loop.h"
+#include "common/net/socket.h"
 
 namespace meshtls::admin {
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 const char* ReasonPhrase(int status) {
   switch (status) {
@@ -142,37 +134,20 @@ ParsedRequest ParseRequestHead(absl::string_view head) {
 // net.core.somaxconn (4096 by default since Linux 5.4).
 constexpr int kListenBacklog = 1024;
 
-// SourceKey is the peer's IP address as bytes: the unit of the per-address share. An
-// IPv4-mapped IPv6 address counts as the IPv4 address it maps.
-std::string SourceKey(const sockaddr_storage& peer) {
-  if (peer.ss_family == AF_INET) {
-    const auto& a = reinterpret_cast<const sockaddr_in&>(peer);
-    return std::string(reinterpret_cast<const char*>(&a.sin_addr), sizeof(a.sin_addr));
-  }
-  if (peer.ss_family == AF_INET6) {
-    const auto& a = reinterpret_cast<const sockaddr_in6&>(peer);
-    const char* bytes = reinterpret_cast<const char*>(&a.sin6_addr);
-    if (IN6_IS_ADDR_V4MAPPED(&a.sin6_addr)) {
-      return std::string(bytes + 12, 4);
-    }
-    return std::string(bytes, sizeof(a.sin6_addr));
-  }
-  return std::string();
-}
-
 }  // namespace
 
-// Impl is the server: one thread running an epoll loop over the listening socket, an eventfd
-// (stop) and at most max_connections client connections, all non-blocking. Everything below
-// except Stop() runs on that thread; the routes' handlers are called there too.
+// Impl is the server: a net::EventLoop of its own, run by one thread, over the listening socket
+// and at most max_connections client connections, all non-blocking. Everything below runs on
+// that thread (the destructor's Stop() is the loop's own thread-safe call); the routes' handlers
+// are called there too.
 //
 // Resource bounds (AdminLimits), against slowloris and its relatives:
 //   - a request head must arrive whole within request_timeout of its first byte (or of the
 //     accept), and be at most max_request_head bytes: trickling bytes does not extend it;
 //   - a keep-alive connection waiting for its next request is closed after idle_timeout;
 //   - a response must be taken by the client within write_timeout, and it counts as taken
-//     only once the kernel has sent all of it (TCP_NOTSENT_LOWAT and SIOCOUTQNSD), not when
-//     send() accepted it: a client that does not read keeps its response unsent;
+//     only once the kernel has sent all of it (net::SetNotSentLowWater and net::UnsentBytes),
+//     not when send() accepted it: a client that does not read keeps its response unsent;
 //   - no pipelined request is read or parsed while a response is untaken, so a connection
 //     holds one response (in memory and in the kernel's send queue) and a bounded input
 //     buffer; further requests wait in the kernel's receive buffer, and TCP flow control
@@ -185,51 +160,73 @@ std::string SourceKey(const sockaddr_storage& peer) {
 //     take their answers at once, so they never wait longest; a client holding a slot by not
 //     asking or not reading does.
 struct AdminServer::Impl {
-  explicit Impl(const AdminLimits& limits)
+  // Connection is one client's socket and HTTP state. Owned by `connections` while open; once
+  // closed (fd invalid) it is handed to the loop's Defer, so an event for it later in the same
+  // batch finds a closed object instead of freed memory.
+  struct Connection final : net::EventHandler {
+    Connection(Impl& server, uint64_t id, base::UniqueFd fd, std::string source)
+        : server(server), id(id), fd(std::move(fd)), source(std::move(source)) {}
+    void OnEvents(uint32_t ready) override {
+      if (fd.valid()) {
+        server.OnEvents(*this, ready);
+      }
+    }
+
+    Impl& server;
+    const uint64_t id;
+    base::UniqueFd fd;
+    const std::string source;  // the peer's IP address (net::PeerAddress::AddressBytes)
+    std::string in;            // bytes of the request head(s) received so far
+    std::string out;           // the part of the response not yet handed to the kernel
+    size_t out_sent = 0;
+    bool close_after_write = false;
+    bool writing = false;   // a response is untaken: being written or not yet sent by the kernel
+    bool answered = false;  // at least one response was taken
+    // unsent_observable: the low-water mark is set, so EPOLLOUT means "all sent" and the
+    // kernel's unsent bytes can be waited for without spinning.
+    bool unsent_observable = false;
+    // waiting_since: when the current wait began; reading: since the previous response was
+    // taken (or the accept); writing: since the response began. Eviction takes the oldest.
+    net::MonoTime waiting_since;
+    net::EventLoop::TimerId deadline = 0;  // the loop's timer that closes this connection
+    uint32_t events = 0;                   // the epoll interest; 0 until added to the loop
+  };
+
+  // Listener accepts on the listening socket's events.
+  struct Listener final : net::EventHandler {
+    explicit Listener(Impl& server) : server(server) {}
+    void OnEvents(uint32_t) override { server.Accept(); }
+    Impl& server;
+  };
+
+  Impl(const AdminLimits& limits, std::unique_ptr<net::EventLoop> event_loop)
       : max_connections(std::max<size_t>(limits.max_connections, 1)),
         max_connections_per_address(
             std::clamp<size_t>(limits.max_connections_per_address, 1, max_connections)),
         max_request_head(limits.max_request_head),
         request_timeout(absl::ToChronoNanoseconds(limits.request_timeout)),
         idle_timeout(absl::ToChronoNanoseconds(limits.idle_timeout)),
-        write_timeout(absl::ToChronoNanoseconds(limits.write_timeout)) {
+        write_timeout(absl::ToChronoNanoseconds(limits.write_timeout)),
+        loop(std::move(event_loop)) {
     RegisterOwnMetrics();
   }
 
   const size_t max_connections;
   const size_t max_connections_per_address;
   const size_t max_request_head;
-  const Clock::duration request_timeout;
-  const Clock::duration idle_timeout;
-  const Clock::duration write_timeout;
-
-  struct Connection {
-    base::UniqueFd fd;
-    std::string source;  // the peer's address (SourceKey)
-    std::string in;      // bytes of the request head(s) received so far
-    std::string out;     // the part of the response not yet handed to the kernel
-    size_t out_sent = 0;
-    bool close_after_write = false;
-    bool writing = false;   // a response is untaken: being written or not yet sent by the kernel
-    bool answered = false;  // at least one response was taken
-    // unsent_observable: TCP_NOTSENT_LOWAT is set, so EPOLLOUT means "all sent" and the
-    // kernel's unsent bytes can be waited for without spinning.
-    bool unsent_observable = false;
-    // waiting_since: when the current wait began; reading: since the previous response was
-    // taken (or the accept); writing: since the response began. Eviction takes the oldest.
-    Clock::time_point waiting_since;
-    Clock::time_point deadline;
-    uint32_t events = 0;  // the epoll interest
-  };
+  const net::MonoDuration request_timeout;
+  const net::MonoDuration idle_timeout;
+  const net::MonoDuration write_timeout;
 
   std::vector<AdminRoute> routes;
   std::vector<std::shared_ptr<prometheus::Collectable>> collectables;
   std::shared_ptr<prometheus::Registry> own_metrics = std::make_shared<prometheus::Registry>();
   prometheus::Counter* rejected[static_cast<int>(Rejection::kCount)] = {};
+  std::unique_ptr<net::EventLoop> loop;  // run by `thread`
   base::UniqueFd listen_fd;
-  base::UniqueFd epoll_fd;
-  base::UniqueFd stop_fd;
-  std::map<int, Connection> connections;  // by fd
+  Listener listener{*this};
+  std::map<uint64_t, std::unique_ptr<Connection>> connections;  // open ones, by id
+  uint64_t next_connection_id = 1;
   std::thread thread;
 
   void RegisterOwnMetrics() {
@@ -270,88 +267,41 @@ struct AdminServer::Impl {
     return HttpResponse{.status = 404, .body = "not found\n"};
   }
 
-  void Run() {
-    constexpr int kMaxEvents = 64;
-    epoll_event events[kMaxEvents];
-    while (true) {
-      const int n = ::epoll_wait(epoll_fd.get(), events, kMaxEvents, NextTimeoutMs());
-      if (n < 0 && errno != EINTR) {
-        base::LogError("admin server: epoll_wait failed", {{"error", std::strerror(errno)}});
-        return;
-      }
-      for (int i = 0; i < n; ++i) {
-        const int fd = events[i].data.fd;
-        if (fd == stop_fd.get()) {
-          return;
-        }
-        if (fd == listen_fd.get()) {
-          Accept();
-          continue;
-        }
-        auto it = connections.find(fd);
-        if (it != connections.end()) {
-          OnEvents(it->second, events[i].events);
-        }
-      }
-      ExpireDeadlines();
-    }
+  // SetDeadline closes `c` when `after` has passed, unless set again first.
+  void SetDeadline(Connection& c, net::MonoDuration after) {
+    loop->CancelTimer(c.deadline);
+    c.deadline = loop->AddTimer(after, [this, &c] { OnDeadline(c); });
   }
 
-  int NextTimeoutMs() const {
-    if (connections.empty()) {
-      return -1;
+  void OnDeadline(Connection& c) {
+    // A keep-alive connection that went quiet after its answers is no attack; a connection
+    // that never asked, or stopped mid-request or mid-response, is.
+    if (c.writing || !c.in.empty() || !c.answered) {
+      Count(Rejection::kTimeout);
     }
-    Clock::time_point next = Clock::time_point::max();
-    for (const auto& [fd, c] : connections) {
-      next = std::min(next, c.deadline);
-    }
-    const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now());
-    return static_cast<int>(std::clamp<int64_t>(wait.count() + 1, 0, 60'000));
-  }
-
-  void ExpireDeadlines() {
-    const Clock::time_point now = Clock::now();
-    std::vector<int> expired;
-    for (const auto& [fd, c] : connections) {
-      if (c.deadline <= now) {
-        expired.push_back(fd);
-      }
-    }
-    for (int fd : expired) {
-      Connection& c = connections.at(fd);
-      // A keep-alive connection that went quiet after its answers is no attack; a connection
-      // that never asked, or stopped mid-request or mid-response, is.
-      if (c.writing || !c.in.empty() || !c.answered) {
-        Count(Rejection::kTimeout);
-      }
-      Close(fd);
-    }
+    Close(c);
   }
 
   void Accept() {
     for (int i = 0; i < 16; ++i) {
-      sockaddr_storage peer{};
-      socklen_t peer_length = sizeof(peer);
-      base::UniqueFd fd(::accept4(listen_fd.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length,
-                                  SOCK_NONBLOCK | SOCK_CLOEXEC));
+      net::PeerAddress peer;
+      base::UniqueFd fd = net::AcceptTcp(listen_fd.get(), peer);
       if (!fd.valid()) {
         return;  // EAGAIN, or out of descriptors: the backlog waits for the next wake-up
       }
-      Connection c;
-      c.source = SourceKey(peer);
-      MakeRoomFor(c.source);
+      std::string source = peer.AddressBytes();
+      MakeRoomFor(source);
+      const uint64_t id = next_connection_id++;
+      Connection& c = *connections
+                           .emplace(id, std::make_unique<Connection>(*this, id, std::move(fd),
+                                                                     std::move(source)))
+                           .first->second;
       // With a low-water mark of one byte, send() stops and EPOLLOUT stays off while anything
       // is unsent: Write() can wait for a response to be sent whole without spinning.
-      const int one = 1;
-      c.unsent_observable =
-          ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NOTSENT_LOWAT, &one, sizeof(one)) == 0;
-      const Clock::time_point now = Clock::now();
-      c.waiting_since = now;
-      c.deadline = now + request_timeout;  // a new connection is expected to ask at once
-      c.fd = std::move(fd);
-      const int raw = c.fd.get();
-      Connection& placed = connections.emplace(raw, std::move(c)).first->second;
-      SetInterest(placed, EPOLLIN);
+      c.unsent_observable = net::SetNotSentLowWater(c.fd.get(), 1);
+      c.waiting_since = net::EventLoop::Now();
+      SetDeadline(c, request_timeout);  // a new connection is expected to ask at once
+      SetInterest(c, EPOLLIN);
     }
   }
 
@@ -360,8 +310,8 @@ struct AdminServer::Impl {
   // attacker's pod) from pushing out the others (the kubelet's node address, Prometheus).
   void MakeRoomFor(const std::string& source) {
     size_t from_source = 0;
-    for (const auto& [fd, c] : connections) {
-      from_source += c.source == source ? 1 : 0;
+    for (const auto& [id, c] : connections) {
+      from_source += c->source == source ? 1 : 0;
     }
     if (from_source >= max_connections_per_address) {
       EvictLongestWaiting(&source);
@@ -373,18 +323,18 @@ struct AdminServer::Impl {
   // EvictLongestWaiting closes the connection (of `only_source`, if given) whose current
   // wait began first, whether it waits for a request or for its peer to take a response.
   void EvictLongestWaiting(const std::string* only_source) {
-    auto oldest = connections.end();
-    for (auto it = connections.begin(); it != connections.end(); ++it) {
-      if (only_source != nullptr && it->second.source != *only_source) {
+    Connection* oldest = nullptr;
+    for (const auto& [id, c] : connections) {
+      if (only_source != nullptr && c->source != *only_source) {
         continue;
       }
-      if (oldest == connections.end() || it->second.waiting_since < oldest->second.waiting_since) {
-        oldest = it;
+      if (oldest == nullptr || c->waiting_since < oldest->waiting_since) {
+        oldest = c.get();
       }
     }
-    if (oldest != connections.end()) {
+    if (oldest != nullptr) {
       Count(Rejection::kEvicted);
-      Close(oldest->first);
+      Close(*oldest);
     }
   }
 
@@ -392,39 +342,45 @@ struct AdminServer::Impl {
     if (c.events == events) {
       return;
     }
-    epoll_event ev{};
-    ev.events = events;
-    ev.data.fd = c.fd.get();
-    ::epoll_ctl(epoll_fd.get(), c.events == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, c.fd.get(), &ev);
+    const absl::Status s =
+        c.events == 0 ? loop->Add(c.fd.get(), events, &c) : loop->Modify(c.fd.get(), events, &c);
+    if (!s.ok()) {
+      base::LogWarning("admin server: connection dropped", {{"error", s.ToString()}});
+      Close(c);
+      return;
+    }
     c.events = events;
   }
 
-  void Close(int fd) {
-    ::epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, fd, nullptr);
-    connections.erase(fd);  // closes the socket
+  // Close closes the socket now and deletes `c` after the loop's current batch of events.
+  void Close(Connection& c) {
+    loop->Remove(c.fd.get());
+    loop->CancelTimer(c.deadline);
+    c.fd.reset();
+    auto node = connections.extract(c.id);
+    loop->Defer([closed = std::move(node.mapped())] {});
   }
 
   void OnEvents(Connection& c, uint32_t events) {
-    const int fd = c.fd.get();
     if (c.writing) {
       if ((events & (EPOLLERR | EPOLLHUP)) != 0) {
-        Close(fd);  // reset, or closed both ways: nobody will take the rest of the response
+        Close(c);  // reset, or closed both ways: nobody will take the rest of the response
       } else if ((events & EPOLLOUT) != 0) {
         Write(c);
       }
       return;  // no request is read while a response is untaken
     }
     char buffer[4096];
-    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    const ssize_t n = ::recv(c.fd.get(), buffer, sizeof(buffer), 0);
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-      Close(fd);  // the client went away (a half-closed client gets no answer: it asked for none)
+      Close(c);  // the client went away (a half-closed client gets no answer: it asked for none)
       return;
     }
     if (n < 0) {
       return;
     }
     if (c.in.empty()) {
-      c.deadline = Clock::now() + request_timeout;  // the head's clock starts at its first byte
+      SetDeadline(c, request_timeout);  // the head's clock starts at its first byte
     }
     c.in.append(buffer, static_cast<size_t>(n));
     ProcessInput(c);
@@ -474,26 +430,15 @@ struct AdminServer::Impl {
     c.out_sent = 0;
     c.close_after_write = close;
     c.writing = true;
-    c.waiting_since = Clock::now();
-    c.deadline = c.waiting_since + write_timeout;
+    c.waiting_since = net::EventLoop::Now();
+    SetDeadline(c, write_timeout);
     Write(c);
   }
 
-  // UnsentBytes is how much of what was handed to the kernel it has not sent yet: more than
-  // zero while the peer's receive window is closed, that is while the peer does not read.
-  static int UnsentBytes(const Connection& c) {
-    int unsent = 0;
-    if (!c.unsent_observable || ::ioctl(c.fd.get(), SIOCOUTQNSD, &unsent) != 0) {
-      return 0;
-    }
-    return unsent;
-  }
-
   void Write(Connection& c) {
-    const int fd = c.fd.get();
     while (c.out_sent < c.out.size()) {
       const ssize_t n =
-          ::send(fd, c.out.data() + c.out_sent, c.out.size() - c.out_sent, MSG_NOSIGNAL);
+          ::send(c.fd.get(), c.out.data() + c.out_sent, c.out.size() - c.out_sent, MSG_NOSIGNAL);
       if (n > 0) {
         c.out_sent += static_cast<size_t>(n);
         continue;
@@ -502,7 +447,7 @@ struct AdminServer::Impl {
         SetInterest(c, EPOLLOUT);
         return;
       }
-      Close(fd);
+      Close(c);
       return;
     }
     if (!c.out.empty()) {
@@ -512,20 +457,20 @@ struct AdminServer::Impl {
     if (c.close_after_write) {
       // Let the client read the answer before the close: a close with unread request bytes
       // would send a reset that can destroy the response in flight.
-      ::shutdown(fd, SHUT_WR);
-      Close(fd);
+      ::shutdown(c.fd.get(), SHUT_WR);
+      Close(c);
       return;
     }
-    if (UnsentBytes(c) > 0) {
+    if (c.unsent_observable && net::UnsentBytes(c.fd.get()) > 0) {
       SetInterest(c, EPOLLOUT);  // taken when the kernel has sent it all (see Accept)
       return;
     }
     c.writing = false;
     c.answered = true;
-    c.waiting_since = Clock::now();
-    c.deadline = c.waiting_since + (c.in.empty() ? idle_timeout : request_timeout);
+    c.waiting_since = net::EventLoop::Now();
+    SetDeadline(c, c.in.empty() ? idle_timeout : request_timeout);
     SetInterest(c, EPOLLIN);
-    if (!c.in.empty()) {
+    if (c.fd.valid() && !c.in.empty()) {
       ProcessInput(c);  // a pipelined request already here
     }
   }
@@ -542,61 +487,32 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(
     return absl::InvalidArgumentError(
         absl::StrCat("admin listen address \"", listen, "\" must be an IP address"));
   }
-  auto impl = std::make_unique<Impl>(limits);
+  absl::StatusOr<net::SocketAddress> address = net::ToSocketAddress(*hp);
+  if (!address.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("admin listen address \"", listen, "\": ", address.status().message()));
+  }
+  // A wildcard IPv6 address ("[::]") serves IPv4 clients too (a kubelet probing the pod's
+  // IPv4 address); MakeRoomFor counts them by their IPv4 address.
+  absl::StatusOr<base::UniqueFd> listen_fd =
+      net::ListenTcp(*address, {.backlog = kListenBacklog, .ipv6_only = false});
+  if (!listen_fd.ok()) {
+    return absl::Status(listen_fd.status().code(),
+                        absl::StrCat("admin endpoint: ", listen_fd.status().message()));
+  }
+  absl::StatusOr<std::unique_ptr<net::EventLoop>> loop = net::EventLoop::Create();
+  if (!loop.ok()) {
+    return absl::Status(loop.status().code(),
+                        absl::StrCat("admin server: ", loop.status().message()));
+  }
+  auto impl = std::make_unique<Impl>(limits, *std::move(loop));
   impl->routes = std::move(routes);
   impl->collectables = std::move(collectables);
   impl->collectables.push_back(impl->own_metrics);
-
-  sockaddr_storage address{};
-  socklen_t address_length = 0;
-  if (hp->is_ipv6) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&address);
-    a->sin6_family = AF_INET6;
-    a->sin6_port = htons(hp->port);
-    if (::inet_pton(AF_INET6, hp->host.c_str(), &a->sin6_addr) != 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("admin listen address \"", listen, "\" is not an IPv6 address"));
-    }
-    address_length = sizeof(*a);
-  } else {
-    auto* a = reinterpret_cast<sockaddr_in*>(&address);
-    a->sin_family = AF_INET;
-    a->sin_port = htons(hp->port);
-    if (::inet_pton(AF_INET, hp->host.c_str(), &a->sin_addr) != 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("admin listen address \"", listen, "\" is not an IPv4 address"));
-    }
-    address_length = sizeof(*a);
-  }
-  impl->listen_fd.reset(::socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  const int one = 1;
-  if (!impl->listen_fd.valid() ||
-      ::setsockopt(impl->listen_fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-      ::bind(impl->listen_fd.get(), reinterpret_cast<sockaddr*>(&address), address_length) != 0 ||
-      ::listen(impl->listen_fd.get(), kListenBacklog) != 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", hp->ToString(),
-                                               " for the admin endpoint: ", std::strerror(errno)));
-  }
-  sockaddr_storage bound{};
-  socklen_t bound_length = sizeof(bound);
-  ::getsockname(impl->listen_fd.get(), reinterpret_cast<sockaddr*>(&bound), &bound_length);
-  const uint16_t port = ntohs(hp->is_ipv6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
-                                          : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-
-  impl->epoll_fd.reset(::epoll_create1(EPOLL_CLOEXEC));
-  impl->stop_fd.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-  if (!impl->epoll_fd.valid() || !impl->stop_fd.valid()) {
-    return absl::InternalError(absl::StrCat("admin server: ", std::strerror(errno)));
-  }
-  for (int fd : {impl->listen_fd.get(), impl->stop_fd.get()}) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    if (::epoll_ctl(impl->epoll_fd.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
-      return absl::InternalError(absl::StrCat("admin server: epoll_ctl: ", std::strerror(errno)));
-    }
-  }
-  Impl* raw = impl.get();
+  impl->listen_fd = *std::move(listen_fd);
+  const uint16_t port = net::LocalPort(impl->listen_fd.get());
+  MESHTLS_RETURN_IF_ERROR(impl->loop->Add(impl->listen_fd.get(), EPOLLIN, &impl->listener));
+  net::EventLoop* raw = impl->loop.get();
   impl->thread = std::thread([raw] { raw->Run(); });
   return std::unique_ptr<AdminServer>(new AdminServer(std::move(impl), port));
 }
@@ -608,9 +524,8 @@ AdminServer::~AdminServer() {
   if (impl_ == nullptr) {
     return;
   }
-  const uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = ::write(impl_->stop_fd.get(), &one, sizeof(one));
-  impl_->thread.join();  // no handler runs after this
+  impl_->loop->Stop();
+  impl_->thread.join();  // no handler runs after this; the connections close with impl_
 }
 
 }  // namespace meshtls::admin

@@ -42,10 +42,12 @@ struct AdminLimits {
 // AdminServer is the small HTTP/1.1 listener both binaries expose: /metrics (Prometheus text
 // format, gathered from the given collectables at scrape time, plus the server's own
 // meshtls_admin_rejected_total) and the routes the caller adds (/healthz, /readyz, ...). GET and
-// HEAD only, keep-alive, no request bodies. One thread serves every connection without blocking,
-// with a deadline on each request head and response and a cap on connections (see the .cc), so
-// slow or hostile clients cannot starve a scraper or a kubelet probe. Handlers run on that
-// thread, so they must be thread-safe and quick. Stops (joining the thread) on destruction.
+// HEAD only, keep-alive, no request bodies. One thread, running a net::EventLoop of the server's
+// own, serves every connection without blocking, with a deadline on each request head and
+// response and a cap on connections (see the .cc), so slow or hostile clients cannot starve a
+// scraper or a kubelet probe. Handlers run on that thread, so they must be thread-safe and
+// quick. Listens on an IPv4 or IPv6 address; "[::]" takes IPv4 clients too. Stops on
+// destruction: the thread is joined and every client connection closed.
 class AdminServer {
  public:
   static absl::StatusOr<std::unique_ptr<AdminServer>> Start(

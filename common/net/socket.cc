@@ -1,8 +1,10 @@
 #include "common/net/socket.h"
 
 #include <arpa/inet.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -44,6 +46,21 @@ std::string PeerAddress::ToString() const {
   return full.ToString();
 }
 
+std::string PeerAddress::AddressBytes() const {
+  if (address_.sin6_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&address_);
+    return std::string(reinterpret_cast<const char*>(&a->sin_addr), sizeof(a->sin_addr));
+  }
+  if (address_.sin6_family == AF_INET6) {
+    const char* bytes = reinterpret_cast<const char*>(&address_.sin6_addr);
+    if (IN6_IS_ADDR_V4MAPPED(&address_.sin6_addr)) {
+      return std::string(bytes + 12, 4);
+    }
+    return std::string(bytes, sizeof(address_.sin6_addr));
+  }
+  return std::string();
+}
+
 absl::StatusOr<SocketAddress> ToSocketAddress(const base::HostPort& hp) {
   SocketAddress out;
   if (hp.is_ipv6) {
@@ -66,8 +83,8 @@ absl::StatusOr<SocketAddress> ToSocketAddress(const base::HostPort& hp) {
   return out;
 }
 
-absl::StatusOr<base::UniqueFd> ListenTcp(const SocketAddress& address, bool reuse_port,
-                                         int backlog) {
+absl::StatusOr<base::UniqueFd> ListenTcp(const SocketAddress& address,
+                                         const ListenOptions& options) {
   base::UniqueFd fd(
       ::socket(address.storage.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd.valid()) {
@@ -75,19 +92,31 @@ absl::StatusOr<base::UniqueFd> ListenTcp(const SocketAddress& address, bool reus
   }
   int one = 1;
   ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (reuse_port) {
+  if (options.reuse_port) {
     ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
   }
   if (address.storage.ss_family == AF_INET6) {
-    ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    const int v6_only = options.ipv6_only ? 1 : 0;
+    ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6_only, sizeof(v6_only));
   }
   if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length) != 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", address.ToString(), ": ", std::strerror(errno)));
   }
-  if (::listen(fd.get(), backlog) != 0) {
+  if (::listen(fd.get(), options.backlog) != 0) {
     return absl::UnavailableError(
         absl::StrCat("listen on ", address.ToString(), ": ", std::strerror(errno)));
+  }
+  return fd;
+}
+
+base::UniqueFd AcceptTcp(int listen_fd, PeerAddress& peer) {
+  sockaddr_in6 from{};  // a sockaddr_in fits too
+  socklen_t from_length = sizeof(from);
+  base::UniqueFd fd(::accept4(listen_fd, reinterpret_cast<sockaddr*>(&from), &from_length,
+                              SOCK_NONBLOCK | SOCK_CLOEXEC));
+  if (fd.valid()) {
+    peer = PeerAddress::From(reinterpret_cast<const sockaddr*>(&from), from_length);
   }
   return fd;
 }
@@ -132,6 +161,18 @@ uint16_t LocalPort(int fd) {
 void SetNoDelay(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+bool SetNotSentLowWater(int fd, int bytes) {
+  return ::setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &bytes, sizeof(bytes)) == 0;
+}
+
+int UnsentBytes(int fd) {
+  int unsent = 0;
+  if (::ioctl(fd, SIOCOUTQNSD, &unsent) != 0) {
+    return 0;
+  }
+  return unsent;
 }
 
 void SetAbortiveClose(int fd) {

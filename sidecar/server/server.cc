@@ -88,7 +88,7 @@ class ServerImpl final : public Server {
     for (const ListenerConfig* l : configs) {
       MESHTLS_ASSIGN_OR_RETURN(net::SocketAddress address, net::ToSocketAddress(l->listen));
       for (int w = 0; w < worker_count; ++w) {
-        absl::StatusOr<base::UniqueFd> fd = net::ListenTcp(address, /*reuse_port=*/true);
+        absl::StatusOr<base::UniqueFd> fd = net::ListenTcp(address, {.reuse_port = true});
         if (!fd.ok()) {
           return absl::Status(fd.status().code(),
                               absl::StrCat("listener ", l->name, ": ", fd.status().message()));

@@ -116,11 +116,9 @@ bool Worker::MayLog() {
 void Worker::Accept(Acceptor& acceptor) {
   const int direction = static_cast<int>(acceptor.listener.direction);
   for (int i = 0; i < 64; ++i) {
-    sockaddr_in6 from{};  // sockaddr_in fits too
-    socklen_t from_length = sizeof(from);
-    int fd = ::accept4(acceptor.fd.get(), reinterpret_cast<sockaddr*>(&from), &from_length,
-                       SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
+    net::PeerAddress peer;
+    base::UniqueFd accepted = net::AcceptTcp(acceptor.fd.get(), peer);
+    if (!accepted.valid()) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
         // Out of descriptors: pause this listener briefly instead of spinning on it.
         if (MayLog()) {
@@ -138,7 +136,6 @@ void Worker::Accept(Acceptor& acceptor) {
       }
       return;  // EAGAIN, or a connection that died before accept
     }
-    base::UniqueFd accepted(fd);
     // Lingering connections are not counted: a refused peer draining its last bytes never
     // keeps a new client out, whichever worker either lands on.
     if (open_connections_.fetch_add(1, std::memory_order_relaxed) >= limits_.max_connections) {
@@ -149,8 +146,7 @@ void Worker::Accept(Acceptor& acceptor) {
     }
     const uint64_t id = next_connection_id_++;
     auto connection = std::make_unique<Connection>(
-        id, env_, acceptor.listener, acceptor.sessions.get(), std::move(accepted),
-        net::PeerAddress::From(reinterpret_cast<const sockaddr*>(&from), from_length));
+        id, env_, acceptor.listener, acceptor.sessions.get(), std::move(accepted), peer);
     Connection* raw = connection.get();
     connections_.emplace(id, std::move(connection));
     raw->Start();

@@ -6,6 +6,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <prometheus/counter.h>
 #include <prometheus/registry.h>
@@ -13,6 +14,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +22,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/base/status_macros.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/status_matchers.h"
 
@@ -298,6 +301,110 @@ TEST_F(AdminServerTest, PipelinedRequestsWaitUntilTheResponseBeforeIsSent) {
   }
   EXPECT_EQ(count, static_cast<size_t>(kRequests));
   EXPECT_EQ(large_calls_.load(), kRequests);
+}
+
+// GetOverIpv6 asks `path` of the server at [::1]:port over HTTP/1.0 and returns the whole
+// answer (the server closes).
+absl::StatusOr<std::string> GetOverIpv6(uint16_t port, const std::string& path) {
+  base::UniqueFd fd(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in6 server{};
+  server.sin6_family = AF_INET6;
+  server.sin6_port = htons(port);
+  server.sin6_addr = in6addr_loopback;
+  // Blocking, but bounded: a loopback connect to a listening socket completes or is refused
+  // at once.
+  if (!fd.valid() ||
+      ::connect(fd.get(), reinterpret_cast<sockaddr*>(&server), sizeof(server)) != 0) {
+    return absl::UnavailableError(absl::StrCat("connect [::1]: ", std::strerror(errno)));
+  }
+  MESHTLS_RETURN_IF_ERROR(
+      testing::SendAll(fd.get(), absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: x\r\n\r\n")));
+  return testing::RecvUntilEof(fd.get(), absl::Seconds(5));
+}
+
+TEST(AdminServerListenTest, ServesAnIpv6Address) {
+  std::vector<AdminRoute> routes = {
+      {"/readyz", [] { return HttpResponse{.status = 200, .body = "ready\n"}; }}};
+  absl::StatusOr<std::unique_ptr<AdminServer>> server =
+      AdminServer::Start("[::1]:0", std::move(routes), {});
+  ASSERT_THAT(server, IsOk());
+  ASSERT_NE((*server)->port(), 0);
+  absl::StatusOr<std::string> answer = GetOverIpv6((*server)->port(), "/readyz");
+  ASSERT_THAT(answer, IsOk());
+  EXPECT_THAT(*answer, StartsWith("HTTP/1.1 200 OK\r\n"));
+  EXPECT_TRUE(absl::EndsWith(*answer, "\r\n\r\nready\n")) << *answer;
+  // Only ::1 is bound: nothing answers on 127.0.0.1 at that port.
+  EXPECT_FALSE(testing::TcpConnect((*server)->port(), absl::Seconds(2)).ok());
+}
+
+// An IPv6 listener takes IPv4 clients too (as "[::]" does for a kubelet probing the pod's IPv4
+// address). Bound to 127.0.0.1 in its IPv4-mapped form, which Linux allows only on a socket that
+// is not IPv6-only, so the test stays on loopback. Clients count by their IPv4 address: the
+// per-address share applies to them as to any other.
+TEST(AdminServerListenTest, AnIpv6ListenerServesIpv4ClientsByTheirIpv4Address) {
+  std::vector<AdminRoute> routes = {
+      {"/readyz", [] { return HttpResponse{.status = 200, .body = "ready\n"}; }}};
+  absl::StatusOr<std::unique_ptr<AdminServer>> server =
+      AdminServer::Start("[::ffff:127.0.0.1]:0", std::move(routes), {},
+                         AdminLimits{.max_connections = 8, .max_connections_per_address = 2});
+  ASSERT_THAT(server, IsOk());
+  const uint16_t port = (*server)->port();
+  absl::StatusOr<testing::HttpResult> ready = testing::HttpGet(port, "/readyz");
+  ASSERT_THAT(ready, IsOk());
+  EXPECT_EQ(ready->status, 200);
+  std::vector<base::UniqueFd> held;
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<base::UniqueFd> fd = testing::TcpConnectFrom("127.0.0.2", port);
+    ASSERT_THAT(fd, IsOk());
+    held.push_back(*std::move(fd));
+  }
+  // The third connection from 127.0.0.2 is past its share of two: the first makes room.
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        return testing::ScrapeMetric(port, "meshtls_admin_rejected_total{reason=\"evicted\"}") == 1;
+      },
+      absl::Seconds(5)));
+  EXPECT_TRUE(PeerClosed(held[0].get(), absl::Seconds(5)));
+}
+
+// Destroying the server while clients hold connections (idle, mid-request, and stuck with an
+// unread response) returns at once, closes every one of them and the listening socket.
+TEST_F(AdminServerTest, StoppingClosesEveryClientConnection) {
+  Start();
+  const uint16_t port = server_->port();
+  std::vector<base::UniqueFd> clients;
+  absl::StatusOr<base::UniqueFd> idle = testing::TcpConnect(port);
+  ASSERT_THAT(idle, IsOk());
+  clients.push_back(*std::move(idle));
+  absl::StatusOr<base::UniqueFd> half = testing::TcpConnect(port);
+  ASSERT_THAT(half, IsOk());
+  ASSERT_THAT(testing::SendAll(half->get(), "GET /readyz HTTP/1.1\r\nHost"), IsOk());
+  clients.push_back(*std::move(half));
+  absl::StatusOr<base::UniqueFd> stuck = testing::TcpConnect(port);
+  ASSERT_THAT(stuck, IsOk());
+  const int small = 4096;
+  ::setsockopt(stuck->get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  ASSERT_THAT(testing::SendAll(stuck->get(), "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"), IsOk());
+  clients.push_back(*std::move(stuck));
+  ASSERT_TRUE(testing::WaitFor([&] { return calls_.load() == 1; }, absl::Seconds(5)));
+
+  const absl::Time start = absl::Now();
+  server_.reset();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2)) << "the server waited for its clients";
+  for (size_t i = 0; i < clients.size(); ++i) {
+    EXPECT_TRUE(PeerClosed(clients[i].get(), absl::Seconds(5))) << "client " << i;
+  }
+  EXPECT_FALSE(testing::TcpConnect(port, absl::Seconds(2)).ok()) << "still listening";
+}
+
+TEST_F(AdminServerTest, APortInUseIsAnErrorNamingTheAddress) {
+  Start();
+  const std::string taken = absl::StrCat("127.0.0.1:", server_->port());
+  absl::StatusOr<std::unique_ptr<AdminServer>> second = AdminServer::Start(taken, {}, {});
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(second.status().message()),
+              HasSubstr(absl::StrCat("admin endpoint: cannot listen on ", taken)));
 }
 
 TEST_F(AdminServerTest, RefusesANameAsListenAddress) {
