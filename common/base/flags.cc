@@ -169,6 +169,19 @@ absl::StatusOr<ParsedCommandLine> ParseCommandLine(const CommandLineSpec& spec, 
               absl::StrCat("unknown flag ", display(flag), " (see --help)"));
         }
       }
+      // "ca" or "ca frob": name the commands that start with the same word.
+      std::vector<std::string> near;
+      for (const CommandSpec& command : spec.commands) {
+        if (!command.words.empty() && command.words[0] == words[0]) {
+          near.push_back(command.name());
+        }
+      }
+      if (!near.empty()) {
+        const size_t shown = std::min(words.size(), size_t{2});
+        return absl::InvalidArgumentError(absl::StrCat(
+            "unknown command \"", absl::StrJoin(words.begin(), words.begin() + shown, " "), "\" (",
+            absl::StrJoin(near, ", "), "; see --help)"));
+      }
       return absl::InvalidArgumentError(
           absl::StrCat("unknown command \"", words[0], "\" (see --help)"));
     }

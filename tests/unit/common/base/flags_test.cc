@@ -94,8 +94,11 @@ TEST(ParseCommandLineTest, UnknownFlagsAndCommands) {
               StatusIs(absl::StatusCode::kInvalidArgument, "unknown flag --bogus (see --help)"));
   EXPECT_THAT(Parse(spec, {"frobnicate"}),
               StatusIs(absl::StatusCode::kInvalidArgument, "unknown command \"frobnicate\""));
-  EXPECT_THAT(Parse(spec, {"ca"}),
-              StatusIs(absl::StatusCode::kInvalidArgument, "unknown command \"ca\""));
+  EXPECT_THAT(Parse(spec, {"ca"}), StatusIs(absl::StatusCode::kInvalidArgument,
+                                            "unknown command \"ca\" (ca rotate; see --help)"));
+  EXPECT_THAT(Parse(spec, {"ca", "frob", "x"}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "unknown command \"ca frob\" (ca rotate; see --help)"));
 }
 
 TEST(ParseCommandLineTest, ValuesAndArguments) {
