@@ -66,7 +66,7 @@ std::string Prefixed(const CommandSpec& command, absl::string_view message) {
   return name.empty() ? std::string(message) : absl::StrCat(name, ": ", message);
 }
 
-// FlagLines lists flags one per line: "  --name VALUE" padded to one column, then the help,
+// AppendFlagLines lists flags one per line: "  --name VALUE" padded to one column, then the help,
 // its further lines indented to that column.
 void AppendFlagLines(const std::vector<FlagSpec>& flags, std::string& out) {
   constexpr size_t kMaxColumn = 26;
