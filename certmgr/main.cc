@@ -1,7 +1,11 @@
 // meshtls-certmgr: the mesh CA behind a gRPC control plane.
 //
-//   meshtls-certmgr [serve] --config FILE [--log-level LEVEL]
+//   meshtls-certmgr [serve] --config FILE [--log-level LEVEL] [--check]
 //   meshtls-certmgr token create (--config FILE | --token-file PATH) --spiffe-id ID [--ttl D]
+//   meshtls-certmgr ca init | ca rotate STEP | verify ...   (COMMAND --help lists its flags)
+//
+// Each command accepts only its own flags (CommandLine() below), so a flag meant for another
+// command is an error rather than silently ignored.
 //
 // Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration.
 
@@ -34,32 +38,75 @@ namespace {
 
 using namespace meshtls;
 
-constexpr const char* kUsage =
-    "usage:\n"
-    "  meshtls-certmgr [serve] --config FILE [--log-level debug|info|warning|error] [--check]\n"
-    "  meshtls-certmgr token create (--config FILE | --token-file PATH) --spiffe-id ID "
-    "[--ttl DURATION]\n"
-    "  meshtls-certmgr ca init --config FILE [--ca-dir DIR]\n"
-    "  meshtls-certmgr ca rotate (prepare|activate|retire) --config FILE [--ca-dir DIR] "
-    "[--force]\n"
-    "  meshtls-certmgr verify --bundle ROOTS.pem --chain CHAIN.pem [--purpose client|server]\n"
-    "                         [--at UNIX_TIME] [--spiffe-id ID] [--profile svid|svid-shape|path]\n"
-    "\n"
-    "serve         run the CA: gRPC CertificateAuthority over TLS, admin /metrics /healthz "
-    "/readyz\n"
-    "              (--check: validate the configuration and exit, 0 if valid); follows the\n"
-    "              config file (and SIGHUP) to apply `deny` and the Kubernetes\n"
-    "              allowed_namespaces live\n"
-    "ca init       create the root CA in ca.dir (or --ca-dir) and print it; for a CA kept in a\n"
-    "              Kubernetes Secret, made once before the first deployment\n"
-    "ca rotate     one CA rotation step on ca.dir (or --ca-dir, a copy of a Secret's files);\n"
-    "              running certmgr processes apply it live: prepare (new root trusted),\n"
-    "              activate (it signs), retire (old root dropped)\n"
-    "verify        validate a chain with the sidecar's own code; prints OK or the reason\n"
-    "token create  add a join token for ID to the token file and print it (only its hash is "
-    "stored);\n"
-    "              it bootstraps ID until it expires (--ttl, default 24h); ID renews while the\n"
-    "              file keeps a line for it\n";
+// CommandLine declares every subcommand with the flags it alone accepts; --help after a
+// subcommand lists them, and a flag of another subcommand is refused by name.
+base::CommandLineSpec CommandLine() {
+  const base::FlagSpec config_flag = {"config", "FILE", "certmgr configuration (YAML)"};
+  const base::FlagSpec ca_dir_flag = {"ca-dir", "DIR",
+                                      "the CA directory to work on instead of ca.dir (a copy of "
+                                      "a\nKubernetes Secret's files)"};
+  return {
+      .program = "meshtls-certmgr",
+      .commands =
+          {
+              {.words = {"serve"},
+               .flags = {config_flag,
+                         {"log-level", "LEVEL",
+                          "debug, info, warning or error; overrides log.level"},
+                         {"check", "", "validate the configuration and exit (0 if valid)"}},
+               .synopsis = "--config FILE [--log-level debug|info|warning|error] [--check]",
+               .summary = "run the CA: gRPC CertificateAuthority over TLS, admin /metrics /healthz "
+                          "/readyz;\nfollows the config file (and SIGHUP) to apply `deny` and the "
+                          "Kubernetes\nallowed_namespaces live"},
+              {.words = {"token", "create"},
+               .flags = {{"config", "FILE",
+                          "take the token file (authenticators.join_tokens.file) and\nthe trust "
+                          "domain from this configuration"},
+                         {"token-file", "PATH", "the join-token file (overrides the config's)"},
+                         {"spiffe-id", "ID",
+                          "the workload the token bootstraps "
+                          "(spiffe://<td>/ns/<ns>/sa/<sa>)"},
+                         {"ttl", "DURATION", "how long the token may bootstrap ID (default 24h)"}},
+               .synopsis = "(--config FILE | --token-file PATH) --spiffe-id ID [--ttl DURATION]",
+               .summary = "add a join token for ID to the token file and print it (only its hash "
+                          "is stored);\nit bootstraps ID until it expires; ID renews while the "
+                          "file keeps a line for it"},
+              {.words = {"ca", "init"},
+               .flags = {config_flag, ca_dir_flag},
+               .synopsis = "--config FILE [--ca-dir DIR]",
+               .summary = "create the root CA in ca.dir (or --ca-dir) and print it; for a CA kept "
+                          "in a\nKubernetes Secret, made once before the first deployment"},
+              {.words = {"ca", "rotate"},
+               .arguments = {"prepare|activate|retire"},
+               .flags = {config_flag,
+                         ca_dir_flag,
+                         {"force", "",
+                          "retire the previous root before every leaf it signed has "
+                          "expired\n(those leaves are then refused by the mesh)"}},
+               .synopsis = "--config FILE [--ca-dir DIR] [--force]",
+               .summary = "one CA rotation step on ca.dir (or --ca-dir); running certmgr processes "
+                          "apply it\nlive: prepare (new root trusted), activate (it signs), retire "
+                          "(old root dropped)"},
+              {.words = {"verify"},
+               .flags = {{"bundle", "ROOTS.pem", "the trusted roots (PEM)"},
+                         {"chain", "CHAIN.pem", "the chain to check, leaf first (PEM)"},
+                         {"purpose", "client|server",
+                          "the role the leaf is checked for (default client)"},
+                         {"at", "UNIX_TIME", "check as of this time (default now)"},
+                         {"spiffe-id", "ID",
+                          "the identity the leaf must have (it also names the trust domain)"},
+                         {"profile", "svid|svid-shape|path",
+                          "svid (default): the sidecar's whole check; path: the\ncertification "
+                          "path only; svid-shape: the path and the leaf rules\nthat need no "
+                          "SPIFFE ID"}},
+               .synopsis = "--bundle ROOTS.pem --chain CHAIN.pem [--purpose client|server] "
+                           "[--at UNIX_TIME] [--spiffe-id ID] [--profile svid|svid-shape|path]",
+               .summary = "validate a chain with the sidecar's own code; prints OK or the reason"},
+          },
+      .common_flags = {{"help", "", "print this help"}, {"version", "", "print the version"}},
+      .default_command = 0,
+  };
+}
 
 int UsageError(absl::string_view message) {
   std::fprintf(stderr, "meshtls-certmgr: %.*s\n", static_cast<int>(message.size()), message.data());
@@ -354,36 +401,39 @@ int Serve(const base::Flags& flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::StatusOr<base::Flags> flags =
-      base::ParseFlags(argc, argv,
-                       {"config", "log-level", "token-file", "spiffe-id", "ttl", "bundle", "chain",
-                        "purpose", "at", "profile", "ca-dir"},
-                       {"help", "version", "force", "check"});
-  if (!flags.ok()) {
-    return UsageError(flags.status().message());
+  const base::CommandLineSpec command_line = CommandLine();
+  absl::StatusOr<base::ParsedCommandLine> parsed = base::ParseCommandLine(command_line, argc, argv);
+  if (!parsed.ok()) {
+    return UsageError(parsed.status().message());
   }
-  if (flags->Has("help")) {
-    std::fputs(kUsage, stdout);
+  const base::Flags& flags = parsed->flags;
+  const std::string command = parsed->command->name();
+  if (flags.Has("help")) {
+    std::fputs(parsed->named ? base::CommandHelp(command_line, *parsed->command).c_str()
+                             : base::OverviewHelp(command_line).c_str(),
+               stdout);
     return 0;
   }
-  if (flags->Has("version")) {
+  if (flags.Has("version")) {
     std::puts("meshtls-certmgr 0.1.0");
     return 0;
   }
-  if (flags->words.empty() || flags->words == std::vector<std::string>{"serve"}) {
-    return Serve(*flags);
+  if (command == "serve") {
+    return Serve(flags);
   }
-  if (flags->words == std::vector<std::string>{"ca", "init"}) {
-    return CaInit(*flags);
+  if (command == "ca init") {
+    return CaInit(flags);
   }
-  if (flags->words.size() == 3 && flags->words[0] == "ca" && flags->words[1] == "rotate") {
-    return CaRotate(*flags, flags->words[2]);
+  if (command == "ca rotate") {
+    return CaRotate(flags, flags.words[0]);
   }
-  if (flags->words == std::vector<std::string>{"verify"}) {
-    return Verify(*flags);
+  if (command == "verify") {
+    return Verify(flags);
   }
-  if (flags->words == std::vector<std::string>{"token", "create"}) {
-    return TokenCreate(*flags);
+  if (command == "token create") {
+    return TokenCreate(flags);
   }
-  return UsageError(absl::StrCat("unknown command \"", flags->words[0], "\" (see --help)"));
+  // Unreachable: every command of CommandLine() is dispatched above.
+  std::fprintf(stderr, "meshtls-certmgr: command \"%s\" has no implementation\n", command.c_str());
+  return 1;
 }

@@ -29,22 +29,32 @@ namespace {
 
 using namespace meshtls;
 
-constexpr const char* kUsage =
-    "usage: meshtls-sidecar --config FILE [flags]\n"
-    "\n"
-    "  --config FILE       sidecar configuration (YAML, see README)\n"
-    "  --admin ADDR        admin listener, overrides admin.listen (e.g. 127.0.0.1:15000)\n"
-    "  --log-level LEVEL   debug, info, warning or error; overrides log.level\n"
-    "  --log-format FMT    text or json; overrides log.format\n"
-    "  --workers N         data-plane threads (0 = one per core); overrides workers\n"
-    "  --namespace NS, --service-account SA\n"
-    "                      the pod's own namespace and service account (in Kubernetes from the\n"
-    "                      downward API): refuse a certificate for any identity other than\n"
-    "                      spiffe://<trust_domain>/ns/NS/sa/SA\n"
-    "  --check             validate the configuration and exit (0 if valid)\n"
-    "  --help, --version\n"
-    "\n"
-    "Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads identity.files.\n";
+// CommandLine is the sidecar's one command and its flags; anything else is refused by name.
+base::CommandLineSpec CommandLine() {
+  return {
+      .program = "meshtls-sidecar",
+      .commands = {{
+          .flags =
+              {
+                  {"config", "FILE", "sidecar configuration (YAML, see README)"},
+                  {"admin", "ADDR",
+                   "admin listener, overrides admin.listen (e.g. 127.0.0.1:15000)"},
+                  {"log-level", "LEVEL", "debug, info, warning or error; overrides log.level"},
+                  {"log-format", "FMT", "text or json; overrides log.format"},
+                  {"workers", "N", "data-plane threads (0 = one per core); overrides workers"},
+                  {"namespace", "NS", "the pod's own namespace (with --service-account)"},
+                  {"service-account", "SA",
+                   "the pod's own service account; with --namespace (in Kubernetes\nfrom the "
+                   "downward API), refuse a certificate for any identity other\nthan "
+                   "spiffe://<trust_domain>/ns/NS/sa/SA"},
+                  {"check", "", "validate the configuration and exit (0 if valid)"},
+              },
+          .synopsis = "--config FILE [flags]",
+          .summary = "Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads identity.files.",
+      }},
+      .common_flags = {{"help", "", "print this help"}, {"version", "", "print the version"}},
+  };
+}
 
 int UsageError(absl::string_view message) {
   std::fprintf(stderr, "meshtls-sidecar: %.*s\n", static_cast<int>(message.size()), message.data());
@@ -54,19 +64,14 @@ int UsageError(absl::string_view message) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::StatusOr<base::Flags> parsed = base::ParseFlags(
-      argc, argv,
-      {"config", "admin", "log-level", "log-format", "workers", "namespace", "service-account"},
-      {"check", "help", "version"});
+  const base::CommandLineSpec command_line = CommandLine();
+  absl::StatusOr<base::ParsedCommandLine> parsed = base::ParseCommandLine(command_line, argc, argv);
   if (!parsed.ok()) {
     return UsageError(parsed.status().message());
   }
-  if (!parsed->words.empty()) {
-    return UsageError(absl::StrCat("unexpected argument \"", parsed->words[0], "\" (see --help)"));
-  }
-  const base::Flags& flags = *parsed;
+  const base::Flags& flags = parsed->flags;
   if (flags.Has("help")) {
-    std::fputs(kUsage, stdout);
+    std::fputs(base::CommandHelp(command_line, *parsed->command).c_str(), stdout);
     return 0;
   }
   if (flags.Has("version")) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
@@ -205,6 +206,184 @@ TEST(CertmgrCliTest, VerifyExplainsTheVerdict) {
                                << path.output;
 
   ExpectOneLineError(run({"--chain", dir.File("missing.pem")}), "missing.pem");
+}
+
+// CertmgrCommand is one certmgr subcommand with arguments that make it succeed (in the dir
+// CertmgrCommandTable sets up) and the flags it owns; a flag of another command is misplaced.
+struct CertmgrCommand {
+  std::string name;                // as error messages name it: "ca rotate"
+  std::vector<std::string> argv;   // words and valid flags, without the binary
+  std::vector<std::string> flags;  // every flag the command accepts besides --help, --version
+};
+
+// The boolean flags; every other flag takes a value.
+bool IsBoolFlag(const std::string& flag) { return flag == "--check" || flag == "--force"; }
+
+std::vector<CertmgrCommand> CertmgrCommandTable(const testing::TempDir& dir) {
+  const absl::Time now = absl::Now();
+  testing::TestCa ca("mesh.test", now);
+  const std::string config =
+      dir.Write("table.yaml", "trust_domain: mesh.test\nca: {dir: " + dir.File("ca") + "}\n");
+  const std::string bundle = dir.Write("table-bundle.pem", ca.RootPem());
+  const std::string chain = dir.Write(
+      "table-chain.pem", ca.Issue("spiffe://mesh.test/ns/a/sa/b", absl::Hours(1), now).ChainPem());
+  return {
+      {"serve", {"serve", "--check", "--config", config}, {"--config", "--log-level", "--check"}},
+      {"token create",
+       {"token", "create", "--token-file", dir.File("tokens"), "--spiffe-id",
+        "spiffe://mesh.test/vm/db"},
+       {"--config", "--token-file", "--spiffe-id", "--ttl"}},
+      {"ca init", {"ca", "init", "--config", config}, {"--config", "--ca-dir"}},
+      {"ca rotate",
+       {"ca", "rotate", "prepare", "--config", config},
+       {"--config", "--ca-dir", "--force"}},
+      {"verify",
+       {"verify", "--bundle", bundle, "--chain", chain},
+       {"--bundle", "--chain", "--purpose", "--at", "--spiffe-id", "--profile"}},
+  };
+}
+
+bool Owns(const CertmgrCommand& command, const std::string& flag) {
+  return std::find(command.flags.begin(), command.flags.end(), flag) != command.flags.end();
+}
+
+// Every flag of every other subcommand, added to a command line that succeeds without it, is
+// refused with exit 2 and one line naming the flag, the subcommand and the flag's owners.
+TEST(CertmgrCliTest, EachSubcommandRefusesTheOthersFlags) {
+  testing::TempDir dir;
+  const std::string bin = testing::BinaryPath("meshtls-certmgr");
+  const std::vector<CertmgrCommand> table = CertmgrCommandTable(dir);
+  // Each line is valid as it stands (in table order: ca init makes the root ca rotate needs),
+  // so a misplaced flag is the only thing wrong below.
+  for (const CertmgrCommand& command : table) {
+    std::vector<std::string> argv = {bin};
+    argv.insert(argv.end(), command.argv.begin(), command.argv.end());
+    RunResult r = RunBinary(dir, argv);
+    ASSERT_EQ(r.exit_code, 0) << command.name << ": " << r.output;
+  }
+  std::vector<std::string> all_flags;
+  for (const CertmgrCommand& command : table) {
+    for (const std::string& flag : command.flags) {
+      if (std::find(all_flags.begin(), all_flags.end(), flag) == all_flags.end()) {
+        all_flags.push_back(flag);
+      }
+    }
+  }
+  int misplaced = 0;
+  for (const CertmgrCommand& command : table) {
+    for (const std::string& flag : all_flags) {
+      if (Owns(command, flag)) {
+        continue;
+      }
+      std::vector<std::string> owners;
+      for (const CertmgrCommand& c : table) {
+        if (Owns(c, flag)) {
+          owners.push_back(c.name);
+        }
+      }
+      std::vector<std::string> argv = {bin};
+      argv.insert(argv.end(), command.argv.begin(), command.argv.end());
+      argv.push_back(flag);
+      if (!IsBoolFlag(flag)) {
+        argv.push_back("v");
+      }
+      SCOPED_TRACE(absl::StrJoin(argv, " "));
+      ExpectOneLineError(RunBinary(dir, argv), command.name + ": unknown flag " + flag +
+                                                   " (it belongs to " +
+                                                   absl::StrJoin(owners, ", ") + ")");
+      ++misplaced;
+    }
+  }
+  EXPECT_EQ(misplaced, 47);  // the table's size: a shrunken table would prove less
+}
+
+// Flags no subcommand knows, in every spelling, are refused by name before anything runs.
+TEST(CertmgrCliTest, UnknownFlagsAreRefusedByName) {
+  testing::TempDir dir;
+  const std::string bin = testing::BinaryPath("meshtls-certmgr");
+  for (const CertmgrCommand& command : CertmgrCommandTable(dir)) {
+    for (const std::vector<std::string>& extra : std::vector<std::vector<std::string>>{
+             {"--bogus"}, {"--bogus", "1"}, {"--bogus=1"}, {"--config-file", "x"}, {"-c"}}) {
+      std::vector<std::string> argv = {bin};
+      argv.insert(argv.end(), command.argv.begin(), command.argv.end());
+      argv.insert(argv.end(), extra.begin(), extra.end());
+      SCOPED_TRACE(absl::StrJoin(argv, " "));
+      const std::string flag = extra[0].substr(0, extra[0].find('='));
+      ExpectOneLineError(RunBinary(dir, argv), command.name + ": unknown flag " + flag);
+    }
+  }
+  // Without a subcommand, the flags are serve's.
+  ExpectOneLineError(RunBinary(dir, {bin, "--bogus"}), "serve: unknown flag --bogus");
+  ExpectOneLineError(RunBinary(dir, {bin, "--force"}),
+                     "serve: unknown flag --force (it belongs to ca rotate)");
+  ExpectOneLineError(RunBinary(dir, {bin, "--check=yes"}), "--check takes no value");
+  ExpectOneLineError(RunBinary(dir, {bin, "verify", "--bundle"}), "--bundle needs a value");
+  ExpectOneLineError(RunBinary(dir, {bin, "ca", "rotate", "--config", "c.yaml"}),
+                     "ca rotate needs prepare|activate|retire");
+  ExpectOneLineError(RunBinary(dir, {bin, "verify", "extra"}),
+                     "verify: unexpected argument \"extra\"");
+}
+
+// --help after a subcommand lists that subcommand's flags and no other's.
+TEST(CertmgrCliTest, SubcommandHelpListsOnlyItsFlags) {
+  testing::TempDir dir;
+  const std::string bin = testing::BinaryPath("meshtls-certmgr");
+  const std::vector<CertmgrCommand> table = CertmgrCommandTable(dir);
+  for (const CertmgrCommand& command : table) {
+    std::vector<std::string> argv = {bin};
+    std::vector<std::string> words = absl::StrSplit(command.name, ' ');
+    argv.insert(argv.end(), words.begin(), words.end());
+    argv.push_back("--help");
+    RunResult r = RunBinary(dir, argv);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("usage: meshtls-certmgr " + command.name), std::string::npos)
+        << r.output;
+    for (const CertmgrCommand& other : table) {
+      for (const std::string& flag : other.flags) {
+        // A flag is listed as "  --name" at the start of its line.
+        const bool listed = r.output.find("\n  " + flag + " ") != std::string::npos ||
+                            r.output.find("\n  " + flag + "\n") != std::string::npos;
+        EXPECT_EQ(listed, Owns(command, flag)) << command.name << " --help and " << flag << ":\n"
+                                               << r.output;
+      }
+    }
+  }
+  // Without a subcommand, --help is the overview of every subcommand.
+  RunResult overview = RunBinary(dir, {bin, "--help"});
+  ASSERT_EQ(overview.exit_code, 0) << overview.output;
+  EXPECT_NE(overview.output.find("meshtls-certmgr [serve]"), std::string::npos) << overview.output;
+  for (const CertmgrCommand& command : table) {
+    if (command.name != "serve") {
+      EXPECT_NE(overview.output.find("meshtls-certmgr " + command.name), std::string::npos)
+          << overview.output;
+    }
+  }
+}
+
+TEST(SidecarCliTest, UnknownFlagsAreRefusedByName) {
+  testing::TempDir dir;
+  const std::string bin = testing::BinaryPath("meshtls-sidecar");
+  const std::string config = dir.Write("c.yaml", WithCa(dir, kValid));
+  RunResult valid = RunBinary(dir, {bin, "--config", config, "--check"});
+  ASSERT_EQ(valid.exit_code, 0) << valid.output;
+  // certmgr's flags, near misses, and spellings of flags the sidecar does not have.
+  for (const std::string flag :
+       {"--token-file", "--spiffe-id", "--ttl", "--ca-dir", "--force", "--bundle", "--chain",
+        "--purpose", "--at", "--profile", "--bogus", "--config-file", "--log_level", "-c"}) {
+    std::vector<std::string> argv = {bin, "--config", config, "--check", flag};
+    if (flag != "--force" && flag != "-c") {
+      argv.push_back("v");
+    }
+    SCOPED_TRACE(absl::StrJoin(argv, " "));
+    ExpectOneLineError(RunBinary(dir, argv), "unknown flag " + flag);
+  }
+  ExpectOneLineError(RunBinary(dir, {bin, "--config", config, "--check=1"}),
+                     "--check takes no value");
+  ExpectOneLineError(RunBinary(dir, {bin, "--config", config, "serve"}),
+                     "unexpected argument \"serve\"");
+  RunResult help = RunBinary(dir, {bin, "--help"});
+  EXPECT_EQ(help.exit_code, 0) << help.output;
+  EXPECT_NE(help.output.find("\n  --service-account SA"), std::string::npos) << help.output;
 }
 
 }  // namespace
