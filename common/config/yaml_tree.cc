@@ -4,6 +4,7 @@
 
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/status_macros.h"
 
@@ -152,6 +153,7 @@ class EventReader {
           return LineError(node.line, "nesting is too deep");
         }
         node.kind = YamlNode::Kind::kMapping;
+        absl::flat_hash_set<std::string> keys;  // a set: a 1 MiB mapping must not cost n²
         while (true) {
           MESHTLS_RETURN_IF_ERROR(Next());
           if (event_.type == YAML_MAPPING_END_EVENT) {
@@ -165,10 +167,8 @@ class EventReader {
           if (key.kind != YamlNode::Kind::kScalar) {
             return LineError(key_line, "empty key");
           }
-          for (const YamlEntry& e : node.entries) {
-            if (e.key == key.scalar) {
-              return LineError(key_line, absl::StrCat("duplicate key \"", key.scalar, "\""));
-            }
+          if (!keys.insert(key.scalar).second) {
+            return LineError(key_line, absl::StrCat("duplicate key \"", key.scalar, "\""));
           }
           MESHTLS_RETURN_IF_ERROR(Next());
           MESHTLS_ASSIGN_OR_RETURN(YamlNode value, ReadNode(depth + 1));

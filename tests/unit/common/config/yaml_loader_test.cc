@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "common/config/duration.h"
 #include "common/config/yaml_tree.h"
 #include "meshtls/config/v1/certmgr.pb.h"
@@ -168,6 +169,26 @@ TEST(YamlTreeTest, NestingIsBounded) {
   EXPECT_THAT(ParseYamlTree(flow), StatusIs(kInvalid, "line 1: nesting is too deep"));
   std::string ok = "a: " + std::string(30, '[') + std::string(30, ']') + "\n";
   EXPECT_THAT(ParseYamlTree(ok), IsOk());
+}
+
+TEST(YamlTreeTest, ALargeDocumentCostsLinearWork) {
+  // Nearly 1 MiB of distinct keys in one mapping, and as many list items: parsed, then refused
+  // for the first unknown field, in linear time (ctest's timeout is the bound).
+  std::string keys;
+  for (int i = 0; keys.size() < (1 << 20) - 32; ++i) {
+    absl::StrAppend(&keys, "k", i, ": 1\n");
+  }
+  absl::StatusOr<YamlNode> tree = ParseYamlTree(keys);
+  ASSERT_THAT(tree, IsOk());
+  EXPECT_GT(tree->entries.size(), 100000u);
+  EXPECT_THAT(Load(keys), StatusIs(kInvalid, "k0: unknown field (line 1)"));
+  std::string items = "trust_domain: a\ndns:\n  servers:\n";
+  while (items.size() < (1 << 20) - 32) {
+    items += "  - 10.0.0.1\n";
+  }
+  Sidecar s;
+  ASSERT_THAT(LoadYaml(items, s), IsOk());
+  EXPECT_GT(s.dns().servers_size(), 50000);
 }
 
 TEST(YamlTreeTest, ScalarsKeepTheirQuotingAndNulls) {
