@@ -11,7 +11,7 @@
 // the binaries. The checks a schema cannot express stay with the caller, which uses
 // LoadedFields to learn which fields were written and to name them with their line.
 //
-// Not thread-affine: each call works on its own message.
+// Thread-safe: each call works on its own tree and message.
 
 #include <map>
 #include <string>
@@ -41,6 +41,7 @@ class LoadedFields {
   // empty tells whether the document held nothing at all.
   bool empty() const { return lines_.empty(); }
 
+  // Record notes that `path` was written on `line` (the loader calls it).
   void Record(std::string path, int line) { lines_[std::move(path)] = line; }
 
  private:

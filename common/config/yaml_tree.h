@@ -3,10 +3,10 @@
 // YamlTree reads one YAML document with libyaml into a tree of nodes that keep their line
 // numbers, so the config loader can name the line of every field it refuses.
 //
-// Refused with an error naming the line: anchors, aliases, tags, complex (non-scalar) keys,
-// duplicate keys, more than one document, nesting deeper than 32 levels, documents over
-// 1 MiB or with a NUL byte. Configs are small and written by hand: the limits keep a hostile
-// file from costing more than a bounded parse.
+// Block scalars (| and >) are read as strings. Refused with an error naming the line: anchors,
+// aliases, tags, complex (non-scalar) keys, duplicate keys, more than one document, nesting deeper
+// than 32 levels, documents over 1 MiB or with a NUL byte. Configs are small and written by hand:
+// the limits keep a hostile file from costing more than a bounded parse.
 
 #include <string>
 #include <vector>

@@ -203,6 +203,10 @@ TEST(YamlTreeTest, ScalarsKeepTheirQuotingAndNulls) {
   EXPECT_EQ(doc->entries[3].value.kind, YamlNode::Kind::kNull);
   EXPECT_EQ(doc->entries[4].value.kind, YamlNode::Kind::kNull);
   EXPECT_EQ(doc->entries[4].key_line, 5);
+  absl::StatusOr<YamlNode> block = ParseYamlTree("a: |\n  text\n");
+  ASSERT_THAT(block, IsOk());
+  EXPECT_EQ(block->entries[0].value.scalar, "text\n") << "a block scalar is a string";
+  EXPECT_TRUE(block->entries[0].value.quoted);
   EXPECT_EQ(ParseYamlTree("")->kind, YamlNode::Kind::kNull);
   EXPECT_EQ(ParseYamlTree("# only a comment\n")->kind, YamlNode::Kind::kNull);
 }
