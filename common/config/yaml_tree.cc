@@ -24,21 +24,29 @@ int LineOf(const yaml_mark_t& mark) { return static_cast<int>(mark.line) + 1; }
 // and the current event; used by one thread for one document.
 class EventReader {
  public:
+  // `text` must not be empty (libyaml asserts on a null input) and must outlive the reader.
   explicit EventReader(absl::string_view text) : text_(text) {
-    yaml_parser_initialize(&parser_);
-    yaml_parser_set_input_string(&parser_, reinterpret_cast<const unsigned char*>(text.data()),
-                                 text.size());
+    initialized_ = yaml_parser_initialize(&parser_) == 1;
+    if (initialized_) {
+      yaml_parser_set_input_string(&parser_, reinterpret_cast<const unsigned char*>(text.data()),
+                                   text.size());
+    }
   }
   ~EventReader() {
     if (has_event_) {
       yaml_event_delete(&event_);
     }
-    yaml_parser_delete(&parser_);
+    if (initialized_) {
+      yaml_parser_delete(&parser_);
+    }
   }
   EventReader(const EventReader&) = delete;
   EventReader& operator=(const EventReader&) = delete;
 
   absl::StatusOr<YamlNode> ReadDocument() {
+    if (!initialized_) {
+      return absl::ResourceExhaustedError("cannot set up the YAML parser");
+    }
     MESHTLS_RETURN_IF_ERROR(Next());  // STREAM_START
     MESHTLS_RETURN_IF_ERROR(Next());
     if (event_.type == YAML_STREAM_END_EVENT) {
@@ -183,6 +191,7 @@ class EventReader {
   absl::string_view text_;
   yaml_parser_t parser_;
   yaml_event_t event_;
+  bool initialized_ = false;
   bool has_event_ = false;
 };
 
@@ -194,6 +203,9 @@ absl::StatusOr<YamlNode> ParseYamlTree(absl::string_view text) {
   }
   if (text.find('\0') != absl::string_view::npos) {
     return absl::InvalidArgumentError("document contains a NUL byte");
+  }
+  if (text.empty()) {
+    return YamlNode{};
   }
   EventReader reader(text);
   return reader.ReadDocument();

@@ -208,6 +208,7 @@ TEST(YamlTreeTest, ScalarsKeepTheirQuotingAndNulls) {
   EXPECT_EQ(block->entries[0].value.scalar, "text\n") << "a block scalar is a string";
   EXPECT_TRUE(block->entries[0].value.quoted);
   EXPECT_EQ(ParseYamlTree("")->kind, YamlNode::Kind::kNull);
+  EXPECT_EQ(ParseYamlTree(absl::string_view())->kind, YamlNode::Kind::kNull) << "no data at all";
   EXPECT_EQ(ParseYamlTree("# only a comment\n")->kind, YamlNode::Kind::kNull);
 }
 
