@@ -12,7 +12,7 @@ set -euo pipefail
 build_packages=(
   g++ cmake ninja-build pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev prometheus-cpp-dev libssl-dev libc-ares-dev
+  libabsl-dev prometheus-cpp-dev libssl-dev libc-ares-dev libyaml-dev
 )
 # What the tests and the demo add: GoogleTest and Benchmark, openssl and curl for real peers,
 # Prometheus (with promtool) for the observability test, util-linux's unshare for the

@@ -151,19 +151,4 @@ bool MatchesAny(const std::vector<SpiffeIdMatcher>& matchers, const SpiffeId& id
   return false;
 }
 
-absl::StatusOr<std::string> ReadTrustDomain(base::ConfigMap& top) {
-  const base::YamlNode* node = top.Take("trust_domain");
-  if (node == nullptr) {
-    return absl::InvalidArgumentError("trust_domain: required");
-  }
-  absl::StatusOr<std::string> trust_domain = base::ReadString(*node, "trust_domain");
-  if (!trust_domain.ok()) {
-    return trust_domain.status();
-  }
-  if (absl::Status s = SpiffeId::ValidateTrustDomain(*trust_domain); !s.ok()) {
-    return base::FieldError("trust_domain", *node, s.message());
-  }
-  return trust_domain;
-}
-
 }  // namespace meshtls::pki

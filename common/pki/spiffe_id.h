@@ -5,7 +5,6 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "common/base/yaml.h"
 
 namespace meshtls::pki {
 
@@ -60,9 +59,5 @@ class SpiffeIdMatcher {
 
 // MatchesAny is true when any matcher matches `id`.
 bool MatchesAny(const std::vector<SpiffeIdMatcher>& matchers, const SpiffeId& id);
-
-// ReadTrustDomain takes the required top-level `trust_domain` field of a config file (sidecar
-// or certmgr) and validates it; errors name the field and its line.
-absl::StatusOr<std::string> ReadTrustDomain(base::ConfigMap& top);
 
 }  // namespace meshtls::pki

@@ -21,18 +21,20 @@ struct ListenerConfig {
   std::vector<std::string> peers;
 };
 
-// SidecarConfig is the sidecar's configuration (DESIGN §2), parsed and validated. A plain value.
+// SidecarConfig is the sidecar's configuration, parsed and validated. A plain value. The
+// schema, with every field's default and doc, is proto/meshtls/config/v1/sidecar.proto;
+// ParseSidecarConfig fills every member, so the struct holds no defaults of its own.
 struct SidecarConfig {
   std::string trust_domain;
   enum class IdentityMode { kCertmgr, kFiles };
-  IdentityMode identity_mode = IdentityMode::kCertmgr;
+  IdentityMode identity_mode{};
   struct Certmgr {
     // certmgr replicas, host:port each (`address:` takes one or a list); Sign fails over
     // between them in order, and a name resolving to several addresses counts as one entry.
     std::vector<std::string> addresses;
     std::string server_ca;
     std::string token_file;
-    double renew_at = 0.5;
+    double renew_at = 0;
   } certmgr;
   struct Files {
     std::string cert;
@@ -45,19 +47,19 @@ struct SidecarConfig {
   std::string expected_identity;
   std::vector<ListenerConfig> inbound;
   std::vector<ListenerConfig> outbound;
-  std::string admin_listen = "127.0.0.1:15000";
+  std::string admin_listen;
   int workers = 0;  // 0: one per core
   struct Tls {
-    std::string min_version = "1.3";  // "1.3" or "1.2" (then ECDHE + AEAD only)
-    bool session_resumption = true;
-    bool close_on_expiry = true;  // close connections when their certificates expire
+    std::string min_version;  // "1.3" or "1.2" (then ECDHE + AEAD only)
+    bool session_resumption = false;
+    bool close_on_expiry = false;  // close connections when their certificates expire
   } tls;
   struct Limits {
-    absl::Duration handshake_timeout = absl::Seconds(10);
-    absl::Duration idle_timeout = absl::Hours(1);
-    absl::Duration connect_timeout = absl::Seconds(5);
-    int max_connections = 20000;
-    absl::Duration drain_timeout = absl::Seconds(30);
+    absl::Duration handshake_timeout;
+    absl::Duration idle_timeout;
+    absl::Duration connect_timeout;
+    int max_connections = 0;
+    absl::Duration drain_timeout;
   } limits;
   // Dns: how names in `connect:` and `forward:` are resolved (each worker resolves and caches
   // on its own, with c-ares).
@@ -65,12 +67,12 @@ struct SidecarConfig {
     // DNS servers to ask instead of /etc/resolv.conf's nameservers (IP literals; port 53 unless
     // given). Empty: the system's. Search domains, ndots and /etc/hosts apply either way.
     std::vector<base::HostPort> servers;
-    absl::Duration max_ttl = absl::Minutes(5);       // the longest an answer is cached
-    absl::Duration negative_ttl = absl::Seconds(5);  // how long NXDOMAIN or a failure is cached
+    absl::Duration max_ttl;       // the longest an answer is cached
+    absl::Duration negative_ttl;  // how long NXDOMAIN or a failure is cached
   } dns;
   struct Log {
-    base::LogLevel level = base::LogLevel::kInfo;
-    base::LogFormat format = base::LogFormat::kText;
+    base::LogLevel level{};
+    base::LogFormat format{};
   } log;
 };
 

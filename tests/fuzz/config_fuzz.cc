@@ -1,4 +1,5 @@
-// Fuzz target: the YAML configuration of both binaries (operator input). Either parser must
+// Fuzz target: the YAML configuration of both binaries (operator input), read by libyaml and
+// mapped onto the config schemas (common/config/yaml_loader.h). Either loader must
 // return a value or one error naming the field; never crash, hang or run away with memory.
 
 #include <cstdint>
