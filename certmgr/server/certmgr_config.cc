@@ -17,18 +17,11 @@ using config::LoadedFields;
 using config::ToDuration;
 using Schema = config::v1::Certmgr;
 
-// ReadListenAddress checks an IP-literal "host:port" (port 0 allowed: any free port) and
-// returns it in its canonical spelling.
-absl::StatusOr<std::string> ReadListenAddress(const LoadedFields& fields, const std::string& path,
-                                              const std::string& text) {
-  absl::StatusOr<base::HostPort> hp = base::ParseHostPort(text, /*allow_port_zero=*/true);
-  if (!hp.ok()) {
-    return fields.Error(path, hp.status().message());
-  }
-  if (!hp->host_is_ip) {
-    return fields.Error(path, "a listen address must be an IP address (0.0.0.0, [::], 127.0.0.1)");
-  }
-  return hp->ToString();
+// ListenAddress reads a listen address (config::ReadListenAddress) in its canonical spelling.
+absl::StatusOr<std::string> ListenAddress(const LoadedFields& fields, absl::string_view path,
+                                          absl::string_view text) {
+  MESHTLS_ASSIGN_OR_RETURN(base::HostPort hp, config::ReadListenAddress(fields, path, text));
+  return hp.ToString();
 }
 
 absl::Status ReadCa(const Schema& s, const LoadedFields& fields, CertmgrConfig& c) {
@@ -91,7 +84,7 @@ absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
   if (absl::Status st = pki::SpiffeId::ValidateTrustDomain(c.trust_domain); !st.ok()) {
     return fields.Error("trust_domain", st.message());
   }
-  MESHTLS_ASSIGN_OR_RETURN(c.listen, ReadListenAddress(fields, "listen", s.listen()));
+  MESHTLS_ASSIGN_OR_RETURN(c.listen, ListenAddress(fields, "listen", s.listen()));
   c.server_names.assign(s.server_names().begin(), s.server_names().end());
   c.server_ips.assign(s.server_ips().begin(), s.server_ips().end());
   for (const std::string& ip : c.server_ips) {
@@ -101,7 +94,7 @@ absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
     }
   }
   MESHTLS_ASSIGN_OR_RETURN(c.admin_listen,
-                           ReadListenAddress(fields, "admin.listen", s.admin().listen()));
+                           ListenAddress(fields, "admin.listen", s.admin().listen()));
   MESHTLS_RETURN_IF_ERROR(ReadCa(s, fields, c));
 
   c.issuance.default_ttl = ToDuration(s.issuance().default_ttl());

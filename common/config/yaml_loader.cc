@@ -308,4 +308,16 @@ absl::StatusOr<LoadedFields> LoadYaml(absl::string_view yaml, Message& message) 
   return fields;
 }
 
+absl::StatusOr<base::HostPort> ReadListenAddress(const LoadedFields& fields, absl::string_view path,
+                                                 absl::string_view text) {
+  absl::StatusOr<base::HostPort> hp = base::ParseHostPort(text, /*allow_port_zero=*/true);
+  if (!hp.ok()) {
+    return fields.Error(path, hp.status().message());
+  }
+  if (!hp->host_is_ip) {
+    return fields.Error(path, "a listen address must be an IP address (0.0.0.0, [::], 127.0.0.1)");
+  }
+  return *hp;
+}
+
 }  // namespace meshtls::config

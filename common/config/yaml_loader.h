@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/base/host_port.h"
 
 namespace google::protobuf {
 class Message;
@@ -47,6 +48,11 @@ class LoadedFields {
  private:
   std::map<std::string, int, std::less<>> lines_;
 };
+
+// ReadListenAddress checks the listen address written at `path`: an IP literal with a port
+// ("0.0.0.0:15443", "[::]:15443"; port 0 means any free port). Errors name the field and line.
+absl::StatusOr<base::HostPort> ReadListenAddress(const LoadedFields& fields, absl::string_view path,
+                                                 absl::string_view text);
 
 // LoadYaml parses `yaml` into `message` (cleared first). See the file comment.
 absl::StatusOr<LoadedFields> LoadYaml(absl::string_view yaml, google::protobuf::Message& message);

@@ -31,20 +31,6 @@ absl::Status CheckFilePath(const LoadedFields& fields, const std::string& path,
   return absl::OkStatus();
 }
 
-// ParseListenAddress reads an IP-literal "host:port" (port 0 allowed: any free port).
-absl::StatusOr<base::HostPort> ParseListenAddress(const LoadedFields& fields,
-                                                  const std::string& path,
-                                                  const std::string& text) {
-  absl::StatusOr<base::HostPort> hp = base::ParseHostPort(text, /*allow_port_zero=*/true);
-  if (!hp.ok()) {
-    return fields.Error(path, hp.status().message());
-  }
-  if (!hp->host_is_ip) {
-    return fields.Error(path, "a listen address must be an IP address (0.0.0.0, [::], 127.0.0.1)");
-  }
-  return *hp;
-}
-
 absl::StatusOr<ListenerConfig> ReadListener(
     const LoadedFields& fields, const std::string& path, const std::string& name,
     const std::string& listen, absl::string_view target_key, const std::string& target,
@@ -59,8 +45,8 @@ absl::StatusOr<ListenerConfig> ReadListener(
     return fields.Error(absl::StrCat(path, ".name"),
                         "must be 1-64 characters of A-Z a-z 0-9 _ - .");
   }
-  MESHTLS_ASSIGN_OR_RETURN(l.listen,
-                           ParseListenAddress(fields, absl::StrCat(path, ".listen"), listen));
+  MESHTLS_ASSIGN_OR_RETURN(
+      l.listen, config::ReadListenAddress(fields, absl::StrCat(path, ".listen"), listen));
   const std::string target_path = absl::StrCat(path, ".", target_key);
   absl::StatusOr<base::HostPort> hp = base::ParseHostPort(target);
   if (!hp.ok()) {
@@ -199,7 +185,7 @@ absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool ch
   MESHTLS_RETURN_IF_ERROR(ReadListeners(s, fields, c));
 
   MESHTLS_ASSIGN_OR_RETURN(base::HostPort admin,
-                           ParseListenAddress(fields, "admin.listen", s.admin().listen()));
+                           config::ReadListenAddress(fields, "admin.listen", s.admin().listen()));
   c.admin_listen = admin.ToString();
   c.workers = s.workers();
 
