@@ -2,6 +2,7 @@
 
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
+#include <google/protobuf/wrappers.pb.h>
 
 #include "absl/strings/str_cat.h"
 #include "meshtls/admin/v1/certs.pb.h"
@@ -29,20 +30,21 @@ google::protobuf::Value TimeValue(absl::Time t) {
 
 absl::StatusOr<std::string> CertsJson(const TlsContext* context, const IdentityStatus& status) {
   admin::v1::CertsResponse response;
+  // Keys as the fields are named, in field-number order. Not always_print_primitive_fields: it
+  // moves the google.protobuf.Value fields after the others, and every field that must always
+  // be there is set (or a wrapper) anyway.
   google::protobuf::util::JsonPrintOptions options;
   options.preserve_proto_field_names = true;
   if (context == nullptr) {
     *response.mutable_identity() = NullValue();
   } else {
-    // Every field is printed, empty ones included, so a consumer always finds each key.
-    options.always_print_primitive_fields = true;
     const pki::Certificate& leaf = context->bundle().chain[0];
     response.mutable_identity()->set_string_value(context->identity().str());
     response.set_serial(leaf.SerialHex());
     *response.mutable_not_before() = TimeValue(leaf.not_before());
     *response.mutable_not_after() = TimeValue(leaf.not_after());
     *response.mutable_renewal_due() = TimeValue(status.renewal_due);
-    response.set_last_renewal_error(status.last_error);
+    response.mutable_last_renewal_error()->set_value(status.last_error);
     admin::v1::TrustBundle& bundle = *response.mutable_trust_bundle();
     bundle.set_sequence(context->bundle().bundle_sequence);
     for (const pki::Certificate& root : context->bundle().trust_bundle) {
