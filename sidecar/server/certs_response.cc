@@ -5,6 +5,7 @@
 #include <google/protobuf/wrappers.pb.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/log.h"
 #include "meshtls/admin/v1/certs.pb.h"
 
 namespace meshtls::sidecar {
@@ -44,12 +45,13 @@ absl::StatusOr<std::string> CertsJson(const TlsContext* context, const IdentityS
     *response.mutable_not_before() = TimeValue(leaf.not_before());
     *response.mutable_not_after() = TimeValue(leaf.not_after());
     *response.mutable_renewal_due() = TimeValue(status.renewal_due);
-    response.mutable_last_renewal_error()->set_value(status.last_error);
+    // Relayed from certmgr or gRPC: protobuf would silently drop bytes that are not UTF-8.
+    response.mutable_last_renewal_error()->set_value(base::ValidUtf8(status.last_error));
     admin::v1::TrustBundle& bundle = *response.mutable_trust_bundle();
     bundle.set_sequence(context->bundle().bundle_sequence);
     for (const pki::Certificate& root : context->bundle().trust_bundle) {
       admin::v1::Root& r = *bundle.add_roots();
-      r.set_subject(root.SubjectText());
+      r.set_subject(base::ValidUtf8(root.SubjectText()));
       r.set_sha256(root.Sha256Fingerprint());
       *r.mutable_not_after() = TimeValue(root.not_after());
     }

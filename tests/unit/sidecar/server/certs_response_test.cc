@@ -66,6 +66,11 @@ TEST(CertsJsonTest, UnknownTimesAreNullAndAnEmptyErrorIsStillThere) {
   EXPECT_THAT(*json, HasSubstr("\"renewal_due\":null"));
   EXPECT_THAT(*json, HasSubstr("\"last_renewal_error\":\"\""));
   EXPECT_THAT(*json, HasSubstr("\"sequence\":\"1\""));
+
+  // An error relayed from elsewhere may hold any bytes; the body stays UTF-8 and loses none.
+  json = CertsJson(context->get(), IdentityStatus{.last_error = "bad \xff byte"});
+  ASSERT_THAT(json, IsOk());
+  EXPECT_THAT(*json, HasSubstr("\"last_renewal_error\":\"bad \xef\xbf\xbd byte\""));
   EXPECT_EQ(json->rfind("{\"identity\":\"spiffe://", 0), 0u) << *json;
 }
 
