@@ -147,6 +147,25 @@ std::string JsonEscape(absl::string_view s) {
   return out;
 }
 
+std::string ValidUtf8(absl::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (static_cast<unsigned char>(s[i]) < 0x80) {
+      out += s[i];
+      continue;
+    }
+    const size_t n = Utf8SequenceLength(s.substr(i));
+    if (n == 0) {
+      out += "\xEF\xBF\xBD";  // U+FFFD
+    } else {
+      out.append(s.data() + i, n);
+      i += n - 1;
+    }
+  }
+  return out;
+}
+
 std::string TruncateForLog(absl::string_view s, size_t max) {
   if (s.size() <= max) {
     return std::string(s);

@@ -47,6 +47,11 @@ inline void LogDebug(absl::string_view message, std::initializer_list<LogField> 
 // UTF-8 whatever `s` holds: each byte of an invalid UTF-8 sequence becomes U+FFFD.
 std::string JsonEscape(absl::string_view s);
 
+// ValidUtf8 returns `s` with each byte of an invalid UTF-8 sequence replaced by U+FFFD, for
+// text that goes where only UTF-8 is allowed (a protobuf string field, a JSON body) but may hold
+// bytes someone else chose (an error message relayed from certmgr).
+std::string ValidUtf8(absl::string_view s);
+
 // TruncateForLog bounds a field that a peer chooses (its certificate's URI SAN can be kilobytes
 // long): at most `max` bytes, marked with "..." when cut.
 std::string TruncateForLog(absl::string_view s, size_t max = 256);

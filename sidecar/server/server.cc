@@ -6,17 +6,16 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "common/admin/admin_server.h"
-#include "common/base/file.h"
-#include "common/base/file_watcher.h"
 #include "common/base/log.h"
 #include "common/base/status_macros.h"
 #include "common/net/socket.h"
 #include "sidecar/dns/resolver.h"
-#include "sidecar/identity/ca_client.h"
-#include "sidecar/identity/rotator.h"
+#include "sidecar/identity/certmgr_identity_source.h"
+#include "sidecar/identity/files_identity_source.h"
+#include "sidecar/identity/identity_source.h"
 #include "sidecar/metrics/collector.h"
+#include "sidecar/server/certs_response.h"
 #include "sidecar/server/worker.h"
 #include "sidecar/tls/tls_context.h"
 
@@ -31,21 +30,14 @@ double UnixSeconds(absl::Time t) {
   return t == absl::InfinitePast() ? 0 : static_cast<double>(absl::ToUnixSeconds(t));
 }
 
-std::string JsonTime(absl::Time t) {
-  if (t == absl::InfinitePast() || t == absl::InfiniteFuture()) {
-    return "null";
-  }
-  return absl::StrCat("\"", absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone()), "\"");
-}
-
 class ServerImpl final : public Server {
  public:
   explicit ServerImpl(const SidecarConfig& config) : config_(config) {}
 
   ~ServerImpl() override {
-    file_watcher_.reset();
-    if (rotator_ != nullptr) {
-      rotator_->Stop();
+    // The identity source publishes into this object: stop it first.
+    if (identity_ != nullptr) {
+      identity_->Stop();
     }
     admin_.reset();
     for (auto& w : workers_) {
@@ -116,6 +108,8 @@ class ServerImpl final : public Server {
       shards.push_back(&worker->counters());
       workers_.push_back(std::move(worker));
     }
+    // Made before the admin server starts, whose threads read its status.
+    MESHTLS_ASSIGN_OR_RETURN(identity_, NewIdentitySource());
     std::vector<ListenerLabel> labels;
     for (const ListenerRuntime& l : listeners_) {
       labels.push_back({l.direction, l.name});
@@ -125,7 +119,7 @@ class ServerImpl final : public Server {
     std::vector<admin::AdminRoute> routes;
     routes.push_back({"/healthz", [] { return admin::HttpResponse{.body = "ok\n"}; }});
     routes.push_back({"/readyz", [this] { return Readiness(); }});
-    routes.push_back({"/certs", [this] { return CertsJson(); }});
+    routes.push_back({"/certs", [this] { return Certs(); }});
     MESHTLS_ASSIGN_OR_RETURN(
         admin_, admin::AdminServer::Start(config_.admin_listen, std::move(routes), {collector}));
     for (auto& w : workers_) {
@@ -133,33 +127,7 @@ class ServerImpl final : public Server {
     }
     listeners_up_.store(true);
 
-    if (config_.identity_mode == SidecarConfig::IdentityMode::kFiles) {
-      MESHTLS_RETURN_IF_ERROR(ReloadFiles());
-      file_watcher_ = std::make_unique<base::FileWatcher>(
-          std::vector<std::string>{config_.files.cert, config_.files.key,
-                                   config_.files.trust_bundle},
-          absl::Seconds(1), [this] {
-            absl::Status s = ReloadFiles();
-            base::LogInfo("identity files changed",
-                          {{"reload", s.ok() ? "applied" : std::string(s.message())}});
-          });
-    } else {
-      absl::StatusOr<std::string> server_ca = base::ReadFileToString(config_.certmgr.server_ca);
-      if (!server_ca.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("identity.certmgr.server_ca: ", server_ca.status().message()));
-      }
-      ca_client_ =
-          NewGrpcCaClient(config_.certmgr.addresses, *server_ca, config_.certmgr.server_ca);
-      RotatorOptions options;
-      options.renew_at = config_.certmgr.renew_at;
-      options.token_file = config_.certmgr.token_file;
-      options.on_attempt = [this](const absl::Status& s) {
-        (s.ok() ? renewals_success_ : renewals_failure_).fetch_add(1);
-      };
-      rotator_ = std::make_unique<Rotator>(options, *ca_client_, *this, base::RealClock::Get());
-      rotator_->Start();
-    }
+    MESHTLS_RETURN_IF_ERROR(identity_->Start());
     base::LogInfo("sidecar started", {{"workers", absl::StrCat(worker_count)},
                                       {"admin_port", absl::StrCat(admin_->port())}});
     return absl::OkStatus();
@@ -184,10 +152,6 @@ class ServerImpl final : public Server {
     }
     store_.Publish(*context);
     generation_.store(generation);
-    {
-      absl::MutexLock lock(&mu_);
-      last_load_ = absl::Now();
-    }
     base::LogInfo("tls context published",
                   {{"identity", (*context)->identity().str()},
                    {"generation", absl::StrCat(generation)},
@@ -196,39 +160,7 @@ class ServerImpl final : public Server {
     return absl::OkStatus();
   }
 
-  absl::Status ReloadFiles() override {
-    if (config_.identity_mode != SidecarConfig::IdentityMode::kFiles) {
-      return absl::OkStatus();
-    }
-    absl::MutexLock reload_lock(&reload_mu_);  // SIGHUP (main thread) vs the file watcher
-    absl::Status s = [&]() -> absl::Status {
-      MESHTLS_ASSIGN_OR_RETURN(std::string cert_pem, base::ReadFileToString(config_.files.cert));
-      MESHTLS_ASSIGN_OR_RETURN(std::string key_pem, base::ReadFileToString(config_.files.key));
-      MESHTLS_ASSIGN_OR_RETURN(std::string bundle_pem,
-                               base::ReadFileToString(config_.files.trust_bundle));
-      absl::StatusOr<std::vector<pki::Certificate>> chain = pki::ParsePemChain(cert_pem);
-      if (!chain.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("identity.files.cert: ", chain.status().message()));
-      }
-      absl::StatusOr<pki::PrivateKey> key = pki::PrivateKey::FromPem(key_pem);
-      if (!key.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("identity.files.key: ", key.status().message()));
-      }
-      absl::StatusOr<std::vector<pki::Certificate>> roots = pki::ParsePemChain(bundle_pem);
-      if (!roots.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("identity.files.trust_bundle: ", roots.status().message()));
-      }
-      return Publish(pki::CredentialBundle{.chain = *std::move(chain),
-                                           .key = *std::move(key),
-                                           .trust_bundle = *std::move(roots),
-                                           .bundle_sequence = generation_.load() + 1});
-    }();
-    (s.ok() ? renewals_success_ : renewals_failure_).fetch_add(1);
-    return s;
-  }
+  absl::Status ReloadFiles() override { return identity_->Reload(); }
 
   void Drain() override {
     draining_.store(true);
@@ -258,16 +190,11 @@ class ServerImpl final : public Server {
       g.trust_bundle_roots = context->bundle().trust_bundle.size();
       g.trust_bundle_sequence = context->bundle().bundle_sequence;
     }
-    if (rotator_ != nullptr) {
-      RotatorStatus s = rotator_->status();
-      g.renewal_due = UnixSeconds(s.next_refresh);
-      g.last_renewal = UnixSeconds(s.last_success);
-    } else {
-      absl::MutexLock lock(&mu_);
-      g.last_renewal = UnixSeconds(last_load_);
-    }
-    g.renewals_success = renewals_success_.load();
-    g.renewals_failure = renewals_failure_.load();
+    const IdentityStatus identity = identity_->status();
+    g.renewal_due = UnixSeconds(identity.renewal_due);
+    g.last_renewal = UnixSeconds(identity.last_success);
+    g.renewals_success = identity.successes;
+    g.renewals_failure = identity.failures;
     g.tls_context_generation = generation_.load();
     return g;
   }
@@ -293,35 +220,31 @@ class ServerImpl final : public Server {
     return admin::HttpResponse{.body = "ready\n"};
   }
 
-  admin::HttpResponse CertsJson() const {
+  admin::HttpResponse Certs() const {
     std::shared_ptr<const TlsContext> context = store_.Snapshot();
-    admin::HttpResponse r;
-    r.content_type = "application/json";
-    if (context == nullptr) {
-      r.body = "{\"identity\":null}\n";
-      return r;
+    absl::StatusOr<std::string> json = CertsJson(context.get(), identity_->status());
+    if (!json.ok()) {
+      return admin::HttpResponse{.status = 500,
+                                 .body = absl::StrCat(json.status().message(), "\n")};
     }
-    const pki::Certificate& leaf = context->bundle().chain[0];
-    RotatorStatus rs;
-    if (rotator_ != nullptr) {
-      rs = rotator_->status();
+    return admin::HttpResponse{.content_type = "application/json", .body = *std::move(json)};
+  }
+
+  // NewIdentitySource makes the source identity.files or identity.certmgr configures, publishing
+  // into this server. It is started once the listeners are up.
+  absl::StatusOr<std::unique_ptr<IdentitySource>> NewIdentitySource() {
+    if (config_.identity_mode == SidecarConfig::IdentityMode::kFiles) {
+      return std::make_unique<FilesIdentitySource>(
+          FilesIdentityOptions{.cert = config_.files.cert,
+                               .key = config_.files.key,
+                               .trust_bundle = config_.files.trust_bundle},
+          *this);
     }
-    std::string roots;
-    for (const pki::Certificate& root : context->bundle().trust_bundle) {
-      absl::StrAppend(&roots, roots.empty() ? "" : ",", "{\"subject\":\"",
-                      base::JsonEscape(root.SubjectText()), "\",\"sha256\":\"",
-                      root.Sha256Fingerprint(), "\",\"not_after\":", JsonTime(root.not_after()),
-                      "}");
-    }
-    r.body = absl::StrCat(
-        "{\"identity\":\"", base::JsonEscape(context->identity().str()), "\",\"serial\":\"",
-        leaf.SerialHex(), "\",\"not_before\":", JsonTime(leaf.not_before()),
-        ",\"not_after\":", JsonTime(leaf.not_after()),
-        ",\"renewal_due\":", JsonTime(rs.next_refresh), ",\"last_renewal_error\":\"",
-        base::JsonEscape(rs.last_error), "\"",
-        ",\"trust_bundle\":{\"sequence\":", context->bundle().bundle_sequence, ",\"roots\":[",
-        roots, "]},\"tls_context_generation\":", context->generation(), "}\n");
-    return r;
+    return CertmgrIdentitySource::Create({.addresses = config_.certmgr.addresses,
+                                          .server_ca = config_.certmgr.server_ca,
+                                          .token_file = config_.certmgr.token_file,
+                                          .renew_at = config_.certmgr.renew_at},
+                                         *this);
   }
 
   const SidecarConfig config_;
@@ -330,18 +253,12 @@ class ServerImpl final : public Server {
   std::vector<ListenerRuntime> listeners_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<admin::AdminServer> admin_;
-  std::unique_ptr<CaClient> ca_client_;
-  std::unique_ptr<Rotator> rotator_;
-  std::unique_ptr<base::FileWatcher> file_watcher_;
+  // Set once in Init, before the admin server starts; read by the admin server's threads.
+  std::unique_ptr<IdentitySource> identity_;
   std::atomic<int> open_connections_{0};
   std::atomic<uint64_t> generation_{0};
-  std::atomic<uint64_t> renewals_success_{0};
-  std::atomic<uint64_t> renewals_failure_{0};
   std::atomic<bool> listeners_up_{false};
   std::atomic<bool> draining_{false};
-  absl::Mutex reload_mu_;  // serializes ReloadFiles
-  mutable absl::Mutex mu_;
-  absl::Time last_load_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
 }  // namespace

@@ -13,7 +13,9 @@ namespace meshtls::sidecar {
 // bundle becomes a new immutable TlsContext swapped in atomically; a bundle that cannot be
 // used is refused and the previous context stays.
 //
-// Create/Drain/Stop/ReloadFiles run on the main thread; Publish on the rotator's threads.
+// Create/Drain/Stop/ReloadFiles run on the main thread. Publish runs where the identity source
+// loads credentials (files: the main thread at start and on SIGHUP, and the file watcher;
+// certmgr: the rotator's renewal and trust bundle watch threads), one call at a time.
 class Server : public CredentialSink {
  public:
   static absl::StatusOr<std::unique_ptr<Server>> Create(const SidecarConfig& config);

@@ -92,6 +92,7 @@ TEST_F(FilesReloadTest, KubernetesSecretVolumeSwapIsApplied) {
   EXPECT_EQ(backend_->Metric("meshtls_tls_context_generation"), 2);
   EXPECT_EQ(backend_->Metric(R"(meshtls_cert_renewals_total{result="failure"})"), 0)
       << "a symlink swap changes both files at once: never a half-updated pair";
+  EXPECT_EQ(backend_->Metric("meshtls_trust_bundle_sequence"), 1) << "the same root: same bundle";
   EXPECT_TRUE(ClientWorks());
 }
 
@@ -132,6 +133,31 @@ TEST_F(FilesReloadTest, SighupForcesAReload) {
   ASSERT_EQ(backend_->Metric("meshtls_tls_context_generation"), 1);
   backend_->process().Signal(SIGHUP);  // the files did not change: only the signal reloads
   EXPECT_TRUE(backend_->WaitForMetric("meshtls_tls_context_generation", 2));
+  EXPECT_TRUE(ClientWorks());
+}
+
+TEST_F(FilesReloadTest, TrustBundleSequenceCountsChangesOfTheRoots) {
+  testing::IssuedLeaf v1 = ca_.Issue(kBackend);
+  Start(dir_.Write("cert.pem", v1.ChainPem()), dir_.Write("key.pem", v1.KeyPem(), 0600),
+        dir_.Write("ca.pem", ca_.RootPem()));
+  EXPECT_EQ(backend_->Metric("meshtls_trust_bundle_sequence"), 1);
+  // A reload of the same files builds a new context but holds the same bundle.
+  backend_->process().Signal(SIGHUP);
+  ASSERT_TRUE(backend_->WaitForMetric("meshtls_tls_context_generation", 2));
+  EXPECT_EQ(backend_->Metric("meshtls_trust_bundle_sequence"), 1);
+
+  // A second root (a CA rotation starting): a new bundle, in the metric and in /certs.
+  const TestCa next_ca("mesh.test");
+  dir_.Write("ca.pem", ca_.RootPem() + next_ca.RootPem());
+  ASSERT_TRUE(backend_->WaitForMetric("meshtls_tls_context_generation", 3))
+      << backend_->process().Log();
+  EXPECT_EQ(backend_->Metric("meshtls_trust_bundle_sequence"), 2);
+  EXPECT_EQ(backend_->Metric("meshtls_trust_bundle_roots"), 2);
+  absl::StatusOr<testing::HttpResult> certs = testing::HttpGet(backend_->admin_port(), "/certs");
+  ASSERT_THAT(certs, IsOk());
+  EXPECT_NE(certs->body.find(R"("trust_bundle":{"sequence":"2","roots":[)"), std::string::npos)
+      << certs->body;
+  EXPECT_NE(certs->body.find(next_ca.root().Sha256Fingerprint()), std::string::npos);
   EXPECT_TRUE(ClientWorks());
 }
 

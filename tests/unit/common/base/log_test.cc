@@ -55,6 +55,15 @@ TEST(JsonEscapeTest, QuotesControlsAndBackslashes) {
   EXPECT_EQ(JsonEscape("a\"b\\c\nd\te\x01\x7f"), "a\\\"b\\\\c\\nd\\te\\u0001\\u007f");
 }
 
+TEST(ValidUtf8Test, ReplacesEachByteOfAnInvalidSequenceAndKeepsTheRest) {
+  EXPECT_EQ(ValidUtf8("caf\xc3\xa9 \xf0\x9f\x94\x92 \"x\"\n"),
+            "caf\xc3\xa9 \xf0\x9f\x94\x92 \"x\"\n");
+  EXPECT_EQ(ValidUtf8("a\xff-\xc3"), "a\xef\xbf\xbd-\xef\xbf\xbd")
+      << "a stray byte, a cut sequence";
+  EXPECT_EQ(ValidUtf8("\xed\xa0\x80"), "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd")
+      << "a UTF-16 surrogate is not UTF-8";
+}
+
 TEST(JsonEscapeTest, ValidUtf8PassesThrough) {
   EXPECT_EQ(JsonEscape("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x92"),
             "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x92");
