@@ -13,7 +13,7 @@ namespace {
 using testing::IsOk;
 using testing::StatusIs;
 
-// The DESIGN §2 example, with both identity modes present (the test removes one).
+// A complete sidecar config, with both identity modes present (the test removes one).
 constexpr char kDesignExample[] = R"(trust_domain: example.org
 identity:                         # exactly one of certmgr / files
   certmgr:
@@ -73,7 +73,7 @@ inbound:
 }
 
 struct ErrorCase {
-  const char* from;  // replaced in the DESIGN example
+  const char* from;  // replaced in the complete example
   const char* to;
   const char* message;  // must appear in the error
 };
