@@ -1,6 +1,6 @@
 // meshtls-certmgr: the mesh CA behind a gRPC control plane.
 //
-//   meshtls-certmgr [serve] --config FILE [--log-level LEVEL]
+//   meshtls-certmgr [serve] --config FILE [--log-level LEVEL] [--bound-ports-file PATH]
 //   meshtls-certmgr token create (--config FILE | --token-file PATH) --spiffe-id ID [--ttl D]
 //
 // Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration.
@@ -37,6 +37,7 @@ using namespace meshtls;
 constexpr const char* kUsage =
     "usage:\n"
     "  meshtls-certmgr [serve] --config FILE [--log-level debug|info|warning|error] [--check]\n"
+    "                          [--bound-ports-file PATH]\n"
     "  meshtls-certmgr token create (--config FILE | --token-file PATH) --spiffe-id ID "
     "[--ttl DURATION]\n"
     "  meshtls-certmgr ca init --config FILE [--ca-dir DIR]\n"
@@ -49,7 +50,9 @@ constexpr const char* kUsage =
     "/readyz\n"
     "              (--check: validate the configuration and exit, 0 if valid); follows the\n"
     "              config file (and SIGHUP) to apply `deny` and the Kubernetes\n"
-    "              allowed_namespaces live\n"
+    "              allowed_namespaces live; --bound-ports-file PATH: once both listeners\n"
+    "              are bound, write `grpc=<ip>:<port>` and `admin=<ip>:<port>` lines to PATH\n"
+    "              (the ports the kernel chose for a listen address with port 0)\n"
     "ca init       create the root CA in ca.dir (or --ca-dir) and print it; for a CA kept in a\n"
     "              Kubernetes Secret, made once before the first deployment\n"
     "ca rotate     one CA rotation step on ca.dir (or --ca-dir, a copy of a Secret's files);\n"
@@ -308,6 +311,10 @@ int Serve(const base::Flags& flags) {
   if (config_flag == flags.values.end()) {
     return UsageError("--config is required (see --help)");
   }
+  const std::string bound_ports_file = flags.Get("bound-ports-file").value_or("");
+  if (flags.Has("bound-ports-file") && bound_ports_file.empty()) {
+    return UsageError("--bound-ports-file needs a path");
+  }
   absl::StatusOr<certmgr::CertmgrConfig> config = LoadConfig(config_flag->second);
   if (!config.ok()) {
     return UsageError(config.status().message());
@@ -335,8 +342,8 @@ int Serve(const base::Flags& flags) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  absl::StatusOr<std::unique_ptr<certmgr::CertmgrServer>> server =
-      certmgr::CertmgrServer::Create(*config, base::RealClock::Get(), config_flag->second);
+  absl::StatusOr<std::unique_ptr<certmgr::CertmgrServer>> server = certmgr::CertmgrServer::Create(
+      *config, base::RealClock::Get(), config_flag->second, bound_ports_file);
   if (!server.ok()) {
     base::LogError("certmgr failed to start", {{"error", std::string(server.status().message())}});
     return absl::IsInvalidArgument(server.status()) ? 2 : 1;
@@ -357,7 +364,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<base::Flags> flags =
       base::ParseFlags(argc, argv,
                        {"config", "log-level", "token-file", "spiffe-id", "ttl", "bundle", "chain",
-                        "purpose", "at", "profile", "ca-dir"},
+                        "purpose", "at", "profile", "ca-dir", "bound-ports-file"},
                        {"help", "version", "force", "check"});
   if (!flags.ok()) {
     return UsageError(flags.status().message());

@@ -1,6 +1,7 @@
 // meshtls-sidecar: the mutual-TLS sidecar.
 //
 //   meshtls-sidecar --config FILE [--admin ADDR] [--log-level LEVEL] [--workers N]
+//                   [--bound-ports-file PATH]
 //
 // Exit codes: 0 after a drain (SIGTERM/SIGINT), 1 runtime failure, 2 bad flags or configuration.
 
@@ -41,6 +42,10 @@ constexpr const char* kUsage =
     "                      the pod's own namespace and service account (in Kubernetes from the\n"
     "                      downward API): refuse a certificate for any identity other than\n"
     "                      spiffe://<trust_domain>/ns/NS/sa/SA\n"
+    "  --bound-ports-file PATH\n"
+    "                      once every listener is bound, write `<listener>=<ip>:<port>` lines\n"
+    "                      to PATH (admin, inbound.<name>, outbound.<name>): the ports the\n"
+    "                      kernel chose for listeners configured with port 0\n"
     "  --check             validate the configuration and exit (0 if valid)\n"
     "  --help, --version\n"
     "\n"
@@ -54,10 +59,11 @@ int UsageError(absl::string_view message) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::StatusOr<base::Flags> parsed = base::ParseFlags(
-      argc, argv,
-      {"config", "admin", "log-level", "log-format", "workers", "namespace", "service-account"},
-      {"check", "help", "version"});
+  absl::StatusOr<base::Flags> parsed =
+      base::ParseFlags(argc, argv,
+                       {"config", "admin", "log-level", "log-format", "workers", "namespace",
+                        "service-account", "bound-ports-file"},
+                       {"check", "help", "version"});
   if (!parsed.ok()) {
     return UsageError(parsed.status().message());
   }
@@ -72,6 +78,10 @@ int main(int argc, char** argv) {
   if (flags.Has("version")) {
     std::puts("meshtls-sidecar 0.1.0");
     return 0;
+  }
+  const std::string bound_ports_file = flags.Get("bound-ports-file").value_or("");
+  if (flags.Has("bound-ports-file") && bound_ports_file.empty()) {
+    return UsageError("--bound-ports-file needs a path");
   }
   const std::optional<std::string> config_path = flags.Get("config");
   if (!config_path) {
@@ -141,7 +151,8 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  absl::StatusOr<std::unique_ptr<sidecar::Server>> server = sidecar::Server::Create(*config);
+  absl::StatusOr<std::unique_ptr<sidecar::Server>> server =
+      sidecar::Server::Create(*config, bound_ports_file);
   if (!server.ok()) {
     base::LogError("sidecar failed to start", {{"error", std::string(server.status().message())}});
     return absl::IsInvalidArgument(server.status()) ? 2 : 1;
