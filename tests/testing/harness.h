@@ -68,8 +68,9 @@ bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout);
 // loopback port a binary bound for it.
 using BoundPorts = std::map<std::string, uint16_t>;
 // WaitForBoundPorts polls `path`, the --bound-ports-file `process` was started with, until the
-// process has written it. Unavailable, with the process's log, if the process exits first or
-// `timeout` passes; InvalidArgument if the file does not parse.
+// process has written it (the caller removes any older file there before the start). Unavailable,
+// with the process's log, if the process exits first or `timeout` passes; InvalidArgument if the
+// file does not parse.
 absl::StatusOr<BoundPorts> WaitForBoundPorts(Subprocess& process, const std::string& path,
                                              absl::Duration timeout = absl::Seconds(20));
 

@@ -1,6 +1,7 @@
 #include "tests/testing/mesh_processes.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -159,6 +160,8 @@ absl::StatusOr<std::unique_ptr<SidecarProcess>> SidecarProcess::Start(
   const std::string config =
       dir.Write(name + ".yaml", absl::StrCat(yaml, "\nadmin: {listen: 127.0.0.1:0}\n"));
   const std::string ports_path = dir.File(name + ".ports");
+  // A sidecar of the same name may have run before (a restart): its ports are not this one's.
+  ::unlink(ports_path.c_str());
   // Two workers unless the YAML sets its own count (the flag would override it): tests see
   // the multi-worker paths on any machine.
   std::vector<std::string> argv = {BinaryPath("meshtls-sidecar"), "--config", config,
