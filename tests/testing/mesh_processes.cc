@@ -71,6 +71,7 @@ absl::Status CertmgrProcess::PinPortsInConfig() {
 absl::Status CertmgrProcess::Launch() {
   ++launches_;
   const std::string ports_path = dir_.File(absl::StrCat(options_.name, ".", launches_, ".ports"));
+  ::unlink(ports_path.c_str());  // an earlier certmgr of this name in the same directory
   std::vector<std::string> argv = options_.launcher;
   argv.insert(argv.end(), {BinaryPath("meshtls-certmgr"), "--config", config_path_,
                            "--bound-ports-file", ports_path});
