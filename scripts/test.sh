@@ -41,7 +41,7 @@ done
 test_flags=(-DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG")
 
 # Three at a time on the normal build: most integration tests spend their time waiting on
-# timers, not on the CPU; the heaviest are marked RUN_SERIAL or PROCESSORS in tests/CMakeLists.txt.
+# timers, not on the CPU; the heaviest are RUN_SERIAL or PROCESSORS 2 (tests/CMakeLists.txt).
 echo "== build and test (RelWithDebInfo)"
 BUILD_DIR=build scripts/build.sh "${test_flags[@]}"
 if [ $quick = 1 ]; then
