@@ -140,9 +140,11 @@ TEST_F(HaTest, OneReplicaKilledTheOtherKeepsRenewingAndTrafficNeverFails) {
   const double signed_by_a = testing::ScrapeMetric(a->admin_port(), kSigned);
   EXPECT_GE(signed_by_a, 6);
 
-  // SIGKILL: no drain, no goodbye; its port now refuses connections.
+  // SIGKILL: no drain, no goodbye; its port now refuses connections (held, so that no test
+  // running beside this one is handed it while the sidecars still try it first).
   a->process().Signal(SIGKILL);
   ASSERT_EQ(a->process().WaitForExit(absl::Seconds(10)), 128 + SIGKILL);
+  a->HoldPorts();
   const double signed_by_b = testing::ScrapeMetric(b->admin_port(), kSigned);
   const double renewals_at_kill = Renewals();
   // Replica b signs every renewal from now on, within each renewal's own attempt.

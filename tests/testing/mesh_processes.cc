@@ -106,14 +106,32 @@ absl::Status CertmgrProcess::Launch() {
 
 void CertmgrProcess::Stop() {
   process_.reset();  // SIGTERM, and the test fails unless it exits 0
+  HoldPorts();
+}
+
+void CertmgrProcess::HoldPorts() {
+  // Sidecars still have this certmgr's address: while it is down, no other test running in
+  // parallel may be handed its ports (its clients would reach a stranger, and Restart could not
+  // bind them again).
+  uint16_t grpc = grpc_port_;
+  uint16_t admin = admin_port_;
+  if (!grpc_hold_.valid()) {
+    grpc_hold_ = ReserveLoopbackPort(&grpc);
+  }
+  if (!admin_hold_.valid()) {
+    admin_hold_ = ReserveLoopbackPort(&admin);
+  }
 }
 
 absl::Status CertmgrProcess::Restart() {
   process_.reset();
+  HoldPorts();
   // Sidecars were configured with this certmgr's address: keep its ports.
   if (absl::Status s = PinPortsInConfig(); !s.ok()) {
     return s;
   }
+  grpc_hold_.reset();
+  admin_hold_.reset();
   return Launch();
 }
 

@@ -53,10 +53,12 @@ class CertmgrProcess {
   // with the token in `token_file`.
   std::string SidecarIdentityYaml(const std::string& token_file) const;
 
-  // Stop ends the process (SIGTERM, exit 0 expected); Restart starts it again with the same
-  // configuration, CA directory and ports (the ones the first launch was given, now asked for
-  // by number).
+  // Stop ends the process (SIGTERM, exit 0 expected) and holds its ports (ReserveLoopbackPort)
+  // until Restart starts it again with the same configuration, CA directory and ports (the ones
+  // the first launch was given, now asked for by number). After a SIGKILL through process(),
+  // call HoldPorts() at once if the process's clients keep its address.
   void Stop();
+  void HoldPorts();
   absl::Status Restart();
 
   uint16_t grpc_port() const { return grpc_port_; }
@@ -81,6 +83,8 @@ class CertmgrProcess {
   uint16_t admin_port_ = 0;
   int launches_ = 0;
   std::unique_ptr<Subprocess> process_;
+  base::UniqueFd grpc_hold_;   // grpc_port_ while the process is down
+  base::UniqueFd admin_hold_;  // admin_port_ while the process is down
 };
 
 // SidecarProcess runs meshtls-sidecar with the given YAML (the admin section is added, on
