@@ -1,6 +1,6 @@
 // meshtls-certmgr: the mesh CA behind a gRPC control plane.
 //
-//   meshtls-certmgr [serve] --config FILE [--log-level LEVEL] [--check]
+//   meshtls-certmgr [serve] --config FILE [--log-level LEVEL] [--check] [--bound-ports-file PATH]
 //   meshtls-certmgr token create (--config FILE | --token-file PATH) --spiffe-id ID [--ttl D]
 //   meshtls-certmgr ca init | ca rotate STEP | verify ...   (COMMAND --help lists its flags)
 //
@@ -53,8 +53,13 @@ base::CommandLineSpec CommandLine() {
                .flags = {config_flag,
                          {"log-level", "LEVEL",
                           "debug, info, warning or error; overrides log.level"},
+                         {"bound-ports-file", "PATH",
+                          "once both listeners are bound, write `grpc=<ip>:<port>` and\n"
+                          "`admin=<ip>:<port>` lines to PATH (the ports the kernel chose\nfor a "
+                          "listen address with port 0)"},
                          {"check", "", "validate the configuration and exit (0 if valid)"}},
-               .synopsis = "--config FILE [--log-level debug|info|warning|error] [--check]",
+               .synopsis = "--config FILE [--log-level debug|info|warning|error] [--check] "
+                           "[--bound-ports-file PATH]",
                .summary = "run the CA: gRPC CertificateAuthority over TLS, admin /metrics /healthz "
                           "/readyz;\nfollows the config file (and SIGHUP) to apply `deny` and the "
                           "Kubernetes\nallowed_namespaces live"},
@@ -355,6 +360,10 @@ int Serve(const base::Flags& flags) {
   if (config_flag == flags.values.end()) {
     return UsageError("--config is required (see --help)");
   }
+  const std::string bound_ports_file = flags.Get("bound-ports-file").value_or("");
+  if (flags.Has("bound-ports-file") && bound_ports_file.empty()) {
+    return UsageError("--bound-ports-file needs a path");
+  }
   absl::StatusOr<certmgr::CertmgrConfig> config = LoadConfig(config_flag->second);
   if (!config.ok()) {
     return UsageError(config.status().message());
@@ -382,8 +391,8 @@ int Serve(const base::Flags& flags) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  absl::StatusOr<std::unique_ptr<certmgr::CertmgrServer>> server =
-      certmgr::CertmgrServer::Create(*config, base::RealClock::Get(), config_flag->second);
+  absl::StatusOr<std::unique_ptr<certmgr::CertmgrServer>> server = certmgr::CertmgrServer::Create(
+      *config, base::RealClock::Get(), config_flag->second, bound_ports_file);
   if (!server.ok()) {
     base::LogError("certmgr failed to start", {{"error", std::string(server.status().message())}});
     return absl::IsInvalidArgument(server.status()) ? 2 : 1;

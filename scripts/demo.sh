@@ -20,11 +20,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-base=${MESHTLS_DEMO_PORT_BASE:-21000}
-p_certmgr=$((base + 443)) p_certmgr_admin=$((base + 10)) p_app=$((base + 80))
-p_backend_in=$((base + 444)) p_backend_admin=$((base + 100))
-p_frontend_out=$((base + 1)) p_frontend_admin=$((base + 101))
-p_intruder_out=$((base + 2)) p_intruder_admin=$((base + 102))
+# Every listener takes a port of the kernel's choice (port 0); the binaries report theirs in
+# a --bound-ports-file, so the demo runs beside anything else on the machine, itself included.
 td=demo.meshtls.local
 
 wait_ready() {  # url, name: poll with a deadline, never a blind sleep
@@ -34,19 +31,35 @@ wait_ready() {  # url, name: poll with a deadline, never a blind sleep
     sleep 0.1
   done
 }
+wait_ports() {  # ports file, name, pid: poll for the file with a deadline
+  local deadline=$((SECONDS + 20))
+  until [ -s "$1" ]; do
+    if ! kill -0 "$3" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+      echo "demo: $2 did not report its ports; its log:"; cat "$work/$2.log"; exit 1
+    fi
+    sleep 0.1
+  done
+}
+port_of() {  # ports file, listener: its port (the file has <listener>=<ip>:<port> lines)
+  sed -n "s/^$2=.*://p" "$1"
+}
 metric() {  # admin port, metric line prefix
   curl -s "http://127.0.0.1:$1/metrics" | grep -F "$2" | awk '{print $2}' | head -1
 }
 
 cat > "$work/certmgr.yaml" <<YAML
 trust_domain: $td
-listen: 127.0.0.1:$p_certmgr
-admin: {listen: 127.0.0.1:$p_certmgr_admin}
+listen: 127.0.0.1:0
+admin: {listen: 127.0.0.1:0}
 ca: {dir: $work/ca}
 authenticators:
   join_tokens: {file: $work/join-tokens}
 YAML
-"$certmgr_bin" --config "$work/certmgr.yaml" 2>"$work/certmgr.log" & pids+=($!)
+"$certmgr_bin" --config "$work/certmgr.yaml" --bound-ports-file "$work/certmgr.ports" \
+  2>"$work/certmgr.log" & pids+=($!)
+wait_ports "$work/certmgr.ports" certmgr "$!"
+p_certmgr=$(port_of "$work/certmgr.ports" grpc)
+p_certmgr_admin=$(port_of "$work/certmgr.ports" admin)
 wait_ready "http://127.0.0.1:$p_certmgr_admin/readyz" certmgr
 echo "== certmgr is up with a new root CA ($(openssl x509 -in "$work/ca/ca.pem" -noout -subject))"
 
@@ -58,10 +71,19 @@ done
 mkdir -p "$work/www"
 echo "hello from the backend app, delivered over mutual TLS" > "$work/www/index.html"
 head -c $((4 * 1024 * 1024)) /dev/urandom > "$work/www/blob"
-(cd "$work/www" && exec python3 -m http.server "$p_app" --bind 127.0.0.1) >"$work/app.log" 2>&1 & pids+=($!)
+# Unbuffered, so its first line, "Serving HTTP on 127.0.0.1 port N ...", names the port at once.
+(cd "$work/www" && exec python3 -u -m http.server 0 --bind 127.0.0.1) >"$work/app.log" 2>&1 & pids+=($!)
+app_pid=$!
+deadline=$((SECONDS + 20))
+until p_app=$(sed -n 's/^Serving HTTP on .* port \([0-9]*\) .*/\1/p' "$work/app.log") && [ -n "$p_app" ]; do
+  if ! kill -0 "$app_pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+    echo "demo: the app did not start; its log:"; cat "$work/app.log"; exit 1
+  fi
+  sleep 0.1
+done
 wait_ready "http://127.0.0.1:$p_app/index.html" app
 
-sidecar_config() {  # sa, admin port, listeners yaml
+sidecar_config() {  # sa, listeners yaml
   cat <<YAML
 trust_domain: $td
 identity:
@@ -69,27 +91,37 @@ identity:
     address: 127.0.0.1:$p_certmgr
     server_ca: $work/ca/ca.pem
     token_file: $work/$1.token
-admin: {listen: 127.0.0.1:$2}
+admin: {listen: 127.0.0.1:0}
 workers: 1
-$3
+$2
 YAML
 }
-sidecar_config backend "$p_backend_admin" "inbound:
+start_sidecar() {  # name: runs it on $work/<name>.yaml and waits for its ports file
+  "$sidecar_bin" --config "$work/$1.yaml" --bound-ports-file "$work/$1.ports" \
+    2>"$work/$1.log" & pids+=($!)
+  wait_ports "$work/$1.ports" "$1" "$!"
+}
+# The backend first: the other two connect to the port its inbound listener was given.
+sidecar_config backend "inbound:
   - name: http
-    listen: 127.0.0.1:$p_backend_in
+    listen: 127.0.0.1:0
     forward: 127.0.0.1:$p_app
     allow: [spiffe://$td/ns/default/sa/frontend]" > "$work/backend.yaml"
+start_sidecar backend
+p_backend_in=$(port_of "$work/backend.ports" inbound.http)
 for who in frontend intruder; do
-  port_var="p_${who}_out" admin_var="p_${who}_admin"
-  sidecar_config "$who" "${!admin_var}" "outbound:
+  sidecar_config "$who" "outbound:
   - name: backend
-    listen: 127.0.0.1:${!port_var}
+    listen: 127.0.0.1:0
     connect: 127.0.0.1:$p_backend_in
     expect: [spiffe://$td/ns/default/sa/backend]" > "$work/$who.yaml"
+  start_sidecar "$who"
 done
-for who in backend frontend intruder; do
-  "$sidecar_bin" --config "$work/$who.yaml" 2>"$work/$who.log" & pids+=($!)
-done
+p_backend_admin=$(port_of "$work/backend.ports" admin)
+p_frontend_admin=$(port_of "$work/frontend.ports" admin)
+p_frontend_out=$(port_of "$work/frontend.ports" outbound.backend)
+p_intruder_admin=$(port_of "$work/intruder.ports" admin)
+p_intruder_out=$(port_of "$work/intruder.ports" outbound.backend)
 for who in backend frontend intruder; do
   admin_var="p_${who}_admin"
   wait_ready "http://127.0.0.1:${!admin_var}/readyz" "$who"

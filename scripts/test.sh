@@ -4,12 +4,30 @@
 # normal build, then in an ASan+UBSan build (leaks included, in the real binaries too: the
 # integration tests stop them with SIGTERM and fail on any sanitizer report).
 # MESHTLS_SKIP_SANITIZERS=1 runs only the normal build.
+#
+#   scripts/test.sh --quick   the inner loop: the normal build and the unit tests only (label
+#                             unit; no integration tests, no sanitizer build)
+#
+# Integration tests run in parallel with the rest: every binary they start listens on port 0
+# and reports its ports (--bound-ports-file), so no two tests can be handed the same port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+quick=0
+if [ "${1:-}" = "--quick" ]; then
+  quick=1
+  shift
+fi
+if [ $# -gt 0 ]; then
+  echo "usage: scripts/test.sh [--quick]" >&2
+  exit 2
+fi
 scripts/setup.sh
 # The npm tools of the dashboard and manifest checks, pinned by each directory's
-# package-lock.json; installed again only when the lockfile changed.
-for npm_dir in tests/observability tests/deploy; do
+# package-lock.json; installed again only when the lockfile changed. The unit tests need only
+# the manifest check's (tests/deploy).
+npm_dirs=(tests/observability tests/deploy)
+if [ $quick = 1 ]; then npm_dirs=(tests/deploy); fi
+for npm_dir in "${npm_dirs[@]}"; do
   if ! cmp -s "$npm_dir/package-lock.json" "$npm_dir/node_modules/.installed-lock.json" 2>/dev/null; then
     echo "== npm ci ($npm_dir)"
     npm ci --prefix "$npm_dir" --no-audit --no-fund --loglevel=error
@@ -22,9 +40,15 @@ done
 # for the ASan build on 2 cores).
 test_flags=(-DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG")
 
+# Three at a time on the normal build: most integration tests spend their time waiting on
+# timers, not on the CPU; the heaviest are RUN_SERIAL or PROCESSORS 2 (tests/CMakeLists.txt).
 echo "== build and test (RelWithDebInfo)"
 BUILD_DIR=build scripts/build.sh "${test_flags[@]}"
-(cd build && ctest --output-on-failure --timeout 300 -j2)
+if [ $quick = 1 ]; then
+  (cd build && ctest --output-on-failure --timeout 300 -j3 -L unit)
+  exit 0
+fi
+(cd build && ctest --output-on-failure --timeout 300 -j3)
 
 if [ "${MESHTLS_SKIP_SANITIZERS:-0}" != "1" ]; then
   echo "== build and test (ASan + UBSan)"

@@ -1,6 +1,7 @@
 // meshtls-sidecar: the mutual-TLS sidecar.
 //
 //   meshtls-sidecar --config FILE [--admin ADDR] [--log-level LEVEL] [--workers N]
+//                   [--bound-ports-file PATH]
 //
 // Exit codes: 0 after a drain (SIGTERM/SIGINT), 1 runtime failure, 2 bad flags or configuration.
 
@@ -47,6 +48,10 @@ base::CommandLineSpec CommandLine() {
                    "the pod's own service account; with --namespace (in Kubernetes\nfrom the "
                    "downward API), refuse a certificate for any identity other\nthan "
                    "spiffe://<trust_domain>/ns/NS/sa/SA"},
+                  {"bound-ports-file", "PATH",
+                   "once every listener is bound, write `<listener>=<ip>:<port>` lines\nto PATH "
+                   "(admin, inbound.<name>, outbound.<name>): the ports the\nkernel chose for "
+                   "listeners configured with port 0"},
                   {"check", "", "validate the configuration and exit (0 if valid)"},
               },
           .synopsis = "--config FILE [flags]",
@@ -77,6 +82,10 @@ int main(int argc, char** argv) {
   if (flags.Has("version")) {
     std::puts("meshtls-sidecar 0.1.0");
     return 0;
+  }
+  const std::string bound_ports_file = flags.Get("bound-ports-file").value_or("");
+  if (flags.Has("bound-ports-file") && bound_ports_file.empty()) {
+    return UsageError("--bound-ports-file needs a path");
   }
   const std::optional<std::string> config_path = flags.Get("config");
   if (!config_path) {
@@ -146,7 +155,8 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  absl::StatusOr<std::unique_ptr<sidecar::Server>> server = sidecar::Server::Create(*config);
+  absl::StatusOr<std::unique_ptr<sidecar::Server>> server =
+      sidecar::Server::Create(*config, bound_ports_file);
   if (!server.ok()) {
     base::LogError("sidecar failed to start", {{"error", std::string(server.status().message())}});
     return absl::IsInvalidArgument(server.status()) ? 2 : 1;

@@ -17,6 +17,7 @@
 #include "certmgr/server/kubernetes_authenticator.h"
 #include "certmgr/server/mesh_authenticator.h"
 #include "common/admin/admin_server.h"
+#include "common/base/bound_ports.h"
 #include "common/base/file.h"
 #include "common/base/file_watcher.h"
 #include "common/base/host_port.h"
@@ -40,7 +41,7 @@ class CertmgrServerImpl final : public CertmgrServer {
 
   ~CertmgrServerImpl() override { Shutdown(); }
 
-  absl::Status Start() {
+  absl::Status Start(const std::string& bound_ports_file) {
     std::vector<std::unique_ptr<CallerAuthenticator>> bootstrap;
     if (!config_.join_tokens_file.empty()) {
       auto join_tokens = std::make_unique<JoinTokenAuthenticator>(config_.join_tokens_file, clock_);
@@ -118,6 +119,9 @@ class CertmgrServerImpl final : public CertmgrServer {
       } else if (config_.rotation_auto) {
         rotation_thread_ = std::thread([this] { AutoRotationLoop(); });
       }
+    }
+    if (!bound_ports_file.empty()) {
+      MESHTLS_RETURN_IF_ERROR(WriteBoundPorts(bound_ports_file));
     }
     ready_.store(true);
     return absl::OkStatus();
@@ -226,6 +230,18 @@ class CertmgrServerImpl final : public CertmgrServer {
     }
     grpc_port_ = port;
     return absl::OkStatus();
+  }
+
+  // WriteBoundPorts writes the gRPC and admin addresses with the ports actually bound (the
+  // config may say port 0). Main thread, after both listeners started.
+  absl::Status WriteBoundPorts(const std::string& path) const {
+    MESHTLS_ASSIGN_OR_RETURN(base::HostPort grpc,
+                             base::ParseHostPort(config_.listen, /*allow_port_zero=*/true));
+    grpc.port = static_cast<uint16_t>(grpc_port_.load());
+    MESHTLS_ASSIGN_OR_RETURN(base::HostPort admin,
+                             base::ParseHostPort(config_.admin_listen, /*allow_port_zero=*/true));
+    admin.port = admin_->port();
+    return base::WriteBoundPortsFile(path, {{"grpc", grpc}, {"admin", admin}});
   }
 
   void StopGrpcLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(grpc_mu_) {
@@ -345,7 +361,8 @@ class CertmgrServerImpl final : public CertmgrServer {
 
 absl::StatusOr<std::unique_ptr<CertmgrServer>> CertmgrServer::Create(const CertmgrConfig& config,
                                                                      const base::Clock& clock,
-                                                                     std::string config_path) {
+                                                                     std::string config_path,
+                                                                     std::string bound_ports_file) {
   absl::StatusOr<CaMaterial> ca =
       config.ca_dir.empty()
           ? LoadCaFromFiles(config.ca_cert, config.ca_key, config.ca_trust_bundle,
@@ -360,7 +377,7 @@ absl::StatusOr<std::unique_ptr<CertmgrServer>> CertmgrServer::Create(const Certm
   }
   auto server =
       std::make_unique<CertmgrServerImpl>(*std::move(ca), config, clock, std::move(config_path));
-  MESHTLS_RETURN_IF_ERROR(server->Start());
+  MESHTLS_RETURN_IF_ERROR(server->Start(bound_ports_file));
   return server;
 }
 

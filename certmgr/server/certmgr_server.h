@@ -1,6 +1,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "certmgr/server/certmgr_config.h"
@@ -17,9 +18,14 @@ namespace meshtls::certmgr {
 // so a revoked identity stops renewing within seconds; other fields take effect at restart.
 class CertmgrServer {
  public:
+  //
+  // With a `bound_ports_file`, Create writes the addresses of the gRPC and admin listeners
+  // (names "grpc" and "admin"; see base::FormatBoundPorts) to that path once both are bound,
+  // before /readyz turns 200, so a caller that asked for port 0 learns its ports.
   static absl::StatusOr<std::unique_ptr<CertmgrServer>> Create(const CertmgrConfig& config,
                                                                const base::Clock& clock,
-                                                               std::string config_path = "");
+                                                               std::string config_path = "",
+                                                               std::string bound_ports_file = "");
   virtual ~CertmgrServer() = default;
 
   virtual int admin_port() const = 0;

@@ -7,6 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/admin/admin_server.h"
+#include "common/base/bound_ports.h"
+#include "common/base/file.h"
 #include "common/base/log.h"
 #include "common/base/status_macros.h"
 #include "common/net/socket.h"
@@ -45,7 +47,7 @@ class ServerImpl final : public Server {
     }
   }
 
-  absl::Status Init() {
+  absl::Status Init(const std::string& bound_ports_file) {
     settings_.allow_tls12 = config_.tls.min_version == "1.2";
     settings_.session_resumption = config_.tls.session_resumption;
     // Listener runtimes: inbound first, then outbound (this order indexes the authz counters).
@@ -71,14 +73,17 @@ class ServerImpl final : public Server {
     // Bind every worker's socket now, so a port conflict fails the start. A listener on port 0
     // gets its port from the first bind and the other workers share it.
     std::vector<std::vector<base::UniqueFd>> fds(worker_count);
-    std::vector<const ListenerConfig*> configs;
-    for (const auto* list : {&config_.inbound, &config_.outbound}) {
-      for (const ListenerConfig& l : *list) {
-        configs.push_back(&l);
-      }
+    std::vector<std::pair<std::string, const ListenerConfig*>> configs;  // bound-ports name
+    for (const ListenerConfig& l : config_.inbound) {
+      configs.emplace_back("inbound." + l.name, &l);
     }
-    for (const ListenerConfig* l : configs) {
-      MESHTLS_ASSIGN_OR_RETURN(net::SocketAddress address, net::ToSocketAddress(l->listen));
+    for (const ListenerConfig& l : config_.outbound) {
+      configs.emplace_back("outbound." + l.name, &l);
+    }
+    std::vector<base::BoundListener> bound_listeners;
+    for (const auto& [bound_name, l] : configs) {
+      base::HostPort bound = l->listen;
+      MESHTLS_ASSIGN_OR_RETURN(net::SocketAddress address, net::ToSocketAddress(bound));
       for (int w = 0; w < worker_count; ++w) {
         absl::StatusOr<base::UniqueFd> fd = net::ListenTcp(address, {.reuse_port = true});
         if (!fd.ok()) {
@@ -86,12 +91,12 @@ class ServerImpl final : public Server {
                               absl::StrCat("listener ", l->name, ": ", fd.status().message()));
         }
         if (w == 0 && l->listen.port == 0) {
-          base::HostPort bound = l->listen;
           bound.port = net::LocalPort(fd->get());
           MESHTLS_ASSIGN_OR_RETURN(address, net::ToSocketAddress(bound));
         }
         fds[w].push_back(*std::move(fd));
       }
+      bound_listeners.push_back({bound_name, bound});
       base::LogInfo("listening", {{"listener", l->name}, {"address", address.ToString()}});
     }
     const WorkerLimits limits{.handshake_timeout = ToMono(config_.limits.handshake_timeout),
@@ -124,6 +129,13 @@ class ServerImpl final : public Server {
         admin_, admin::AdminServer::Start(config_.admin_listen, std::move(routes), {collector}));
     for (auto& w : workers_) {
       w->Start();
+    }
+    if (!bound_ports_file.empty()) {
+      MESHTLS_ASSIGN_OR_RETURN(base::HostPort admin_bound,
+                               base::ParseHostPort(config_.admin_listen, /*allow_port_zero=*/true));
+      admin_bound.port = admin_->port();
+      bound_listeners.insert(bound_listeners.begin(), {"admin", admin_bound});
+      MESHTLS_RETURN_IF_ERROR(base::WriteBoundPortsFile(bound_ports_file, bound_listeners));
     }
     listeners_up_.store(true);
 
@@ -263,9 +275,10 @@ class ServerImpl final : public Server {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Server>> Server::Create(const SidecarConfig& config) {
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(const SidecarConfig& config,
+                                                       const std::string& bound_ports_file) {
   auto server = std::make_unique<ServerImpl>(config);
-  MESHTLS_RETURN_IF_ERROR(server->Init());
+  MESHTLS_RETURN_IF_ERROR(server->Init(bound_ports_file));
   return server;
 }
 

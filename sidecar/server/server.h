@@ -1,6 +1,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "sidecar/config/sidecar_config.h"
@@ -18,7 +19,11 @@ namespace meshtls::sidecar {
 // certmgr: the rotator's renewal and trust bundle watch threads), one call at a time.
 class Server : public CredentialSink {
  public:
-  static absl::StatusOr<std::unique_ptr<Server>> Create(const SidecarConfig& config);
+  // With a `bound_ports_file`, Create writes the address of every listener it bound (admin,
+  // inbound.<name>, outbound.<name>; see base::FormatBoundPorts) to that path once all are
+  // bound, before readiness can turn 200, so a caller that asked for port 0 learns its ports.
+  static absl::StatusOr<std::unique_ptr<Server>> Create(const SidecarConfig& config,
+                                                        const std::string& bound_ports_file = "");
   ~Server() override = default;
 
   // Drain: readiness 503 at once, stop accepting, let connections finish up to

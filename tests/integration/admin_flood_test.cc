@@ -186,8 +186,7 @@ class AdminFloodTest : public ::testing::TestWithParam<FloodCase> {
         ca_.Issue("spiffe://mesh.test/ns/default/sa/backend", absl::Hours(1));
     const std::string yaml = absl::StrCat(
         testing::FilesConfigHead(dir_, "own", own, dir_.Write("bundle.pem", ca_.RootPem())),
-        "inbound:\n  - name: in\n    listen: 127.0.0.1:", testing::PickFreePort(),
-        "\n    forward: 127.0.0.1:", app_.port(),
+        "inbound:\n  - name: in\n    listen: 127.0.0.1:0\n    forward: 127.0.0.1:", app_.port(),
         "\n    allow: [spiffe://mesh.test/ns/default/sa/frontend]\n");
     MESHTLS_ASSERT_OK_AND_MOVE(sidecar_, testing::SidecarProcess::Start(dir_, "sidecar", yaml));
     ASSERT_TRUE(sidecar_->WaitReady()) << sidecar_->process().Log();

@@ -341,9 +341,9 @@ TEST_F(CertmgrPolicyTest, RefusedCallsAreLoggedAtABoundedRate) {
 
 TEST_F(CertmgrPolicyTest, ARecreatedCaDirectoryReachesARunningSidecar) {
   // A sidecar needs a listener; this one is never used.
-  const std::string kOneOutbound = absl::StrCat(
-      "outbound:\n  - name: peer\n    listen: 127.0.0.1:", testing::PickFreePort(),
-      "\n    connect: 127.0.0.1:9\n    expect: [spiffe://mesh.test/ns/default/sa/peer]\n");
+  const std::string kOneOutbound =
+      "outbound:\n  - name: peer\n    listen: 127.0.0.1:0\n    connect: 127.0.0.1:9\n"
+      "    expect: [spiffe://mesh.test/ns/default/sa/peer]\n";
   ASSERT_NO_FATAL_FAILURE(Start());
   const std::string token_file =
       certmgr_->TokenFile("spiffe://mesh.test/ns/default/sa/app", "app-token");

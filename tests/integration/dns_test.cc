@@ -31,13 +31,24 @@ std::string DnsLookups(const std::string& result) {
 
 class DnsTest : public ::testing::Test {
  protected:
-  void SetUp() override { ASSERT_NE(dns_.port(), 0) << "the test's DNS server did not start"; }
+  void SetUp() override {
+    ASSERT_NE(dns_.port(), 0) << "the test's DNS server did not start";
+    // The backend's listeners share one port on two addresses, written into the frontend's
+    // config before the backend runs (and across its restarts): reserved on both addresses for
+    // the whole test (the sidecar's listeners join through SO_REUSEPORT). Where none listens, a
+    // connection to that address is refused.
+    for (int attempt = 0; attempt < 20 && !second_reservation_.valid(); ++attempt) {
+      port_ = 0;
+      first_reservation_ = testing::ReserveLoopbackPort(&port_, "127.0.0.1");
+      second_reservation_ = testing::ReserveLoopbackPort(&port_, "127.0.0.2");
+    }
+    ASSERT_TRUE(second_reservation_.valid()) << "no port free on both 127.0.0.1 and 127.0.0.2";
+  }
 
   // StartBackend runs the backend sidecar with an inbound listener on 127.0.0.1:<port_> in
   // front of app_a_ (`on_first`) and one on 127.0.0.2:<port_> in front of app_b_
   // (`on_second`). Where none listens, a connection to that address is refused.
   void StartBackend(bool on_first, bool on_second) {
-    port_ = testing::PickFreePort();
     std::string yaml = absl::StrCat(Identity("backend", kBackend), "inbound:\n");
     for (const auto& [on, address, app] : {std::tuple(on_first, "127.0.0.1", &app_a_),
                                            std::tuple(on_second, "127.0.0.2", &app_b_)}) {
@@ -47,7 +58,7 @@ class DnsTest : public ::testing::Test {
                         "]\n");
       }
     }
-    backend_ = *SidecarProcess::Start(dir_, "backend", yaml);
+    MESHTLS_ASSERT_OK_AND_MOVE(backend_, SidecarProcess::Start(dir_, "backend", yaml));
     ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
   }
 
@@ -57,12 +68,14 @@ class DnsTest : public ::testing::Test {
     // One worker: each worker keeps its own cache, and these tests count one cache's queries.
     std::string yaml = absl::StrCat(Identity("frontend", kFrontend), "workers: 1\noutbound:\n");
     for (const std::string& name : names) {
-      ports_[name] = testing::PickFreePort();
-      absl::StrAppend(&yaml, "  - name: ", name, "\n    listen: 127.0.0.1:", ports_[name],
+      absl::StrAppend(&yaml, "  - name: ", name, "\n    listen: 127.0.0.1:0",
                       "\n    connect: ", name, ":", port_, "\n    expect: [", kBackend, "]\n");
     }
     absl::StrAppend(&yaml, "dns: {servers: [\"", dns_.address(), "\"]", extra, "}\n");
-    frontend_ = *SidecarProcess::Start(dir_, "frontend", yaml);
+    MESHTLS_ASSERT_OK_AND_MOVE(frontend_, SidecarProcess::Start(dir_, "frontend", yaml));
+    for (const std::string& name : names) {
+      ports_[name] = frontend_->port("outbound." + name);
+    }
     ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
   }
 
@@ -98,7 +111,9 @@ class DnsTest : public ::testing::Test {
   testing::EchoServer app_a_;
   testing::EchoServer app_b_;
   testing::DnsServer dns_;
-  uint16_t port_ = 0;
+  uint16_t port_ = 0;                  // the backend's, on both addresses
+  base::UniqueFd first_reservation_;   // port_ on 127.0.0.1
+  base::UniqueFd second_reservation_;  // port_ on 127.0.0.2
   std::map<std::string, uint16_t> ports_;
   std::unique_ptr<SidecarProcess> backend_;
   std::unique_ptr<SidecarProcess> frontend_;

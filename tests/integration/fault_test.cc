@@ -20,6 +20,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/base/file.h"
 #include "common/pki/csr.h"
 #include "sidecar/identity/ca_client.h"
@@ -70,17 +71,33 @@ class FaultTest : public ::testing::Test {
   void StartSidecar(uint16_t app_port, const std::vector<std::string>& launcher = {},
                     const std::string& extra = "") {
     const testing::IssuedLeaf own = ca_.Issue(kBackend, absl::Hours(1));
-    inbound_port_ = testing::PickFreePort();
-    outbound_port_ = testing::PickFreePort();
     const std::string yaml = absl::StrCat(
         testing::FilesConfigHead(dir_, "own", own, dir_.Write("bundle.pem", ca_.RootPem())),
         "limits: {handshake_timeout: 1s, connect_timeout: 1s}\nlog: {format: json}\n", extra,
-        "inbound:\n  - name: in\n    listen: 127.0.0.1:", inbound_port_,
-        "\n    forward: 127.0.0.1:", app_port, "\n    allow: [", kFrontend, ", ", kBackend,
-        "]\noutbound:\n  - name: loop\n    listen: 127.0.0.1:", outbound_port_,
-        "\n    connect: 127.0.0.1:", inbound_port_, "\n    expect: [", kBackend, "]\n");
-    sidecar_ = *SidecarProcess::Start(dir_, "sidecar", yaml, {}, launcher);
+        LoopListeners(app_port, {kFrontend, kBackend}));
+    MESHTLS_ASSERT_OK_AND_MOVE(sidecar_,
+                               SidecarProcess::Start(dir_, "sidecar", yaml, {}, launcher));
+    ASSERT_NO_FATAL_FAILURE(ListenersStarted());
     ASSERT_TRUE(sidecar_->WaitReady()) << sidecar_->process().Log();
+  }
+
+  // LoopListeners is the listeners section of the pair in one process: inbound "in" forwarding
+  // to `app_port` and allowing `allow`, outbound "loop" connecting to "in". The outbound
+  // listener's config names the inbound port, so that port is reserved before the sidecar
+  // starts (the sidecar's listener shares it through SO_REUSEPORT); ListenersStarted, once the
+  // sidecar runs, drops the reservation and reads both ports.
+  std::string LoopListeners(uint16_t app_port, const std::vector<std::string>& allow) {
+    inbound_reservation_ = testing::ReserveLoopbackPort(&inbound_port_);
+    return absl::StrCat(
+        "inbound:\n  - name: in\n    listen: 127.0.0.1:", inbound_port_,
+        "\n    forward: 127.0.0.1:", app_port, "\n    allow: [", absl::StrJoin(allow, ", "),
+        "]\noutbound:\n  - name: loop\n    listen: 127.0.0.1:0",
+        "\n    connect: 127.0.0.1:", inbound_port_, "\n    expect: [", kBackend, "]\n");
+  }
+  void ListenersStarted() {
+    inbound_reservation_.reset();
+    ASSERT_EQ(sidecar_->port("inbound.in"), inbound_port_);
+    outbound_port_ = sidecar_->port("outbound.loop");
   }
 
   // EchoThrough sends `data` through the pair and expects it back.
@@ -117,10 +134,13 @@ class FaultTest : public ::testing::Test {
   std::unique_ptr<SidecarProcess> sidecar_;
   uint16_t inbound_port_ = 0;
   uint16_t outbound_port_ = 0;
+  base::UniqueFd inbound_reservation_;  // see LoopListeners
 };
 
 TEST_F(FaultTest, AppDownThenBack) {
-  const uint16_t app_port = testing::PickFreePort();  // nothing listens there yet
+  // The app's port, bound but not listening: refused until the app "comes up" below.
+  uint16_t app_port = 0;
+  base::UniqueFd app_listener = testing::ReserveLoopbackPort(&app_port);
   StartSidecar(app_port);
   const std::string refused =
       R"(meshtls_connections_refused_total{direction="inbound",reason="upstream_unavailable"})";
@@ -131,14 +151,6 @@ TEST_F(FaultTest, AppDownThenBack) {
   EXPECT_TRUE(sidecar_->WaitForMetric(refused, 5));
   EXPECT_TRUE(testing::WaitFor([&] { return Active() == 0; }, absl::Seconds(10)));
   // The app comes up on its port: the next connection goes through, with no restart.
-  base::UniqueFd app_listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  int one = 1;
-  ::setsockopt(app_listener.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(app_port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(app_listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
   ASSERT_EQ(::listen(app_listener.get(), 16), 0);
   std::thread app([&] {
     base::UniqueFd conn(::accept(app_listener.get(), nullptr, nullptr));
@@ -525,18 +537,25 @@ TEST_F(FaultTest, TenThousandConcurrentConnectionsThroughAPair) {
   auto files = [&](const testing::IssuedLeaf& leaf, const std::string& name) {
     return testing::FilesConfigHead(dir_, name, leaf, bundle) + limits;
   };
-  inbound_port_ = testing::PickFreePort();
-  outbound_port_ = testing::PickFreePort();
-  auto backend_sidecar = *SidecarProcess::Start(
-      dir_, "backend",
-      absl::StrCat(files(backend, "backend"),
-                   "inbound:\n  - name: in\n    listen: 127.0.0.1:", inbound_port_,
-                   "\n    forward: 127.0.0.1:", app.port(), "\n    allow: [", kFrontend, "]\n"));
-  auto frontend_sidecar = *SidecarProcess::Start(
-      dir_, "frontend",
-      absl::StrCat(files(frontend, "frontend"),
-                   "outbound:\n  - name: out\n    listen: 127.0.0.1:", outbound_port_,
-                   "\n    connect: 127.0.0.1:", inbound_port_, "\n    expect: [", kBackend, "]\n"));
+  // The backend first: the frontend's config names the backend's inbound port.
+  std::unique_ptr<SidecarProcess> backend_sidecar;
+  MESHTLS_ASSERT_OK_AND_MOVE(
+      backend_sidecar,
+      SidecarProcess::Start(
+          dir_, "backend",
+          absl::StrCat(files(backend, "backend"), "inbound:\n  - name: in\n    listen: 127.0.0.1:0",
+                       "\n    forward: 127.0.0.1:", app.port(), "\n    allow: [", kFrontend,
+                       "]\n")));
+  inbound_port_ = backend_sidecar->port("inbound.in");
+  std::unique_ptr<SidecarProcess> frontend_sidecar;
+  MESHTLS_ASSERT_OK_AND_MOVE(
+      frontend_sidecar,
+      SidecarProcess::Start(dir_, "frontend",
+                            absl::StrCat(files(frontend, "frontend"),
+                                         "outbound:\n  - name: out\n    listen: 127.0.0.1:0",
+                                         "\n    connect: 127.0.0.1:", inbound_port_,
+                                         "\n    expect: [", kBackend, "]\n")));
+  outbound_port_ = frontend_sidecar->port("outbound.out");
   ASSERT_TRUE(backend_sidecar->WaitReady()) << backend_sidecar->process().Log();
   ASSERT_TRUE(frontend_sidecar->WaitReady()) << frontend_sidecar->process().Log();
 
@@ -588,16 +607,14 @@ TEST_F(FaultTest, CertmgrKilledAndRestartedUnderTrafficAndRenewals) {
   MESHTLS_ASSERT_OK_AND_MOVE(
       certmgr, testing::CertmgrProcess::Start(
                    dir_, "mesh.test", "issuance: {default_ttl: 4s, min_ttl: 2s, backdate: 0}\n"));
-  inbound_port_ = testing::PickFreePort();
-  outbound_port_ = testing::PickFreePort();
-  sidecar_ = *SidecarProcess::Start(
-      dir_, "sidecar",
-      absl::StrCat("trust_domain: mesh.test\n",
-                   certmgr->SidecarIdentityYaml(certmgr->TokenFile(kBackend, "backend.token")),
-                   "tls: {close_on_expiry: false}\ninbound:\n  - name: in\n    listen: 127.0.0.1:",
-                   inbound_port_, "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [",
-                   kBackend, "]\noutbound:\n  - name: loop\n    listen: 127.0.0.1:", outbound_port_,
-                   "\n    connect: 127.0.0.1:", inbound_port_, "\n    expect: [", kBackend, "]\n"));
+  MESHTLS_ASSERT_OK_AND_MOVE(
+      sidecar_,
+      SidecarProcess::Start(
+          dir_, "sidecar",
+          absl::StrCat("trust_domain: mesh.test\n",
+                       certmgr->SidecarIdentityYaml(certmgr->TokenFile(kBackend, "backend.token")),
+                       "tls: {close_on_expiry: false}\n", LoopListeners(app_.port(), {kBackend}))));
+  ASSERT_NO_FATAL_FAILURE(ListenersStarted());
   ASSERT_TRUE(sidecar_->WaitReady()) << sidecar_->process().Log();
   const std::string renewed = R"(meshtls_cert_renewals_total{result="success"})";
   testing::TrafficLoad load(outbound_port_, /*long_lived=*/2);

@@ -28,13 +28,15 @@ class FilesReloadTest : public ::testing::Test {
  protected:
   // Start runs a files-mode backend whose files are `cert`, `key` and `bundle` in `dir`.
   void Start(const std::string& cert, const std::string& key, const std::string& bundle) {
-    port_ = testing::PickFreePort();
-    backend_ = *SidecarProcess::Start(
-        dir_, "backend",
-        absl::StrCat("trust_domain: mesh.test\nidentity:\n  files:\n    cert: ", cert,
-                     "\n    key: ", key, "\n    trust_bundle: ", bundle,
-                     "\ninbound:\n  - name: http\n    listen: 127.0.0.1:", port_,
-                     "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n"));
+    MESHTLS_ASSERT_OK_AND_MOVE(
+        backend_, SidecarProcess::Start(
+                      dir_, "backend",
+                      absl::StrCat("trust_domain: mesh.test\nidentity:\n  files:\n    cert: ", cert,
+                                   "\n    key: ", key, "\n    trust_bundle: ", bundle,
+                                   "\ninbound:\n  - name: http\n    listen: 127.0.0.1:0",
+                                   "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [",
+                                   kFrontend, "]\n")));
+    port_ = backend_->port("inbound.http");
     ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
   }
 

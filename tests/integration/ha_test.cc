@@ -81,20 +81,23 @@ class HaTest : public ::testing::Test {
                           addresses, "]\n    server_ca: ", replicas[0]->ca_pem_path(),
                           "\n    token_file: ", replicas[0]->TokenFile(id, name + ".token"), "\n");
     };
-    backend_port_ = testing::PickFreePort();
-    frontend_port_ = testing::PickFreePort();
-    backend_ = *SidecarProcess::Start(
-        dir_, "backend",
-        absl::StrCat(identity(kBackend, "backend"),
-                     "inbound:\n  - name: http\n    listen: 127.0.0.1:", backend_port_,
-                     "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n",
-                     extra));
-    frontend_ = *SidecarProcess::Start(
-        dir_, "frontend",
-        absl::StrCat(identity(kFrontend, "frontend"),
-                     "outbound:\n  - name: backend\n    listen: 127.0.0.1:", frontend_port_,
-                     "\n    connect: 127.0.0.1:", backend_port_, "\n    expect: [", kBackend, "]\n",
-                     extra));
+    // The backend first: the frontend's config names the backend's inbound port.
+    MESHTLS_ASSERT_OK_AND_MOVE(
+        backend_,
+        SidecarProcess::Start(dir_, "backend",
+                              absl::StrCat(identity(kBackend, "backend"),
+                                           "inbound:\n  - name: http\n    listen: 127.0.0.1:0",
+                                           "\n    forward: 127.0.0.1:", app_.port(),
+                                           "\n    allow: [", kFrontend, "]\n", extra)));
+    backend_port_ = backend_->port("inbound.http");
+    MESHTLS_ASSERT_OK_AND_MOVE(
+        frontend_,
+        SidecarProcess::Start(dir_, "frontend",
+                              absl::StrCat(identity(kFrontend, "frontend"),
+                                           "outbound:\n  - name: backend\n    listen: 127.0.0.1:0",
+                                           "\n    connect: 127.0.0.1:", backend_port_,
+                                           "\n    expect: [", kBackend, "]\n", extra)));
+    frontend_port_ = frontend_->port("outbound.backend");
     ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
     ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
   }
@@ -137,9 +140,11 @@ TEST_F(HaTest, OneReplicaKilledTheOtherKeepsRenewingAndTrafficNeverFails) {
   const double signed_by_a = testing::ScrapeMetric(a->admin_port(), kSigned);
   EXPECT_GE(signed_by_a, 6);
 
-  // SIGKILL: no drain, no goodbye; its port now refuses connections.
+  // SIGKILL: no drain, no goodbye; its port now refuses connections (held, so that no test
+  // running beside this one is handed it while the sidecars still try it first).
   a->process().Signal(SIGKILL);
   ASSERT_EQ(a->process().WaitForExit(absl::Seconds(10)), 128 + SIGKILL);
+  a->HoldPorts();
   const double signed_by_b = testing::ScrapeMetric(b->admin_port(), kSigned);
   const double renewals_at_kill = Renewals();
   // Replica b signs every renewal from now on, within each renewal's own attempt.

@@ -52,26 +52,36 @@ class MeshTest : public ::testing::Test {
  protected:
   // StartMesh runs certmgr, a backend sidecar in front of the echo app (allowing the frontend)
   // and a frontend sidecar with an outbound listener to it; `sidecar_extra` is appended to
-  // both sidecar configs.
+  // both sidecar configs. The backend starts first: the frontend's config names the port the
+  // backend's inbound listener was given.
   // `app_port` is where the backend forwards (0: the echo app).
   void StartMesh(const std::string& certmgr_extra = "", const std::string& sidecar_extra = "",
                  uint16_t app_port = 0) {
     MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd, certmgr_extra));
-    backend_port_ = testing::PickFreePort();
-    frontend_port_ = testing::PickFreePort();
-    backend_ = StartSidecar(
-        "backend", kBackend,
-        absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:", backend_port_,
-                     "\n    forward: 127.0.0.1:", app_port == 0 ? app_.port() : app_port,
-                     "\n    allow: [", kFrontend, "]\n", sidecar_extra));
-    frontend_ =
-        StartSidecar("frontend", kFrontend, OutboundToBackend(frontend_port_) + sidecar_extra);
+    ASSERT_NO_FATAL_FAILURE(
+        StartBackendAndFrontend(app_port == 0 ? app_.port() : app_port, sidecar_extra));
     ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
     ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
   }
 
-  std::string OutboundToBackend(uint16_t listen_port) {
-    return absl::StrCat("outbound:\n  - name: backend\n    listen: 127.0.0.1:", listen_port,
+  // StartBackendAndFrontend starts the two sidecars of StartMesh (not waiting for readiness)
+  // and records their ports.
+  void StartBackendAndFrontend(uint16_t app_port, const std::string& sidecar_extra) {
+    MESHTLS_ASSERT_OK_AND_MOVE(
+        backend_, StartSidecar("backend", kBackend,
+                               absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:0",
+                                            "\n    forward: 127.0.0.1:", app_port, "\n    allow: [",
+                                            kFrontend, "]\n", sidecar_extra)));
+    backend_port_ = backend_->port("inbound.http");
+    MESHTLS_ASSERT_OK_AND_MOVE(
+        frontend_, StartSidecar("frontend", kFrontend, OutboundToBackend() + sidecar_extra));
+    frontend_port_ = frontend_->port("outbound.backend");
+  }
+
+  // OutboundToBackend is an outbound listener "backend" (on a port of the kernel's choice) to
+  // backend_port_.
+  std::string OutboundToBackend() {
+    return absl::StrCat("outbound:\n  - name: backend\n    listen: 127.0.0.1:0",
                         "\n    connect: 127.0.0.1:", backend_port_, "\n    expect: [", kBackend,
                         "]\n");
   }
@@ -85,13 +95,14 @@ class MeshTest : public ::testing::Test {
     return seq;
   }
 
-  std::unique_ptr<SidecarProcess> StartSidecar(const std::string& name, const std::string& id,
-                                               const std::string& listeners,
-                                               std::string token_file = "") {
+  absl::StatusOr<std::unique_ptr<SidecarProcess>> StartSidecar(const std::string& name,
+                                                               const std::string& id,
+                                                               const std::string& listeners,
+                                                               std::string token_file = "") {
     if (token_file.empty()) {
       token_file = certmgr_->TokenFile(id, name + ".token");
     }
-    return *SidecarProcess::Start(
+    return SidecarProcess::Start(
         dir_, name,
         absl::StrCat("trust_domain: ", kTd, "\n", certmgr_->SidecarIdentityYaml(token_file),
                      listeners));
@@ -104,6 +115,7 @@ class MeshTest : public ::testing::Test {
   std::unique_ptr<SidecarProcess> frontend_;
   uint16_t backend_port_ = 0;
   uint16_t frontend_port_ = 0;
+  base::UniqueFd no_backend_;  // holds backend_port_ unused where no backend runs
 };
 
 TEST_F(MeshTest, RoundTripOneByteAndEightMiBBothWays) {
@@ -339,12 +351,13 @@ TEST_F(MeshTest, KubernetesServiceAccountTokenBootstrapsASidecar) {
         cluster_key, testing::ServiceAccountClaims("https://kubernetes.default.svc", "meshtls", ns,
                                                    sa, absl::Now() + absl::Hours(1), absl::Now()));
   };
-  backend_port_ = testing::PickFreePort();
-  auto sidecar = StartSidecar(
-      "k8s", "",
-      absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:", backend_port_,
-                   "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n"),
-      dir_.Write("projected-token", token_for("default", "backend"), 0600));
+  std::unique_ptr<SidecarProcess> sidecar;
+  MESHTLS_ASSERT_OK_AND_MOVE(
+      sidecar, StartSidecar("k8s", "",
+                            absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:0",
+                                         "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [",
+                                         kFrontend, "]\n"),
+                            dir_.Write("projected-token", token_for("default", "backend"), 0600)));
   ASSERT_TRUE(sidecar->WaitReady()) << sidecar->process().Log();
   absl::StatusOr<testing::HttpResult> certs = testing::HttpGet(sidecar->admin_port(), "/certs");
   ASSERT_THAT(certs, IsOk());
@@ -409,15 +422,7 @@ TEST_F(MeshTest, CaRotationEndToEndWithTrafficAndNoRestart) {
                                       "issuance: {default_ttl: 6s, min_ttl: 2s, max_ttl: 6s, "
                                       "backdate: 0}\n",
                                       ", rotation: {auto: false}"));
-  backend_port_ = testing::PickFreePort();
-  frontend_port_ = testing::PickFreePort();
-  const std::string keep = "tls: {close_on_expiry: false}\n";
-  backend_ =
-      StartSidecar("backend", kBackend,
-                   absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:", backend_port_,
-                                "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [",
-                                kFrontend, "]\n", keep));
-  frontend_ = StartSidecar("frontend", kFrontend, OutboundToBackend(frontend_port_) + keep);
+  ASSERT_NO_FATAL_FAILURE(StartBackendAndFrontend(app_.port(), "tls: {close_on_expiry: false}\n"));
   ASSERT_TRUE(backend_->WaitReady());
   ASSERT_TRUE(frontend_->WaitReady());
   // Keep the old root's key to mint a certificate from it after it has been retired.
@@ -495,10 +500,12 @@ TEST_F(MeshTest, HalfCloseTravelsBothWays) {
 
 TEST_F(MeshTest, DeniedIdentityNeverReachesTheApp) {
   StartMesh();
-  const uint16_t intruder_port = testing::PickFreePort();
-  auto intruder = StartSidecar("intruder", "spiffe://mesh.test/ns/default/sa/intruder",
-                               OutboundToBackend(intruder_port));
+  std::unique_ptr<SidecarProcess> intruder;
+  MESHTLS_ASSERT_OK_AND_MOVE(
+      intruder,
+      StartSidecar("intruder", "spiffe://mesh.test/ns/default/sa/intruder", OutboundToBackend()));
   ASSERT_TRUE(intruder->WaitReady()) << intruder->process().Log();
+  const uint16_t intruder_port = intruder->port("outbound.backend");
   absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(intruder_port);
   ASSERT_THAT(conn, IsOk());
   (void)testing::SendAll(conn->get(), "GET /secrets HTTP/1.0\r\n\r\n");
@@ -518,10 +525,12 @@ TEST_F(MeshTest, DeniedIdentityNeverReachesTheApp) {
 
 TEST_F(MeshTest, SidecarWithABadTokenStaysUnreadyAndFailsClosed) {
   MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd));
-  backend_port_ = testing::PickFreePort();
-  const uint16_t port = testing::PickFreePort();
-  auto lost = StartSidecar("lost", kFrontend, OutboundToBackend(port),
-                           dir_.Write("bad.token", "mjt_not-a-real-token", 0600));
+  no_backend_ = testing::ReserveLoopbackPort(&backend_port_);
+  std::unique_ptr<SidecarProcess> lost;
+  MESHTLS_ASSERT_OK_AND_MOVE(lost,
+                             StartSidecar("lost", kFrontend, OutboundToBackend(),
+                                          dir_.Write("bad.token", "mjt_not-a-real-token", 0600)));
+  const uint16_t port = lost->port("outbound.backend");
   ASSERT_TRUE(
       lost->WaitForMetric(R"(meshtls_cert_renewals_total{result="failure"})", 1, absl::Seconds(15)))
       << lost->process().Log();
@@ -541,17 +550,19 @@ TEST_F(MeshTest, SidecarWithABadTokenStaysUnreadyAndFailsClosed) {
 
 TEST_F(MeshTest, DownwardApiIdentityRefusesACertificateForAnotherIdentity) {
   MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd));
-  backend_port_ = testing::PickFreePort();
+  no_backend_ = testing::ReserveLoopbackPort(&backend_port_);
   // The pod runs as default/backend, but its token is the frontend's: certmgr issues a
   // frontend certificate, which the sidecar must not serve.
   auto yaml = [&](const std::string& token_id, const std::string& name) {
     return absl::StrCat("trust_domain: ", kTd, "\n",
                         certmgr_->SidecarIdentityYaml(certmgr_->TokenFile(token_id, name)),
-                        OutboundToBackend(testing::PickFreePort()));
+                        OutboundToBackend());
   };
   const std::vector<std::string> as_backend = {"--namespace", "default", "--service-account",
                                                "backend"};
-  auto wrong = *SidecarProcess::Start(dir_, "wrong", yaml(kFrontend, "wrong.token"), as_backend);
+  std::unique_ptr<SidecarProcess> wrong;
+  MESHTLS_ASSERT_OK_AND_MOVE(
+      wrong, SidecarProcess::Start(dir_, "wrong", yaml(kFrontend, "wrong.token"), as_backend));
   ASSERT_TRUE(wrong->WaitForMetric(R"(meshtls_cert_renewals_total{result="failure"})", 1,
                                    absl::Seconds(15)))
       << wrong->process().Log();
@@ -564,7 +575,9 @@ TEST_F(MeshTest, DownwardApiIdentityRefusesACertificateForAnotherIdentity) {
             std::string::npos)
       << wrong->process().Log();
   // The same flags with the pod's own token: ready, with that identity.
-  auto right = *SidecarProcess::Start(dir_, "right", yaml(kBackend, "right.token"), as_backend);
+  std::unique_ptr<SidecarProcess> right;
+  MESHTLS_ASSERT_OK_AND_MOVE(
+      right, SidecarProcess::Start(dir_, "right", yaml(kBackend, "right.token"), as_backend));
   ASSERT_TRUE(right->WaitReady()) << right->process().Log();
   EXPECT_NE(testing::HttpGet(right->admin_port(), "/certs")->body.find(kBackend),
             std::string::npos);

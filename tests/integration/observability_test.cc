@@ -125,17 +125,27 @@ class ObservabilityTest : public ::testing::Test {
     dir_.Write("prometheus.yml", c);
   }
 
+  // StartPrometheus runs Prometheus on a port of the kernel's choice; Prometheus does not print
+  // it, so it is read from the process's one listening socket.
   void StartPrometheus() {
-    prometheus_port_ = testing::PickFreePort();
     WritePrometheusConfig();
     auto p = testing::Subprocess::Start(
         {prometheus_bin_, absl::StrCat("--config.file=", dir_.File("prometheus.yml")),
          absl::StrCat("--storage.tsdb.path=", dir_.File("tsdb")),
-         absl::StrCat("--web.listen-address=127.0.0.1:", prometheus_port_),
-         "--storage.tsdb.retention.time=1h", "--log.level=warn"},
+         "--web.listen-address=127.0.0.1:0", "--storage.tsdb.retention.time=1h",
+         "--log.level=warn"},
         dir_.File("prometheus.log"));
     ASSERT_THAT(p, IsOk());
     prometheus_ = *std::move(p);
+    ASSERT_TRUE(testing::WaitFor(
+        [&] {
+          const std::vector<uint16_t> ports = testing::ListeningPorts(prometheus_->pid());
+          prometheus_port_ = ports.size() == 1 ? ports[0] : 0;
+          return prometheus_port_ != 0 || prometheus_->WaitForExit(absl::ZeroDuration());
+        },
+        absl::Seconds(30)))
+        << prometheus_->Log();
+    ASSERT_NE(prometheus_port_, 0) << prometheus_->Log();
     const uint16_t port = prometheus_port_;
     ASSERT_TRUE(testing::WaitFor(
         [port] {
@@ -162,9 +172,10 @@ class ObservabilityTest : public ::testing::Test {
            absl::StrContains(body, R"("result":[{)");
   }
 
-  std::unique_ptr<SidecarProcess> StartSidecar(const std::string& name, const std::string& id,
-                                               const std::string& listeners) {
-    return *SidecarProcess::Start(
+  absl::StatusOr<std::unique_ptr<SidecarProcess>> StartSidecar(const std::string& name,
+                                                               const std::string& id,
+                                                               const std::string& listeners) {
+    return SidecarProcess::Start(
         dir_, name,
         absl::StrCat("trust_domain: ", kTd, "\n",
                      certmgr_->SidecarIdentityYaml(certmgr_->TokenFile(id, name + ".token")),
@@ -193,23 +204,27 @@ TEST_F(ObservabilityTest, DashboardsAndAlertRulesWorkOnARealPrometheusScrapingAL
 
   // backend: `http` lets the frontend in; `admin` lets nobody in (the frontend's second
   // outbound listener goes there, to be denied). frontend: both outbound listeners.
-  const uint16_t http_port = testing::PickFreePort();
-  const uint16_t admin_port = testing::PickFreePort();
-  const uint16_t to_http = testing::PickFreePort();
-  const uint16_t to_admin = testing::PickFreePort();
-  backend_ =
+  // The backend first: the frontend's config names the backend's inbound ports.
+  MESHTLS_ASSERT_OK_AND_MOVE(
+      backend_,
       StartSidecar("backend", kBackend,
-                   absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:", http_port,
+                   absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:0",
                                 "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [",
-                                kFrontend, "]\n  - name: admin\n    listen: 127.0.0.1:", admin_port,
+                                kFrontend, "]\n  - name: admin\n    listen: 127.0.0.1:0",
                                 "\n    forward: 127.0.0.1:", app_.port(),
-                                "\n    allow: [spiffe://mesh.test/ns/ops/sa/operator]\n"));
-  frontend_ = StartSidecar(
-      "frontend", kFrontend,
-      absl::StrCat("outbound:\n  - name: backend\n    listen: 127.0.0.1:", to_http,
-                   "\n    connect: 127.0.0.1:", http_port, "\n    expect: [", kBackend,
-                   "]\n  - name: backend-admin\n    listen: 127.0.0.1:", to_admin,
-                   "\n    connect: 127.0.0.1:", admin_port, "\n    expect: [", kBackend, "]\n"));
+                                "\n    allow: [spiffe://mesh.test/ns/ops/sa/operator]\n")));
+  const uint16_t http_port = backend_->port("inbound.http");
+  const uint16_t admin_port = backend_->port("inbound.admin");
+  MESHTLS_ASSERT_OK_AND_MOVE(
+      frontend_,
+      StartSidecar("frontend", kFrontend,
+                   absl::StrCat("outbound:\n  - name: backend\n    listen: 127.0.0.1:0",
+                                "\n    connect: 127.0.0.1:", http_port, "\n    expect: [", kBackend,
+                                "]\n  - name: backend-admin\n    listen: 127.0.0.1:0",
+                                "\n    connect: 127.0.0.1:", admin_port, "\n    expect: [",
+                                kBackend, "]\n")));
+  const uint16_t to_http = frontend_->port("outbound.backend");
+  const uint16_t to_admin = frontend_->port("outbound.backend-admin");
   ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
   ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
   WritePrometheusConfig();

@@ -32,14 +32,16 @@ class PeerVerificationTest : public ::testing::Test {
   }
 
   // StartBackend runs an inbound listener in front of the echo app, allowing the frontend.
+  // Its port is port_.
   void StartBackend(const std::string& extra = "") {
-    port_ = testing::PickFreePort();
-    backend_ = *SidecarProcess::Start(
-        dir_, "backend",
-        absl::StrCat(FilesIdentity("backend", ca_.Issue(kBackend)),
-                     "inbound:\n  - name: http\n    listen: 127.0.0.1:", port_,
-                     "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n",
-                     extra));
+    MESHTLS_ASSERT_OK_AND_MOVE(
+        backend_,
+        SidecarProcess::Start(dir_, "backend",
+                              absl::StrCat(FilesIdentity("backend", ca_.Issue(kBackend)),
+                                           "inbound:\n  - name: http\n    listen: 127.0.0.1:0",
+                                           "\n    forward: 127.0.0.1:", app_.port(),
+                                           "\n    allow: [", kFrontend, "]\n", extra)));
+    port_ = backend_->port("inbound.http");
     ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
   }
 
@@ -275,10 +277,10 @@ TEST_F(PeerVerificationTest, SigtermDrainsLiveConnectionsThenExitsZero) {
 // listener that allowed it skips certificate checks; presenting it to a listener whose `allow`
 // does not include that identity falls back to a full handshake, which refuses the peer.
 TEST_F(PeerVerificationTest, ResumedSessionIsAuthorizedAgainstTheListenerItResumesOn) {
-  const uint16_t ops_port = testing::PickFreePort();
-  StartBackend(absl::StrCat("  - name: ops\n    listen: 127.0.0.1:", ops_port,
-                            "\n    forward: 127.0.0.1:", app_.port(),
-                            "\n    allow: [spiffe://mesh.test/ns/ops/sa/admin]\n"));
+  ASSERT_NO_FATAL_FAILURE(StartBackend(absl::StrCat(
+      "  - name: ops\n    listen: 127.0.0.1:0", "\n    forward: 127.0.0.1:", app_.port(),
+      "\n    allow: [spiffe://mesh.test/ns/ops/sa/admin]\n")));
+  const uint16_t ops_port = backend_->port("inbound.ops");
   const testing::TlsIdentity frontend = AsIdentity(ca_.Issue(kFrontend));
   const std::string resumed = testing::HandshakeCount("inbound", true);
 
@@ -396,14 +398,16 @@ TEST_F(PeerVerificationTest, ConnectionsSpreadOverWorkersAndEveryWorkerSeesTheRo
 class OutboundVerificationTest : public PeerVerificationTest {
  protected:
   // StartFrontend runs an outbound listener to `upstream_port`, expecting the backend identity.
+  // Its port is port_.
   void StartFrontend(uint16_t upstream_port, const std::string& extra = "") {
-    port_ = testing::PickFreePort();
-    frontend_ = *SidecarProcess::Start(
-        dir_, "frontend",
-        absl::StrCat(FilesIdentity("frontend", ca_.Issue(kFrontend)),
-                     "outbound:\n  - name: backend\n    listen: 127.0.0.1:", port_,
-                     "\n    connect: 127.0.0.1:", upstream_port, "\n    expect: [", kBackend, "]\n",
-                     extra));
+    MESHTLS_ASSERT_OK_AND_MOVE(
+        frontend_,
+        SidecarProcess::Start(dir_, "frontend",
+                              absl::StrCat(FilesIdentity("frontend", ca_.Issue(kFrontend)),
+                                           "outbound:\n  - name: backend\n    listen: 127.0.0.1:0",
+                                           "\n    connect: 127.0.0.1:", upstream_port,
+                                           "\n    expect: [", kBackend, "]\n", extra)));
+    port_ = frontend_->port("outbound.backend");
     ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
   }
 
@@ -456,9 +460,9 @@ TEST_F(OutboundVerificationTest, ServerWithTheRightIdentityGetsTheBytes) {
 // so every connection meets the same cache. The ticket of a connection may be read only after
 // its reply was relayed, so the very next connection can still be a full handshake.
 TEST_F(OutboundVerificationTest, OutboundConnectionsResumeWithTheListenersSessionCache) {
-  StartBackend();
+  ASSERT_NO_FATAL_FAILURE(StartBackend());
   const uint16_t backend_port = port_;
-  StartFrontend(backend_port, "workers: 1\n");
+  ASSERT_NO_FATAL_FAILURE(StartFrontend(backend_port, "workers: 1\n"));
   constexpr int kRounds = 6;
   for (int i = 0; i < kRounds; ++i) {
     absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(port_);
@@ -477,7 +481,9 @@ TEST_F(OutboundVerificationTest, OutboundConnectionsResumeWithTheListenersSessio
 }
 
 TEST_F(OutboundVerificationTest, UnreachableUpstreamIsCountedAndTheAppConnectionClosed) {
-  StartFrontend(testing::PickFreePort());  // nothing listens there
+  uint16_t nothing_port = 0;
+  const base::UniqueFd nothing = testing::ReserveLoopbackPort(&nothing_port);
+  ASSERT_NO_FATAL_FAILURE(StartFrontend(nothing_port));
   // The app's connection is reset at once (sometimes before connect() even returns).
   EXPECT_THAT(testing::RefusedWithoutData(port_), IsOk());
   EXPECT_TRUE(frontend_->WaitForMetric(

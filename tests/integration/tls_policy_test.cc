@@ -9,7 +9,10 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <optional>
+
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/base/file.h"
@@ -33,6 +36,21 @@ struct ProbeResult {
   std::string output;
 };
 
+// AcceptingPort reads the port from `openssl s_server -accept 127.0.0.1:0`'s output, a line
+// "ACCEPT 127.0.0.1:<port>" (nullopt until the whole line is there).
+std::optional<uint16_t> AcceptingPort(const std::string& log) {
+  const std::string accept = "ACCEPT 127.0.0.1:";
+  const size_t at = log.find(accept);
+  const size_t end = at == std::string::npos ? at : log.find('\n', at);
+  uint32_t port = 0;
+  if (end == std::string::npos ||
+      !absl::SimpleAtoi(log.substr(at + accept.size(), end - at - accept.size()), &port) ||
+      port == 0 || port > 65535) {
+    return std::nullopt;
+  }
+  return static_cast<uint16_t>(port);
+}
+
 class TlsPolicyTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -48,19 +66,21 @@ class TlsPolicyTest : public ::testing::Test {
   // outbound listener to `upstream_port` when it is not 0; `tls` is its tls: section.
   void StartSidecar(const std::string& tls, uint16_t upstream_port = 0) {
     const testing::IssuedLeaf own = ca_.Issue(kBackend, absl::Hours(1));
-    inbound_port_ = testing::PickFreePort();
     std::string yaml =
         absl::StrCat(testing::FilesConfigHead(dir_, "own", own, bundle_),
                      "workers: 1\nlimits: {handshake_timeout: 2s}\n", tls,
-                     "\ninbound:\n  - name: in\n    listen: 127.0.0.1:", inbound_port_,
+                     "\ninbound:\n  - name: in\n    listen: 127.0.0.1:0",
                      "\n    forward: 127.0.0.1:", app_.port(), "\n    allow: [", kFrontend, "]\n");
     if (upstream_port != 0) {
-      outbound_port_ = testing::PickFreePort();
-      absl::StrAppend(&yaml, "outbound:\n  - name: out\n    listen: 127.0.0.1:", outbound_port_,
+      absl::StrAppend(&yaml, "outbound:\n  - name: out\n    listen: 127.0.0.1:0",
                       "\n    connect: 127.0.0.1:", upstream_port, "\n    expect: [", kFrontend,
                       "]\n");
     }
-    sidecar_ = *SidecarProcess::Start(dir_, "sidecar", yaml);
+    MESHTLS_ASSERT_OK_AND_MOVE(sidecar_, SidecarProcess::Start(dir_, "sidecar", yaml));
+    inbound_port_ = sidecar_->port("inbound.in");
+    if (upstream_port != 0) {
+      outbound_port_ = sidecar_->port("outbound.out");
+    }
     ASSERT_TRUE(sidecar_->WaitReady()) << sidecar_->process().Log();
   }
 
@@ -236,22 +256,22 @@ TEST_F(TlsPolicyTest, OutboundRefusesUpstreamsOutsideThePolicy) {
       {{"-tls1_3", "-ciphersuites", "TLS_AES_128_CCM_SHA256"}, false},
       {{"-tls1_3", "-groups", "ffdhe2048"}, false},
   };
-  for (const Case& c : cases) {
-    const uint16_t upstream_port = testing::PickFreePort();
-    std::vector<std::string> argv = {
-        openssl_,   "s_server", "-accept", absl::StrCat("127.0.0.1:", upstream_port),
-        "-cert",    cert,       "-key",    key,
-        "-CAfile",  bundle_,    "-Verify", "1",
-        "-naccept", "1",        "-rev"};
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    // s_server takes a port of the kernel's choice and prints it: "ACCEPT 127.0.0.1:<port>".
+    std::vector<std::string> argv = {openssl_,  "s_server", "-accept",  "127.0.0.1:0", "-cert",
+                                     cert,      "-key",     key,        "-CAfile",     bundle_,
+                                     "-Verify", "1",        "-naccept", "1",           "-rev"};
     argv.insert(argv.end(), c.server_options.begin(), c.server_options.end());
-    auto server = testing::Subprocess::Start(
-        argv, dir_.File(absl::StrCat("s_server.", upstream_port, ".log")));
+    auto server = testing::Subprocess::Start(argv, dir_.File(absl::StrCat("s_server.", i, ".log")));
     ASSERT_THAT(server, IsOk());
-    ASSERT_TRUE(testing::WaitFor([&] { return absl::StrContains((*server)->Log(), "ACCEPT"); },
-                                 absl::Seconds(10)))
+    std::optional<uint16_t> upstream_port;
+    ASSERT_TRUE(testing::WaitFor(
+        [&] { return (upstream_port = AcceptingPort((*server)->Log())).has_value(); },
+        absl::Seconds(10)))
         << (*server)->Log();
     sidecar_.reset();
-    StartSidecar("", upstream_port);
+    ASSERT_NO_FATAL_FAILURE(StartSidecar("", *upstream_port));
     absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(outbound_port_);
     ASSERT_THAT(conn, IsOk());
     (void)testing::SendAll(conn->get(), "hello\n");

@@ -16,7 +16,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <mutex>
 #include <random>
 #include <set>
 
@@ -24,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/base/bound_ports.h"
 #include "common/base/file.h"
 
 extern char** environ;
@@ -177,26 +177,55 @@ bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {
   }
 }
 
-uint16_t PickFreePort() {
-  // The kernel often hands a just-released port out again, so remember what this process
-  // already handed out and never return it twice.
-  static std::mutex mu;
-  static std::set<uint16_t> handed_out;
-  std::lock_guard<std::mutex> lock(mu);
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    base::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_in a = Loopback(0);
-    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-      continue;
+absl::StatusOr<BoundPorts> WaitForBoundPorts(Subprocess& process, const std::string& path,
+                                             absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    // The binaries write the file atomically: it is absent or whole.
+    if (base::FileExists(path)) {
+      absl::StatusOr<std::string> text = base::ReadFileToString(path);
+      if (!text.ok()) {
+        return text.status();
+      }
+      absl::StatusOr<std::map<std::string, base::HostPort>> parsed = base::ParseBoundPorts(*text);
+      if (!parsed.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": ", parsed.status().message(), "\n", *text));
+      }
+      BoundPorts ports;
+      for (const auto& [name, address] : *parsed) {
+        ports[name] = address.port;
+      }
+      return ports;
     }
-    socklen_t len = sizeof(a);
-    ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len);
-    const uint16_t port = ntohs(a.sin_port);
-    if (handed_out.insert(port).second) {
-      return port;
+    if (std::optional<int> code = process.WaitForExit(absl::ZeroDuration())) {
+      return absl::UnavailableError(absl::StrCat(
+          "exited with ", *code, " before writing its bound ports; log:\n", process.Log()));
     }
+    if (absl::Now() >= deadline) {
+      return absl::UnavailableError(absl::StrCat("no bound ports in ", path, " after ",
+                                                 absl::FormatDuration(timeout), "; log:\n",
+                                                 process.Log()));
+    }
+    absl::SleepFor(absl::Milliseconds(10));  // polling for a file with a deadline
   }
-  return 0;
+}
+
+base::UniqueFd ReserveLoopbackPort(uint16_t* port, const std::string& ip) {
+  base::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const int one = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  // A port-0 bind never shares a port through SO_REUSEPORT, so the kernel hands out a port
+  // nobody holds, and no later port-0 bind elsewhere is given this one.
+  sockaddr_in a = Loopback(*port);
+  if (::inet_pton(AF_INET, ip.c_str(), &a.sin_addr) != 1 ||
+      ::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    return base::UniqueFd();
+  }
+  socklen_t len = sizeof(a);
+  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  *port = ntohs(a.sin_port);
+  return fd;
 }
 
 absl::StatusOr<base::UniqueFd> TcpConnect(uint16_t port, absl::Duration timeout) {
@@ -351,6 +380,42 @@ int64_t RssKiB(pid_t pid) {
   }
   size_t at = status->find("VmRSS:");
   return at == std::string::npos ? -1 : std::atoll(status->c_str() + at + 6);
+}
+
+std::vector<uint16_t> ListeningPorts(pid_t pid) {
+  std::set<std::string> inodes;
+  std::error_code ec;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"), ec)) {
+    std::error_code link_ec;
+    const std::string target = std::filesystem::read_symlink(entry.path(), link_ec).string();
+    absl::string_view inode = target;
+    if (!link_ec && absl::ConsumePrefix(&inode, "socket:[") && absl::ConsumeSuffix(&inode, "]")) {
+      inodes.insert(std::string(inode));
+    }
+  }
+  std::vector<uint16_t> ports;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    absl::StatusOr<std::string> text = base::ReadFileToString(table, 16 << 20);
+    if (!text.ok()) {
+      continue;
+    }
+    // "sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout
+    // inode ...": the port is hex after the local address's colon; st 0A is LISTEN.
+    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+      std::vector<absl::string_view> fields = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      if (fields.size() < 10 || fields[3] != "0A" || inodes.count(std::string(fields[9])) == 0) {
+        continue;
+      }
+      const size_t colon = fields[1].rfind(':');
+      uint32_t port = 0;
+      if (colon != absl::string_view::npos &&
+          absl::SimpleHexAtoi(fields[1].substr(colon + 1), &port)) {
+        ports.push_back(static_cast<uint16_t>(port));
+      }
+    }
+  }
+  return ports;
 }
 
 std::string FindProgram(absl::string_view name) {

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -63,14 +64,37 @@ class Subprocess {
 // WaitFor polls `condition` every 20 ms until it holds (true) or `timeout` passes (false).
 bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout);
 
+// BoundPorts maps a listener name ("admin", "grpc", "inbound.<name>", "outbound.<name>") to the
+// loopback port a binary bound for it.
+using BoundPorts = std::map<std::string, uint16_t>;
+// WaitForBoundPorts polls `path`, the --bound-ports-file `process` was started with, until the
+// process has written it (the caller removes any older file there before the start). Unavailable,
+// with the process's log, if the process exits first or `timeout` passes; InvalidArgument if the
+// file does not parse.
+absl::StatusOr<BoundPorts> WaitForBoundPorts(Subprocess& process, const std::string& path,
+                                             absl::Duration timeout = absl::Seconds(20));
+
 // RssKiB returns the resident memory of process `pid` in KiB (-1 if unknown).
 int64_t RssKiB(pid_t pid);
+
+// ListeningPorts returns the TCP ports process `pid` listens on (from /proc: its socket
+// descriptors matched against /proc/net/tcp and tcp6), for programs that do not print the port
+// they took for port 0.
+std::vector<uint16_t> ListeningPorts(pid_t pid);
 
 // FindProgram returns the absolute path of `name` on PATH ("" if absent).
 std::string FindProgram(absl::string_view name);
 
-// PickFreePort binds 127.0.0.1:0, reads the port and releases it.
-uint16_t PickFreePort();
+// ReserveLoopbackPort binds a socket to 127.0.0.1 port 0 without listening, and returns it with
+// its port in `*port`. While it is open, connections to the port are refused and no other
+// socket can bind the port, except one that sets SO_REUSEPORT as this one does, in a process
+// of the same user: a sidecar's listeners do. So a test can write a port into a sidecar's
+// config before the sidecar starts (an outbound listener that loops back to the same
+// sidecar's inbound one), with no window in which another test could be handed that port; the
+// reservation can be closed once the sidecar listens. Also what "nothing listens there" tests
+// point at. With `ip` (any of 127.0.0.0/8) and a non-zero `*port`, it reserves that port on
+// that address, or returns an invalid fd if it is taken.
+base::UniqueFd ReserveLoopbackPort(uint16_t* port, const std::string& ip = "127.0.0.1");
 
 struct HttpResult {
   int status = 0;

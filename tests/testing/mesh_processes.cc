@@ -1,7 +1,11 @@
 #include "tests/testing/mesh_processes.h"
 
+#include <gtest/gtest.h>
+#include <unistd.h>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/base/file.h"
@@ -16,15 +20,9 @@ absl::StatusOr<std::unique_ptr<CertmgrProcess>> CertmgrProcess::Start(
   }
   c->trust_domain_ = trust_domain;
   c->options_ = std::move(options);
-  c->grpc_port_ = PickFreePort();
-  c->admin_port_ = PickFreePort();
-  c->config_path_ =
-      dir.Write(c->options_.name + ".yaml",
-                absl::StrCat("trust_domain: ", trust_domain, "\nlisten: 127.0.0.1:", c->grpc_port_,
-                             "\nadmin: {listen: 127.0.0.1:", c->admin_port_,
-                             "}\nca: {dir: ", c->options_.ca_dir, c->options_.ca_extra,
-                             "}\nauthenticators:\n  join_tokens: {file: ", dir.File("join-tokens"),
-                             "}\n", c->options_.extra_yaml));
+  if (absl::Status s = c->WriteConfig(); !s.ok()) {
+    return s;
+  }
   if (absl::Status s = c->Launch(); !s.ok()) {
     return s;
   }
@@ -43,15 +41,57 @@ std::string CertmgrProcess::SidecarIdentityYaml(const std::string& token_file) c
                       "\n    server_ca: ", ca_pem_path(), "\n    token_file: ", token_file, "\n");
 }
 
+absl::Status CertmgrProcess::WriteConfig() {
+  config_path_ = dir_.Write(
+      options_.name + ".yaml",
+      absl::StrCat("trust_domain: ", trust_domain_, "\nlisten: 127.0.0.1:0",
+                   "\nadmin: {listen: 127.0.0.1:0}\nca: {dir: ", options_.ca_dir, options_.ca_extra,
+                   "}\nauthenticators:\n  join_tokens: {file: ", dir_.File("join-tokens"), "}\n",
+                   options_.extra_yaml));
+  return base::FileExists(config_path_)
+             ? absl::OkStatus()
+             : absl::InternalError(absl::StrCat("cannot write ", config_path_));
+}
+
+absl::Status CertmgrProcess::PinPortsInConfig() {
+  // The test may have edited the file since (RewriteConfig-style); only the two port-0 listen
+  // lines change.
+  absl::StatusOr<std::string> text = base::ReadFileToString(config_path_);
+  if (!text.ok()) {
+    return text.status();
+  }
+  absl::StrReplaceAll(
+      {{"\nlisten: 127.0.0.1:0\n", absl::StrCat("\nlisten: 127.0.0.1:", grpc_port_, "\n")},
+       {"\nadmin: {listen: 127.0.0.1:0}\n",
+        absl::StrCat("\nadmin: {listen: 127.0.0.1:", admin_port_, "}\n")}},
+      &*text);
+  return base::WriteFileAtomically(config_path_, *text, 0644);
+}
+
 absl::Status CertmgrProcess::Launch() {
+  ++launches_;
+  const std::string ports_path = dir_.File(absl::StrCat(options_.name, ".", launches_, ".ports"));
+  ::unlink(ports_path.c_str());  // an earlier certmgr of this name in the same directory
   std::vector<std::string> argv = options_.launcher;
-  argv.insert(argv.end(), {BinaryPath("meshtls-certmgr"), "--config", config_path_});
+  argv.insert(argv.end(), {BinaryPath("meshtls-certmgr"), "--config", config_path_,
+                           "--bound-ports-file", ports_path});
   absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Start(
-      std::move(argv), dir_.File(absl::StrCat(options_.name, ".", ++launches_, ".log")));
+      std::move(argv), dir_.File(absl::StrCat(options_.name, ".", launches_, ".log")));
   if (!p.ok()) {
     return p.status();
   }
   process_ = *std::move(p);
+  absl::StatusOr<BoundPorts> ports = WaitForBoundPorts(*process_, ports_path);
+  if (!ports.ok()) {
+    return absl::Status(ports.status().code(),
+                        absl::StrCat("certmgr ", options_.name, ": ", ports.status().message()));
+  }
+  if (ports->count("grpc") == 0 || ports->count("admin") == 0) {
+    return absl::InternalError(
+        absl::StrCat("certmgr ", options_.name, " reported no grpc or admin port in ", ports_path));
+  }
+  grpc_port_ = ports->at("grpc");
+  admin_port_ = ports->at("admin");
   const uint16_t admin = admin_port_;
   if (!WaitFor(
           [admin] {
@@ -66,10 +106,32 @@ absl::Status CertmgrProcess::Launch() {
 
 void CertmgrProcess::Stop() {
   process_.reset();  // SIGTERM, and the test fails unless it exits 0
+  HoldPorts();
+}
+
+void CertmgrProcess::HoldPorts() {
+  // Sidecars still have this certmgr's address: while it is down, no other test running in
+  // parallel may be handed its ports (its clients would reach a stranger, and Restart could not
+  // bind them again).
+  uint16_t grpc = grpc_port_;
+  uint16_t admin = admin_port_;
+  if (!grpc_hold_.valid()) {
+    grpc_hold_ = ReserveLoopbackPort(&grpc);
+  }
+  if (!admin_hold_.valid()) {
+    admin_hold_ = ReserveLoopbackPort(&admin);
+  }
 }
 
 absl::Status CertmgrProcess::Restart() {
   process_.reset();
+  HoldPorts();
+  // Sidecars were configured with this certmgr's address: keep its ports.
+  if (absl::Status s = PinPortsInConfig(); !s.ok()) {
+    return s;
+  }
+  grpc_hold_.reset();
+  admin_hold_.reset();
   return Launch();
 }
 
@@ -112,12 +174,17 @@ absl::StatusOr<std::unique_ptr<SidecarProcess>> SidecarProcess::Start(
     const TempDir& dir, const std::string& name, const std::string& yaml,
     const std::vector<std::string>& extra_args, const std::vector<std::string>& launcher) {
   auto s = std::unique_ptr<SidecarProcess>(new SidecarProcess());
-  s->admin_port_ = PickFreePort();
-  const std::string config = dir.Write(
-      name + ".yaml", absl::StrCat(yaml, "\nadmin: {listen: 127.0.0.1:", s->admin_port_, "}\n"));
+  // Every listener the YAML gives port 0 and the admin listener get their ports from the
+  // kernel; the sidecar reports them in the bound-ports file.
+  const std::string config =
+      dir.Write(name + ".yaml", absl::StrCat(yaml, "\nadmin: {listen: 127.0.0.1:0}\n"));
+  const std::string ports_path = dir.File(name + ".ports");
+  // A sidecar of the same name may have run before (a restart): its ports are not this one's.
+  ::unlink(ports_path.c_str());
   // Two workers unless the YAML sets its own count (the flag would override it): tests see
   // the multi-worker paths on any machine.
-  std::vector<std::string> argv = {BinaryPath("meshtls-sidecar"), "--config", config};
+  std::vector<std::string> argv = {BinaryPath("meshtls-sidecar"), "--config", config,
+                                   "--bound-ports-file", ports_path};
   if (!absl::StartsWith(yaml, "workers:") && !absl::StrContains(yaml, "\nworkers:")) {
     argv.insert(argv.end(), {"--workers", "2"});
   }
@@ -129,7 +196,23 @@ absl::StatusOr<std::unique_ptr<SidecarProcess>> SidecarProcess::Start(
     return p.status();
   }
   s->process_ = *std::move(p);
+  absl::StatusOr<BoundPorts> ports = WaitForBoundPorts(*s->process_, ports_path);
+  if (!ports.ok()) {
+    return absl::Status(ports.status().code(),
+                        absl::StrCat("sidecar ", name, ": ", ports.status().message()));
+  }
+  s->ports_ = *std::move(ports);
+  s->admin_port_ = s->port("admin");
   return s;
+}
+
+uint16_t SidecarProcess::port(const std::string& listener) const {
+  auto it = ports_.find(listener);
+  if (it == ports_.end()) {
+    ADD_FAILURE() << "the sidecar reported no listener \"" << listener << "\"";
+    return 0;
+  }
+  return it->second;
 }
 
 bool SidecarProcess::WaitReady(absl::Duration timeout) {

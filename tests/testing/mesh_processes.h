@@ -38,6 +38,9 @@ class CertmgrProcess {
     options.ca_extra = ca_extra;
     return Start(dir, trust_domain, std::move(options));
   }
+  // Start returns once certmgr has bound its ports (on 127.0.0.1, port 0: it reports them with
+  // --bound-ports-file) and /readyz answers 200.
+  //
   // StartReplica starts another certmgr with this one's configuration and other ports.
   absl::StatusOr<std::unique_ptr<CertmgrProcess>> StartReplica(const std::string& name) const;
   // Run runs `meshtls-certmgr <args> --config <this config>`; returns the exit code.
@@ -50,9 +53,12 @@ class CertmgrProcess {
   // with the token in `token_file`.
   std::string SidecarIdentityYaml(const std::string& token_file) const;
 
-  // Stop ends the process (SIGTERM, exit 0 expected); Restart starts it again with the same
-  // configuration, CA directory and ports.
+  // Stop ends the process (SIGTERM, exit 0 expected) and holds its ports (ReserveLoopbackPort)
+  // until Restart starts it again with the same configuration, CA directory and ports (the ones
+  // the first launch was given, now asked for by number). After a SIGKILL through process(),
+  // call HoldPorts() at once if the process's clients keep its address.
   void Stop();
+  void HoldPorts();
   absl::Status Restart();
 
   uint16_t grpc_port() const { return grpc_port_; }
@@ -64,6 +70,10 @@ class CertmgrProcess {
 
  private:
   CertmgrProcess(const TempDir& dir) : dir_(dir) {}
+  // WriteConfig writes the config file, listening on 127.0.0.1 port 0; PinPortsInConfig puts
+  // the ports the last launch was given in their place (for Restart).
+  absl::Status WriteConfig();
+  absl::Status PinPortsInConfig();
   absl::Status Launch();
   const TempDir& dir_;
   std::string trust_domain_;
@@ -73,10 +83,13 @@ class CertmgrProcess {
   uint16_t admin_port_ = 0;
   int launches_ = 0;
   std::unique_ptr<Subprocess> process_;
+  base::UniqueFd grpc_hold_;   // grpc_port_ while the process is down
+  base::UniqueFd admin_hold_;  // admin_port_ while the process is down
 };
 
-// SidecarProcess runs meshtls-sidecar with the given YAML (the admin section is added), with
-// two workers unless the YAML sets `workers`.
+// SidecarProcess runs meshtls-sidecar with the given YAML (the admin section is added, on
+// 127.0.0.1 port 0), with two workers unless the YAML sets `workers`. Listeners in the YAML
+// should listen on 127.0.0.1:0; port() tells where each one was bound.
 class SidecarProcess {
  public:
   // `extra_args` follow the config flag (for example --namespace NS --service-account SA);
@@ -85,6 +98,8 @@ class SidecarProcess {
       const TempDir& dir, const std::string& name, const std::string& yaml,
       const std::vector<std::string>& extra_args = {},
       const std::vector<std::string>& launcher = {});
+  // Start returns once the sidecar has bound every listener (it reports their ports with
+  // --bound-ports-file), not when it is ready; Unavailable with its log if it exits first.
   // WaitReady polls /readyz until 200 (false after `timeout`).
   bool WaitReady(absl::Duration timeout = absl::Seconds(20));
   double Metric(const std::string& series) const { return ScrapeMetric(admin_port_, series); }
@@ -94,10 +109,14 @@ class SidecarProcess {
   // ServedSerial returns the serial of the certificate in use, from /certs ("" if none).
   std::string ServedSerial() const;
   uint16_t admin_port() const { return admin_port_; }
+  // port is where the listener "inbound.<name>" or "outbound.<name>" was bound (0, and a test
+  // failure, for a name the sidecar did not report).
+  uint16_t port(const std::string& listener) const;
   Subprocess& process() { return *process_; }
 
  private:
   uint16_t admin_port_ = 0;
+  BoundPorts ports_;
   std::unique_ptr<Subprocess> process_;
 };
 
