@@ -121,16 +121,10 @@ absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
   c.max_watchers = s.limits().max_watchers();
   c.max_watchers_per_address = s.limits().max_watchers_per_address();
 
-  absl::StatusOr<base::LogLevel> level = base::ParseLogLevel(s.log().level());
-  if (!level.ok()) {
-    return fields.Error("log.level", level.status().message());
-  }
-  absl::StatusOr<base::LogFormat> format = base::ParseLogFormat(s.log().format());
-  if (!format.ok()) {
-    return fields.Error("log.format", format.status().message());
-  }
-  c.log_level = *level;
-  c.log_format = *format;
+  MESHTLS_ASSIGN_OR_RETURN(const config::LogSettings log,
+                           config::ReadLogSettings(fields, s.log().level(), s.log().format()));
+  c.log_level = log.level;
+  c.log_format = log.format;
   return c;
 }
 

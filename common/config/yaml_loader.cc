@@ -320,4 +320,17 @@ absl::StatusOr<base::HostPort> ReadListenAddress(const LoadedFields& fields, abs
   return *hp;
 }
 
+absl::StatusOr<LogSettings> ReadLogSettings(const LoadedFields& fields, absl::string_view level,
+                                            absl::string_view format) {
+  absl::StatusOr<base::LogLevel> parsed_level = base::ParseLogLevel(level);
+  if (!parsed_level.ok()) {
+    return fields.Error("log.level", parsed_level.status().message());
+  }
+  absl::StatusOr<base::LogFormat> parsed_format = base::ParseLogFormat(format);
+  if (!parsed_format.ok()) {
+    return fields.Error("log.format", parsed_format.status().message());
+  }
+  return LogSettings{*parsed_level, *parsed_format};
+}
+
 }  // namespace meshtls::config

@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/base/host_port.h"
+#include "common/base/log.h"
 
 namespace google::protobuf {
 class Message;
@@ -53,6 +54,16 @@ class LoadedFields {
 // ("0.0.0.0:15443", "[::]:15443"; port 0 means any free port). Errors name the field and line.
 absl::StatusOr<base::HostPort> ReadListenAddress(const LoadedFields& fields, absl::string_view path,
                                                  absl::string_view text);
+
+// LogSettings is the `log` section both configs share, read by ReadLogSettings.
+struct LogSettings {
+  base::LogLevel level{};
+  base::LogFormat format{};
+};
+
+// ReadLogSettings checks `log.level` and `log.format`. Errors name the field and line.
+absl::StatusOr<LogSettings> ReadLogSettings(const LoadedFields& fields, absl::string_view level,
+                                            absl::string_view format);
 
 // LoadYaml parses `yaml` into `message` (cleared first). See the file comment.
 absl::StatusOr<LoadedFields> LoadYaml(absl::string_view yaml, google::protobuf::Message& message);

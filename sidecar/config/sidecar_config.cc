@@ -218,15 +218,9 @@ absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool ch
   c.dns.max_ttl = config::ToDuration(s.dns().max_ttl());
   c.dns.negative_ttl = config::ToDuration(s.dns().negative_ttl());
 
-  absl::StatusOr<base::LogLevel> level = base::ParseLogLevel(s.log().level());
-  if (!level.ok()) {
-    return fields.Error("log.level", level.status().message());
-  }
-  absl::StatusOr<base::LogFormat> format = base::ParseLogFormat(s.log().format());
-  if (!format.ok()) {
-    return fields.Error("log.format", format.status().message());
-  }
-  c.log = {*level, *format};
+  MESHTLS_ASSIGN_OR_RETURN(const config::LogSettings log,
+                           config::ReadLogSettings(fields, s.log().level(), s.log().format()));
+  c.log = {log.level, log.format};
   return c;
 }
 
