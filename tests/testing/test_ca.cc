@@ -1,6 +1,7 @@
 #include "tests/testing/test_ca.h"
 
 #include "common/base/check.h"
+#include "common/pki/csr.h"
 
 namespace meshtls::testing {
 namespace {
@@ -53,6 +54,18 @@ IssuedLeaf TestCa::IssueWith(const pki::CertificateProfile& profile) const {
   pki::Certificate cert =
       ValueOrDie(pki::BuildCertificate(profile, key.get(), &root_, root_key_.get()));
   return IssuedLeaf{.chain = {cert}, .key = key};
+}
+
+absl::StatusOr<pki::Certificate> TestCa::SignCsr(const std::string& csr_der,
+                                                 const std::string& spiffe_id,
+                                                 absl::Time not_before,
+                                                 absl::Time not_after) const {
+  absl::StatusOr<pki::VerifiedCsr> csr = pki::ParseAndVerifyCsr(csr_der);
+  if (!csr.ok()) {
+    return csr.status();
+  }
+  return pki::BuildCertificate(LeafProfile(spiffe_id, not_before, not_after), csr->public_key.get(),
+                               &root_, root_key_.get());
 }
 
 }  // namespace meshtls::testing

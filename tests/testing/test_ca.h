@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/pki/certificate.h"
 #include "common/pki/certificate_builder.h"
@@ -34,6 +35,10 @@ class TestCa {
                    absl::Time now = absl::Now()) const;
   // IssueWith signs `profile` on a fresh P-256 key.
   IssuedLeaf IssueWith(const pki::CertificateProfile& profile) const;
+  // SignCsr issues a leaf for the key of a DER CSR (as certmgr would, for fake CA clients); the
+  // CSR must verify.
+  absl::StatusOr<pki::Certificate> SignCsr(const std::string& csr_der, const std::string& spiffe_id,
+                                           absl::Time not_before, absl::Time not_after) const;
   // LeafProfile is the profile Issue() uses, to modify one field at a time.
   static pki::CertificateProfile LeafProfile(const std::string& spiffe_id, absl::Time not_before,
                                              absl::Time not_after);

@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
-#include "common/pki/csr.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/status_matchers.h"
@@ -35,11 +34,12 @@ class FakeCaClient final : public CaClient {
     if (!sign_error_.ok()) {
       return sign_error_;
     }
-    pki::VerifiedCsr csr = *pki::ParseAndVerifyCsr(csr_der);
-    pki::CertificateProfile p = testing::TestCa::LeafProfile(kId, clock_.Now() - absl::Minutes(2),
-                                                             clock_.Now() + absl::Hours(1));
-    pki::Certificate leaf =
-        *pki::BuildCertificate(p, csr.public_key.get(), &ca_.root(), ca_.root_key().get());
+    absl::StatusOr<pki::Certificate> signed_leaf =
+        ca_.SignCsr(csr_der, kId, clock_.Now() - absl::Minutes(2), clock_.Now() + absl::Hours(1));
+    if (!signed_leaf.ok()) {
+      return signed_leaf.status();
+    }
+    const pki::Certificate& leaf = *signed_leaf;
     return SignedCredentials{.chain = {leaf},
                              .roots = {ca_.root()},
                              .bundle_sequence = 1,

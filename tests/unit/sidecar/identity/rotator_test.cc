@@ -4,7 +4,6 @@
 
 #include <deque>
 
-#include "common/pki/csr.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/status_matchers.h"
@@ -33,11 +32,12 @@ class FakeCaClient final : public CaClient {
       errors.pop_front();
       return e;
     }
-    pki::VerifiedCsr csr = *pki::ParseAndVerifyCsr(csr_der);
-    pki::CertificateProfile p =
-        testing::TestCa::LeafProfile(kId, clock_.Now() - absl::Minutes(2), clock_.Now() + ttl);
-    pki::Certificate leaf =
-        *pki::BuildCertificate(p, csr.public_key.get(), &ca_.root(), ca_.root_key().get());
+    absl::StatusOr<pki::Certificate> signed_leaf =
+        ca_.SignCsr(csr_der, kId, clock_.Now() - absl::Minutes(2), clock_.Now() + ttl);
+    if (!signed_leaf.ok()) {
+      return signed_leaf.status();
+    }
+    const pki::Certificate& leaf = *signed_leaf;
     return SignedCredentials{.chain = {leaf},
                              .roots = {ca_.root()},
                              .bundle_sequence = 1,
