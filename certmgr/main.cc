@@ -373,13 +373,13 @@ int Serve(const base::Flags& flags) {
     if (!level.ok()) {
       return UsageError(absl::StrCat("--log-level: ", level.status().message()));
     }
-    config->log_level = *level;
+    config->log.level = *level;
   }
   if (flags.Has("check")) {
     std::puts("configuration is valid");
     return 0;
   }
-  base::SetLogOptions(config->log_level, config->log_format);
+  base::SetLogOptions(config->log.level, config->log.format);
   base::RouteGrpcLogs();
 
   // Block the stop signals before any thread starts, so only sigwait() below receives them.

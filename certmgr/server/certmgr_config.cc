@@ -121,10 +121,8 @@ absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
   c.max_watchers = s.limits().max_watchers();
   c.max_watchers_per_address = s.limits().max_watchers_per_address();
 
-  MESHTLS_ASSIGN_OR_RETURN(const config::LogSettings log,
+  MESHTLS_ASSIGN_OR_RETURN(c.log,
                            config::ReadLogSettings(fields, s.log().level(), s.log().format()));
-  c.log_level = log.level;
-  c.log_format = log.format;
   return c;
 }
 

@@ -13,7 +13,8 @@ namespace meshtls::certmgr {
 
 // CertmgrConfig is certmgr's configuration file, parsed and validated. A plain value. The
 // schema, with every field's default and doc, is proto/meshtls/config/v1/certmgr.proto;
-// ParseCertmgrConfig fills every member, so the struct holds no defaults of its own.
+// ParseCertmgrConfig fills every member. (`issuance` is a ca::IssuancePolicy, whose own
+// defaults serve callers that have no config, such as tests; the schema's are the ones in force.)
 struct CertmgrConfig {
   std::string trust_domain;
   std::string listen;
@@ -45,8 +46,7 @@ struct CertmgrConfig {
   // WatchTrustBundle streams: in all, and from one source address.
   int max_watchers = 0;
   int max_watchers_per_address = 0;
-  base::LogLevel log_level{};
-  base::LogFormat log_format{};
+  base::LogSettings log;
 };
 
 // ParseCertmgrConfig parses and validates the YAML text. Errors name the field and line.

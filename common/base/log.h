@@ -16,6 +16,12 @@ enum class LogFormat { kText, kJson };
 absl::StatusOr<LogLevel> ParseLogLevel(absl::string_view name);
 absl::StatusOr<LogFormat> ParseLogFormat(absl::string_view name);
 
+// LogSettings is the `log` section of both binaries' configs.
+struct LogSettings {
+  LogLevel level{};
+  LogFormat format{};
+};
+
 // SetLogOptions is called once by main() before other threads start.
 void SetLogOptions(LogLevel min_level, LogFormat format);
 bool LogEnabled(LogLevel level);

@@ -320,8 +320,9 @@ absl::StatusOr<base::HostPort> ReadListenAddress(const LoadedFields& fields, abs
   return *hp;
 }
 
-absl::StatusOr<LogSettings> ReadLogSettings(const LoadedFields& fields, absl::string_view level,
-                                            absl::string_view format) {
+absl::StatusOr<base::LogSettings> ReadLogSettings(const LoadedFields& fields,
+                                                  absl::string_view level,
+                                                  absl::string_view format) {
   absl::StatusOr<base::LogLevel> parsed_level = base::ParseLogLevel(level);
   if (!parsed_level.ok()) {
     return fields.Error("log.level", parsed_level.status().message());
@@ -330,7 +331,7 @@ absl::StatusOr<LogSettings> ReadLogSettings(const LoadedFields& fields, absl::st
   if (!parsed_format.ok()) {
     return fields.Error("log.format", parsed_format.status().message());
   }
-  return LogSettings{*parsed_level, *parsed_format};
+  return base::LogSettings{*parsed_level, *parsed_format};
 }
 
 }  // namespace meshtls::config

@@ -40,8 +40,6 @@ class LoadedFields {
   // Error returns InvalidArgument("<path>: <message> (line N)"), without the line when there is
   // none to name.
   absl::Status Error(absl::string_view path, absl::string_view message) const;
-  // empty tells whether the document held nothing at all.
-  bool empty() const { return lines_.empty(); }
 
   // Record notes that `path` was written on `line` (the loader calls it).
   void Record(std::string path, int line) { lines_[std::move(path)] = line; }
@@ -55,15 +53,10 @@ class LoadedFields {
 absl::StatusOr<base::HostPort> ReadListenAddress(const LoadedFields& fields, absl::string_view path,
                                                  absl::string_view text);
 
-// LogSettings is the `log` section both configs share, read by ReadLogSettings.
-struct LogSettings {
-  base::LogLevel level{};
-  base::LogFormat format{};
-};
-
 // ReadLogSettings checks `log.level` and `log.format`. Errors name the field and line.
-absl::StatusOr<LogSettings> ReadLogSettings(const LoadedFields& fields, absl::string_view level,
-                                            absl::string_view format);
+absl::StatusOr<base::LogSettings> ReadLogSettings(const LoadedFields& fields,
+                                                  absl::string_view level,
+                                                  absl::string_view format);
 
 // LoadYaml parses `yaml` into `message` (cleared first). See the file comment.
 absl::StatusOr<LoadedFields> LoadYaml(absl::string_view yaml, google::protobuf::Message& message);

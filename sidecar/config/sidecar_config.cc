@@ -173,9 +173,6 @@ absl::Status ReadListeners(const Schema& s, const LoadedFields& fields, SidecarC
 absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool check_files) {
   Schema s;
   MESHTLS_ASSIGN_OR_RETURN(LoadedFields fields, config::LoadYaml(yaml, s));
-  if (fields.empty()) {
-    return absl::InvalidArgumentError("the configuration is empty");
-  }
   SidecarConfig c;
   c.trust_domain = s.trust_domain();
   if (absl::Status st = pki::SpiffeId::ValidateTrustDomain(c.trust_domain); !st.ok()) {
@@ -218,9 +215,8 @@ absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool ch
   c.dns.max_ttl = config::ToDuration(s.dns().max_ttl());
   c.dns.negative_ttl = config::ToDuration(s.dns().negative_ttl());
 
-  MESHTLS_ASSIGN_OR_RETURN(const config::LogSettings log,
+  MESHTLS_ASSIGN_OR_RETURN(c.log,
                            config::ReadLogSettings(fields, s.log().level(), s.log().format()));
-  c.log = {log.level, log.format};
   return c;
 }
 

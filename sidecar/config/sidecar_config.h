@@ -70,10 +70,7 @@ struct SidecarConfig {
     absl::Duration max_ttl;       // the longest an answer is cached
     absl::Duration negative_ttl;  // how long NXDOMAIN or a failure is cached
   } dns;
-  struct Log {
-    base::LogLevel level{};
-    base::LogFormat format{};
-  } log;
+  base::LogSettings log;
 };
 
 // ParseSidecarConfig parses and validates YAML. With `check_files`, the files the config names

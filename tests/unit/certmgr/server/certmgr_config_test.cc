@@ -63,8 +63,8 @@ TEST(CertmgrConfigTest, ParsesEveryField) {
   EXPECT_EQ(c->deny.size(), 2u);
   EXPECT_EQ(c->max_watchers, 100);
   EXPECT_EQ(c->max_watchers_per_address, 4);
-  EXPECT_EQ(c->log_level, base::LogLevel::kDebug);
-  EXPECT_EQ(c->log_format, base::LogFormat::kJson);
+  EXPECT_EQ(c->log.level, base::LogLevel::kDebug);
+  EXPECT_EQ(c->log.format, base::LogFormat::kJson);
 }
 
 TEST(CertmgrConfigTest, Defaults) {
@@ -87,8 +87,8 @@ TEST(CertmgrConfigTest, Defaults) {
   EXPECT_TRUE(c->deny.empty());
   EXPECT_EQ(c->max_watchers, 10000);
   EXPECT_EQ(c->max_watchers_per_address, 16);
-  EXPECT_EQ(c->log_level, base::LogLevel::kInfo);
-  EXPECT_EQ(c->log_format, base::LogFormat::kText);
+  EXPECT_EQ(c->log.level, base::LogLevel::kInfo);
+  EXPECT_EQ(c->log.format, base::LogFormat::kText);
 }
 
 TEST(CertmgrConfigTest, RaisingTheDefaultTtlAloneRaisesTheCap) {
@@ -146,7 +146,7 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"  rotation:", "  rotation_: {}\n  rotation:", "ca.rotation_: unknown field"},
         ErrorCase{"default_ttl: 12h", "default_ttl: 1y", "issuance.default_ttl"},
         ErrorCase{"min_ttl: 5s", "min_ttl: 48h", "issuance"},
-        ErrorCase{"backdate: 2m", "backdate: 2h", "issuance.backdate"},
+        ErrorCase{"backdate: 2m", "backdate: 2h", "issuance.backdate: must be at most 1h"},
         ErrorCase{"  join_tokens: {file: /etc/meshtls/join-tokens}", "  join_tokens: {}",
                   "authenticators.join_tokens.file: required (line 12)"},
         ErrorCase{"    jwks_file: /etc/meshtls/k8s-jwks.json\n", "",

@@ -165,8 +165,8 @@ std::string Dump(const absl::StatusOr<certmgr::CertmgrConfig>& c) {
                   " pod_binding=", k.require_pod_binding, "\n");
   absl::StrAppend(&out, "deny=[", absl::StrJoin(c->deny, ","), "]\n");
   absl::StrAppend(&out, "limits: ", c->max_watchers, " ", c->max_watchers_per_address, "\n");
-  absl::StrAppend(&out, "log: ", static_cast<int>(c->log_level), " ",
-                  static_cast<int>(c->log_format), "\n");
+  absl::StrAppend(&out, "log: ", static_cast<int>(c->log.level), " ",
+                  static_cast<int>(c->log.format), "\n");
   return out;
 }
 
