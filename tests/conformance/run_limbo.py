@@ -65,10 +65,13 @@ def verify(certmgr, case, timeout):
             return "HANG", f"no answer within {timeout:g}s"
         if done.returncode == 0:
             return "SUCCESS", ""
-        if done.returncode not in (1, 2):
-            # 1: the chain is invalid; 2: certmgr refused the input files before verifying (too
-            # many certificates, a bundle entry that is no CA). A crash (a signal, or a sanitizer's
-            # exit) must never pass as a refusal.
+        # 1: the chain is invalid. 2: certmgr refused the input files before verifying (too many
+        # certificates, a bundle entry that is no CA), which it says naming --bundle or --chain;
+        # any other exit 2 is a usage error. A crash (a signal, or a sanitizer's exit) must never
+        # pass as a refusal.
+        refused_input = done.returncode == 2 and done.stderr.startswith(
+            ("meshtls-certmgr: --bundle:", "meshtls-certmgr: --chain:"))
+        if done.returncode != 1 and not refused_input:
             return f"EXIT{done.returncode}", (done.stdout + done.stderr).strip()[-200:]
         return "FAILURE", (done.stderr.strip().splitlines() or [""])[-1][:200]
 

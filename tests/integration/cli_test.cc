@@ -228,7 +228,9 @@ std::vector<CertmgrCommand> CertmgrCommandTable(const testing::TempDir& dir) {
   const std::string chain = dir.Write(
       "table-chain.pem", ca.Issue("spiffe://mesh.test/ns/a/sa/b", absl::Hours(1), now).ChainPem());
   return {
-      {"serve", {"serve", "--check", "--config", config}, {"--config", "--log-level", "--check"}},
+      {"serve",
+       {"serve", "--check", "--config", config},
+       {"--config", "--log-level", "--check", "--bound-ports-file"}},
       {"token create",
        {"token", "create", "--token-file", dir.File("tokens"), "--spiffe-id",
         "spiffe://mesh.test/vm/db"},
@@ -294,7 +296,7 @@ TEST(CertmgrCliTest, EachSubcommandRefusesTheOthersFlags) {
       ++misplaced;
     }
   }
-  EXPECT_EQ(misplaced, 47);  // the table's size: a shrunken table would prove less
+  EXPECT_EQ(misplaced, 51);  // the table's size: a shrunken table would prove less
 }
 
 // Flags no subcommand knows, in every spelling, are refused by name before anything runs.

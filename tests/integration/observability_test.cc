@@ -1,6 +1,7 @@
 // The observability contract, proven against a real Prometheus (Debian's `prometheus`) on
 // loopback: it scrapes certmgr and two sidecars carrying traffic, some of it failing. Then
-//  - every documented metric (docs/metrics.md) is in the live scrapes and `promtool check metrics` accepts them;
+//  - every metric family listed below (from docs/metrics.md) is in the live scrapes and `promtool
+//  check metrics` accepts them;
 //  - tests/observability/check-dashboards.mjs validates both dashboards against the Grafana
 //    schema, fills their variables from this Prometheus, and every panel query returns data;
 //  - the alert rules load into this Prometheus and evaluate without error, and

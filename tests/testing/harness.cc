@@ -215,6 +215,10 @@ base::UniqueFd ReserveLoopbackPort(uint16_t* port, const std::string& ip) {
   base::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   const int one = 1;
   ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (*port != 0) {
+    // Holding a port a process just left: its TIME_WAIT connections would refuse the bind.
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  }
   // A port-0 bind never shares a port through SO_REUSEPORT, so the kernel hands out a port
   // nobody holds, and no later port-0 bind elsewhere is given this one.
   sockaddr_in a = Loopback(*port);

@@ -60,11 +60,19 @@ absl::Status CertmgrProcess::PinPortsInConfig() {
   if (!text.ok()) {
     return text.status();
   }
+  const std::string grpc_line = absl::StrCat("\nlisten: 127.0.0.1:", grpc_port_, "\n");
+  // Without newlines of its own: the listen line before it ends with the one they share.
+  const std::string admin_line = absl::StrCat("admin: {listen: 127.0.0.1:", admin_port_, "}");
   absl::StrReplaceAll(
-      {{"\nlisten: 127.0.0.1:0\n", absl::StrCat("\nlisten: 127.0.0.1:", grpc_port_, "\n")},
-       {"\nadmin: {listen: 127.0.0.1:0}\n",
-        absl::StrCat("\nadmin: {listen: 127.0.0.1:", admin_port_, "}\n")}},
+      {{"\nlisten: 127.0.0.1:0\n", grpc_line}, {"admin: {listen: 127.0.0.1:0}", admin_line}},
       &*text);
+  // Pinned now or at an earlier restart; anything else would restart on other ports than the
+  // ones the sidecars have.
+  if (!absl::StrContains(*text, grpc_line) || !absl::StrContains(*text, admin_line)) {
+    return absl::InternalError(
+        absl::StrCat(config_path_, ": cannot pin the listen addresses to ports ", grpc_port_,
+                     " and ", admin_port_, " (the test changed those lines)"));
+  }
   return base::WriteFileAtomically(config_path_, *text, 0644);
 }
 
@@ -120,6 +128,10 @@ void CertmgrProcess::HoldPorts() {
   }
   if (!admin_hold_.valid()) {
     admin_hold_ = ReserveLoopbackPort(&admin);
+  }
+  if (!grpc_hold_.valid() || !admin_hold_.valid()) {
+    ADD_FAILURE() << "cannot hold certmgr's ports " << grpc_port_ << " and " << admin_port_
+                  << " while it is down";
   }
 }
 
