@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <set>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/status_macros.h"
@@ -31,6 +33,32 @@ absl::Status CheckFilePath(const LoadedFields& fields, const std::string& path,
   return absl::OkStatus();
 }
 
+absl::Status CheckName(const LoadedFields& fields, const std::string& path,
+                       const std::string& name) {
+  if (name.empty() || name.size() > 64 ||
+      name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") !=
+          std::string::npos) {
+    return fields.Error(path, "must be 1-64 characters of A-Z a-z 0-9 _ - .");
+  }
+  return absl::OkStatus();
+}
+
+// CheckPeers validates an allow-list (`allow`, `expect`): SPIFFE IDs or "<id>/*" prefixes, all
+// in the trust domain.
+absl::Status CheckPeers(const LoadedFields& fields, const std::string& path,
+                        const std::vector<std::string>& peers, const std::string& trust_domain) {
+  for (const std::string& p : peers) {
+    absl::StatusOr<pki::SpiffeIdMatcher> m = pki::SpiffeIdMatcher::Parse(p);
+    if (!m.ok()) {
+      return fields.Error(path, m.status().message());
+    }
+    if (m->trust_domain() != trust_domain) {
+      return fields.Error(path, absl::StrCat("\"", p, "\" is not in trust domain ", trust_domain));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ListenerConfig> ReadListener(
     const LoadedFields& fields, const std::string& path, const std::string& name,
     const std::string& listen, absl::string_view target_key, const std::string& target,
@@ -38,13 +66,7 @@ absl::StatusOr<ListenerConfig> ReadListener(
     const std::string& trust_domain) {
   ListenerConfig l;
   l.name = name;
-  if (l.name.empty() || l.name.size() > 64 ||
-      l.name.find_first_not_of(
-          "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") !=
-          std::string::npos) {
-    return fields.Error(absl::StrCat(path, ".name"),
-                        "must be 1-64 characters of A-Z a-z 0-9 _ - .");
-  }
+  MESHTLS_RETURN_IF_ERROR(CheckName(fields, absl::StrCat(path, ".name"), l.name));
   MESHTLS_ASSIGN_OR_RETURN(
       l.listen, config::ReadListenAddress(fields, absl::StrCat(path, ".listen"), listen));
   const std::string target_path = absl::StrCat(path, ".", target_key);
@@ -58,16 +80,7 @@ absl::StatusOr<ListenerConfig> ReadListener(
   if (l.peers.empty()) {
     return fields.Error(peers_path, "must list at least one SPIFFE ID");
   }
-  for (const std::string& p : l.peers) {
-    absl::StatusOr<pki::SpiffeIdMatcher> m = pki::SpiffeIdMatcher::Parse(p);
-    if (!m.ok()) {
-      return fields.Error(peers_path, m.status().message());
-    }
-    if (m->trust_domain() != trust_domain) {
-      return fields.Error(peers_path,
-                          absl::StrCat("\"", p, "\" is not in trust domain ", trust_domain));
-    }
-  }
+  MESHTLS_RETURN_IF_ERROR(CheckPeers(fields, peers_path, l.peers, trust_domain));
   return l;
 }
 
@@ -131,6 +144,268 @@ absl::Status ReadIdentity(const Schema& s, const LoadedFields& fields, bool chec
   return fields.Error("identity", "set exactly one of certmgr or files");
 }
 
+// ReadPorts copies a list of ports (the schema bounds each to 1..65535), refusing duplicates.
+absl::StatusOr<std::vector<uint16_t>> ReadPorts(
+    const LoadedFields& fields, const std::string& path,
+    const google::protobuf::RepeatedField<int32_t>& in) {
+  std::vector<uint16_t> ports;
+  for (int32_t p : in) {
+    if (std::find(ports.begin(), ports.end(), p) != ports.end()) {
+      return fields.Error(path, absl::StrCat("port ", p, " is listed twice"));
+    }
+    ports.push_back(static_cast<uint16_t>(p));
+  }
+  return ports;
+}
+
+// ReadNetworks parses a list of networks, refusing two that overlap (one of them would be
+// redundant, or the list does not say what it seems to).
+absl::StatusOr<std::vector<net::Cidr>> ReadNetworks(
+    const LoadedFields& fields, const std::string& path,
+    const google::protobuf::RepeatedPtrField<std::string>& in) {
+  std::vector<net::Cidr> networks;
+  for (const std::string& text : in) {
+    absl::StatusOr<net::Cidr> n = net::Cidr::Parse(text);
+    if (!n.ok()) {
+      return fields.Error(path, n.status().message());
+    }
+    for (const net::Cidr& earlier : networks) {
+      if (earlier.Overlaps(*n)) {
+        return fields.Error(path, absl::StrCat(earlier.ToString(), " and ", n->ToString(),
+                                               " overlap; list each address once"));
+      }
+    }
+    networks.push_back(*n);
+  }
+  return networks;
+}
+
+bool Contains(const std::vector<uint16_t>& ports, uint16_t port) {
+  return std::find(ports.begin(), ports.end(), port) != ports.end();
+}
+
+// Covers: every destination `later` matches is matched by `earlier` too (empty lists match
+// everything), so `later` can never decide.
+bool Covers(const DestinationRule& earlier, const DestinationRule& later) {
+  if (!earlier.ports.empty()) {
+    if (later.ports.empty()) {
+      return false;
+    }
+    for (uint16_t p : later.ports) {
+      if (!Contains(earlier.ports, p)) {
+        return false;
+      }
+    }
+  }
+  if (earlier.networks.empty()) {
+    return true;
+  }
+  if (later.networks.empty()) {
+    return false;
+  }
+  for (const net::Cidr& n : later.networks) {
+    bool inside = false;
+    for (const net::Cidr& e : earlier.networks) {
+      inside = inside || e.Contains(n);
+    }
+    if (!inside) {
+      return false;
+    }
+  }
+  return true;
+}
+
+absl::StatusOr<InboundMode> ReadInboundMode(const LoadedFields& fields, const std::string& path,
+                                            const std::string& text) {
+  if (text == "strict") {
+    return InboundMode::kStrict;
+  }
+  if (text == "permissive") {
+    return InboundMode::kPermissive;
+  }
+  return fields.Error(path, absl::StrCat("\"", text, "\" is not a mode: strict or permissive"));
+}
+
+absl::Status ReadCaptureOutbound(const Schema::CaptureOutbound& s, const LoadedFields& fields,
+                                 const std::string& trust_domain,
+                                 TransparentConfig::Outbound& out) {
+  const std::string path = "transparent.outbound";
+  out.enabled = true;
+  out.port = static_cast<uint16_t>(s.port());
+  MESHTLS_ASSIGN_OR_RETURN(out.exclude_ports,
+                           ReadPorts(fields, path + ".exclude_ports", s.exclude_ports()));
+  MESHTLS_ASSIGN_OR_RETURN(out.exclude_networks,
+                           ReadNetworks(fields, path + ".exclude_networks", s.exclude_networks()));
+  if (s.rules_size() == 0) {
+    return fields.Error(path + ".rules",
+                        "must list at least one rule (a connection no rule matches is denied)");
+  }
+  std::set<std::string> names;
+  for (int i = 0; i < s.rules_size(); ++i) {
+    const Schema::DestinationRule& r = s.rules(i);
+    const std::string rule_path = absl::StrCat(path, ".rules[", i, "]");
+    DestinationRule rule;
+    rule.name = r.name();
+    MESHTLS_RETURN_IF_ERROR(CheckName(fields, rule_path + ".name", rule.name));
+    if (!names.insert(rule.name).second) {
+      return fields.Error(
+          rule_path + ".name",
+          absl::StrCat("\"", rule.name, "\" names two rules; names must be unique"));
+    }
+    MESHTLS_ASSIGN_OR_RETURN(rule.networks,
+                             ReadNetworks(fields, rule_path + ".networks", r.networks()));
+    MESHTLS_ASSIGN_OR_RETURN(rule.ports, ReadPorts(fields, rule_path + ".ports", r.ports()));
+    if (r.action() == "mesh") {
+      rule.action = DestinationRule::Action::kMesh;
+    } else if (r.action() == "passthrough") {
+      rule.action = DestinationRule::Action::kPassthrough;
+    } else if (r.action() == "deny") {
+      rule.action = DestinationRule::Action::kDeny;
+    } else {
+      return fields.Error(
+          rule_path + ".action",
+          absl::StrCat("\"", r.action(), "\" is not an action: mesh, passthrough or deny"));
+    }
+    rule.expect.assign(r.expect().begin(), r.expect().end());
+    if (!rule.expect.empty() && rule.action != DestinationRule::Action::kMesh) {
+      return fields.Error(rule_path + ".expect", "applies to action: mesh only");
+    }
+    MESHTLS_RETURN_IF_ERROR(CheckPeers(fields, rule_path + ".expect", rule.expect, trust_domain));
+    // Unreachable rules are mistakes: an exclusion or an earlier rule takes all they match.
+    for (const net::Cidr& n : rule.networks) {
+      for (const net::Cidr& excluded : out.exclude_networks) {
+        if (excluded.Contains(n)) {
+          return fields.Error(rule_path + ".networks",
+                              absl::StrCat(n.ToString(), " is never captured: it is inside ",
+                                           excluded.ToString(), " of exclude_networks"));
+        }
+      }
+    }
+    if (!rule.ports.empty() && std::all_of(rule.ports.begin(), rule.ports.end(), [&](uint16_t p) {
+          return Contains(out.exclude_ports, p);
+        })) {
+      return fields.Error(rule_path + ".ports",
+                          "every port of the rule is in exclude_ports: it is never captured");
+    }
+    for (size_t j = 0; j < out.rules.size(); ++j) {
+      if (Covers(out.rules[j], rule)) {
+        return fields.Error(
+            rule_path,
+            absl::StrCat("rule \"", rule.name, "\" is unreachable: rule \"", out.rules[j].name,
+                         "\" (rules[", j, "]) before it matches every destination it does"));
+      }
+    }
+    out.rules.push_back(std::move(rule));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadCaptureInbound(const Schema::CaptureInbound& s, const LoadedFields& fields,
+                                const std::string& trust_domain,
+                                const std::vector<uint16_t>& own_ports,
+                                TransparentConfig::Inbound& in) {
+  const std::string path = "transparent.inbound";
+  in.enabled = true;
+  in.port = static_cast<uint16_t>(s.port());
+  MESHTLS_ASSIGN_OR_RETURN(in.exclude_ports,
+                           ReadPorts(fields, path + ".exclude_ports", s.exclude_ports()));
+  MESHTLS_ASSIGN_OR_RETURN(in.default_policy.mode,
+                           ReadInboundMode(fields, path + ".mode", s.mode()));
+  in.default_policy.allow.assign(s.allow().begin(), s.allow().end());
+  if (in.default_policy.allow.empty()) {
+    return fields.Error(path + ".allow", "must list at least one SPIFFE ID");
+  }
+  MESHTLS_RETURN_IF_ERROR(
+      CheckPeers(fields, path + ".allow", in.default_policy.allow, trust_domain));
+  for (int i = 0; i < s.ports_size(); ++i) {
+    const Schema::InboundPort& p = s.ports(i);
+    const std::string port_path = absl::StrCat(path, ".ports[", i, "]");
+    InboundPortPolicy policy;
+    policy.port = static_cast<uint16_t>(p.port());
+    for (const InboundPortPolicy& earlier : in.ports) {
+      if (earlier.port == policy.port) {
+        return fields.Error(port_path + ".port",
+                            absl::StrCat("port ", policy.port, " has two entries"));
+      }
+    }
+    if (Contains(in.exclude_ports, policy.port)) {
+      return fields.Error(
+          port_path + ".port",
+          absl::StrCat("port ", policy.port, " is in exclude_ports: it is never captured"));
+    }
+    if (Contains(own_ports, policy.port) || policy.port == in.port) {
+      return fields.Error(port_path + ".port",
+                          absl::StrCat("port ", policy.port, " is one of the sidecar's own"));
+    }
+    policy.mode = in.default_policy.mode;
+    if (fields.Has(port_path + ".mode")) {
+      MESHTLS_ASSIGN_OR_RETURN(policy.mode, ReadInboundMode(fields, port_path + ".mode", p.mode()));
+    }
+    policy.allow = in.default_policy.allow;
+    if (fields.Has(port_path + ".allow")) {
+      policy.allow.assign(p.allow().begin(), p.allow().end());
+      if (policy.allow.empty()) {
+        return fields.Error(port_path + ".allow",
+                            "must list at least one SPIFFE ID (leave it out for the default)");
+      }
+      MESHTLS_RETURN_IF_ERROR(CheckPeers(fields, port_path + ".allow", policy.allow, trust_domain));
+    }
+    in.ports.push_back(std::move(policy));
+  }
+  return absl::OkStatus();
+}
+
+// ReadTransparent reads the `transparent` section; the explicit listeners and the admin address
+// are read already (the capture ports must not collide with them).
+absl::Status ReadTransparent(const Schema& s, const LoadedFields& fields, SidecarConfig& c) {
+  if (!fields.Has("transparent")) {
+    return absl::OkStatus();
+  }
+  TransparentConfig& t = c.transparent;
+  t.proxy_uid = static_cast<uint32_t>(s.transparent().proxy_uid());
+  const std::vector<uint16_t> own_ports = c.OwnInboundPorts();
+  if (fields.Has("transparent.outbound")) {
+    MESHTLS_RETURN_IF_ERROR(
+        ReadCaptureOutbound(s.transparent().outbound(), fields, c.trust_domain, t.outbound));
+  }
+  if (fields.Has("transparent.inbound")) {
+    MESHTLS_RETURN_IF_ERROR(ReadCaptureInbound(s.transparent().inbound(), fields, c.trust_domain,
+                                               own_ports, t.inbound));
+  }
+  if (!t.enabled()) {
+    return fields.Error("transparent", "set outbound, inbound or both");
+  }
+  // Capture ports: apart from each other and from every port the sidecar itself listens on.
+  std::vector<std::pair<std::string, uint16_t>> taken;
+  if (absl::StatusOr<base::HostPort> admin = base::ParseHostPort(c.admin_listen, true);
+      admin.ok() && admin->port != 0) {
+    taken.emplace_back("admin.listen", admin->port);
+  }
+  for (const auto* list : {&c.inbound, &c.outbound}) {
+    for (const ListenerConfig& l : *list) {
+      if (l.listen.port != 0) {
+        taken.emplace_back(absl::StrCat("listener ", l.name), l.listen.port);
+      }
+    }
+  }
+  for (const auto& [name, enabled, port] :
+       {std::tuple<std::string, bool, uint16_t>{"transparent.outbound.port", t.outbound.enabled,
+                                                t.outbound.port},
+        std::tuple<std::string, bool, uint16_t>{"transparent.inbound.port", t.inbound.enabled,
+                                                t.inbound.port}}) {
+    if (!enabled) {
+      continue;
+    }
+    for (const auto& [other, other_port] : taken) {
+      if (other_port == port) {
+        return fields.Error(name, absl::StrCat("port ", port, " is taken by ", other));
+      }
+    }
+    taken.emplace_back(name, port);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadListeners(const Schema& s, const LoadedFields& fields, SidecarConfig& c) {
   for (int i = 0; i < s.inbound_size(); ++i) {
     const Schema::InboundListener& l = s.inbound(i);
@@ -147,9 +422,6 @@ absl::Status ReadListeners(const Schema& s, const LoadedFields& fields, SidecarC
         ReadListener(fields, absl::StrCat("outbound[", i, "]"), l.name(), l.listen(), "connect",
                      l.connect(), "expect", l.expect(), c.trust_domain));
     c.outbound.push_back(std::move(parsed));
-  }
-  if (c.inbound.empty() && c.outbound.empty()) {
-    return absl::InvalidArgumentError("inbound, outbound: configure at least one listener");
   }
   std::set<std::string> names;
   std::set<std::string> addresses;
@@ -169,6 +441,20 @@ absl::Status ReadListeners(const Schema& s, const LoadedFields& fields, SidecarC
 }
 
 }  // namespace
+
+std::vector<uint16_t> SidecarConfig::OwnInboundPorts() const {
+  std::vector<uint16_t> ports;
+  if (absl::StatusOr<base::HostPort> admin = base::ParseHostPort(admin_listen, true);
+      admin.ok() && admin->port != 0) {
+    ports.push_back(admin->port);
+  }
+  for (const ListenerConfig& l : inbound) {
+    if (l.listen.port != 0 && !Contains(ports, l.listen.port)) {
+      ports.push_back(l.listen.port);
+    }
+  }
+  return ports;
+}
 
 absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool check_files) {
   Schema s;
@@ -217,6 +503,11 @@ absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool ch
 
   MESHTLS_ASSIGN_OR_RETURN(c.log,
                            config::ReadLogSettings(fields, s.log().level(), s.log().format()));
+  MESHTLS_RETURN_IF_ERROR(ReadTransparent(s, fields, c));
+  if (c.inbound.empty() && c.outbound.empty() && !c.transparent.enabled()) {
+    return absl::InvalidArgumentError(
+        "inbound, outbound, transparent: configure at least one listener");
+  }
   return c;
 }
 

@@ -8,6 +8,7 @@
 #include "absl/time/time.h"
 #include "common/base/host_port.h"
 #include "common/base/log.h"
+#include "common/net/cidr.h"
 
 namespace meshtls::sidecar {
 
@@ -19,6 +20,51 @@ struct ListenerConfig {
   base::HostPort listen;
   base::HostPort target;
   std::vector<std::string> peers;
+};
+
+// DestinationRule is one transparent-mode outbound rule: what a captured connection to a
+// matching original destination does. Empty `networks` or `ports` match any.
+struct DestinationRule {
+  enum class Action { kMesh, kPassthrough, kDeny };
+  std::string name;
+  std::vector<net::Cidr> networks;
+  std::vector<uint16_t> ports;
+  Action action = Action::kDeny;
+  // kMesh: SPIFFE IDs the server must present; empty means any identity the mesh CA issued in
+  // the trust domain (the server's inbound allow-list is then the authorization).
+  std::vector<std::string> expect;
+};
+
+// InboundMode: kStrict takes mutual TLS from the mesh only; kPermissive also plain TCP from
+// clients outside it (told apart by the first bytes).
+enum class InboundMode { kStrict, kPermissive };
+
+// InboundPortPolicy is how transparent inbound treats connections to one app port.
+struct InboundPortPolicy {
+  uint16_t port = 0;  // 0: the default, for ports without their own entry
+  InboundMode mode = InboundMode::kStrict;
+  std::vector<std::string> allow;
+};
+
+// TransparentConfig is the `transparent` section: capture of the app's own connections by
+// packet-filter rules, which `meshtls-sidecar init-network` installs from this same section.
+struct TransparentConfig {
+  uint32_t proxy_uid = 0;
+  struct Outbound {
+    bool enabled = false;
+    uint16_t port = 0;
+    std::vector<uint16_t> exclude_ports;
+    std::vector<net::Cidr> exclude_networks;
+    std::vector<DestinationRule> rules;
+  } outbound;
+  struct Inbound {
+    bool enabled = false;
+    uint16_t port = 0;
+    std::vector<uint16_t> exclude_ports;  // as configured; the sidecar's own ports come on top
+    InboundPortPolicy default_policy;
+    std::vector<InboundPortPolicy> ports;
+  } inbound;
+  bool enabled() const { return outbound.enabled || inbound.enabled; }
 };
 
 // SidecarConfig is the sidecar's configuration, parsed and validated. A plain value. The
@@ -71,6 +117,12 @@ struct SidecarConfig {
     absl::Duration negative_ttl;  // how long NXDOMAIN or a failure is cached
   } dns;
   base::LogSettings log;
+  TransparentConfig transparent;
+
+  // OwnInboundPorts are the ports the sidecar itself serves on the pod's addresses: the admin
+  // port and the explicit inbound listeners' (port 0 excluded). Transparent inbound never
+  // captures them, and never forwards to them.
+  std::vector<uint16_t> OwnInboundPorts() const;
 };
 
 // ParseSidecarConfig parses and validates YAML. With `check_files`, the files the config names

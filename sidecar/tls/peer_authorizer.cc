@@ -11,7 +11,7 @@ absl::StatusOr<PeerAuthorizer> PeerAuthorizer::Create(const std::vector<std::str
     }
     matchers.push_back(*std::move(m));
   }
-  return PeerAuthorizer(std::move(matchers));
+  return PeerAuthorizer(std::move(matchers), /*any=*/false);
 }
 
 }  // namespace meshtls::sidecar

@@ -14,11 +14,16 @@ namespace meshtls::sidecar {
 class PeerAuthorizer {
  public:
   static absl::StatusOr<PeerAuthorizer> Create(const std::vector<std::string>& patterns);
-  bool Allows(const pki::SpiffeId& id) const { return pki::MatchesAny(matchers_, id); }
+  // AnyVerified allows every identity the TLS context verified: a certificate of the mesh's
+  // trust bundle for the trust domain (a transparent `mesh` rule without `expect`).
+  static PeerAuthorizer AnyVerified() { return PeerAuthorizer({}, /*any=*/true); }
+  bool Allows(const pki::SpiffeId& id) const { return any_ || pki::MatchesAny(matchers_, id); }
 
  private:
-  explicit PeerAuthorizer(std::vector<pki::SpiffeIdMatcher> m) : matchers_(std::move(m)) {}
+  PeerAuthorizer(std::vector<pki::SpiffeIdMatcher> m, bool any)
+      : matchers_(std::move(m)), any_(any) {}
   std::vector<pki::SpiffeIdMatcher> matchers_;
+  bool any_ = false;
 };
 
 class SessionCache;
