@@ -152,6 +152,9 @@ std::vector<MetricFamily> SidecarCollector::Collect() const {
       Family("meshtls_authz_decisions_total", "Peer identity authorization decisions by listener.",
              MetricType::Counter);
   for (size_t i = 0; i < listeners_.size(); ++i) {
+    if (!listeners_[i].authorizes) {
+      continue;
+    }
     uint64_t allow = 0, deny = 0;
     for (const WorkerCounters* s : shards_) {
       allow += s->authz_allow[i].Get();
@@ -164,6 +167,26 @@ std::vector<MetricFamily> SidecarCollector::Collect() const {
                static_cast<double>(deny));
   }
   out.push_back(std::move(authz));
+
+  if (!capture_decisions_.empty()) {
+    MetricFamily capture = Family("meshtls_capture_decisions_total",
+                                  "Transparent-mode decisions on captured connections, by "
+                                  "destination rule or inbound port, and action.",
+                                  MetricType::Counter);
+    for (size_t i = 0; i < capture_decisions_.size(); ++i) {
+      uint64_t sum = 0;
+      for (const WorkerCounters* s : shards_) {
+        sum += s->capture_decisions[i].Get();
+      }
+      const CaptureDecisionLabel& l = capture_decisions_[i];
+      AddCounter(capture,
+                 {{"direction", kDirectionNames[static_cast<int>(l.direction)]},
+                  {"rule", l.rule},
+                  {"action", kCaptureActionNames[static_cast<int>(l.action)]}},
+                 static_cast<double>(sum));
+    }
+    out.push_back(std::move(capture));
+  }
 
   const CredentialGauges c = credentials_();
   auto gauge = [&](const char* name, const char* help, double value) {

@@ -27,6 +27,15 @@ struct CredentialGauges {
 struct ListenerLabel {
   Direction direction;
   std::string name;
+  bool authorizes = true;  // false: a capture port's listener (its rules authorize)
+};
+
+// CaptureDecisionLabel names one transparent-mode decision counter: a destination rule (or
+// "(none)") or an inbound port ("8080", "default"), and what was done.
+struct CaptureDecisionLabel {
+  Direction direction;
+  std::string rule;
+  CaptureAction action;
 };
 
 // SidecarCollector exposes every sidecar metric (docs/metrics.md) by summing the workers' shards
@@ -35,9 +44,11 @@ struct ListenerLabel {
 class SidecarCollector final : public prometheus::Collectable {
  public:
   SidecarCollector(std::vector<const WorkerCounters*> shards, std::vector<ListenerLabel> listeners,
+                   std::vector<CaptureDecisionLabel> capture_decisions,
                    std::function<CredentialGauges()> credentials)
       : shards_(std::move(shards)),
         listeners_(std::move(listeners)),
+        capture_decisions_(std::move(capture_decisions)),
         credentials_(std::move(credentials)) {}
 
   std::vector<prometheus::MetricFamily> Collect() const override;
@@ -45,6 +56,7 @@ class SidecarCollector final : public prometheus::Collectable {
  private:
   std::vector<const WorkerCounters*> shards_;
   std::vector<ListenerLabel> listeners_;
+  std::vector<CaptureDecisionLabel> capture_decisions_;
   std::function<CredentialGauges()> credentials_;
 };
 

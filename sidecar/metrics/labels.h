@@ -16,15 +16,34 @@ inline constexpr std::array<const char*, kDirectionCount> kDirectionNames = {"in
 
 // RefusedReason is the `reason` of meshtls_connections_refused_total: connections closed
 // before any handshake.
+// Transparent mode adds: a destination rule (or no rule) denied the connection; plain text
+// reached a strict inbound port; the original destination is the sidecar itself (a connection
+// made to a capture port directly, or one that would loop); the connection reached a capture
+// port without being redirected there, so it has no original destination.
 enum class RefusedReason : uint8_t {
   kNoCredentials,
   kCertificateExpired,
   kMaxConnections,
-  kUpstreamUnavailable
+  kUpstreamUnavailable,
+  kDeniedByRule,
+  kPlaintextRefused,
+  kCaptureLoop,
+  kNoOriginalDestination
 };
-inline constexpr int kRefusedReasonCount = 4;
+inline constexpr int kRefusedReasonCount = 8;
 inline constexpr std::array<const char*, kRefusedReasonCount> kRefusedReasonNames = {
-    "no_credentials", "certificate_expired", "max_connections", "upstream_unavailable"};
+    "no_credentials", "certificate_expired", "max_connections", "upstream_unavailable",
+    "denied_by_rule", "plaintext_refused",   "capture_loop",    "no_original_destination"};
+
+// CaptureAction is the `action` of meshtls_capture_decisions_total: what transparent mode did
+// with a captured connection. Outbound: by destination rule, mutual TLS to the original
+// destination (`mesh`), plain TCP to it (`passthrough`) or a reset (`deny`). Inbound: by port,
+// mutual TLS (`mesh`), plain text let through on a permissive port (`plaintext`), or plain text
+// refused on a strict one (`deny`).
+enum class CaptureAction : uint8_t { kMesh, kPassthrough, kDeny, kPlaintext };
+inline constexpr int kCaptureActionCount = 4;
+inline constexpr std::array<const char*, kCaptureActionCount> kCaptureActionNames = {
+    "mesh", "passthrough", "deny", "plaintext"};
 
 // The `result` of meshtls_dns_lookups_total, by dns::LookupOutcome (the same order): a DNS
 // lookup that found addresses, found no such name (or no address), timed out or failed

@@ -55,8 +55,10 @@ class LatencyHistogram {
 // WorkerCounters is one worker's metric shard, written only by that worker's thread and
 // summed by the collector at scrape time. Aligned so two workers never share a cache line.
 struct alignas(64) WorkerCounters {
-  explicit WorkerCounters(size_t listener_count)
-      : authz_allow(new Counter[listener_count]), authz_deny(new Counter[listener_count]) {}
+  WorkerCounters(size_t listener_count, size_t capture_decision_count)
+      : authz_allow(new Counter[listener_count]),
+        authz_deny(new Counter[listener_count]),
+        capture_decisions(new Counter[capture_decision_count]) {}
 
   Counter handshakes[kDirectionCount][kHandshakeResultCount];
   LatencyHistogram handshake_latency[kDirectionCount][2];  // [direction][resumed]
@@ -69,6 +71,8 @@ struct alignas(64) WorkerCounters {
   // Indexed by listener id (inbound listeners first, then outbound).
   std::unique_ptr<Counter[]> authz_allow;
   std::unique_ptr<Counter[]> authz_deny;
+  // Transparent mode: indexed by decision id (CaptureDecisionLabel, in the collector).
+  std::unique_ptr<Counter[]> capture_decisions;
 };
 
 }  // namespace meshtls::sidecar

@@ -20,15 +20,15 @@ namespace meshtls::sidecar {
 Connection::Connection(uint64_t id, ConnectionEnv& env, const ListenerRuntime& listener,
                        SessionCache* session_cache, base::UniqueFd accepted,
                        net::PeerAddress accepted_from)
-    : id_(id), env_(env), listener_(listener) {
+    : id_(id), env_(env), listener_(&listener), target_(listener.target) {
   // Inbound: the accepted socket speaks TLS. Outbound: it is the app's plain socket.
-  if (listener_.direction == Direction::kInbound) {
+  if (listener_->direction == Direction::kInbound) {
     tls_.fd = std::move(accepted);
     tls_peer_ = accepted_from;
   } else {
     plain_.fd = std::move(accepted);
   }
-  check_.authorizer = &listener_.authorizer;
+  check_.authorizer = &listener_->authorizer;  // a transparent decision replaces it
   check_.session_cache = session_cache;
 }
 
@@ -43,18 +43,18 @@ void Connection::Start() {
   env_.counters.connections_total[DirectionIndex()].Add();
   env_.counters.connections_active[DirectionIndex()].Add(1);
   counted_active_ = true;
-  context_ = env_.tls.Snapshot();
-  if (context_ == nullptr) {
-    Refuse(RefusedReason::kNoCredentials, "no certificate loaded yet");
+  if (listener_->outbound_capture != nullptr) {
+    DecideOutbound();
     return;
   }
-  if (absl::Now() >= context_->not_after()) {
-    // Fail closed: never present (or accept peers on behalf of) an expired identity.
-    Refuse(RefusedReason::kCertificateExpired,
-           absl::StrCat("the certificate expired at ", absl::FormatTime(context_->not_after())));
+  if (listener_->inbound_capture != nullptr) {
+    StartSniffing();
     return;
   }
-  if (listener_.direction == Direction::kInbound) {
+  if (!TakeCredentials()) {
+    return;
+  }
+  if (listener_->direction == Direction::kInbound) {
     handshake_start_ = net::EventLoop::Now();
     StartTls();
   } else {
@@ -62,18 +62,160 @@ void Connection::Start() {
   }
 }
 
+bool Connection::TakeCredentials() {
+  context_ = env_.tls.Snapshot();
+  if (context_ == nullptr) {
+    Refuse(RefusedReason::kNoCredentials, "no certificate loaded yet");
+    return false;
+  }
+  if (absl::Now() >= context_->not_after()) {
+    // Fail closed: never present (or accept peers on behalf of) an expired identity.
+    Refuse(RefusedReason::kCertificateExpired,
+           absl::StrCat("the certificate expired at ", absl::FormatTime(context_->not_after())));
+    return false;
+  }
+  return true;
+}
+
+void Connection::DecideOutbound() {
+  const OutboundCapture& capture = *listener_->outbound_capture;
+  absl::StatusOr<net::SocketAddress> destination = OriginalDestination(plain_.fd.get());
+  if (!destination.ok()) {
+    Refuse(RefusedReason::kNoOriginalDestination, destination.status().message());
+    return;
+  }
+  net::SocketAddress local;
+  local.length = sizeof(local.storage);
+  if (::getsockname(plain_.fd.get(), reinterpret_cast<sockaddr*>(&local.storage), &local.length) ==
+          0 &&
+      IsSameAddress(*destination, local)) {
+    // Not redirected: someone connected to the capture port itself. Relaying it to its
+    // "original destination" would connect to ourselves.
+    Refuse(RefusedReason::kCaptureLoop,
+           absl::StrCat("a connection made to the capture port ", destination->ToString(),
+                        " directly, not redirected to it"));
+    return;
+  }
+  tls_peer_ = net::PeerAddress::From(*destination);
+  const CaptureRule* rule = capture.Match(*destination);
+  if (rule == nullptr) {
+    CountDecision(capture.no_match_decision);
+    Refuse(RefusedReason::kDeniedByRule,
+           absl::StrCat("no destination rule matches ", destination->ToString()));
+    return;
+  }
+  CountDecision(rule->decision);
+  listener_ = rule->listener;
+  check_.authorizer = &listener_->authorizer;
+  absl::StatusOr<base::HostPort> target = base::ParseHostPort(destination->ToString());
+  if (!target.ok()) {
+    Refuse(RefusedReason::kUpstreamUnavailable, target.status().message());
+    return;
+  }
+  target_ = *target;
+  switch (rule->action) {
+    case CaptureAction::kDeny:
+    case CaptureAction::kPlaintext:  // not an outbound action
+      Refuse(RefusedReason::kDeniedByRule,
+             absl::StrCat("destination rule ", rule->name, " denies ", destination->ToString()));
+      return;
+    case CaptureAction::kPassthrough:
+      peer_plain_ = true;
+      StartUpstreamConnect();
+      return;
+    case CaptureAction::kMesh:
+      if (!TakeCredentials()) {
+        return;
+      }
+      if (env_.mesh_sessions) {
+        mesh_sessions_ = env_.mesh_sessions(*listener_, *destination);
+        check_.session_cache = mesh_sessions_.get();
+      }
+      StartUpstreamConnect();
+      return;
+  }
+}
+
+void Connection::StartSniffing() {
+  const InboundCapture& capture = *listener_->inbound_capture;
+  absl::StatusOr<net::SocketAddress> destination = OriginalDestination(tls_.fd.get());
+  if (!destination.ok()) {
+    Refuse(RefusedReason::kNoOriginalDestination, destination.status().message());
+    return;
+  }
+  const uint16_t port = PortOf(*destination);
+  if (capture.IsOwnPort(port)) {
+    Refuse(RefusedReason::kCaptureLoop,
+           absl::StrCat("the original destination ", destination->ToString(),
+                        " is one of the sidecar's own ports"));
+    return;
+  }
+  inbound_port_ = &capture.For(port);
+  listener_ = inbound_port_->listener;
+  check_.authorizer = &listener_->authorizer;
+  target_ = base::HostPort{.host = "127.0.0.1", .port = port, .host_is_ip = true};
+  state_ = State::kSniffing;
+  handshake_start_ = net::EventLoop::Now();
+  timer_ = env_.loop.AddTimer(env_.handshake_timeout, [this] {
+    timer_ = 0;
+    if (state_ != State::kSniffing) {
+      return;
+    }
+    RecordHandshakeFailure(HandshakeResult::kTimeout,
+                           "the client sent nothing before limits.handshake_timeout");
+    Close(/*abortive=*/true);
+  });
+  SetInterest(tls_, EPOLLIN);
+  Sniff();
+}
+
+void Connection::Sniff() {
+  char first[3];
+  const ssize_t n = ::recv(tls_.fd.get(), first, sizeof(first), MSG_PEEK);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+    return;  // epoll reports the first bytes
+  }
+  if (n <= 0) {
+    Close(/*abortive=*/n < 0);  // gone before it said anything: nothing to count but the accept
+    return;
+  }
+  switch (ClassifyFirstBytes(absl::string_view(first, static_cast<size_t>(n)))) {
+    case FirstBytes::kNeedMore:
+      return;  // a ClientHello's first bytes, arriving slowly: wait (within the timeout)
+    case FirstBytes::kTlsHandshake:
+      CountDecision(inbound_port_->mesh_decision);
+      if (!TakeCredentials()) {
+        return;
+      }
+      StartTls();  // arms the handshake timeout afresh (the wait for these bytes had its own)
+      return;
+    case FirstBytes::kOther:
+      break;
+  }
+  if (!inbound_port_->permissive) {
+    CountDecision(inbound_port_->deny_decision);
+    Refuse(RefusedReason::kPlaintextRefused,
+           absl::StrCat("plain text to strict port ", target_.port, " (mutual TLS only)"));
+    return;
+  }
+  CountDecision(inbound_port_->plaintext_decision);
+  peer_plain_ = true;
+  SetInterest(tls_, 0);  // nothing is read from the client before the app is connected
+  StartUpstreamConnect();
+}
+
 void Connection::StartUpstreamConnect() {
   state_ = State::kResolving;
   timer_ = env_.loop.AddTimer(env_.connect_timeout, [this] {
     timer_ = 0;
     Refuse(RefusedReason::kUpstreamUnavailable,
-           absl::StrCat("connect to ", listener_.target.ToString(), " timed out",
+           absl::StrCat("connect to ", target_.ToString(), " timed out",
                         state_ == State::kResolving ? " (resolving the name)" : ""));
   });
   // Called at once (IP literal, cached answer) or later from the loop; the connection may be
   // gone by then, or have given up (connect timeout).
   std::weak_ptr<bool> alive = alive_;
-  env_.resolver.Resolve(listener_.target, alive_,
+  env_.resolver.Resolve(target_, alive_,
                         [this, alive](absl::StatusOr<dns::Resolver::Addresses> addresses) {
                           if (!alive.expired() && state_ == State::kResolving) {
                             OnResolved(std::move(addresses));
@@ -88,12 +230,12 @@ void Connection::OnResolved(absl::StatusOr<dns::Resolver::Addresses> addresses) 
   }
   upstream_addresses_ = *std::move(addresses);
   next_address_ = 0;
-  last_connect_error_ = absl::StrCat(listener_.target.ToString(), " has no address");
+  last_connect_error_ = absl::StrCat(target_.ToString(), " has no address");
   ConnectNextAddress();
 }
 
 void Connection::ConnectNextAddress() {
-  Side& upstream = listener_.direction == Direction::kInbound ? plain_side() : tls_side();
+  Side& upstream = listener_->direction == Direction::kInbound ? plain_side() : tls_side();
   while (next_address_ < upstream_addresses_.size()) {
     const net::SocketAddress& address = upstream_addresses_[next_address_++];
     absl::StatusOr<base::UniqueFd> fd = net::ConnectTcp(address);
@@ -105,7 +247,7 @@ void Connection::ConnectNextAddress() {
       continue;
     }
     upstream.fd = *std::move(fd);
-    if (listener_.direction == Direction::kOutbound) {
+    if (listener_->direction == Direction::kOutbound) {
       tls_peer_ = net::PeerAddress::From(address);
     }
     state_ = State::kConnecting;
@@ -116,10 +258,10 @@ void Connection::ConnectNextAddress() {
 }
 
 void Connection::OnUpstreamConnected() {
-  Side& upstream = listener_.direction == Direction::kInbound ? plain_side() : tls_side();
+  Side& upstream = listener_->direction == Direction::kInbound ? plain_side() : tls_side();
   if (int err = net::SocketError(upstream.fd.get()); err != 0) {
     last_connect_error_ =
-        absl::StrCat("connect to ", listener_.target.ToString(), " (",
+        absl::StrCat("connect to ", target_.ToString(), " (",
                      upstream_addresses_[next_address_ - 1].ToString(), "): ", std::strerror(err));
     CloseSide(upstream);
     ConnectNextAddress();
@@ -129,7 +271,7 @@ void Connection::OnUpstreamConnected() {
     env_.loop.CancelTimer(timer_);
     timer_ = 0;
   }
-  if (listener_.direction == Direction::kInbound) {
+  if (listener_->direction == Direction::kInbound || peer_plain_) {
     EnterRelaying();
   } else {
     handshake_start_ = net::EventLoop::Now();
@@ -140,7 +282,7 @@ void Connection::OnUpstreamConnected() {
 void Connection::StartTls() {
   net::SetNoDelay(tls_.fd.get());
   absl::StatusOr<SslPtr> ssl =
-      context_->NewSsl(listener_.direction == Direction::kInbound, tls_.fd.get(), &check_);
+      context_->NewSsl(listener_->direction == Direction::kInbound, tls_.fd.get(), &check_);
   if (!ssl.ok()) {
     RecordHandshakeFailure(HandshakeResult::kInternal, ssl.status().message());
     Close(/*abortive=*/true);
@@ -154,7 +296,7 @@ void Connection::StartTls() {
     std::optional<SessionCache::Entry> cached =
         check_.session_cache->Take(context_->generation(), absl::Now());
     // Offered only for an identity `expect` still allows (checked again if it resumes).
-    if (cached.has_value() && listener_.authorizer.Allows(cached->peer) &&
+    if (cached.has_value() && listener_->authorizer.Allows(cached->peer) &&
         SSL_set_session(ssl_.get(), cached->session.get()) == 1) {
       check_.resumed_peer_id = std::move(cached->peer);
     }
@@ -198,7 +340,7 @@ void Connection::DoHandshake() {
 void Connection::OnHandshakeFailed(int ssl_error) {
   HandshakeFailure failure = ClassifyHandshakeFailure(ssl_error, check_);
   if (failure.result == HandshakeResult::kIdentityDenied && check_.identity_denied) {
-    env_.counters.authz_deny[listener_.id].Add();
+    env_.counters.authz_deny[listener_->id].Add();
   }
   RecordHandshakeFailure(failure.result, failure.reason);
   // OpenSSL has written its alert; lingering lets it reach the peer (see kLingerMaxBytes).
@@ -285,7 +427,7 @@ void Connection::RecordHandshakeFailure(HandshakeResult result, absl::string_vie
   if (env_.may_log()) {
     base::LogWarning("tls handshake failed",
                      {{"direction", kDirectionNames[DirectionIndex()]},
-                      {"listener", listener_.name},
+                      {"listener", listener_->name},
                       {"peer", tls_peer_.ToString()},
                       {"peer_spiffe_id", base::TruncateForLog(check_.claimed_id)},
                       {"result", kHandshakeResultNames[static_cast<int>(result)]},
@@ -307,8 +449,8 @@ void Connection::OnHandshakeDone() {
     // No certificate was verified: the identity is the one the session was established with
     // (from our own ticket inbound, from the listener's cache outbound), authorized again here.
     if (!check_.resumed_peer_id.has_value() ||
-        !listener_.authorizer.Allows(*check_.resumed_peer_id)) {
-      env_.counters.authz_deny[listener_.id].Add();
+        !listener_->authorizer.Allows(*check_.resumed_peer_id)) {
+      env_.counters.authz_deny[listener_->id].Add();
       RecordHandshakeFailure(HandshakeResult::kIdentityDenied,
                              "resumed a session whose identity this listener does not allow");
       Close(/*abortive=*/true);
@@ -328,8 +470,8 @@ void Connection::OnHandshakeDone() {
   handshake_seconds_ =
       std::chrono::duration<double>(net::EventLoop::Now() - handshake_start_).count();
   handshake_resumed_ = resumed;
-  env_.counters.authz_allow[listener_.id].Add();
-  if (listener_.direction == Direction::kOutbound && !resumed &&
+  env_.counters.authz_allow[listener_->id].Add();
+  if (listener_->direction == Direction::kOutbound && !resumed &&
       SSL_version(ssl_.get()) == TLS1_3_VERSION) {
     // The server has not judged our certificate yet (a resumption was judged at its start).
     verdict_pending_ = true;
@@ -339,7 +481,7 @@ void Connection::OnHandshakeDone() {
     CountHandshakeSuccess();
   }
   SetInterest(tls_, 0);
-  if (listener_.direction == Direction::kInbound) {
+  if (listener_->direction == Direction::kInbound) {
     StartUpstreamConnect();
   } else {
     EnterRelaying();
@@ -388,7 +530,7 @@ void Connection::EnterRelaying() {
   net::SetNoDelay(plain_.fd.get());
   last_activity_ = net::EventLoop::Now();
   ArmIdleTimer();
-  if (env_.close_on_expiry) {
+  if (env_.close_on_expiry && !peer_plain_) {
     ArmExpiryTimer();
   }
   Progress();
@@ -443,6 +585,11 @@ void Connection::OnEvents(bool tls_side, uint32_t events) {
   switch (state_) {
     case State::kClosed:
     case State::kResolving:
+      return;
+    case State::kSniffing:
+      if (tls_side) {
+        Sniff();
+      }
       return;
     case State::kConnecting:
       OnUpstreamConnected();
@@ -508,7 +655,19 @@ void Connection::Progress() {
     }
 
     // Buffer -> peer.
-    if (!to_tls_.empty()) {
+    if (!to_tls_.empty() && peer_plain_) {
+      ssize_t n = ::send(tls_.fd.get(), to_tls_.ReadableSpan(), to_tls_.size(), MSG_NOSIGNAL);
+      if (n > 0) {
+        to_tls_.Consume(static_cast<size_t>(n));
+        env_.counters.bytes_sent[DirectionIndex()].Add(static_cast<uint64_t>(n));
+        progress = true;
+      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        tls_wants_write_ = true;
+      } else if (n < 0 && errno != EINTR) {
+        abort = true;
+        break;
+      }
+    } else if (!to_tls_.empty()) {
       ERR_clear_error();
       int n = SSL_write(ssl_.get(), to_tls_.ReadableSpan(), static_cast<int>(to_tls_.size()));
       if (n > 0) {
@@ -524,8 +683,12 @@ void Connection::Progress() {
       }
     }
 
-    // App finished sending: forward the half-close as close_notify.
-    if (plain_eof_ && to_tls_.empty() && !tls_shutdown_sent_) {
+    // App finished sending: forward the half-close as close_notify (a FIN when plain).
+    if (plain_eof_ && to_tls_.empty() && !tls_shutdown_sent_ && peer_plain_) {
+      ::shutdown(tls_.fd.get(), SHUT_WR);
+      tls_shutdown_sent_ = true;
+      progress = true;
+    } else if (plain_eof_ && to_tls_.empty() && !tls_shutdown_sent_) {
       ERR_clear_error();
       int rc = SSL_shutdown(ssl_.get());
       if (rc >= 0) {
@@ -541,7 +704,25 @@ void Connection::Progress() {
 
     // Peer -> buffer. OpenSSL reads ahead, so records may wait in its buffer with the socket
     // drained: SSL_has_pending, not epoll, says whether there is more.
-    if (!tls_eof_ && (tls_readable_ || SSL_has_pending(ssl_.get()) == 1) && to_plain_.space() > 0) {
+    if (!tls_eof_ && tls_readable_ && to_plain_.space() > 0 && peer_plain_) {
+      const size_t want = to_plain_.WritableSize();
+      ssize_t n = ::recv(tls_.fd.get(), to_plain_.WritableSpan(env_.buffers), want, 0);
+      if (n > 0) {
+        to_plain_.Commit(static_cast<size_t>(n));
+        env_.counters.bytes_received[DirectionIndex()].Add(static_cast<uint64_t>(n));
+        tls_readable_ = static_cast<size_t>(n) == want;
+        progress = true;
+      } else if (n == 0) {
+        tls_eof_ = true;  // FIN: a clean half-close
+        progress = true;
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        tls_readable_ = false;
+      } else if (errno != EINTR) {
+        abort = true;  // a reset
+        break;
+      }
+    } else if (!tls_eof_ && !peer_plain_ && (tls_readable_ || SSL_has_pending(ssl_.get()) == 1) &&
+               to_plain_.space() > 0) {
       ERR_clear_error();
       tls_socket_reads_ = 0;
       int n = SSL_read(ssl_.get(), to_plain_.WritableSpan(env_.buffers),
@@ -686,7 +867,7 @@ void Connection::Refuse(RefusedReason reason, absl::string_view detail) {
   if (env_.may_log()) {
     base::LogWarning("connection refused",
                      {{"direction", kDirectionNames[DirectionIndex()]},
-                      {"listener", listener_.name},
+                      {"listener", listener_->name},
                       {"reason", kRefusedReasonNames[static_cast<int>(reason)]},
                       {"detail", std::string(detail)}});
   }

@@ -14,6 +14,7 @@
 #include "sidecar/dns/resolver.h"
 #include "sidecar/metrics/labels.h"
 #include "sidecar/metrics/worker_counters.h"
+#include "sidecar/proxy/capture.h"
 #include "sidecar/proxy/relay_buffer.h"
 #include "sidecar/tls/peer_authorizer.h"
 #include "sidecar/tls/session_cache.h"
@@ -24,12 +25,18 @@ namespace meshtls::sidecar {
 
 // ListenerRuntime is what a connection needs to know about its listener. Owned by the worker;
 // immutable while the worker runs.
+// Transparent mode adds runtimes of two more kinds: a capture port's listener (with
+// `outbound_capture` or `inbound_capture` set; it decides, it never authorizes), and one per
+// destination rule and inbound port (no socket: a connection takes the runtime of the rule or
+// port that decides for it, with its name and allow-list, and has its own target).
 struct ListenerRuntime {
   size_t id = 0;  // index into the authz counters
   Direction direction = Direction::kInbound;
   std::string name;
-  base::HostPort target;  // forward (inbound) or connect (outbound)
+  base::HostPort target;  // forward (inbound) or connect (outbound); unused by transparent mode
   PeerAuthorizer authorizer;
+  const OutboundCapture* outbound_capture = nullptr;
+  const InboundCapture* inbound_capture = nullptr;
 };
 
 // ConnectionEnv is the worker's state a connection uses. Owned by the worker; used only on
@@ -56,6 +63,11 @@ struct ConnectionEnv {
   // end it at once with Shutdown() (to bound how many linger). on_closed still follows when it
   // ends.
   std::function<void(uint64_t id)> on_lingering;
+  // mesh_sessions (empty without resumption) gives the worker's TLS session cache for one
+  // destination of a transparent `mesh` rule: tickets are per server.
+  std::function<std::shared_ptr<SessionCache>(const ListenerRuntime& rule,
+                                              const net::SocketAddress& destination)>
+      mesh_sessions;
 };
 
 // Lingering close after a failed handshake (as nginx's lingering_close): the alert is sent, the
@@ -76,6 +88,13 @@ inline constexpr net::MonoDuration kLingerTimeout = std::chrono::seconds(2);
 // Outbound: a plain connection from the app, a TLS client handshake to `connect` (server
 // identity checked against `expect`), then relay. Nothing is read from the app before the
 // peer is verified, and nothing from a peer reaches the app before it is authorized.
+//
+// Transparent mode: an outbound capture connection first reads its original destination and
+// takes the first matching rule's action (mesh: as outbound, to that destination; passthrough:
+// plain TCP to it; deny). An inbound capture connection reads its original port, waits for the
+// first bytes and either runs the TLS server side (a ClientHello) or, on a permissive port,
+// relays plain text to 127.0.0.1:<port>. Either way the "TLS side" of a plain relay is a plain
+// socket (peer_plain_).
 //
 // Relaying moves bytes both ways through bounded buffers and maps half-close: a FIN from the
 // app becomes close_notify, a close_notify becomes a FIN. A reset or an unexpected EOF on
@@ -101,7 +120,17 @@ class Connection {
  private:
   // kLingering: a failed handshake's alert is sent and the TLS side drains (see
   // kLingerMaxBytes); nothing else is open.
-  enum class State { kResolving, kConnecting, kHandshaking, kRelaying, kLingering, kClosed };
+  // kSniffing: an inbound capture connection waits for the first bytes, to tell a ClientHello
+  // from plain text.
+  enum class State {
+    kSniffing,
+    kResolving,
+    kConnecting,
+    kHandshaking,
+    kRelaying,
+    kLingering,
+    kClosed
+  };
 
   class Side final : public net::EventHandler {
    public:
@@ -117,6 +146,15 @@ class Connection {
   };
 
   void OnEvents(bool tls_side, uint32_t events);
+  // TakeCredentials snapshots the TLS context for a connection about to use TLS; false (the
+  // connection refused) when there is none or it expired.
+  bool TakeCredentials();
+  // DecideOutbound applies transparent.outbound to the original destination; StartSniffing and
+  // Sniff do transparent.inbound's part.
+  void DecideOutbound();
+  void StartSniffing();
+  void Sniff();
+  void CountDecision(size_t decision) { env_.counters.capture_decisions[decision].Add(); }
   // The TLS socket BIO's callback (see tls_socket_drained_).
   static long OnTlsSocketBio(BIO* bio, int operation, const char* data, size_t length, int argi,
                              long argl, int result, size_t* processed);
@@ -165,13 +203,19 @@ class Connection {
   // CloseSide takes the side's socket out of epoll and closes it.
   void CloseSide(Side& side);
   void Refuse(RefusedReason reason, absl::string_view detail);
-  int DirectionIndex() const { return static_cast<int>(listener_.direction); }
+  int DirectionIndex() const { return static_cast<int>(listener_->direction); }
   Side& tls_side() { return tls_; }
   Side& plain_side() { return plain_; }
 
   const uint64_t id_;
   ConnectionEnv& env_;
-  const ListenerRuntime& listener_;
+  // The accepting listener's runtime, or after a transparent decision the deciding rule's or
+  // port's.
+  const ListenerRuntime* listener_;
+  base::HostPort target_;    // where the upstream connection goes
+  bool peer_plain_ = false;  // passthrough / permissive plain text: no TLS on either side
+  std::shared_ptr<SessionCache> mesh_sessions_;  // a mesh rule's cache for this destination
+  const InboundPort* inbound_port_ = nullptr;    // inbound capture: the original port's policy
   State state_ = State::kResolving;
   Side tls_{*this, true};
   net::PeerAddress tls_peer_;  // the TLS side's peer, for failure logs

@@ -1,8 +1,10 @@
 #include "sidecar/server/server.h"
 
 #include <openssl/ssl.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -50,7 +52,17 @@ class ServerImpl final : public Server {
   absl::Status Init(const std::string& bound_ports_file) {
     settings_.allow_tls12 = config_.tls.min_version == "1.2";
     settings_.session_resumption = config_.tls.session_resumption;
-    // Listener runtimes: inbound first, then outbound (this order indexes the authz counters).
+    const TransparentConfig& transparent = config_.transparent;
+    if (transparent.outbound.enabled && ::geteuid() != transparent.proxy_uid) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("transparent.proxy_uid is ", transparent.proxy_uid,
+                       " but the sidecar runs as uid ", ::geteuid(),
+                       ": the capture rules would send its own connections back to it. Run it as "
+                       "uid ",
+                       transparent.proxy_uid, " (securityContext.runAsUser)"));
+    }
+    // Listener runtimes: inbound first, then outbound (this order indexes the authz counters),
+    // then transparent mode's.
     for (const auto* list : {&config_.inbound, &config_.outbound}) {
       for (const ListenerConfig& l : *list) {
         MESHTLS_ASSIGN_OR_RETURN(PeerAuthorizer authorizer, PeerAuthorizer::Create(l.peers));
@@ -62,6 +74,7 @@ class ServerImpl final : public Server {
             .authorizer = std::move(authorizer)});
       }
     }
+    MESHTLS_RETURN_IF_ERROR(AddCaptureRuntimes());
     const dns::ResolverOptions dns{.servers = config_.dns.servers,
                                    .max_ttl = config_.dns.max_ttl,
                                    .negative_ttl = config_.dns.negative_ttl,
@@ -72,32 +85,80 @@ class ServerImpl final : public Server {
                             : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
     // Bind every worker's socket now, so a port conflict fails the start. A listener on port 0
     // gets its port from the first bind and the other workers share it.
-    std::vector<std::vector<base::UniqueFd>> fds(worker_count);
-    std::vector<std::pair<std::string, const ListenerConfig*>> configs;  // bound-ports name
+    std::vector<std::vector<ListenFd>> fds(worker_count);
+    struct Socket {
+      std::string bound_name;  // in the bound-ports file ("" for a capture port's IPv6 socket)
+      size_t listener;
+      base::HostPort listen;
+      bool ipv6_optional = false;  // a capture port's IPv6 socket: skipped where IPv6 is off
+    };
+    std::vector<Socket> sockets;
+    size_t index = 0;
     for (const ListenerConfig& l : config_.inbound) {
-      configs.emplace_back("inbound." + l.name, &l);
+      sockets.push_back({"inbound." + l.name, index++, l.listen});
     }
     for (const ListenerConfig& l : config_.outbound) {
-      configs.emplace_back("outbound." + l.name, &l);
+      sockets.push_back({"outbound." + l.name, index++, l.listen});
+    }
+    // Capture ports: one socket per family, so that each accepted connection's family tells
+    // which original-destination option to read. Outbound capture listens on loopback only
+    // (the OUTPUT chain redirects there); inbound capture on every address (PREROUTING
+    // redirects to the address the packet arrived on).
+    if (outbound_capture_listener_.has_value()) {
+      const uint16_t port = transparent.outbound.port;
+      sockets.push_back({"transparent.outbound",
+                         *outbound_capture_listener_,
+                         {.host = "127.0.0.1", .port = port, .host_is_ip = true}});
+      sockets.push_back({"",
+                         *outbound_capture_listener_,
+                         {.host = "::1", .port = port, .host_is_ip = true, .is_ipv6 = true},
+                         /*ipv6_optional=*/true});
+    }
+    if (inbound_capture_listener_.has_value()) {
+      const uint16_t port = transparent.inbound.port;
+      sockets.push_back({"transparent.inbound",
+                         *inbound_capture_listener_,
+                         {.host = "0.0.0.0", .port = port, .host_is_ip = true}});
+      sockets.push_back({"",
+                         *inbound_capture_listener_,
+                         {.host = "::", .port = port, .host_is_ip = true, .is_ipv6 = true},
+                         /*ipv6_optional=*/true});
     }
     std::vector<base::BoundListener> bound_listeners;
-    for (const auto& [bound_name, l] : configs) {
-      base::HostPort bound = l->listen;
+    for (const Socket& socket : sockets) {
+      const std::string& name = listeners_[socket.listener].name;
+      base::HostPort bound = socket.listen;
       MESHTLS_ASSIGN_OR_RETURN(net::SocketAddress address, net::ToSocketAddress(bound));
-      for (int w = 0; w < worker_count; ++w) {
+      std::vector<base::UniqueFd> per_worker;
+      absl::Status failed;
+      for (int w = 0; w < worker_count && failed.ok(); ++w) {
         absl::StatusOr<base::UniqueFd> fd = net::ListenTcp(address, {.reuse_port = true});
         if (!fd.ok()) {
-          return absl::Status(fd.status().code(),
-                              absl::StrCat("listener ", l->name, ": ", fd.status().message()));
+          failed = absl::Status(fd.status().code(),
+                                absl::StrCat("listener ", name, ": ", fd.status().message()));
+          break;
         }
-        if (w == 0 && l->listen.port == 0) {
+        if (w == 0 && socket.listen.port == 0) {
           bound.port = net::LocalPort(fd->get());
           MESHTLS_ASSIGN_OR_RETURN(address, net::ToSocketAddress(bound));
         }
-        fds[w].push_back(*std::move(fd));
+        per_worker.push_back(*std::move(fd));
       }
-      bound_listeners.push_back({bound_name, bound});
-      base::LogInfo("listening", {{"listener", l->name}, {"address", address.ToString()}});
+      if (!failed.ok()) {
+        if (socket.ipv6_optional && per_worker.empty()) {
+          base::LogWarning("no IPv6 capture socket; capturing IPv4 only",
+                           {{"listener", name}, {"error", std::string(failed.message())}});
+          continue;
+        }
+        return failed;
+      }
+      for (int w = 0; w < worker_count; ++w) {
+        fds[w].push_back(ListenFd{socket.listener, std::move(per_worker[w])});
+      }
+      if (!socket.bound_name.empty()) {
+        bound_listeners.push_back({socket.bound_name, bound});
+      }
+      base::LogInfo("listening", {{"listener", name}, {"address", address.ToString()}});
     }
     const WorkerLimits limits{.handshake_timeout = ToMono(config_.limits.handshake_timeout),
                               .connect_timeout = ToMono(config_.limits.connect_timeout),
@@ -109,7 +170,8 @@ class ServerImpl final : public Server {
     for (int w = 0; w < worker_count; ++w) {
       MESHTLS_ASSIGN_OR_RETURN(
           std::unique_ptr<Worker> worker,
-          Worker::Create(w, listeners_, std::move(fds[w]), store_, dns, limits, open_connections_));
+          Worker::Create(w, listeners_, std::move(fds[w]), capture_decisions_.size(), store_, dns,
+                         limits, open_connections_));
       shards.push_back(&worker->counters());
       workers_.push_back(std::move(worker));
     }
@@ -117,16 +179,22 @@ class ServerImpl final : public Server {
     MESHTLS_ASSIGN_OR_RETURN(identity_, NewIdentitySource());
     std::vector<ListenerLabel> labels;
     for (const ListenerRuntime& l : listeners_) {
-      labels.push_back({l.direction, l.name});
+      labels.push_back(
+          {l.direction, l.name, l.outbound_capture == nullptr && l.inbound_capture == nullptr});
     }
-    auto collector = std::make_shared<SidecarCollector>(std::move(shards), std::move(labels),
-                                                        [this] { return CredentialState(); });
+    auto collector =
+        std::make_shared<SidecarCollector>(std::move(shards), std::move(labels), capture_decisions_,
+                                           [this] { return CredentialState(); });
     std::vector<admin::AdminRoute> routes;
     routes.push_back({"/healthz", [] { return admin::HttpResponse{.body = "ok\n"}; }});
     routes.push_back({"/readyz", [this] { return Readiness(); }});
     routes.push_back({"/certs", [this] { return Certs(); }});
     MESHTLS_ASSIGN_OR_RETURN(
         admin_, admin::AdminServer::Start(config_.admin_listen, std::move(routes), {collector}));
+    if (inbound_capture_ != nullptr) {
+      // The admin port, known now even when configured as 0; workers have not started yet.
+      inbound_capture_->own_ports.push_back(admin_->port());
+    }
     for (auto& w : workers_) {
       w->Start();
     }
@@ -142,6 +210,97 @@ class ServerImpl final : public Server {
     MESHTLS_RETURN_IF_ERROR(identity_->Start());
     base::LogInfo("sidecar started", {{"workers", absl::StrCat(worker_count)},
                                       {"admin_port", absl::StrCat(admin_->port())}});
+    return absl::OkStatus();
+  }
+
+  // AddCaptureRuntimes appends transparent mode's runtimes to listeners_: each capture port's,
+  // then one per destination rule and inbound port (their names label the authz counters), and
+  // lists the capture decisions. listeners_ is complete afterwards, so pointers into it hold.
+  absl::Status AddCaptureRuntimes() {
+    const TransparentConfig& t = config_.transparent;
+    std::vector<size_t> rule_listeners;
+    if (t.outbound.enabled) {
+      outbound_capture_ = std::make_unique<OutboundCapture>();
+      outbound_capture_listener_ = listeners_.size();
+      listeners_.push_back(ListenerRuntime{.id = listeners_.size(),
+                                           .direction = Direction::kOutbound,
+                                           .name = "transparent-outbound",
+                                           .target = {},
+                                           .authorizer = PeerAuthorizer::AnyVerified(),
+                                           .outbound_capture = outbound_capture_.get()});
+      for (const DestinationRule& rule : t.outbound.rules) {
+        PeerAuthorizer authorizer = PeerAuthorizer::AnyVerified();
+        if (!rule.expect.empty()) {
+          MESHTLS_ASSIGN_OR_RETURN(authorizer, PeerAuthorizer::Create(rule.expect));
+        }
+        const CaptureAction action =
+            rule.action == DestinationRule::Action::kMesh          ? CaptureAction::kMesh
+            : rule.action == DestinationRule::Action::kPassthrough ? CaptureAction::kPassthrough
+                                                                   : CaptureAction::kDeny;
+        rule_listeners.push_back(listeners_.size());
+        listeners_.push_back(ListenerRuntime{.id = listeners_.size(),
+                                             .direction = Direction::kOutbound,
+                                             .name = "outbound-rule/" + rule.name,
+                                             .target = {},
+                                             .authorizer = std::move(authorizer)});
+        outbound_capture_->rules.push_back(CaptureRule{.name = rule.name,
+                                                       .networks = rule.networks,
+                                                       .ports = rule.ports,
+                                                       .action = action,
+                                                       .decision = capture_decisions_.size()});
+        capture_decisions_.push_back({Direction::kOutbound, rule.name, action});
+      }
+      outbound_capture_->no_match_decision = capture_decisions_.size();
+      capture_decisions_.push_back({Direction::kOutbound, "(none)", CaptureAction::kDeny});
+    }
+    std::vector<size_t> port_listeners;
+    if (t.inbound.enabled) {
+      inbound_capture_ = std::make_unique<InboundCapture>();
+      inbound_capture_listener_ = listeners_.size();
+      listeners_.push_back(ListenerRuntime{.id = listeners_.size(),
+                                           .direction = Direction::kInbound,
+                                           .name = "transparent-inbound",
+                                           .target = {},
+                                           .authorizer = PeerAuthorizer::AnyVerified(),
+                                           .inbound_capture = inbound_capture_.get()});
+      std::vector<const InboundPortPolicy*> policies = {&t.inbound.default_policy};
+      for (const InboundPortPolicy& p : t.inbound.ports) {
+        policies.push_back(&p);
+      }
+      for (const InboundPortPolicy* p : policies) {
+        const std::string label = p->port == 0 ? "default" : absl::StrCat(p->port);
+        MESHTLS_ASSIGN_OR_RETURN(PeerAuthorizer authorizer, PeerAuthorizer::Create(p->allow));
+        port_listeners.push_back(listeners_.size());
+        listeners_.push_back(ListenerRuntime{.id = listeners_.size(),
+                                             .direction = Direction::kInbound,
+                                             .name = "inbound-port/" + label,
+                                             .target = {},
+                                             .authorizer = std::move(authorizer)});
+        InboundPort port{.port = p->port,
+                         .permissive = p->mode == InboundMode::kPermissive,
+                         .mesh_decision = capture_decisions_.size()};
+        capture_decisions_.push_back({Direction::kInbound, label, CaptureAction::kMesh});
+        port.plaintext_decision = capture_decisions_.size();
+        capture_decisions_.push_back({Direction::kInbound, label, CaptureAction::kPlaintext});
+        port.deny_decision = capture_decisions_.size();
+        capture_decisions_.push_back({Direction::kInbound, label, CaptureAction::kDeny});
+        (p->port == 0 ? inbound_capture_->default_port : inbound_capture_->ports.emplace_back()) =
+            port;
+      }
+      inbound_capture_->own_ports = config_.OwnInboundPorts();
+      inbound_capture_->own_ports.push_back(t.inbound.port);
+      if (t.outbound.enabled) {
+        inbound_capture_->own_ports.push_back(t.outbound.port);
+      }
+    }
+    // listeners_ is complete: point the rules and ports at their runtimes.
+    for (size_t i = 0; i < rule_listeners.size(); ++i) {
+      outbound_capture_->rules[i].listener = &listeners_[rule_listeners[i]];
+    }
+    for (size_t i = 0; i < port_listeners.size(); ++i) {
+      (i == 0 ? inbound_capture_->default_port : inbound_capture_->ports[i - 1]).listener =
+          &listeners_[port_listeners[i]];
+    }
     return absl::OkStatus();
   }
 
@@ -263,6 +422,13 @@ class ServerImpl final : public Server {
   TlsSettings settings_;
   TlsContextStore store_;
   std::vector<ListenerRuntime> listeners_;
+  // Transparent mode (when configured): the capture ports' policies and listener indexes, and
+  // the labels of the capture decision counters. Set in Init, immutable once workers run.
+  std::unique_ptr<OutboundCapture> outbound_capture_;
+  std::unique_ptr<InboundCapture> inbound_capture_;
+  std::optional<size_t> outbound_capture_listener_;
+  std::optional<size_t> inbound_capture_listener_;
+  std::vector<CaptureDecisionLabel> capture_decisions_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<admin::AdminServer> admin_;
   // Set once in Init, before the admin server starts; read by the admin server's threads.

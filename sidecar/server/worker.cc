@@ -13,9 +13,9 @@
 namespace meshtls::sidecar {
 
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
-    int index, const std::vector<ListenerRuntime>& listeners,
-    std::vector<base::UniqueFd> listen_fds, const TlsContextStore& tls,
-    const dns::ResolverOptions& dns, WorkerLimits limits, std::atomic<int>& open_connections) {
+    int index, const std::vector<ListenerRuntime>& listeners, std::vector<ListenFd> listen_fds,
+    size_t capture_decision_count, const TlsContextStore& tls, const dns::ResolverOptions& dns,
+    WorkerLimits limits, std::atomic<int>& open_connections) {
   absl::StatusOr<std::unique_ptr<net::EventLoop>> loop = net::EventLoop::Create();
   if (!loop.ok()) {
     return loop.status();
@@ -24,12 +24,14 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
   if (!resolver.ok()) {
     return resolver.status();
   }
-  auto worker =
-      std::unique_ptr<Worker>(new Worker(index, tls, limits, open_connections, listeners.size(),
-                                         *std::move(loop), *std::move(resolver)));
-  for (size_t i = 0; i < listeners.size(); ++i) {
-    auto acceptor = std::make_unique<Acceptor>(*worker, listeners[i], std::move(listen_fds[i]));
-    if (limits.session_resumption && listeners[i].direction == Direction::kOutbound) {
+  auto worker = std::unique_ptr<Worker>(new Worker(index, tls, limits, open_connections,
+                                                   listeners.size(), capture_decision_count,
+                                                   *std::move(loop), *std::move(resolver)));
+  for (ListenFd& listen : listen_fds) {
+    const ListenerRuntime& listener = listeners.at(listen.listener);
+    auto acceptor = std::make_unique<Acceptor>(*worker, listener, std::move(listen.fd));
+    if (limits.session_resumption && listener.direction == Direction::kOutbound &&
+        listener.outbound_capture == nullptr) {
       acceptor->sessions = std::make_unique<SessionCache>();
     }
     absl::Status s = worker->loop_->Add(acceptor->fd.get(), EPOLLIN, acceptor.get());
@@ -43,11 +45,12 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
 
 Worker::Worker(int index, const TlsContextStore& tls, WorkerLimits limits,
                std::atomic<int>& open_connections, size_t listener_count,
-               std::unique_ptr<net::EventLoop> loop, std::unique_ptr<dns::Resolver> resolver)
+               size_t capture_decision_count, std::unique_ptr<net::EventLoop> loop,
+               std::unique_ptr<dns::Resolver> resolver)
     : index_(index),
       limits_(limits),
       open_connections_(open_connections),
-      counters_(listener_count),
+      counters_(listener_count, capture_decision_count),
       loop_(std::move(loop)),
       resolver_(std::move(resolver)),
       env_{.loop = *loop_,
@@ -61,7 +64,8 @@ Worker::Worker(int index, const TlsContextStore& tls, WorkerLimits limits,
            .close_on_expiry = limits.close_on_expiry,
            .on_closed = nullptr,
            .may_log = nullptr,
-           .on_lingering = nullptr} {
+           .on_lingering = nullptr,
+           .mesh_sessions = nullptr} {
   env_.on_closed = [this](uint64_t id) {
     if (lingering_.erase(id) == 0) {
       // A lingering connection gave its place back when it started lingering.
@@ -71,6 +75,11 @@ Worker::Worker(int index, const TlsContextStore& tls, WorkerLimits limits,
     loop_->Defer([this, id] { connections_.erase(id); });
   };
   env_.may_log = [this] { return MayLog(); };
+  if (limits.session_resumption) {
+    env_.mesh_sessions = [this](const ListenerRuntime& rule, const net::SocketAddress& to) {
+      return MeshSessions(rule, to);
+    };
+  }
   env_.on_lingering = [this](uint64_t id) {
     // Its place under limits.max_connections is free for a new client on any worker at once.
     open_connections_.fetch_sub(1, std::memory_order_relaxed);
@@ -102,6 +111,23 @@ bool Worker::EndOldestLingering() {
 }
 
 Worker::~Worker() { Stop(); }
+
+std::shared_ptr<SessionCache> Worker::MeshSessions(const ListenerRuntime& rule,
+                                                   const net::SocketAddress& destination) {
+  std::string key = absl::StrCat(rule.id, " ", destination.ToString());
+  auto it = mesh_sessions_.find(key);
+  if (it != mesh_sessions_.end()) {
+    return it->second;
+  }
+  if (mesh_sessions_.size() >= kMaxMeshSessionCaches) {
+    mesh_sessions_.erase(mesh_sessions_order_.front());
+    mesh_sessions_order_.pop_front();
+  }
+  auto cache = std::make_shared<SessionCache>(kMeshSessionsPerDestination);
+  mesh_sessions_.emplace(key, cache);
+  mesh_sessions_order_.push_back(std::move(key));
+  return cache;
+}
 
 bool Worker::MayLog() {
   const base::LogRateLimiter::Verdict verdict = log_limiter_.Allow(net::EventLoop::Now());

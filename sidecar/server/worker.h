@@ -2,8 +2,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <set>
+#include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -18,6 +20,13 @@
 #include "sidecar/tls/tls_context.h"
 
 namespace meshtls::sidecar {
+
+// ListenFd is one listening socket of a worker and the listener it serves (a transparent
+// capture port has one socket per address family).
+struct ListenFd {
+  size_t listener = 0;  // index into the listeners
+  base::UniqueFd fd;
+};
 
 struct WorkerLimits {
   net::MonoDuration handshake_timeout;
@@ -40,10 +49,11 @@ inline constexpr size_t kMaxLingeringPerWorker = 256;
 // connection and its upstream's addresses.
 class Worker {
  public:
+  // `capture_decision_count` sizes the transparent-mode decision counters.
   static absl::StatusOr<std::unique_ptr<Worker>> Create(
-      int index, const std::vector<ListenerRuntime>& listeners,
-      std::vector<base::UniqueFd> listen_fds, const TlsContextStore& tls,
-      const dns::ResolverOptions& dns, WorkerLimits limits, std::atomic<int>& open_connections);
+      int index, const std::vector<ListenerRuntime>& listeners, std::vector<ListenFd> listen_fds,
+      size_t capture_decision_count, const TlsContextStore& tls, const dns::ResolverOptions& dns,
+      WorkerLimits limits, std::atomic<int>& open_connections);
   ~Worker();
 
   void Start();
@@ -68,13 +78,19 @@ class Worker {
   };
 
   Worker(int index, const TlsContextStore& tls, WorkerLimits limits,
-         std::atomic<int>& open_connections, size_t listener_count,
+         std::atomic<int>& open_connections, size_t listener_count, size_t capture_decision_count,
          std::unique_ptr<net::EventLoop> loop, std::unique_ptr<dns::Resolver> resolver);
   void Accept(Acceptor& acceptor);
   // EndOldestLingering closes the longest-lingering refused connection, if there is one (to
   // keep at most kMaxLingeringPerWorker); false if none lingers.
   bool EndOldestLingering();
   bool MayLog();
+  // MeshSessions is ConnectionEnv::mesh_sessions: this worker's session cache for one
+  // destination of a mesh rule, made on first use; at most kMaxMeshSessionCaches are kept, the
+  // oldest dropped first (a connection using a dropped one keeps it until it closes). Each holds
+  // kMeshSessionsPerDestination sessions: at most 1024 per worker, about 6.4 MiB.
+  std::shared_ptr<SessionCache> MeshSessions(const ListenerRuntime& rule,
+                                             const net::SocketAddress& destination);
 
   const int index_;
   WorkerLimits limits_;
@@ -91,6 +107,10 @@ class Worker {
   // open_connections_ (a new client on any worker may take their place under
   // limits.max_connections); kMaxLingeringPerWorker bounds them instead.
   std::set<uint64_t> lingering_;
+  static constexpr size_t kMaxMeshSessionCaches = 256;
+  static constexpr size_t kMeshSessionsPerDestination = 4;
+  std::unordered_map<std::string, std::shared_ptr<SessionCache>> mesh_sessions_;
+  std::deque<std::string> mesh_sessions_order_;  // keys, oldest first
   uint64_t next_connection_id_ = 1;
   // Failure-log budget, per worker: 10 lines/s, burst 20 (a handshake flood cannot flood the
   // log; the first line after a refusal says how many were dropped).

@@ -145,7 +145,7 @@ class Driver {
         inbound_(inbound),
         kind_(kind),
         refuse_upstream_(refuse_upstream),
-        counters_(1) {
+        counters_(1, 0) {
     peer_.name = "peer";
     peer_.send_stream = 0;
     app_.name = "app";
@@ -191,7 +191,8 @@ class Driver {
                       .may_log = [] { return std::getenv("RELAY_FUZZ_VERBOSE") != nullptr; },
                       // A refused peer's lingering close runs to its end here: nothing
                       // needs its place.
-                      .on_lingering = nullptr});
+                      .on_lingering = nullptr,
+                      .mesh_sessions = nullptr});
     // The accepted side: our own connection to the listener, accepted at once.
     Endpoint& accepted_side = inbound_ ? peer_ : app_;
     base::UniqueFd ours = ConnectBlocking(port);
