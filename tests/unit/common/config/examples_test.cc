@@ -138,6 +138,36 @@ std::string Dump(const absl::StatusOr<sidecar::SidecarConfig>& c) {
                   Durations({c->dns.max_ttl, c->dns.negative_ttl}), "\n");
   absl::StrAppend(&out, "log: ", static_cast<int>(c->log.level), " ",
                   static_cast<int>(c->log.format), "\n");
+  const sidecar::TransparentConfig& t = c->transparent;
+  if (t.enabled()) {
+    auto networks = [](const std::vector<net::Cidr>& list) {
+      return absl::StrJoin(list, ",", [](std::string* o, const net::Cidr& n) {
+        absl::StrAppend(o, n.ToString());
+      });
+    };
+    absl::StrAppend(&out, "transparent: proxy_uid=", t.proxy_uid, "\n");
+    if (t.outbound.enabled) {
+      absl::StrAppend(&out, "  outbound port=", t.outbound.port, " exclude_ports=[",
+                      absl::StrJoin(t.outbound.exclude_ports, ","), "] exclude_networks=[",
+                      networks(t.outbound.exclude_networks), "]\n");
+      for (const auto& r : t.outbound.rules) {
+        absl::StrAppend(&out, "  rule ", r.name, " action=", static_cast<int>(r.action),
+                        " networks=[", networks(r.networks), "] ports=[",
+                        absl::StrJoin(r.ports, ","), "] expect=[", absl::StrJoin(r.expect, ","),
+                        "]\n");
+      }
+    }
+    if (t.inbound.enabled) {
+      absl::StrAppend(&out, "  inbound port=", t.inbound.port, " exclude_ports=[",
+                      absl::StrJoin(t.inbound.exclude_ports, ","), "]\n");
+      std::vector<const sidecar::InboundPortPolicy*> policies = {&t.inbound.default_policy};
+      for (const auto& p : t.inbound.ports) policies.push_back(&p);
+      for (const auto* p : policies) {
+        absl::StrAppend(&out, "  port ", p->port, " mode=", static_cast<int>(p->mode), " allow=[",
+                        absl::StrJoin(p->allow, ","), "]\n");
+      }
+    }
+  }
   return out;
 }
 

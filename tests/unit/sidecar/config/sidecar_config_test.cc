@@ -28,7 +28,7 @@ inbound:
     allow: [spiffe://example.org/ns/default/sa/frontend, spiffe://example.org/ns/ops/*]
 outbound:
   - name: orders
-    listen: 127.0.0.1:15001
+    listen: 127.0.0.1:15101
     connect: orders.default.svc.cluster.local:15443
     expect: [spiffe://example.org/ns/default/sa/orders]
 admin: {listen: 127.0.0.1:15000}
@@ -109,7 +109,7 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"min_version: \"1.3\"", "min_version: \"1.1\"", "tls.min_version"},
         ErrorCase{"level: info", "level: loud", "log.level"},
         ErrorCase{"name: orders", "name: http", "used twice"},
-        ErrorCase{"listen: 127.0.0.1:15001", "listen: 0.0.0.0:15443", "used by two listeners"},
+        ErrorCase{"listen: 127.0.0.1:15101", "listen: 0.0.0.0:15443", "used by two listeners"},
         ErrorCase{"  certmgr:\n", "  files: {cert: a, key: b, trust_bundle: c}\n  certmgr:\n",
                   "exactly one of certmgr or files"},
         ErrorCase{"address: certmgr.meshtls-system.svc:8443", "address: [a:1, b]",
