@@ -141,7 +141,7 @@ int InitNetwork(const base::Flags& flags) {
       });
   if (!lines.ok()) {
     const absl::string_view message = lines.status().message();
-    std::fprintf(stderr, "meshtls-sidecar: init-network: %.*s\n", static_cast<int>(message.size()),
+    std::fprintf(stderr, "meshtls-sidecar: %.*s\n", static_cast<int>(message.size()),
                  message.data());
     return 1;
   }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -119,20 +120,7 @@ absl::StatusOr<std::string> ApplyFamily(const SidecarConfig& config, const Famil
                       installed.empty() ? "" : "; replaced ours", ")");
 }
 
-}  // namespace
-
-std::string DryRunText(const SidecarConfig& config) {
-  std::string out;
-  for (IpFamily family : {IpFamily::kIpv4, IpFamily::kIpv6}) {
-    const absl::string_view name = IpFamilyName(family);
-    absl::StrAppend(&out, "# ", name, ": ", family == IpFamily::kIpv4 ? "iptables" : "ip6tables",
-                    "-restore --noflush input of a first install (", name, " rules)\n",
-                    CaptureRules(config, family));
-  }
-  return out;
-}
-
-absl::StatusOr<std::vector<std::string>> RunInitNetwork(
+absl::StatusOr<std::vector<std::string>> InitNetworkFamilies(
     const SidecarConfig& config, const InitNetworkOptions& options,
     absl::FunctionRef<void(absl::string_view)> note) {
   std::vector<IpFamily> families = {IpFamily::kIpv4};
@@ -156,6 +144,29 @@ absl::StatusOr<std::vector<std::string>> RunInitNetwork(
   for (const FamilyTools& family_tools : tools) {
     MESHTLS_ASSIGN_OR_RETURN(std::string line, ApplyFamily(config, family_tools, options));
     lines.push_back(std::move(line));
+  }
+  return lines;
+}
+
+}  // namespace
+
+std::string DryRunText(const SidecarConfig& config) {
+  std::string out;
+  for (IpFamily family : {IpFamily::kIpv4, IpFamily::kIpv6}) {
+    const absl::string_view name = IpFamilyName(family);
+    absl::StrAppend(&out, "# ", name, " (", family == IpFamily::kIpv4 ? "iptables" : "ip6tables",
+                    "-restore --noflush input of a first install)\n", CaptureRules(config, family));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<std::string>> RunInitNetwork(
+    const SidecarConfig& config, const InitNetworkOptions& options,
+    absl::FunctionRef<void(absl::string_view)> note) {
+  absl::StatusOr<std::vector<std::string>> lines = InitNetworkFamilies(config, options, note);
+  if (!lines.ok() && !absl::StartsWith(lines.status().message(), "init-network")) {
+    return absl::Status(lines.status().code(),
+                        absl::StrCat("init-network: ", lines.status().message()));
   }
   return lines;
 }

@@ -38,8 +38,8 @@ std::string DryRunText(const SidecarConfig& config);
 // chains hold exactly the intended rules. Returns one line per family for the user; `note`
 // receives remarks that are not errors (no IPv6). Errors: NotFound (a tool is not on PATH),
 // PermissionDenied (no CAP_NET_ADMIN), Internal (a tool failed: its stderr and the family),
-// FailedPrecondition (the check after installing differs). Call from one thread, with SIGPIPE
-// ignored.
+// FailedPrecondition (the check after installing differs); each message is one line starting
+// with "init-network". Call from one thread, with SIGPIPE ignored.
 absl::StatusOr<std::vector<std::string>> RunInitNetwork(
     const SidecarConfig& config, const InitNetworkOptions& options,
     absl::FunctionRef<void(absl::string_view)> note);
