@@ -16,11 +16,13 @@ build_packages=(
 )
 # What the tests and the demo add: GoogleTest and Benchmark, openssl and curl for real peers,
 # Prometheus (with promtool) for the observability test, util-linux's unshare for the
-# read-only Secret-volume test.
+# read-only Secret-volume test, and for transparent mode's tests iptables (init-network),
+# iproute2 (network namespaces, veth) and tcpdump.
 test_packages=(
   openssl libgtest-dev libgmock-dev libbenchmark-dev
   curl python3 util-linux
   prometheus
+  iptables iproute2 tcpdump
 )
 
 packages=("${build_packages[@]}")

@@ -2,13 +2,16 @@
 //
 //   meshtls-sidecar --config FILE [--admin ADDR] [--log-level LEVEL] [--workers N]
 //                   [--bound-ports-file PATH]
+//   meshtls-sidecar init-network --config FILE [--dry-run] [--clean]
 //
-// Exit codes: 0 after a drain (SIGTERM/SIGINT), 1 runtime failure, 2 bad flags or configuration.
+// Exit codes: 0 after a drain (SIGTERM/SIGINT) or a finished init-network, 1 runtime failure,
+// 2 bad flags or configuration.
 
 #include <signal.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <optional>
 #include <string>
@@ -24,39 +27,70 @@
 #include "common/base/log.h"
 #include "common/pki/spiffe_id.h"
 #include "sidecar/config/sidecar_config.h"
+#include "sidecar/netfilter/init_network.h"
 #include "sidecar/server/server.h"
 
 namespace {
 
 using namespace meshtls;
 
-// CommandLine is the sidecar's one command and its flags; anything else is refused by name.
+// CommandLine is the sidecar's commands and their flags: running the sidecar (no command word)
+// and init-network; a flag of the other command, or of none, is refused by name.
 base::CommandLineSpec CommandLine() {
   return {
       .program = "meshtls-sidecar",
-      .commands = {{
-          .flags =
+      .commands =
+          {
               {
-                  {"config", "FILE", "sidecar configuration (YAML, see README)"},
-                  {"admin", "ADDR",
-                   "admin listener, overrides admin.listen (e.g. 127.0.0.1:15000)"},
-                  {"log-level", "LEVEL", "debug, info, warning or error; overrides log.level"},
-                  {"log-format", "FMT", "text or json; overrides log.format"},
-                  {"workers", "N", "data-plane threads (0 = one per core); overrides workers"},
-                  {"namespace", "NS", "the pod's own namespace (with --service-account)"},
-                  {"service-account", "SA",
-                   "the pod's own service account; with --namespace (in Kubernetes\nfrom the "
-                   "downward API), refuse a certificate for any identity other\nthan "
-                   "spiffe://<trust_domain>/ns/NS/sa/SA"},
-                  {"bound-ports-file", "PATH",
-                   "once every listener is bound, write `<listener>=<ip>:<port>` lines\nto PATH "
-                   "(admin, inbound.<name>, outbound.<name>): the ports the\nkernel chose for "
-                   "listeners configured with port 0"},
-                  {"check", "", "validate the configuration and exit (0 if valid)"},
+                  .flags =
+                      {
+                          {"config", "FILE", "sidecar configuration (YAML, see README)"},
+                          {"admin", "ADDR",
+                           "admin listener, overrides admin.listen (e.g. 127.0.0.1:15000)"},
+                          {"log-level", "LEVEL",
+                           "debug, info, warning or error; overrides log.level"},
+                          {"log-format", "FMT", "text or json; overrides log.format"},
+                          {"workers", "N",
+                           "data-plane threads (0 = one per core); overrides workers"},
+                          {"namespace", "NS", "the pod's own namespace (with --service-account)"},
+                          {"service-account", "SA",
+                           "the pod's own service account; with --namespace (in Kubernetes\nfrom "
+                           "the "
+                           "downward API), refuse a certificate for any identity other\nthan "
+                           "spiffe://<trust_domain>/ns/NS/sa/SA"},
+                          {"bound-ports-file", "PATH",
+                           "once every listener is bound, write `<listener>=<ip>:<port>` lines\nto "
+                           "PATH "
+                           "(admin, inbound.<name>, outbound.<name>): the ports the\nkernel chose "
+                           "for "
+                           "listeners configured with port 0"},
+                          {"check", "", "validate the configuration and exit (0 if valid)"},
+                      },
+                  .synopsis = "--config FILE [flags]",
+                  .summary =
+                      "Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads identity.files.\n"
+                      "`meshtls-sidecar init-network --help`: the transparent-mode capture rules.",
               },
-          .synopsis = "--config FILE [flags]",
-          .summary = "Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads identity.files.",
-      }},
+              {
+                  .words = {"init-network"},
+                  .flags =
+                      {
+                          {"config", "FILE",
+                           "sidecar configuration (YAML) with a transparent section"},
+                          {"dry-run", "",
+                           "print the iptables-restore input of a first install (IPv4 and\nIPv6) "
+                           "and change nothing; needs neither privileges nor iptables"},
+                          {"clean", "",
+                           "remove our rules (the jumps to our MESHTLS_* chains, then the\nchains) "
+                           "and nothing else"},
+                      },
+                  .synopsis = "--config FILE [--dry-run] [--clean]",
+                  .summary =
+                      "install the transparent-mode capture rules (nat table, IPv4 and IPv6)\n"
+                      "from the config's transparent section, replacing ours if present; run\n"
+                      "once per pod by an init container with NET_ADMIN and NET_RAW",
+              },
+          },
       .common_flags = {{"help", "", "print this help"}, {"version", "", "print the version"}},
   };
 }
@@ -64,6 +98,57 @@ base::CommandLineSpec CommandLine() {
 int UsageError(absl::string_view message) {
   std::fprintf(stderr, "meshtls-sidecar: %.*s\n", static_cast<int>(message.size()), message.data());
   return 2;
+}
+
+// InitNetwork runs `init-network`: exit 0 done, 1 the rules could not be read, installed or
+// removed, 2 bad flags or configuration. Errors are one line on stderr.
+int InitNetwork(const base::Flags& flags) {
+  const std::optional<std::string> config_path = flags.Get("config");
+  if (!config_path) {
+    return UsageError("init-network: --config is required (see init-network --help)");
+  }
+  if (flags.Has("dry-run") && flags.Has("clean")) {
+    return UsageError("init-network: --dry-run prints an install; it cannot go with --clean");
+  }
+  absl::StatusOr<std::string> text = base::ReadFileToString(*config_path);
+  if (!text.ok()) {
+    return UsageError(absl::StrCat("init-network: --config: ", text.status().message()));
+  }
+  // The files the config names (certificates, tokens) need not be there yet: the init
+  // container runs before anything else of the pod.
+  absl::StatusOr<sidecar::SidecarConfig> config =
+      sidecar::ParseSidecarConfig(*text, /*check_files=*/false);
+  if (!config.ok()) {
+    return UsageError(absl::StrCat(*config_path, ": ", config.status().message()));
+  }
+  if (!config->transparent.enabled()) {
+    return UsageError("init-network: the config has no transparent section");
+  }
+  if (flags.Has("dry-run")) {
+    std::fputs(sidecar::DryRunText(*config).c_str(), stdout);
+    return 0;
+  }
+  signal(SIGPIPE, SIG_IGN);  // a tool that exits without reading its input must not kill us
+  sidecar::InitNetworkOptions options;
+  options.action = flags.Has("clean") ? sidecar::InitNetworkOptions::Action::kClean
+                                      : sidecar::InitNetworkOptions::Action::kInstall;
+  const char* path = std::getenv("PATH");
+  options.path_env = path == nullptr ? "" : path;
+  absl::StatusOr<std::vector<std::string>> lines =
+      sidecar::RunInitNetwork(*config, options, [](absl::string_view note) {
+        std::fprintf(stderr, "meshtls-sidecar: init-network: %.*s\n", static_cast<int>(note.size()),
+                     note.data());
+      });
+  if (!lines.ok()) {
+    const absl::string_view message = lines.status().message();
+    std::fprintf(stderr, "meshtls-sidecar: %.*s\n", static_cast<int>(message.size()),
+                 message.data());
+    return 1;
+  }
+  for (const std::string& line : *lines) {
+    std::printf("init-network: %s\n", line.c_str());
+  }
+  return 0;
 }
 
 }  // namespace
@@ -82,6 +167,9 @@ int main(int argc, char** argv) {
   if (flags.Has("version")) {
     std::puts("meshtls-sidecar 0.1.0");
     return 0;
+  }
+  if (parsed->named) {  // the one named command
+    return InitNetwork(flags);
   }
   const std::string bound_ports_file = flags.Get("bound-ports-file").value_or("");
   if (flags.Has("bound-ports-file") && bound_ports_file.empty()) {

@@ -196,7 +196,8 @@ absl::StatusOr<ParsedCommandLine> ParseCommandLine(const CommandLineSpec& spec, 
       std::vector<std::string> owners;
       for (const CommandSpec& other : spec.commands) {
         if (FindFlag(other.flags, flag.name) != nullptr) {
-          owners.push_back(other.name());
+          // The command without words is the program run plainly ("meshtls-sidecar").
+          owners.push_back(other.words.empty() ? spec.program : other.name());
         }
       }
       const std::string help =

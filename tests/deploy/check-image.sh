@@ -10,6 +10,7 @@
 #   libraries the two binaries load (ldd + dpkg -S), less the ones debian:12-slim already has,
 #   and each of them is a dependency of setup.sh's build packages: no missing library (the
 #   container would not start) and nothing extra.
+# - The runtime stage installs iptables, which `meshtls-sidecar init-network` runs.
 # - The image runs as a numeric non-root user and needs no shell (exec-form ENTRYPOINT/CMD).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,6 +36,9 @@ runtime=$(awk '/^FROM /{n++} n==2' "$dockerfile")
 listed=$(printf '%s\n' "$runtime" |
   sed -n '/apt-get install/,/rm -rf/p' | tr ' \\' '\n\n' | grep -E '^lib[a-z0-9.+-]+$' | sort -u)
 [ -n "$listed" ] || problem "found no runtime packages in the runtime stage's apt-get install"
+# init-network (the transparent-mode init container, same image) runs iptables-restore.
+printf '%s\n' "$runtime" | sed -n '/apt-get install/,/rm -rf/p' | grep -qE '^ +iptables \\$' ||
+  problem "the runtime stage does not install iptables (meshtls-sidecar init-network runs it)"
 
 needed=$(for b in "$sidecar" "$certmgr"; do ldd "$b"; done | awk '/=>/ {print $3}' | sort -u |
   while read -r lib; do dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib"; done |

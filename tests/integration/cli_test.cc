@@ -388,5 +388,67 @@ TEST(SidecarCliTest, UnknownFlagsAreRefusedByName) {
   EXPECT_NE(help.output.find("\n  --service-account SA"), std::string::npos) << help.output;
 }
 
+// The sidecar's commands: running it (no command word) and init-network, each line valid as it
+// stands, with the flags each accepts besides --help and --version.
+std::vector<CertmgrCommand> SidecarCommandTable(const testing::TempDir& dir) {
+  const std::string config = dir.Write("table.yaml", WithCa(dir, kValid));
+  const std::string transparent = dir.Write(
+      "table-transparent.yaml",
+      WithCa(dir, std::string(kValid) + "transparent:\n  outbound: {rules: [{name: all, action: "
+                                        "passthrough}]}\n"));
+  return {
+      {"meshtls-sidecar",
+       {"--config", config, "--check"},
+       {"--config", "--admin", "--log-level", "--log-format", "--workers", "--namespace",
+        "--service-account", "--bound-ports-file", "--check"}},
+      {"init-network",
+       {"init-network", "--config", transparent, "--dry-run"},
+       {"--config", "--dry-run", "--clean"}},
+  };
+}
+
+// A flag of the other command is refused with exit 2 and one line naming it and its owner.
+TEST(SidecarCliTest, EachCommandRefusesTheOthersFlags) {
+  testing::TempDir dir;
+  const std::string bin = testing::BinaryPath("meshtls-sidecar");
+  const std::vector<CertmgrCommand> table = SidecarCommandTable(dir);
+  for (const CertmgrCommand& command : table) {
+    std::vector<std::string> argv = {bin};
+    argv.insert(argv.end(), command.argv.begin(), command.argv.end());
+    RunResult r = RunBinary(dir, argv);
+    ASSERT_EQ(r.exit_code, 0) << command.name << ": " << r.output;
+  }
+  int misplaced = 0;
+  for (const CertmgrCommand& command : table) {
+    for (const CertmgrCommand& other : table) {
+      for (const std::string& flag : other.flags) {
+        if (Owns(command, flag)) {
+          continue;
+        }
+        std::vector<std::string> argv = {bin};
+        argv.insert(argv.end(), command.argv.begin(), command.argv.end());
+        argv.push_back(flag);
+        const bool boolean = flag == "--check" || flag == "--dry-run" || flag == "--clean";
+        if (!boolean) {
+          argv.push_back("v");
+        }
+        SCOPED_TRACE(absl::StrJoin(argv, " "));
+        const std::string prefix = command.name == "meshtls-sidecar" ? "" : command.name + ": ";
+        ExpectOneLineError(RunBinary(dir, argv),
+                           prefix + "unknown flag " + flag + " (it belongs to " + other.name + ")");
+        ++misplaced;
+      }
+    }
+  }
+  EXPECT_EQ(misplaced, 10);  // the table's size: a shrunken table would prove less
+  RunResult help = RunBinary(dir, {bin, "init-network", "--help"});
+  ASSERT_EQ(help.exit_code, 0) << help.output;
+  EXPECT_NE(help.output.find("usage: meshtls-sidecar init-network --config FILE"),
+            std::string::npos)
+      << help.output;
+  EXPECT_NE(help.output.find("\n  --dry-run"), std::string::npos) << help.output;
+  EXPECT_EQ(help.output.find("--admin"), std::string::npos) << help.output;
+}
+
 }  // namespace
 }  // namespace meshtls

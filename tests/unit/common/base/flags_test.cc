@@ -80,6 +80,26 @@ TEST(ParseCommandLineTest, AnotherCommandsFlagNamesItsOwners) {
                        "verify: unknown flag --check (it belongs to serve)"));
 }
 
+// A binary whose default command has no words (the sidecar: run it, or init-network): a flag of
+// the plain command is said to belong to the program itself.
+TEST(ParseCommandLineTest, TheCommandWithoutWordsIsNamedByTheProgram) {
+  const CommandLineSpec spec = {
+      .program = "prog",
+      .commands = {{.flags = {{"config", "FILE", "the config"}, {"admin", "ADDR", "admin"}}},
+                   {.words = {"init"},
+                    .flags = {{"config", "FILE", "the config"}, {"clean", "", "remove"}}}},
+  };
+  EXPECT_THAT(Parse(spec, {"init", "--admin", "a"}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "init: unknown flag --admin (it belongs to prog)"));
+  EXPECT_THAT(Parse(spec, {"--clean"}), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                 "unknown flag --clean (it belongs to init)"));
+  absl::StatusOr<ParsedCommandLine> parsed = Parse(spec, {"--config", "c", "init", "--clean"});
+  ASSERT_THAT(parsed, IsOk());
+  EXPECT_EQ(parsed->command->name(), "init");
+  EXPECT_TRUE(parsed->named);
+}
+
 TEST(ParseCommandLineTest, UnknownFlagsAndCommands) {
   const CommandLineSpec spec = Spec();
   EXPECT_THAT(Parse(spec, {"--bogus"}),
