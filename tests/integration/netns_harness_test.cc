@@ -39,17 +39,6 @@ using testing::Subnet;
 
 constexpr uint32_t kProxyUid = 1337;
 
-// EchoOnce sends `message` on a new connection from `from` to ip:port and expects it back.
-void EchoOnce(const Pod& from, const std::string& ip, uint16_t port, const std::string& message) {
-  absl::StatusOr<base::UniqueFd> conn = from.Connect(ip, port);
-  ASSERT_THAT(conn, IsOk()) << "from " << from.name() << " to " << ip << " port " << port;
-  ASSERT_THAT(testing::SendAll(conn->get(), message), IsOk());
-  absl::StatusOr<std::string> echo =
-      testing::RecvExactly(conn->get(), message.size(), absl::Seconds(10));
-  ASSERT_THAT(echo, IsOk());
-  EXPECT_EQ(*echo, message);
-}
-
 TEST(NetnsHarnessTest, PodsReachEachOtherOverIpv4AndIpv6AndTheCaptureSeesPlainText) {
   std::unique_ptr<Network> network;
   MESHTLS_ASSERT_OK_AND_MOVE(network, Network::Create());
@@ -73,11 +62,11 @@ TEST(NetnsHarnessTest, PodsReachEachOtherOverIpv4AndIpv6AndTheCaptureSeesPlainTe
   MESHTLS_ASSERT_OK_AND_MOVE(capture, PacketCapture::Start(*server));
   const std::string v4_marker = "plain-marker-over-ipv4";
   const std::string v6_marker = "plain-marker-over-ipv6";
-  ASSERT_NO_FATAL_FAILURE(EchoOnce(*client, server->ipv4(), 8080, v4_marker));
-  ASSERT_NO_FATAL_FAILURE(EchoOnce(*client, server->ipv6(), 8080, v6_marker));
+  ASSERT_THAT(testing::EchoFrom(*client, server->ipv4(), 8080, v4_marker), IsOk());
+  ASSERT_THAT(testing::EchoFrom(*client, server->ipv6(), 8080, v6_marker), IsOk());
   // Across the subnets, on the same bridge.
-  ASSERT_NO_FATAL_FAILURE(EchoOnce(*client, outside->ipv4(), 8080, "to-the-outside-subnet"));
-  ASSERT_NO_FATAL_FAILURE(EchoOnce(*outside, server->ipv6(), 8080, "from-the-outside-subnet"));
+  ASSERT_THAT(testing::EchoFrom(*client, outside->ipv4(), 8080, "to-the-outside-subnet"), IsOk());
+  ASSERT_THAT(testing::EchoFrom(*outside, server->ipv6(), 8080, "from-the-outside-subnet"), IsOk());
   ASSERT_THAT(capture->Stop(), IsOk());
 
   EXPECT_TRUE(capture->SawPayload(v4_marker));
@@ -211,7 +200,7 @@ TEST(NetnsHarnessTest, SidecarsInPodsGetCertificatesFromCertmgrOnTheNode) {
   std::unique_ptr<PacketCapture> capture;
   MESHTLS_ASSERT_OK_AND_MOVE(capture, PacketCapture::Start(*server));
   const std::string marker = "marker-that-must-cross-encrypted";
-  ASSERT_NO_FATAL_FAILURE(EchoOnce(*client, "127.0.0.1", 9000, marker));
+  ASSERT_THAT(testing::EchoFrom(*client, "127.0.0.1", 9000, marker), IsOk());
   ASSERT_THAT(capture->Stop(), IsOk());
   EXPECT_FALSE(capture->SawPayload(marker));
   EXPECT_GT(capture->TcpPayloadBytes(8443), 2 * marker.size());

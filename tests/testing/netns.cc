@@ -258,6 +258,40 @@ absl::StatusOr<base::UniqueFd> Pod::Listen(const std::string& ip, uint16_t port)
   return fd;
 }
 
+absl::Status EchoFrom(const Pod& pod, const std::string& ip, uint16_t port,
+                      absl::string_view message) {
+  const std::string where = absl::StrCat("from pod ", pod.name(), " to ", ip, " port ", port);
+  absl::StatusOr<base::UniqueFd> conn = pod.Connect(ip, port);
+  if (!conn.ok()) {
+    return absl::Status(conn.status().code(), absl::StrCat(where, ": ", conn.status().message()));
+  }
+  if (absl::Status sent = SendAll(conn->get(), message); !sent.ok()) {
+    return absl::Status(sent.code(), absl::StrCat(where, ": ", sent.message()));
+  }
+  absl::StatusOr<std::string> echo = RecvExactly(conn->get(), message.size(), absl::Seconds(10));
+  if (!echo.ok()) {
+    return absl::Status(echo.status().code(),
+                        absl::StrCat(where, ": no echo: ", echo.status().message()));
+  }
+  if (*echo != message) {
+    return absl::DataLossError(absl::StrCat(where, ": the echo differs from what was sent"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RefusedFrom(const Pod& pod, const std::string& ip, uint16_t port,
+                         absl::Duration timeout) {
+  absl::StatusOr<base::UniqueFd> conn = pod.Connect(ip, port, timeout);
+  if (!conn.ok()) {
+    return absl::IsUnavailable(conn.status()) ? absl::OkStatus() : conn.status();
+  }
+  if (absl::Status closed = ClosedWithoutData(conn->get(), timeout); !closed.ok()) {
+    return absl::Status(closed.code(), absl::StrCat("from pod ", pod.name(), " to ", ip, " port ",
+                                                    port, ": ", closed.message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Network>> Network::Create() {
   RemoveNamespacesOfDeadProcesses();
   auto network = std::unique_ptr<Network>(new Network());

@@ -95,6 +95,15 @@ class Pod {
   std::string host_veth_;
 };
 
+// EchoFrom sends `message` on a new connection from inside `pod` to ip:port and expects the
+// same bytes back (an EchoServer there); the error says which step failed.
+absl::Status EchoFrom(const Pod& pod, const std::string& ip, uint16_t port,
+                      absl::string_view message);
+// RefusedFrom connects from inside `pod` to ip:port and expects a refusal: the connect refused
+// or reset, or the connection closed without a byte within `timeout` (ClosedWithoutData).
+absl::Status RefusedFrom(const Pod& pod, const std::string& ip, uint16_t port,
+                         absl::Duration timeout = absl::Seconds(10));
+
 // Subnet is where a pod's addresses come from.
 enum class Subnet { kMesh, kOutside };
 
