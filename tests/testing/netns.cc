@@ -455,6 +455,7 @@ absl::StatusOr<std::unique_ptr<PacketCapture>> PacketCapture::Start(const Pod& p
       },
       absl::Seconds(20));
   if (!listening || exited.has_value()) {
+    capture->stopped_ = true;  // nothing to flush: ~Subprocess stops tcpdump
     return absl::UnavailableError(
         absl::StrCat("tcpdump on ", pod.host_veth(), " (pod ", pod.name(), ") ",
                      exited.has_value() ? absl::StrCat("exited with ", *exited)

@@ -144,7 +144,6 @@ class Network {
   Network() = default;
   std::string Ipv4(Subnet subnet, int host) const;
   std::string Ipv6(Subnet subnet, int host) const;
-  std::string Run(const std::vector<std::string>& argv, absl::Status& status) const;
 
   TempDir dir_;
   int id_ = 0;      // the per-process counter: part of every name
