@@ -12,6 +12,7 @@
 #include "tests/testing/mesh_processes.h"
 #include "tests/testing/netns.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/traffic_load.h"
 
 namespace meshtls {
 namespace {
@@ -38,9 +39,15 @@ std::string Spiffe(const std::string& service_account) {
   return absl::StrCat("spiffe://", kTd, "/ns/default/sa/", service_account);
 }
 
+// Decisions is the series of meshtls_capture_decisions_total for one rule (or port) and action.
+std::string Decisions(const std::string& direction, const std::string& rule,
+                      const std::string& action) {
+  return absl::StrCat(R"(meshtls_capture_decisions_total{direction=")", direction, R"(",rule=")",
+                      rule, R"(",action=")", action, R"("})");
+}
+
 std::string PermissiveDecisions() {
-  return absl::StrCat(R"(meshtls_capture_decisions_total{direction="inbound",rule=")",
-                      kPermissivePort, R"(",action="plaintext"})");
+  return Decisions("inbound", absl::StrCat(kPermissivePort), "plaintext");
 }
 
 // SentThenClosed connects from `pod` to ip:port, sends `message` and expects the connection to
@@ -83,6 +90,8 @@ class TransparentTest : public ::testing::Test {
     testing::CertmgrOptions options;
     options.netns = network_->node();
     options.listen_ip = network_->node_ipv4();
+    options.extra_yaml = certmgr_extra_yaml_;
+    options.ca_extra = certmgr_ca_extra_;
     MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd, options));
     // The service outside the mesh: a pod on the other subnet, no sidecar.
     MESHTLS_ASSERT_OK_AND_MOVE(outside_, StartPod("outside", "", Subnet::kOutside));
@@ -91,7 +100,7 @@ class TransparentTest : public ::testing::Test {
 
   // SidecarYaml is every pod's sidecar config, as transparent mode's users write it.
   std::string SidecarYaml(const std::string& identity_yaml) const {
-    return absl::StrCat("trust_domain: ", kTd, "\n", identity_yaml,
+    return absl::StrCat("trust_domain: ", kTd, "\n", identity_yaml, sidecar_extra_yaml_,
                         "admin: {listen: 0.0.0.0:15000}\n"
                         "transparent:\n"
                         "  proxy_uid: ",
@@ -211,8 +220,15 @@ class TransparentTest : public ::testing::Test {
     EXPECT_EQ(server_->apps[0]->bytes_received(), marker.size());
     EXPECT_TRUE(client_->sidecar->WaitForMetric(Handshakes("outbound", "success"), 1));
     EXPECT_TRUE(server_->sidecar->WaitForMetric(Handshakes("inbound", "success"), 1));
+    EXPECT_EQ(client_->sidecar->Metric(Decisions("outbound", "pods", "mesh")), 1);
+    EXPECT_EQ(server_->sidecar->Metric(Decisions("inbound", "default", "mesh")), 1);
   }
 
+  // Set by a fixture's constructor, before SetUp: appended to certmgr's config, inside its
+  // `ca:` mapping, and to every sidecar's config.
+  std::string certmgr_extra_yaml_;
+  std::string certmgr_ca_extra_;
+  std::string sidecar_extra_yaml_;
   // Members in this order: apps and sidecars stop before certmgr, and all before the Network
   // removes the namespaces.
   std::unique_ptr<Network> network_;
@@ -246,6 +262,11 @@ TEST_F(TransparentTest, PodWithoutSidecarIsRefusedOnStrictPortsAndServedOnPermis
               IsOk());
   EXPECT_EQ(server_->apps[0]->connections(), 0);
   EXPECT_EQ(server_->apps[0]->bytes_received(), 0u);
+  EXPECT_TRUE(server_->sidecar->WaitForMetric(Decisions("inbound", "default", "deny"), 1));
+  EXPECT_EQ(
+      server_->sidecar->Metric(
+          R"(meshtls_connections_refused_total{direction="inbound",reason="plaintext_refused"})"),
+      1);
 
   // Permissive: served in plain text, and counted.
   ASSERT_THAT(EchoFrom(*plain->pod, server.ipv4(), kPermissivePort, "plain-to-permissive"), IsOk())
@@ -271,8 +292,20 @@ TEST_F(TransparentTest, OutsideTheMeshPassesThroughInPlainTextAndDeniedIsRefused
   EXPECT_TRUE(capture->SawPayload(marker)) << "passthrough must be plain TCP: " << capture->path();
   EXPECT_EQ(outside_->apps[0]->bytes_received(), marker.size());
 
+  EXPECT_EQ(client_->sidecar->Metric(Decisions("outbound", "outside", "passthrough")), 1);
+
   EXPECT_THAT(RefusedFrom(*client_->pod, Blocked(), kOutsidePort), IsOk())
       << client_->sidecar->process().Log();
+  EXPECT_TRUE(client_->sidecar->WaitForMetric(Decisions("outbound", "blocked", "deny"), 1));
+  // No rule matches another address of the outside subnet: denied, counted under "(none)".
+  EXPECT_THAT(
+      RefusedFrom(*client_->pod, network_->UnassignedIpv4(Subnet::kOutside, 251), kOutsidePort),
+      IsOk());
+  EXPECT_TRUE(client_->sidecar->WaitForMetric(Decisions("outbound", "(none)", "deny"), 1));
+  EXPECT_EQ(
+      client_->sidecar->Metric(
+          R"(meshtls_connections_refused_total{direction="outbound",reason="denied_by_rule"})"),
+      2);
 }
 
 TEST_F(TransparentTest, WrongServerIdentityIsRefusedAndTheServerAppGetsNothing) {
@@ -287,6 +320,73 @@ TEST_F(TransparentTest, WrongServerIdentityIsRefusedAndTheServerAppGetsNothing) 
   EXPECT_EQ(client_->sidecar->Metric(Handshakes("outbound", "success")), 0);
   EXPECT_EQ(server_->apps[0]->connections(), 0);
   EXPECT_EQ(server_->apps[0]->bytes_received(), 0u);
+}
+
+// Short-lived certificates and a CA rotation by the operator's steps, under transparent traffic.
+class TransparentRotationTest : public TransparentTest {
+ protected:
+  TransparentRotationTest() {
+    // 6 s certificates, renewed at half their life: each sidecar renews about every 3 s. (certmgr
+    // serves no renewal for about 2 s when a new root activates; shorter certificates would
+    // expire in that gap.)
+    certmgr_extra_yaml_ = "issuance: {default_ttl: 6s, min_ttl: 2s, max_ttl: 6s, backdate: 0}\n";
+    certmgr_ca_extra_ = ", rotation: {auto: false}";
+    // Long-lived connections outlive the certificates they started with.
+    sidecar_extra_yaml_ = "tls: {close_on_expiry: false}\n";
+  }
+};
+
+TEST_F(TransparentRotationTest, RenewalsAndATrustBundleChangeUnderTrafficDropNothing) {
+  ASSERT_NO_FATAL_FAILURE(StartClientAndServer());
+  const Pod& client = *client_->pod;
+  const std::string server_ip = server_->pod->ipv4();
+  // Three long-lived connections doing echo round trips, and new ones one after another, from
+  // the client pod's app to the server pod's address, every byte checked.
+  testing::TrafficLoad load([&client, server_ip] { return client.Connect(server_ip, kStrictPort); },
+                            /*long_lived=*/3);
+  SidecarProcess& c = *client_->sidecar;
+  SidecarProcess& s = *server_->sidecar;
+  const std::string renewed = R"(meshtls_cert_renewals_total{result="success"})";
+  const double c0 = c.Metric(renewed), s0 = s.Metric(renewed);
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        return load.failures() > 0 || (c.Metric(renewed) >= c0 + 3 && s.Metric(renewed) >= s0 + 3);
+      },
+      absl::Seconds(60)));
+
+  // The trust bundle changes: a second root, then it signs, then the first is retired.
+  const std::string roots = "meshtls_trust_bundle_roots";
+  ASSERT_EQ(certmgr_->Run({"ca", "rotate", "prepare"}), 0);
+  EXPECT_TRUE(testing::WaitFor([&] { return c.Metric(roots) == 2 && s.Metric(roots) == 2; },
+                               absl::Seconds(15)));
+  const double c1 = c.Metric(renewed), s1 = s.Metric(renewed);
+  ASSERT_EQ(certmgr_->Run({"ca", "rotate", "activate"}), 0);
+  EXPECT_TRUE(
+      testing::WaitFor([&] { return c.Metric(renewed) >= c1 + 2 && s.Metric(renewed) >= s1 + 2; },
+                       absl::Seconds(30)));
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        return certmgr_->Run({"ca", "rotate", "retire"}) == 0;
+      },
+      absl::Seconds(20)));
+  EXPECT_TRUE(testing::WaitFor([&] { return c.Metric(roots) == 1 && s.Metric(roots) == 1; },
+                               absl::Seconds(15)));
+  const int before = load.new_connections();
+  EXPECT_TRUE(
+      testing::WaitFor([&] { return load.new_connections() > before + 20; }, absl::Seconds(20)));
+  load.Stop();
+  std::printf("transparent rotation: %d new connections, %llu bytes checked, %d failures\n",
+              load.new_connections(), static_cast<unsigned long long>(load.bytes_checked()),
+              load.failures());
+  EXPECT_EQ(load.failures(), 0) << load.first_failure() << "\nclient sidecar:\n"
+                                << c.process().Log() << "\nserver sidecar:\n"
+                                << s.process().Log();
+  EXPECT_GT(load.new_connections(), 50);
+  // Every connection, long-lived or new, was one mesh decision and one handshake on each side.
+  const double connections = load.new_connections() + 3;
+  EXPECT_EQ(c.Metric(Decisions("outbound", "pods", "mesh")), connections);
+  EXPECT_EQ(s.Metric(Handshakes("inbound", "success")), connections);
+  EXPECT_EQ(c.Metric(Handshakes("outbound", "success")), connections);
 }
 
 }  // namespace

@@ -135,8 +135,9 @@ class Network {
   // Subnets as CIDRs ("10.123.7.0/24", "fd00:123:7::/64").
   std::string Ipv4Cidr(Subnet subnet) const;
   std::string Ipv6Cidr(Subnet subnet) const;
-  // UnassignedIpv4 is an address of `subnet` that no pod or node has (nothing answers there).
-  std::string UnassignedIpv4(Subnet subnet) const { return Ipv4(subnet, 250); }
+  // UnassignedIpv4 is an address of `subnet` that no pod or node has (nothing answers there):
+  // hosts 250 to 254 are never given out.
+  std::string UnassignedIpv4(Subnet subnet, int host = 250) const { return Ipv4(subnet, host); }
   // dir holds the Network's logs and captures.
   const TempDir& dir() const { return dir_; }
 

@@ -5,10 +5,13 @@
 
 namespace meshtls::testing {
 
-TrafficLoad::TrafficLoad(uint16_t port, int long_lived) {
+TrafficLoad::TrafficLoad(uint16_t port, int long_lived)
+    : TrafficLoad([port] { return TcpConnect(port); }, long_lived) {}
+
+TrafficLoad::TrafficLoad(Connect connect, int long_lived) {
   for (int i = 0; i < long_lived; ++i) {
-    threads_.emplace_back([this, port, i] {
-      absl::StatusOr<base::UniqueFd> conn = TcpConnect(port);
+    threads_.emplace_back([this, connect, i] {
+      absl::StatusOr<base::UniqueFd> conn = connect();
       if (!conn.ok()) {
         Fail("long-lived connect: " + std::string(conn.status().message()));
         return;
@@ -21,9 +24,9 @@ TrafficLoad::TrafficLoad(uint16_t port, int long_lived) {
       }
     });
   }
-  threads_.emplace_back([this, port] {
+  threads_.emplace_back([this, connect] {
     for (int n = 0; !stop_.load(); ++n) {
-      absl::StatusOr<base::UniqueFd> conn = TcpConnect(port);
+      absl::StatusOr<base::UniqueFd> conn = connect();
       if (!conn.ok()) {
         Fail(absl::StrCat("new connection ", n, ": ", conn.status().message()));
         return;

@@ -2,10 +2,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/base/fd.h"
 
 namespace meshtls::testing {
 
@@ -16,7 +20,11 @@ namespace meshtls::testing {
 // Stop() (or destruction) ends the load.
 class TrafficLoad {
  public:
+  // Connect opens one connection of the load; it is called on the load's own threads.
+  using Connect = std::function<absl::StatusOr<base::UniqueFd>()>;
   TrafficLoad(uint16_t port, int long_lived);
+  // This one connects with `connect` (from inside a pod, to a pod's address, say).
+  TrafficLoad(Connect connect, int long_lived);
   ~TrafficLoad() { Stop(); }
   void Stop();
   int failures() const { return failures_.load(); }
