@@ -76,7 +76,8 @@ base::CommandLineSpec CommandLine() {
                   .flags =
                       {
                           {"config", "FILE",
-                           "sidecar configuration (YAML) with a transparent section"},
+                           "sidecar configuration (YAML) with a transparent section (not read by "
+                           "--clean)"},
                           {"dry-run", "",
                            "print the iptables-restore input of a first install (IPv4 and\nIPv6) "
                            "and change nothing; needs neither privileges nor iptables"},
@@ -100,29 +101,51 @@ int UsageError(absl::string_view message) {
   return 2;
 }
 
+// ReadInitNetworkConfig reads and checks the config init-network installs from. The files it
+// names (certificates, tokens) need not be there yet: the init container runs before anything
+// else of the pod.
+absl::StatusOr<sidecar::SidecarConfig> ReadInitNetworkConfig(const std::string& path) {
+  absl::StatusOr<std::string> text = base::ReadFileToString(path);
+  if (!text.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("init-network: --config: ", text.status().message()));
+  }
+  absl::StatusOr<sidecar::SidecarConfig> config =
+      sidecar::ParseSidecarConfig(*text, /*check_files=*/false);
+  if (!config.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", config.status().message()));
+  }
+  if (!config->transparent.enabled()) {
+    return absl::InvalidArgumentError("init-network: the config has no transparent section");
+  }
+  return config;
+}
+
 // InitNetwork runs `init-network`: exit 0 done, 1 the rules could not be read, installed or
 // removed, 2 bad flags or configuration. Errors are one line on stderr.
 int InitNetwork(const base::Flags& flags) {
   const std::optional<std::string> config_path = flags.Get("config");
-  if (!config_path) {
-    return UsageError("init-network: --config is required (see init-network --help)");
-  }
   if (flags.Has("dry-run") && flags.Has("clean")) {
     return UsageError("init-network: --dry-run prints an install; it cannot go with --clean");
   }
-  absl::StatusOr<std::string> text = base::ReadFileToString(*config_path);
-  if (!text.ok()) {
-    return UsageError(absl::StrCat("init-network: --config: ", text.status().message()));
+  const bool clean = flags.Has("clean");
+  if (!config_path && !clean) {
+    return UsageError("init-network: --config is required (see init-network --help)");
   }
-  // The files the config names (certificates, tokens) need not be there yet: the init
-  // container runs before anything else of the pod.
-  absl::StatusOr<sidecar::SidecarConfig> config =
-      sidecar::ParseSidecarConfig(*text, /*check_files=*/false);
-  if (!config.ok()) {
-    return UsageError(absl::StrCat(*config_path, ": ", config.status().message()));
+  // --clean removes every MESHTLS_ chain and the jumps to them whatever the config says, so it
+  // needs no config: it still works after the transparent section (or the file) is gone.
+  absl::StatusOr<sidecar::SidecarConfig> config = sidecar::SidecarConfig{};
+  if (!clean) {
+    config = ReadInitNetworkConfig(*config_path);
+    if (!config.ok()) {
+      return UsageError(config.status().message());
+    }
   }
-  if (!config->transparent.enabled()) {
-    return UsageError("init-network: the config has no transparent section");
+  if (!clean && config->transparent.proxy_uid == 0) {
+    std::fputs(
+        "meshtls-sidecar: init-network: warning: transparent.proxy_uid is 0: every process of "
+        "the pod running as root bypasses the outbound capture\n",
+        stderr);
   }
   if (flags.Has("dry-run")) {
     std::fputs(sidecar::DryRunText(*config).c_str(), stdout);
@@ -130,8 +153,8 @@ int InitNetwork(const base::Flags& flags) {
   }
   signal(SIGPIPE, SIG_IGN);  // a tool that exits without reading its input must not kill us
   sidecar::InitNetworkOptions options;
-  options.action = flags.Has("clean") ? sidecar::InitNetworkOptions::Action::kClean
-                                      : sidecar::InitNetworkOptions::Action::kInstall;
+  options.action = clean ? sidecar::InitNetworkOptions::Action::kClean
+                         : sidecar::InitNetworkOptions::Action::kInstall;
   const char* path = std::getenv("PATH");
   options.path_env = path == nullptr ? "" : path;
   absl::StatusOr<std::vector<std::string>> lines =
@@ -188,6 +211,12 @@ int main(int argc, char** argv) {
     return UsageError(absl::StrCat(*config_path, ": ", config.status().message()));
   }
   if (std::optional<std::string> v = flags.Get("admin")) {
+    if (config->transparent.inbound.enabled) {
+      // init-network reads the admin port from the file, to keep it out of the capture rules.
+      return UsageError(
+          "--admin cannot override admin.listen with transparent.inbound: init-network takes the "
+          "admin port from the config file; set admin.listen there");
+    }
     absl::StatusOr<base::HostPort> hp = base::ParseHostPort(*v, true);
     if (!hp.ok() || !hp->host_is_ip) {
       return UsageError("--admin must be an IP address and port, such as 127.0.0.1:15000");

@@ -1,6 +1,7 @@
 #include "common/net/cidr.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include <cstring>
 
@@ -40,6 +41,11 @@ absl::StatusOr<Cidr> Cidr::Parse(absl::string_view text) {
         absl::StrCat(quoted,
                      " is not a network: write an IP address with an optional /prefix-length "
                      "(10.244.0.0/16, fd00:10::/64)"));
+  }
+  if (c.ipv6_ && IN6_IS_ADDR_V4MAPPED(reinterpret_cast<const in6_addr*>(c.bytes_.data()))) {
+    // Connections to IPv4 addresses are matched as IPv4, even on a dual-stack socket.
+    return absl::InvalidArgumentError(
+        absl::StrCat(quoted, " is an IPv4-mapped IPv6 network: write the IPv4 network instead"));
   }
   const int max_length = c.ipv6_ ? 128 : 32;
   c.prefix_length_ = max_length;

@@ -363,11 +363,11 @@ absl::Status ReadTransparent(const Schema& s, const LoadedFields& fields, Sideca
   }
   TransparentConfig& t = c.transparent;
   t.proxy_uid = static_cast<uint32_t>(s.transparent().proxy_uid());
-  const std::vector<uint16_t> own_ports = c.OwnInboundPorts();
   if (fields.Has("transparent.outbound")) {
     MESHTLS_RETURN_IF_ERROR(
         ReadCaptureOutbound(s.transparent().outbound(), fields, c.trust_domain, t.outbound));
   }
+  const std::vector<uint16_t> own_ports = c.OwnPorts();  // the inbound capture port aside
   if (fields.Has("transparent.inbound")) {
     MESHTLS_RETURN_IF_ERROR(ReadCaptureInbound(s.transparent().inbound(), fields, c.trust_domain,
                                                own_ports, t.inbound));
@@ -442,16 +442,26 @@ absl::Status ReadListeners(const Schema& s, const LoadedFields& fields, SidecarC
 
 }  // namespace
 
-std::vector<uint16_t> SidecarConfig::OwnInboundPorts() const {
+std::vector<uint16_t> SidecarConfig::OwnPorts() const {
   std::vector<uint16_t> ports;
-  if (absl::StatusOr<base::HostPort> admin = base::ParseHostPort(admin_listen, true);
-      admin.ok() && admin->port != 0) {
-    ports.push_back(admin->port);
-  }
-  for (const ListenerConfig& l : inbound) {
-    if (l.listen.port != 0 && !Contains(ports, l.listen.port)) {
-      ports.push_back(l.listen.port);
+  auto add = [&ports](uint16_t port) {
+    if (port != 0 && !Contains(ports, port)) {
+      ports.push_back(port);
     }
+  };
+  if (absl::StatusOr<base::HostPort> admin = base::ParseHostPort(admin_listen, true); admin.ok()) {
+    add(admin->port);
+  }
+  for (const auto* list : {&inbound, &outbound}) {
+    for (const ListenerConfig& l : *list) {
+      add(l.listen.port);
+    }
+  }
+  if (transparent.outbound.enabled) {
+    add(transparent.outbound.port);
+  }
+  if (transparent.inbound.enabled) {
+    add(transparent.inbound.port);
   }
   return ports;
 }

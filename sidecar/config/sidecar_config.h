@@ -119,10 +119,11 @@ struct SidecarConfig {
   base::LogSettings log;
   TransparentConfig transparent;
 
-  // OwnInboundPorts are the ports the sidecar itself serves on the pod's addresses: the admin
-  // port and the explicit inbound listeners' (port 0 excluded). Transparent inbound never
-  // captures them, and never forwards to them.
-  std::vector<uint16_t> OwnInboundPorts() const;
+  // OwnPorts are the ports the sidecar itself listens on: admin, every explicit listener's
+  // (inbound and outbound: the outbound ones are on loopback, where inbound capture forwards)
+  // and the capture ports (port 0 excluded). Transparent inbound never captures them and never
+  // forwards to them: a peer must not reach the sidecar's own listeners through it.
+  std::vector<uint16_t> OwnPorts() const;
 };
 
 // ParseSidecarConfig parses and validates YAML. With `check_files`, the files the config names

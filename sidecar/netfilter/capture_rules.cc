@@ -97,10 +97,8 @@ CaptureRuleSet BuildCaptureRules(const SidecarConfig& config, IpFamily family) {
   set.chains.push_back(out);
   set.rules.push_back(absl::StrCat("-A OUTPUT -p tcp -j ", out));
   if (t.inbound.enabled) {
-    // The sidecar's own ports and the capture port itself are never redirected.
-    std::vector<uint16_t> own = config.OwnInboundPorts();
-    own.push_back(t.inbound.port);
-    AppendPortReturns(in, own, set.rules);
+    // The sidecar's own ports (the capture ports among them) are never redirected.
+    AppendPortReturns(in, config.OwnPorts(), set.rules);
     AppendPortReturns(in, t.inbound.exclude_ports, set.rules);
     set.rules.push_back(absl::StrCat("-A ", in, " -p tcp -j REDIRECT --to-ports ", t.inbound.port));
     // The sidecar reaching its own pod's address leaves through lo: it goes to the inbound

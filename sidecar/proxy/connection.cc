@@ -156,17 +156,23 @@ void Connection::StartSniffing() {
   target_ = base::HostPort{.host = "127.0.0.1", .port = port, .host_is_ip = true};
   state_ = State::kSniffing;
   handshake_start_ = net::EventLoop::Now();
-  timer_ = env_.loop.AddTimer(env_.handshake_timeout, [this] {
-    timer_ = 0;
-    if (state_ != State::kSniffing) {
-      return;
-    }
-    RecordHandshakeFailure(HandshakeResult::kTimeout,
-                           "the client sent nothing before limits.handshake_timeout");
-    Close(/*abortive=*/true);
-  });
+  // One deadline for the first bytes and the handshake after them (StartTls keeps it).
+  timer_ = env_.loop.AddTimer(env_.handshake_timeout, [this] { OnHandshakeDeadline(); });
   SetInterest(tls_, EPOLLIN);
   Sniff();
+}
+
+void Connection::OnHandshakeDeadline() {
+  timer_ = 0;
+  if (state_ != State::kSniffing && state_ != State::kHandshaking) {
+    return;
+  }
+  RecordHandshakeFailure(HandshakeResult::kTimeout,
+                         state_ == State::kSniffing
+                             ? "the client sent no ClientHello before limits.handshake_timeout"
+                             : "no complete handshake before limits.handshake_timeout");
+  ERR_clear_error();
+  Close(/*abortive=*/true);
 }
 
 void Connection::Sniff() {
@@ -179,27 +185,44 @@ void Connection::Sniff() {
     Close(/*abortive=*/n < 0);  // gone before it said anything: nothing to count but the accept
     return;
   }
-  switch (ClassifyFirstBytes(absl::string_view(first, static_cast<size_t>(n)))) {
+  const FirstBytes first_bytes =
+      ClassifyFirstBytes(absl::string_view(first, static_cast<size_t>(n)));
+  if (first_bytes != FirstBytes::kNeedMore && sniff_low_water_) {
+    const int one = 1;
+    (void)::setsockopt(tls_.fd.get(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+    sniff_low_water_ = false;
+  }
+  switch (first_bytes) {
     case FirstBytes::kNeedMore:
-      // A ClientHello's first byte or two, the rest not here yet. Peeked bytes stay readable,
-      // so level-triggered epoll would report them again at once: look again in a while
-      // instead (within the handshake timeout). Clients send their ClientHello whole, so this
-      // is rare.
-      SetInterest(tls_, 0);
-      sniff_retry_timer_ = env_.loop.AddTimer(kSniffRetry, [this] {
-        sniff_retry_timer_ = 0;
-        if (state_ == State::kSniffing) {
-          SetInterest(tls_, EPOLLIN);
-          Sniff();
+      // A TLS record header's first byte or two, the rest not here yet. Peeked bytes stay
+      // readable, so level-triggered epoll would report them again at once: have the kernel
+      // report the socket readable only once the 3 bytes that decide are there (or the client
+      // closed). Clients send their ClientHello whole, so this is rare.
+      if (sniff_low_water_) {
+        // Woken with fewer than 3 bytes under the low-water mark: only an EOF or a reset does
+        // that. (Without this, the client's FIN would be reported readable forever.)
+        RecordHandshakeFailure(HandshakeResult::kPeerClosed,
+                               "the client closed after the first bytes of a TLS record header");
+        Close(/*abortive=*/false);
+        return;
+      }
+      {
+        const int three = 3;
+        sniff_low_water_ =
+            ::setsockopt(tls_.fd.get(), SOL_SOCKET, SO_RCVLOWAT, &three, sizeof(three)) == 0;
+        if (!sniff_low_water_) {
+          RecordHandshakeFailure(HandshakeResult::kInternal,
+                                 "SO_RCVLOWAT refused: cannot wait for the first 3 bytes");
+          Close(/*abortive=*/true);
         }
-      });
+      }
       return;
     case FirstBytes::kTlsHandshake:
       CountDecision(inbound_port_->mesh_decision);
       if (!TakeCredentials()) {
         return;
       }
-      StartTls();  // arms the handshake timeout afresh (the wait for these bytes had its own)
+      StartTls();  // the deadline armed at the accept runs on
       return;
     case FirstBytes::kOther:
       break;
@@ -218,6 +241,9 @@ void Connection::Sniff() {
 
 void Connection::StartUpstreamConnect() {
   state_ = State::kResolving;
+  if (timer_ != 0) {
+    env_.loop.CancelTimer(timer_);  // the wait for a permissive port's first bytes
+  }
   timer_ = env_.loop.AddTimer(env_.connect_timeout, [this] {
     timer_ = 0;
     Refuse(RefusedReason::kUpstreamUnavailable,
@@ -313,20 +339,14 @@ void Connection::StartTls() {
       check_.resumed_peer_id = std::move(cached->peer);
     }
   }
+  const bool sniffed = state_ == State::kSniffing;  // its deadline, from the accept, runs on
   state_ = State::kHandshaking;
-  if (timer_ != 0) {
-    env_.loop.CancelTimer(timer_);
-  }
-  timer_ = env_.loop.AddTimer(env_.handshake_timeout, [this] {
-    timer_ = 0;
-    if (state_ != State::kHandshaking) {
-      return;
+  if (!sniffed || timer_ == 0) {
+    if (timer_ != 0) {
+      env_.loop.CancelTimer(timer_);
     }
-    RecordHandshakeFailure(HandshakeResult::kTimeout,
-                           "no complete handshake before limits.handshake_timeout");
-    ERR_clear_error();
-    Close(/*abortive=*/true);
-  });
+    timer_ = env_.loop.AddTimer(env_.handshake_timeout, [this] { OnHandshakeDeadline(); });
+  }
   DoHandshake();
 }
 
@@ -376,10 +396,6 @@ void Connection::CancelTimers() {
   if (expiry_timer_ != 0) {
     env_.loop.CancelTimer(expiry_timer_);
     expiry_timer_ = 0;
-  }
-  if (sniff_retry_timer_ != 0) {
-    env_.loop.CancelTimer(sniff_retry_timer_);
-    sniff_retry_timer_ = 0;
   }
 }
 

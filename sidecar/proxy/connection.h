@@ -81,9 +81,6 @@ struct ConnectionEnv {
 // holds a descriptor for. A lingering connection is neither counted active nor under
 // limits.max_connections; each worker keeps at most kMaxLingeringPerWorker, closing the oldest.
 inline constexpr size_t kLingerMaxBytes = 256 * 1024;
-// kSniffRetry: how soon an inbound capture connection whose first bytes are an incomplete TLS
-// record header looks at them again.
-inline constexpr net::MonoDuration kSniffRetry = std::chrono::milliseconds(5);
 inline constexpr net::MonoDuration kLingerTimeout = std::chrono::seconds(2);
 
 // Connection proxies one client connection. Inbound: TLS server handshake (client certificate
@@ -157,6 +154,9 @@ class Connection {
   void DecideOutbound();
   void StartSniffing();
   void Sniff();
+  // OnHandshakeDeadline ends a connection still sniffing or handshaking at
+  // limits.handshake_timeout.
+  void OnHandshakeDeadline();
   void CountDecision(size_t decision) { env_.counters.capture_decisions[decision].Add(); }
   // The TLS socket BIO's callback (see tls_socket_drained_).
   static long OnTlsSocketBio(BIO* bio, int operation, const char* data, size_t length, int argi,
@@ -219,6 +219,7 @@ class Connection {
   bool peer_plain_ = false;  // passthrough / permissive plain text: no TLS on either side
   std::shared_ptr<SessionCache> mesh_sessions_;  // a mesh rule's cache for this destination
   const InboundPort* inbound_port_ = nullptr;    // inbound capture: the original port's policy
+  bool sniff_low_water_ = false;  // SO_RCVLOWAT is 3 while the first bytes are incomplete
   State state_ = State::kResolving;
   Side tls_{*this, true};
   net::PeerAddress tls_peer_;  // the TLS side's peer, for failure logs
@@ -230,7 +231,6 @@ class Connection {
   net::MonoTime last_activity_;
   net::EventLoop::TimerId timer_ = 0;
   net::EventLoop::TimerId expiry_timer_ = 0;
-  net::EventLoop::TimerId sniff_retry_timer_ = 0;
 
   RelayBuffer to_tls_;    // app -> peer
   RelayBuffer to_plain_;  // peer -> app

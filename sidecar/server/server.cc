@@ -61,6 +61,12 @@ class ServerImpl final : public Server {
                        "uid ",
                        transparent.proxy_uid, " (securityContext.runAsUser)"));
     }
+    if (transparent.enabled() && transparent.proxy_uid == 0) {
+      base::LogWarning(
+          "transparent.proxy_uid is 0: every process of the pod running as root bypasses the "
+          "outbound capture; give the sidecar a user id of its own",
+          {});
+    }
     // Listener runtimes: inbound first, then outbound (this order indexes the authz counters),
     // then transparent mode's.
     for (const auto* list : {&config_.inbound, &config_.outbound}) {
@@ -287,11 +293,7 @@ class ServerImpl final : public Server {
         (p->port == 0 ? inbound_capture_->default_port : inbound_capture_->ports.emplace_back()) =
             port;
       }
-      inbound_capture_->own_ports = config_.OwnInboundPorts();
-      inbound_capture_->own_ports.push_back(t.inbound.port);
-      if (t.outbound.enabled) {
-        inbound_capture_->own_ports.push_back(t.outbound.port);
-      }
+      inbound_capture_->own_ports = config_.OwnPorts();
     }
     // listeners_ is complete: point the rules and ports at their runtimes.
     for (size_t i = 0; i < rule_listeners.size(); ++i) {

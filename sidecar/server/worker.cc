@@ -115,17 +115,17 @@ Worker::~Worker() { Stop(); }
 std::shared_ptr<SessionCache> Worker::MeshSessions(const ListenerRuntime& rule,
                                                    const net::SocketAddress& destination) {
   std::string key = absl::StrCat(rule.id, " ", destination.ToString());
-  auto it = mesh_sessions_.find(key);
-  if (it != mesh_sessions_.end()) {
-    return it->second;
+  if (auto it = mesh_sessions_.find(key); it != mesh_sessions_.end()) {
+    mesh_sessions_lru_.splice(mesh_sessions_lru_.end(), mesh_sessions_lru_, it->second);
+    return it->second->second;
   }
   if (mesh_sessions_.size() >= kMaxMeshSessionCaches) {
-    mesh_sessions_.erase(mesh_sessions_order_.front());
-    mesh_sessions_order_.pop_front();
+    mesh_sessions_.erase(mesh_sessions_lru_.front().first);
+    mesh_sessions_lru_.pop_front();
   }
   auto cache = std::make_shared<SessionCache>(kMeshSessionsPerDestination);
-  mesh_sessions_.emplace(key, cache);
-  mesh_sessions_order_.push_back(std::move(key));
+  mesh_sessions_lru_.emplace_back(key, cache);
+  mesh_sessions_.emplace(std::move(key), std::prev(mesh_sessions_lru_.end()));
   return cache;
 }
 

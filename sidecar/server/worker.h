@@ -2,7 +2,7 @@
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
+#include <list>
 #include <memory>
 #include <set>
 #include <string>
@@ -87,8 +87,8 @@ class Worker {
   bool MayLog();
   // MeshSessions is ConnectionEnv::mesh_sessions: this worker's session cache for one
   // destination of a mesh rule, made on first use; at most kMaxMeshSessionCaches are kept, the
-  // oldest dropped first (a connection using a dropped one keeps it until it closes). Each holds
-  // kMeshSessionsPerDestination sessions: at most 1024 per worker, about 6.4 MiB.
+  // least recently used dropped first (a connection using a dropped one keeps it until it closes).
+  // Each holds kMeshSessionsPerDestination sessions: at most 1024 per worker, about 6.4 MiB.
   std::shared_ptr<SessionCache> MeshSessions(const ListenerRuntime& rule,
                                              const net::SocketAddress& destination);
 
@@ -109,8 +109,9 @@ class Worker {
   std::set<uint64_t> lingering_;
   static constexpr size_t kMaxMeshSessionCaches = 256;
   static constexpr size_t kMeshSessionsPerDestination = 4;
-  std::unordered_map<std::string, std::shared_ptr<SessionCache>> mesh_sessions_;
-  std::deque<std::string> mesh_sessions_order_;  // keys, oldest first
+  // Least recently used first; the map points into the list.
+  std::list<std::pair<std::string, std::shared_ptr<SessionCache>>> mesh_sessions_lru_;
+  std::unordered_map<std::string, decltype(mesh_sessions_lru_)::iterator> mesh_sessions_;
   uint64_t next_connection_id_ = 1;
   // Failure-log budget, per worker: 10 lines/s, burst 20 (a handshake flood cannot flood the
   // log; the first line after a refusal says how many were dropped).

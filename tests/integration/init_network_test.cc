@@ -153,7 +153,7 @@ TEST(InitNetworkTest, InstallsBothFamiliesAndTwiceIsTheSame) {
   const std::string v6 = ns.NatRules("ip6tables-save");
   for (const char* rule :
        {"-A PREROUTING -p tcp -j MESHTLS_INBOUND", "-A OUTPUT -p tcp -j MESHTLS_OUTPUT",
-        "-A MESHTLS_INBOUND -p tcp -m multiport --dports 15000,15006 -j RETURN",
+        "-A MESHTLS_INBOUND -p tcp -m multiport --dports 15000,15001,15006 -j RETURN",
         "-A MESHTLS_INBOUND -p tcp -m tcp --dport 8081 -j RETURN",
         "-A MESHTLS_INBOUND -p tcp -j REDIRECT --to-ports 15006",
         "-A MESHTLS_OUTPUT -m owner --uid-owner 1337 -j RETURN",

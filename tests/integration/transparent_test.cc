@@ -4,6 +4,7 @@
 // crosses a pod's wire is checked with a packet capture.
 
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -31,9 +32,10 @@ using testing::Subnet;
 
 constexpr char kTd[] = "example.org";
 constexpr uint32_t kProxyUid = 1337;
-constexpr uint16_t kStrictPort = 8080;      // the app's port under inbound.mode strict
-constexpr uint16_t kPermissivePort = 8081;  // ports: [{port: 8081, mode: permissive}]
-constexpr uint16_t kOutsidePort = 9090;     // the service outside the mesh
+constexpr uint16_t kStrictPort = 8080;             // the app's port under inbound.mode strict
+constexpr uint16_t kPermissivePort = 8081;         // ports: [{port: 8081, mode: permissive}]
+constexpr uint16_t kOutsidePort = 9090;            // the service outside the mesh
+constexpr uint16_t kExplicitOutboundPort = 15101;  // every sidecar's explicit outbound listener
 
 std::string Spiffe(const std::string& service_account) {
   return absl::StrCat("spiffe://", kTd, "/ns/default/sa/", service_account);
@@ -101,7 +103,12 @@ class TransparentTest : public ::testing::Test {
   // SidecarYaml is every pod's sidecar config, as transparent mode's users write it.
   std::string SidecarYaml(const std::string& identity_yaml) const {
     return absl::StrCat("trust_domain: ", kTd, "\n", identity_yaml, sidecar_extra_yaml_,
-                        "admin: {listen: 0.0.0.0:15000}\n"
+                        "admin: {listen: 0.0.0.0:15000}\n",
+                        // An explicit listener beside transparent mode: never reachable from
+                        // outside the pod through the inbound capture.
+                        "outbound:\n  - {name: explicit, listen: 127.0.0.1:", kExplicitOutboundPort,
+                        ", connect: \"127.0.0.1:1\", expect: [", Spiffe("server"),
+                        "]}\n"
                         "transparent:\n"
                         "  proxy_uid: ",
                         kProxyUid,
@@ -225,10 +232,11 @@ class TransparentTest : public ::testing::Test {
   }
 
   // Set by a fixture's constructor, before SetUp: appended to certmgr's config, inside its
-  // `ca:` mapping, and to every sidecar's config.
+  // `ca:` mapping, and to every sidecar's config. A short handshake timeout, so that tests can
+  // see it pass.
   std::string certmgr_extra_yaml_;
   std::string certmgr_ca_extra_;
-  std::string sidecar_extra_yaml_;
+  std::string sidecar_extra_yaml_ = "limits: {handshake_timeout: 3s}\n";
   // Members in this order: apps and sidecars stop before certmgr, and all before the Network
   // removes the namespaces.
   std::unique_ptr<Network> network_;
@@ -274,6 +282,48 @@ TEST_F(TransparentTest, PodWithoutSidecarIsRefusedOnStrictPortsAndServedOnPermis
   EXPECT_EQ(server_->apps[1]->bytes_received(), std::string("plain-to-permissive").size());
   EXPECT_TRUE(server_->sidecar->WaitForMetric(PermissiveDecisions(), 1))
       << server_->sidecar->Metric(PermissiveDecisions());
+
+  // The sidecar lives on past limits.handshake_timeout after that plain-text connection (a
+  // timer left behind by it would fire on freed memory then; the sanitizer build sees that):
+  // a client that never speaks is timed out, and a new plain-text request is still served.
+  absl::StatusOr<base::UniqueFd> silent = plain->pod->Connect(server.ipv4(), kStrictPort);
+  ASSERT_THAT(silent, IsOk());
+  EXPECT_TRUE(server_->sidecar->WaitForMetric(Handshakes("inbound", "timeout"), 1));
+  EXPECT_THAT(EchoFrom(*plain->pod, server.ipv4(), kPermissivePort, "after-the-timeout"), IsOk());
+
+  // The server sidecar's explicit outbound listener is on loopback, where the inbound capture
+  // forwards: a port of the sidecar's own is never captured, so nothing reaches it from outside.
+  EXPECT_THAT(RefusedFrom(*plain->pod, server.ipv4(), kExplicitOutboundPort), IsOk());
+  EXPECT_EQ(server_->sidecar->Metric(R"(meshtls_connections_total{direction="outbound"})"), 0);
+}
+
+TEST_F(TransparentTest, ATlsRecordHeaderSentInPiecesIsStillTls) {
+  ASSERT_NO_FATAL_FAILURE(StartClientAndServer());
+  std::unique_ptr<MeshPod> plain;
+  MESHTLS_ASSERT_OK_AND_MOVE(plain, StartPod("plain", ""));
+  const Pod& server = *server_->pod;
+  SidecarProcess& s = *server_->sidecar;
+
+  // One byte of a TLS record header, then the rest: taken for TLS (a broken handshake), not for
+  // plain text on a strict port.
+  absl::StatusOr<base::UniqueFd> split = plain->pod->Connect(server.ipv4(), kStrictPort);
+  ASSERT_THAT(split, IsOk());
+  ASSERT_THAT(testing::SendAll(split->get(), std::string("\x16", 1)), IsOk());
+  EXPECT_EQ(s.Metric(Decisions("inbound", "default", "mesh")), 0);
+  ASSERT_THAT(testing::SendAll(split->get(), std::string("\x03\x01\x00\x05hello", 9)), IsOk());
+  EXPECT_TRUE(s.WaitForMetric(Decisions("inbound", "default", "mesh"), 1));
+  EXPECT_EQ(s.Metric(Decisions("inbound", "default", "deny")), 0);
+
+  // One byte, then the client closes: noticed at once (not at the handshake timeout).
+  absl::StatusOr<base::UniqueFd> gone = plain->pod->Connect(server.ipv4(), kStrictPort);
+  ASSERT_THAT(gone, IsOk());
+  ASSERT_THAT(testing::SendAll(gone->get(), std::string("\x16", 1)), IsOk());
+  ASSERT_EQ(::shutdown(gone->get(), SHUT_WR), 0);
+  EXPECT_TRUE(testing::WaitFor([&] { return s.Metric(Handshakes("inbound", "peer_closed")) >= 1; },
+                               absl::Seconds(2)))
+      << s.process().Log();
+  EXPECT_EQ(s.Metric(Handshakes("inbound", "timeout")), 0);
+  EXPECT_EQ(server_->apps[0]->connections(), 0);
 }
 
 TEST_F(TransparentTest, OutsideTheMeshPassesThroughInPlainTextAndDeniedIsRefused) {
@@ -293,6 +343,12 @@ TEST_F(TransparentTest, OutsideTheMeshPassesThroughInPlainTextAndDeniedIsRefused
   EXPECT_EQ(outside_->apps[0]->bytes_received(), marker.size());
 
   EXPECT_EQ(client_->sidecar->Metric(Decisions("outbound", "outside", "passthrough")), 1);
+
+  // A connection made to the outbound capture port itself (loopback is not captured) is no
+  // redirected one: refused, never relayed to itself.
+  EXPECT_THAT(RefusedFrom(*client_->pod, "127.0.0.1", 15001), IsOk());
+  EXPECT_TRUE(client_->sidecar->WaitForMetric(
+      R"(meshtls_connections_refused_total{direction="outbound",reason="capture_loop"})", 1));
 
   EXPECT_THAT(RefusedFrom(*client_->pod, Blocked(), kOutsidePort), IsOk())
       << client_->sidecar->process().Log();
@@ -332,7 +388,7 @@ class TransparentRotationTest : public TransparentTest {
     certmgr_extra_yaml_ = "issuance: {default_ttl: 6s, min_ttl: 2s, max_ttl: 6s, backdate: 0}\n";
     certmgr_ca_extra_ = ", rotation: {auto: false}";
     // Long-lived connections outlive the certificates they started with.
-    sidecar_extra_yaml_ = "tls: {close_on_expiry: false}\n";
+    sidecar_extra_yaml_ += "tls: {close_on_expiry: false}\n";
   }
 };
 

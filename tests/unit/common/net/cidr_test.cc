@@ -41,7 +41,8 @@ TEST(CidrTest, ParsesNetworksAndSingleAddresses) {
 TEST(CidrTest, RefusesWhatIsNotANetworkNamingIt) {
   for (const char* bad :
        {"", "10.0.0.0/", "10.0.0.0/33", "fd00::/129", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0.0/08x",
-        "10.0.0/8", "example.com/8", "/8", "10.0.0.0/8/8", " 10.0.0.0/8"}) {
+        "10.0.0/8", "example.com/8", "/8", "10.0.0.0/8/8", " 10.0.0.0/8", "::ffff:10.0.0.0/104",
+        "::ffff:10.0.0.1"}) {
     absl::StatusOr<Cidr> c = Cidr::Parse(bad);
     EXPECT_FALSE(c.ok()) << bad;
     EXPECT_THAT(c.status().message(), HasSubstr(std::string("\"") + bad + "\"")) << bad;

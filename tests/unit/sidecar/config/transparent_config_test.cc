@@ -79,7 +79,7 @@ TEST(TransparentConfigTest, ParsesACompleteSection) {
   EXPECT_EQ(t.inbound.ports[1].mode, InboundMode::kStrict);             // inherited
   EXPECT_EQ(t.inbound.ports[1].allow,
             std::vector<std::string>{"spiffe://example.org/ns/monitoring/sa/prometheus"});
-  EXPECT_EQ(c->OwnInboundPorts(), std::vector<uint16_t>{15000});
+  EXPECT_EQ(c->OwnPorts(), (std::vector<uint16_t>{15000, 15001, 15006}));
 }
 
 TEST(TransparentConfigTest, DefaultsAreIstiosPortsAndUser) {
