@@ -135,6 +135,22 @@ def wait_until(what, predicate, timeout=15.0):
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def outbound_handshakes(admin):
+    """(resumed, full) handshakes a meshtls sidecar has completed as the TLS client, read from
+    its admin listener's /metrics."""
+    with in_netns(admin.netns):
+        with NO_PROXY.open(admin.url("/metrics"), timeout=5.0) as r:
+            text = r.read().decode()
+    counts = {}
+    for m in re.finditer(r'^meshtls_tls_handshake_duration_seconds_count\{([^}]*)\} (\S+)$', text,
+                         re.M):
+        if 'direction="outbound"' in m.group(1):
+            counts['resumed="true"' in m.group(1)] = float(m.group(2))
+    if len(counts) != 2:
+        raise RuntimeError(f"no outbound handshake counts in {admin.url('/metrics')}")
+    return counts[True], counts[False]
+
+
 def serves(endpoint):
     try:
         with in_netns(endpoint.netns):
@@ -312,6 +328,7 @@ class Pair:
         self.procs = [p for p in (out_proc, in_proc) if p is not None]
         self.endpoint = endpoint  # where the client connects (the outbound proxy's listener)
         self._prepare = prepare
+        self.out_admin = None  # meshtls: the outbound sidecar's admin listener (an Endpoint)
 
     def prepare(self):
         """Makes the network ready for this pair's load (the pods' capture rules); the main
@@ -414,10 +431,12 @@ def start_meshtls(d, tag, backend_port, pki, sidecar, resumption, workers, dns=N
     connect_host = dns.name if dns else "127.0.0.1"
     dns_section = f'dns: {{servers: ["127.0.0.1:{dns.port}"]}}\n' if dns else ""
 
-    def config(cert, listener):
-        return sidecar_config(pki, cert, free_port(), resumption, listener, workers)
+    admin_ports = {"server": free_port(), "client": free_port()}
 
-    return start_pair(d, tag, out_port, "yaml", {
+    def config(cert, listener):
+        return sidecar_config(pki, cert, admin_ports[cert], resumption, listener, workers)
+
+    pair = start_pair(d, tag, out_port, "yaml", {
         "in": config("server", f"""inbound:
   - name: bench
     listen: 127.0.0.1:{in_port}
@@ -431,6 +450,8 @@ def start_meshtls(d, tag, backend_port, pki, sidecar, resumption, workers, dns=N
     expect: [{SERVER_ID}]
 {dns_section}"""),
     }, lambda role, conf: [sidecar, "--config", conf])
+    pair.out_admin = Endpoint("127.0.0.1", admin_ports["client"])
+    return pair
 
 
 def start_haproxy(d, tag, backend_port, pki, resumption):
@@ -626,8 +647,10 @@ def start_pods_explicit(d, tag, pods, pki, resumption):
         with open(conf, "w") as f:
             f.write(sidecar_config(pki, cert, 15100 + 10 * shift, resumption, body))
         procs[role] = Proc(f"{tag}-{role}", pods_sidecar_argv(pods, ns, conf), d)
-    return Pair(tag, procs["out"], procs["in"], Endpoint("127.0.0.1", out_port, pods.client),
+    pair = Pair(tag, procs["out"], procs["in"], Endpoint("127.0.0.1", out_port, pods.client),
                 lambda: pods.capture(None))
+    pair.out_admin = Endpoint("127.0.0.1", 15100 + 10 * shift, pods.client)
+    return pair
 
 
 def start_pods_transparent(d, tag, pods, pki, resumption):
@@ -654,9 +677,11 @@ def start_pods_transparent(d, tag, pods, pki, resumption):
             f.write(sidecar_config(pki, cert, 15000 + 10 * shift, resumption, body))
         configs[ns] = conf
         procs[role] = Proc(f"{tag}-{role}", pods_sidecar_argv(pods, ns, conf), d)
-    return Pair(tag, procs["out"], procs["in"],
+    pair = Pair(tag, procs["out"], procs["in"],
                 Endpoint(SERVER_POD_IP, POD_APP_PORT, pods.client),
                 lambda: pods.capture(configs))
+    pair.out_admin = Endpoint("127.0.0.1", 15000 + 10 * shift, pods.client)
+    return pair
 
 
 # ---------------------------------------------------------------------------------------------
@@ -894,6 +919,7 @@ ROWS = [
     ("hs_full_p99", "2. full handshake request p99", "us", False),
     ("hs_dns", f"2. full handshakes/s, connect: a DNS name (TTL {DNS_TTL}s)", "hs/s", True),
     ("hs_resumed", "3. handshakes/s, resumption on", "hs/s", True),
+    ("resumed_share", "3. share of those resumed (meshtls' metrics)", "%", True),
     ("bulk", "4. bulk, one 100 MiB stream", "MiB/s", True),
     ("idle_kib", "5. RSS per idle connection (2000 held)", "KiB", False),
     ("cpu_req", "6. proxy CPU per keep-alive request", "us", False),
@@ -1076,8 +1102,13 @@ def main():
                 if c not in BASELINES:
                     resumed = pairs[(c, True)]
                     resumed.prepare()
+                    before = resumed.out_admin and outbound_handshakes(resumed.out_admin)
                     r = wrk(resumed.endpoint, args.duration, close=True)
                     results[c]["hs_resumed"].append(r["rps"])
+                    if resumed.out_admin:
+                        after = outbound_handshakes(resumed.out_admin)
+                        done = [a - b for a, b in zip(after, before)]
+                        results[c]["resumed_share"].append(100 * done[0] / max(1, sum(done)))
                     resumed.check_alive()
                 got = {k: v[-1] for k, v in results[c].items() if v}
                 log(f"  {c}: " + ", ".join(f"{k} {fmt(v)}" for k, v in got.items()))
