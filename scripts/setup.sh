@@ -16,13 +16,14 @@ build_packages=(
 )
 # What the tests and the demo add: GoogleTest and Benchmark, openssl and curl for real peers,
 # Prometheus (with promtool) for the observability test, util-linux's unshare for the
-# read-only Secret-volume test, and for transparent mode's tests iptables (init-network),
-# iproute2 (network namespaces, veth) and tcpdump.
+# read-only Secret-volume test, and for the transparent-mode tests' pods in network namespaces
+# iproute2 (ip netns, veth, bridge), iptables and tcpdump (util-linux's setpriv runs a pod's
+# programs as their own user).
 test_packages=(
   openssl libgtest-dev libgmock-dev libbenchmark-dev
   curl python3 util-linux
   prometheus
-  iptables iproute2 tcpdump
+  iproute2 iptables tcpdump
 )
 
 packages=("${build_packages[@]}")

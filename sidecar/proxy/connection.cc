@@ -181,7 +181,19 @@ void Connection::Sniff() {
   }
   switch (ClassifyFirstBytes(absl::string_view(first, static_cast<size_t>(n)))) {
     case FirstBytes::kNeedMore:
-      return;  // a ClientHello's first bytes, arriving slowly: wait (within the timeout)
+      // A ClientHello's first byte or two, the rest not here yet. Peeked bytes stay readable,
+      // so level-triggered epoll would report them again at once: look again in a while
+      // instead (within the handshake timeout). Clients send their ClientHello whole, so this
+      // is rare.
+      SetInterest(tls_, 0);
+      sniff_retry_timer_ = env_.loop.AddTimer(kSniffRetry, [this] {
+        sniff_retry_timer_ = 0;
+        if (state_ == State::kSniffing) {
+          SetInterest(tls_, EPOLLIN);
+          Sniff();
+        }
+      });
+      return;
     case FirstBytes::kTlsHandshake:
       CountDecision(inbound_port_->mesh_decision);
       if (!TakeCredentials()) {
@@ -364,6 +376,10 @@ void Connection::CancelTimers() {
   if (expiry_timer_ != 0) {
     env_.loop.CancelTimer(expiry_timer_);
     expiry_timer_ = 0;
+  }
+  if (sniff_retry_timer_ != 0) {
+    env_.loop.CancelTimer(sniff_retry_timer_);
+    sniff_retry_timer_ = 0;
   }
 }
 

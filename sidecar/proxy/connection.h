@@ -81,6 +81,9 @@ struct ConnectionEnv {
 // holds a descriptor for. A lingering connection is neither counted active nor under
 // limits.max_connections; each worker keeps at most kMaxLingeringPerWorker, closing the oldest.
 inline constexpr size_t kLingerMaxBytes = 256 * 1024;
+// kSniffRetry: how soon an inbound capture connection whose first bytes are an incomplete TLS
+// record header looks at them again.
+inline constexpr net::MonoDuration kSniffRetry = std::chrono::milliseconds(5);
 inline constexpr net::MonoDuration kLingerTimeout = std::chrono::seconds(2);
 
 // Connection proxies one client connection. Inbound: TLS server handshake (client certificate
@@ -227,6 +230,7 @@ class Connection {
   net::MonoTime last_activity_;
   net::EventLoop::TimerId timer_ = 0;
   net::EventLoop::TimerId expiry_timer_ = 0;
+  net::EventLoop::TimerId sniff_retry_timer_ = 0;
 
   RelayBuffer to_tls_;    // app -> peer
   RelayBuffer to_plain_;  // peer -> app

@@ -25,6 +25,7 @@
 #include "absl/strings/strip.h"
 #include "common/base/bound_ports.h"
 #include "common/base/file.h"
+#include "common/base/status_macros.h"
 
 extern char** environ;
 
@@ -49,6 +50,53 @@ int PollOne(int fd, short events, absl::Time deadline) {
     }
     return rc;
   }
+}
+
+// SocketAddress is an IPv4 or IPv6 address with a port, ready for bind or connect.
+struct SocketAddress {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+};
+
+absl::StatusOr<SocketAddress> ParseSocketAddress(const std::string& ip, uint16_t port) {
+  SocketAddress out;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&out.storage);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&out.storage);
+  if (::inet_pton(AF_INET, ip.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    out.length = sizeof(sockaddr_in);
+  } else if (::inet_pton(AF_INET6, ip.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    out.length = sizeof(sockaddr_in6);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("not an IP address: \"", ip, "\""));
+  }
+  return out;
+}
+
+// FinishConnect connects the non-blocking socket `fd` to `address` within `timeout`, then
+// makes it blocking with TCP_NODELAY.
+absl::Status FinishConnect(int fd, const sockaddr* address, socklen_t length,
+                           absl::Duration timeout) {
+  if (::connect(fd, address, length) != 0 && errno != EINPROGRESS) {
+    return absl::UnavailableError(absl::StrCat("connect: ", std::strerror(errno)));
+  }
+  if (PollOne(fd, POLLOUT, absl::Now() + timeout) <= 0) {
+    return absl::DeadlineExceededError("connect timed out");
+  }
+  int err = 0;
+  socklen_t len = sizeof(err);
+  ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+  if (err != 0) {
+    return absl::UnavailableError(absl::StrCat("connect: ", std::strerror(err)));
+  }
+  int flags = ::fcntl(fd, F_GETFL);
+  ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -252,22 +300,46 @@ absl::StatusOr<base::UniqueFd> TcpConnectFrom(const std::string& source_ip, uint
     return absl::UnavailableError(absl::StrCat("bind ", source_ip, ": ", std::strerror(errno)));
   }
   sockaddr_in a = Loopback(port);
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 &&
-      errno != EINPROGRESS) {
-    return absl::UnavailableError(absl::StrCat("connect: ", std::strerror(errno)));
+  MESHTLS_RETURN_IF_ERROR(
+      FinishConnect(fd.get(), reinterpret_cast<const sockaddr*>(&a), sizeof(a), timeout));
+  return fd;
+}
+
+absl::StatusOr<base::UniqueFd> TcpConnectTo(const std::string& ip, uint16_t port,
+                                            absl::Duration timeout) {
+  absl::StatusOr<SocketAddress> address = ParseSocketAddress(ip, port);
+  if (!address.ok()) {
+    return address.status();
   }
-  if (PollOne(fd.get(), POLLOUT, absl::Now() + timeout) <= 0) {
-    return absl::DeadlineExceededError("connect timed out");
+  base::UniqueFd fd(
+      ::socket(address->storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd.valid()) {
+    return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
   }
-  int err = 0;
-  socklen_t len = sizeof(err);
-  ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
-  if (err != 0) {
-    return absl::UnavailableError(absl::StrCat("connect: ", std::strerror(err)));
+  MESHTLS_RETURN_IF_ERROR(FinishConnect(
+      fd.get(), reinterpret_cast<const sockaddr*>(&address->storage), address->length, timeout));
+  return fd;
+}
+
+absl::StatusOr<base::UniqueFd> ListenOn(const std::string& ip, uint16_t port, int backlog) {
+  absl::StatusOr<SocketAddress> address = ParseSocketAddress(ip, port);
+  if (!address.ok()) {
+    return address.status();
   }
-  int flags = ::fcntl(fd.get(), F_GETFL);
-  ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK);
-  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  base::UniqueFd fd(::socket(address->storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const int one = 1;
+  const int zero = 0;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  // "::" takes IPv4 too, whatever net.ipv6.bindv6only says.
+  if (address->storage.ss_family == AF_INET6) {
+    ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+  }
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address->storage), address->length) !=
+          0 ||
+      ::listen(fd.get(), backlog) != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("listen on ", ip, " port ", port, ": ", std::strerror(errno)));
+  }
   return fd;
 }
 
@@ -502,6 +574,15 @@ ScriptedTcpServer::~ScriptedTcpServer() {
 }
 
 EchoServer::EchoServer() : listen_fd_(ListenLoopback(&port_)) {
+  accept_thread_ = std::thread([this] { AcceptLoop(); });
+}
+
+EchoServer::EchoServer(base::UniqueFd listen_fd) : listen_fd_(std::move(listen_fd)) {
+  sockaddr_storage a{};
+  socklen_t len = sizeof(a);
+  ::getsockname(listen_fd_.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  port_ = ntohs(a.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&a)->sin6_port
+                                        : reinterpret_cast<sockaddr_in*>(&a)->sin_port);
   accept_thread_ = std::thread([this] { AcceptLoop(); });
 }
 

@@ -114,12 +114,19 @@ absl::StatusOr<base::UniqueFd> TcpConnect(uint16_t port, absl::Duration timeout 
 // clients with addresses of their own) to 127.0.0.1:`port`.
 absl::StatusOr<base::UniqueFd> TcpConnectFrom(const std::string& source_ip, uint16_t port,
                                               absl::Duration timeout = absl::Seconds(5));
+// TcpConnectTo connects to `ip` (IPv4 or IPv6) port `port` from the calling thread's network
+// namespace (InNetns in netns.h picks another).
+absl::StatusOr<base::UniqueFd> TcpConnectTo(const std::string& ip, uint16_t port,
+                                            absl::Duration timeout = absl::Seconds(5));
 absl::Status SendAll(int fd, absl::string_view data);
 // RecvExactly reads n bytes; RecvUntilEof reads until EOF (at most `max` bytes).
 absl::StatusOr<std::string> RecvExactly(int fd, size_t n, absl::Duration timeout);
 absl::StatusOr<std::string> RecvUntilEof(int fd, absl::Duration timeout, size_t max = 64 << 20);
 // ListenLoopback makes a listening socket on 127.0.0.1 with a free port, stored in `*port`.
 base::UniqueFd ListenLoopback(uint16_t* port, int backlog = 128);
+// ListenOn makes a listening socket on `ip` (IPv4 or IPv6; "::" takes IPv4 too) and `port`, in
+// the calling thread's network namespace.
+absl::StatusOr<base::UniqueFd> ListenOn(const std::string& ip, uint16_t port, int backlog = 128);
 
 // ClosedWithoutData is OK when the peer ends the connection (FIN or reset) within `timeout`
 // without sending a byte. A connection still open at the deadline, or any byte, is an error:
@@ -157,6 +164,9 @@ class ScriptedTcpServer {
 class EchoServer {
  public:
   EchoServer();
+  // EchoServer(listen_fd) serves a listening socket of the caller's (one made inside a pod's
+  // network namespace, for example); port() is its port.
+  explicit EchoServer(base::UniqueFd listen_fd);
   ~EchoServer();
   uint16_t port() const { return port_; }
   int connections() const { return connections_.load(); }

@@ -9,6 +9,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/base/file.h"
+#include "common/base/status_macros.h"
+#include "tests/testing/netns.h"
 
 namespace meshtls::testing {
 
@@ -41,13 +43,44 @@ std::string CertmgrProcess::SidecarIdentityYaml(const std::string& token_file) c
                       "\n    server_ca: ", ca_pem_path(), "\n    token_file: ", token_file, "\n");
 }
 
+absl::StatusOr<std::string> CertmgrProcess::PodIdentityYaml(const TempDir& dir,
+                                                            const std::string& spiffe_id,
+                                                            uint32_t uid) const {
+  const std::string token = Token(spiffe_id);
+  if (token.empty()) {
+    return absl::InternalError(absl::StrCat("no join token for ", spiffe_id));
+  }
+  absl::StatusOr<std::string> ca = base::ReadFileToString(ca_pem_path());
+  if (!ca.ok()) {
+    return ca.status();
+  }
+  const std::string token_file = dir.Write("token", token, 0600);
+  const std::string ca_file = dir.Write("certmgr-ca.pem", *ca);
+  MESHTLS_RETURN_IF_ERROR(GiveToUser(dir.path(), uid));
+  return absl::StrCat("identity:\n  certmgr:\n    address: ", address(),
+                      "\n    server_ca: ", ca_file, "\n    token_file: ", token_file, "\n");
+}
+
+absl::Status CertmgrProcess::OnHost(const std::function<void()>& fn) const {
+  if (options_.netns.empty()) {
+    fn();
+    return absl::OkStatus();
+  }
+  return InNetns(options_.netns, fn);
+}
+
 absl::Status CertmgrProcess::WriteConfig() {
+  // Sidecars verify certmgr's serving certificate against the address they dial.
+  const std::string server_ips =
+      options_.listen_ip == "127.0.0.1"
+          ? ""
+          : absl::StrCat("\nserver_ips: [127.0.0.1, \"::1\", ", options_.listen_ip, "]");
   config_path_ = dir_.Write(
       options_.name + ".yaml",
-      absl::StrCat("trust_domain: ", trust_domain_, "\nlisten: 127.0.0.1:0",
-                   "\nadmin: {listen: 127.0.0.1:0}\nca: {dir: ", options_.ca_dir, options_.ca_extra,
-                   "}\nauthenticators:\n  join_tokens: {file: ", dir_.File("join-tokens"), "}\n",
-                   options_.extra_yaml));
+      absl::StrCat("trust_domain: ", trust_domain_, "\nlisten: ", options_.listen_ip, ":0",
+                   server_ips, "\nadmin: {listen: 127.0.0.1:0}\nca: {dir: ", options_.ca_dir,
+                   options_.ca_extra, "}\nauthenticators:\n  join_tokens: {file: ",
+                   dir_.File("join-tokens"), "}\n", options_.extra_yaml));
   return base::FileExists(config_path_)
              ? absl::OkStatus()
              : absl::InternalError(absl::StrCat("cannot write ", config_path_));
@@ -60,12 +93,13 @@ absl::Status CertmgrProcess::PinPortsInConfig() {
   if (!text.ok()) {
     return text.status();
   }
-  const std::string grpc_line = absl::StrCat("\nlisten: 127.0.0.1:", grpc_port_, "\n");
+  const std::string grpc_line =
+      absl::StrCat("\nlisten: ", options_.listen_ip, ":", grpc_port_, "\n");
   // Without newlines of its own: the listen line before it ends with the one they share.
   const std::string admin_line = absl::StrCat("admin: {listen: 127.0.0.1:", admin_port_, "}");
-  absl::StrReplaceAll(
-      {{"\nlisten: 127.0.0.1:0\n", grpc_line}, {"admin: {listen: 127.0.0.1:0}", admin_line}},
-      &*text);
+  absl::StrReplaceAll({{absl::StrCat("\nlisten: ", options_.listen_ip, ":0\n"), grpc_line},
+                       {"admin: {listen: 127.0.0.1:0}", admin_line}},
+                      &*text);
   // Pinned now or at an earlier restart; anything else would restart on other ports than the
   // ones the sidecars have.
   if (!absl::StrContains(*text, grpc_line) || !absl::StrContains(*text, admin_line)) {
@@ -81,6 +115,10 @@ absl::Status CertmgrProcess::Launch() {
   const std::string ports_path = dir_.File(absl::StrCat(options_.name, ".", launches_, ".ports"));
   ::unlink(ports_path.c_str());  // an earlier certmgr of this name in the same directory
   std::vector<std::string> argv = options_.launcher;
+  if (!options_.netns.empty()) {
+    const std::vector<std::string> in_netns = NetnsLauncher(options_.netns);
+    argv.insert(argv.end(), in_netns.begin(), in_netns.end());
+  }
   argv.insert(argv.end(), {BinaryPath("meshtls-certmgr"), "--config", config_path_,
                            "--bound-ports-file", ports_path});
   absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Start(
@@ -102,9 +140,10 @@ absl::Status CertmgrProcess::Launch() {
   admin_port_ = ports->at("admin");
   const uint16_t admin = admin_port_;
   if (!WaitFor(
-          [admin] {
-            absl::StatusOr<HttpResult> r = HttpGet(admin, "/readyz", absl::Seconds(1));
-            return r.ok() && r->status == 200;
+          [&] {
+            absl::StatusOr<HttpResult> r = absl::UnknownError("not asked");
+            absl::Status in = OnHost([&] { r = HttpGet(admin, "/readyz", absl::Seconds(1)); });
+            return in.ok() && r.ok() && r->status == 200;
           },
           absl::Seconds(20))) {
     return absl::UnavailableError(absl::StrCat("certmgr not ready:\n", process_->Log()));
@@ -123,12 +162,14 @@ void CertmgrProcess::HoldPorts() {
   // bind them again).
   uint16_t grpc = grpc_port_;
   uint16_t admin = admin_port_;
-  if (!grpc_hold_.valid()) {
-    grpc_hold_ = ReserveLoopbackPort(&grpc);
-  }
-  if (!admin_hold_.valid()) {
-    admin_hold_ = ReserveLoopbackPort(&admin);
-  }
+  (void)OnHost([&] {
+    if (!grpc_hold_.valid()) {
+      grpc_hold_ = ReserveLoopbackPort(&grpc, options_.listen_ip);
+    }
+    if (!admin_hold_.valid()) {
+      admin_hold_ = ReserveLoopbackPort(&admin);
+    }
+  });
   if (!grpc_hold_.valid() || !admin_hold_.valid()) {
     ADD_FAILURE() << "cannot hold certmgr's ports " << grpc_port_ << " and " << admin_port_
                   << " while it is down";
@@ -184,12 +225,16 @@ std::string CertmgrProcess::TokenFile(const std::string& spiffe_id, const std::s
 
 absl::StatusOr<std::unique_ptr<SidecarProcess>> SidecarProcess::Start(
     const TempDir& dir, const std::string& name, const std::string& yaml,
-    const std::vector<std::string>& extra_args, const std::vector<std::string>& launcher) {
+    const std::vector<std::string>& extra_args, const std::vector<std::string>& launcher,
+    const std::string& netns) {
   auto s = std::unique_ptr<SidecarProcess>(new SidecarProcess());
+  s->netns_ = netns;
   // Every listener the YAML gives port 0 and the admin listener get their ports from the
-  // kernel; the sidecar reports them in the bound-ports file.
-  const std::string config =
-      dir.Write(name + ".yaml", absl::StrCat(yaml, "\nadmin: {listen: 127.0.0.1:0}\n"));
+  // kernel; the sidecar reports them in the bound-ports file. A pod's sidecar has a fixed admin
+  // port of its own in the YAML.
+  const bool has_admin = absl::StartsWith(yaml, "admin:") || absl::StrContains(yaml, "\nadmin:");
+  const std::string config = dir.Write(
+      name + ".yaml", has_admin ? yaml : absl::StrCat(yaml, "\nadmin: {listen: 127.0.0.1:0}\n"));
   const std::string ports_path = dir.File(name + ".ports");
   // A sidecar of the same name may have run before (a restart): its ports are not this one's.
   ::unlink(ports_path.c_str());
@@ -227,11 +272,31 @@ uint16_t SidecarProcess::port(const std::string& listener) const {
   return it->second;
 }
 
+absl::StatusOr<HttpResult> SidecarProcess::AdminGet(absl::string_view path,
+                                                    absl::Duration timeout) const {
+  if (netns_.empty()) {
+    return HttpGet(admin_port_, path, timeout);
+  }
+  absl::StatusOr<HttpResult> r = absl::UnknownError("not asked");
+  if (absl::Status in = InNetns(netns_, [&] { r = HttpGet(admin_port_, path, timeout); });
+      !in.ok()) {
+    return in;
+  }
+  return r;
+}
+
+double SidecarProcess::Metric(const std::string& series) const {
+  absl::StatusOr<HttpResult> r = AdminGet("/metrics");
+  if (!r.ok() || r->status != 200) {
+    return -1;
+  }
+  return MetricValue(r->body, series).value_or(-1);
+}
+
 bool SidecarProcess::WaitReady(absl::Duration timeout) {
-  const uint16_t admin = admin_port_;
   return WaitFor(
-      [admin] {
-        absl::StatusOr<HttpResult> r = HttpGet(admin, "/readyz", absl::Seconds(1));
+      [this] {
+        absl::StatusOr<HttpResult> r = AdminGet("/readyz", absl::Seconds(1));
         return r.ok() && r->status == 200;
       },
       timeout);
@@ -243,7 +308,7 @@ bool SidecarProcess::WaitForMetric(const std::string& series, double value,
 }
 
 std::string SidecarProcess::ServedSerial() const {
-  absl::StatusOr<HttpResult> r = HttpGet(admin_port_, "/certs");
+  absl::StatusOr<HttpResult> r = AdminGet("/certs");
   if (!r.ok()) {
     return "";
   }

@@ -2,6 +2,7 @@
 
 // The real binaries as test fixtures: certmgr with a fresh CA, sidecars from YAML.
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -19,6 +20,12 @@ struct CertmgrOptions {
   std::string ca_dir;            // default: <dir>/ca
   // launcher, when set, runs certmgr under these argv words (the binary and its flags follow).
   std::vector<std::string> launcher;
+  // netns, when set, runs certmgr in that network namespace (after `launcher`'s words), where
+  // its readiness and ports are checked too (InNetns in netns.h).
+  std::string netns;
+  // listen_ip is the IPv4 address the gRPC port listens on (admin stays on 127.0.0.1); the
+  // serving certificate names it. A node's bridge address makes certmgr reachable from pods.
+  std::string listen_ip = "127.0.0.1";
 };
 
 // CertmgrProcess runs meshtls-certmgr on loopback with a CA directory in `dir`. Replicas made
@@ -52,6 +59,11 @@ class CertmgrProcess {
   // SidecarIdentityYaml is a sidecar config's `identity:` section for this certmgr, bootstrapping
   // with the token in `token_file`.
   std::string SidecarIdentityYaml(const std::string& token_file) const;
+  // PodIdentityYaml is the `identity:` section of a sidecar that runs as `uid` (in a pod): it
+  // writes a join token for `spiffe_id` and a copy of the CA certificate into `dir`, and gives
+  // `dir` to `uid` (GiveToUser), so the sidecar can read them and write its files there.
+  absl::StatusOr<std::string> PodIdentityYaml(const TempDir& dir, const std::string& spiffe_id,
+                                              uint32_t uid) const;
 
   // Stop ends the process (SIGTERM, exit 0 expected) and holds its ports (ReserveLoopbackPort)
   // until Restart starts it again with the same configuration, CA directory and ports (the ones
@@ -63,7 +75,7 @@ class CertmgrProcess {
 
   uint16_t grpc_port() const { return grpc_port_; }
   uint16_t admin_port() const { return admin_port_; }
-  std::string address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
+  std::string address() const { return options_.listen_ip + ":" + std::to_string(grpc_port_); }
   std::string ca_pem_path() const { return options_.ca_dir + "/ca.pem"; }
   const std::string& config_path() const { return config_path_; }
   Subprocess& process() { return *process_; }
@@ -75,6 +87,8 @@ class CertmgrProcess {
   absl::Status WriteConfig();
   absl::Status PinPortsInConfig();
   absl::Status Launch();
+  // OnHost runs `fn` in options_.netns (or where the test runs, without one).
+  absl::Status OnHost(const std::function<void()>& fn) const;
   const TempDir& dir_;
   std::string trust_domain_;
   CertmgrOptions options_;
@@ -88,21 +102,23 @@ class CertmgrProcess {
 };
 
 // SidecarProcess runs meshtls-sidecar with the given YAML (the admin section is added, on
-// 127.0.0.1 port 0), with two workers unless the YAML sets `workers`. Listeners in the YAML
-// should listen on 127.0.0.1:0; port() tells where each one was bound.
+// 127.0.0.1 port 0, unless the YAML has one), with two workers unless the YAML sets `workers`.
+// Listeners in the YAML should listen on 127.0.0.1:0; port() tells where each one was bound.
 class SidecarProcess {
  public:
   // `extra_args` follow the config flag (for example --namespace NS --service-account SA);
-  // `launcher`, when set, runs the sidecar under these argv words (prlimit --nofile=N --).
+  // `launcher`, when set, runs the sidecar under these argv words (prlimit --nofile=N --, or a
+  // pod's Launcher(uid)); `netns` names the network namespace the launcher puts it in, where
+  // its admin port is reached (Metric, WaitReady, ServedSerial).
   static absl::StatusOr<std::unique_ptr<SidecarProcess>> Start(
       const TempDir& dir, const std::string& name, const std::string& yaml,
       const std::vector<std::string>& extra_args = {},
-      const std::vector<std::string>& launcher = {});
+      const std::vector<std::string>& launcher = {}, const std::string& netns = "");
   // Start returns once the sidecar has bound every listener (it reports their ports with
   // --bound-ports-file), not when it is ready; Unavailable with its log if it exits first.
   // WaitReady polls /readyz until 200 (false after `timeout`).
   bool WaitReady(absl::Duration timeout = absl::Seconds(20));
-  double Metric(const std::string& series) const { return ScrapeMetric(admin_port_, series); }
+  double Metric(const std::string& series) const;
   // WaitForMetric polls until the series reaches at least `value`.
   bool WaitForMetric(const std::string& series, double value,
                      absl::Duration timeout = absl::Seconds(10)) const;
@@ -115,7 +131,11 @@ class SidecarProcess {
   Subprocess& process() { return *process_; }
 
  private:
+  // AdminGet is HttpGet on the admin port, in netns_ if set.
+  absl::StatusOr<HttpResult> AdminGet(absl::string_view path,
+                                      absl::Duration timeout = absl::Seconds(5)) const;
   uint16_t admin_port_ = 0;
+  std::string netns_;
   BoundPorts ports_;
   std::unique_ptr<Subprocess> process_;
 };

@@ -1,0 +1,293 @@
+// Transparent mode end to end, in pods of the test's own (tests/testing/netns.h): each pod runs
+// `meshtls-sidecar init-network` as root, then its sidecar as uid 1337 with certificates from a
+// certmgr on the node, then the app. Apps dial each other's pod addresses unchanged; what
+// crosses a pod's wire is checked with a packet capture.
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/base/status_macros.h"
+#include "tests/testing/harness.h"
+#include "tests/testing/mesh_processes.h"
+#include "tests/testing/netns.h"
+#include "tests/testing/status_matchers.h"
+
+namespace meshtls {
+namespace {
+
+using testing::CertmgrProcess;
+using testing::EchoFrom;
+using testing::EchoServer;
+using testing::Handshakes;
+using testing::IsOk;
+using testing::Network;
+using testing::PacketCapture;
+using testing::Pod;
+using testing::RefusedFrom;
+using testing::SidecarProcess;
+using testing::Subnet;
+
+constexpr char kTd[] = "example.org";
+constexpr uint32_t kProxyUid = 1337;
+constexpr uint16_t kStrictPort = 8080;      // the app's port under inbound.mode strict
+constexpr uint16_t kPermissivePort = 8081;  // ports: [{port: 8081, mode: permissive}]
+constexpr uint16_t kOutsidePort = 9090;     // the service outside the mesh
+
+std::string Spiffe(const std::string& service_account) {
+  return absl::StrCat("spiffe://", kTd, "/ns/default/sa/", service_account);
+}
+
+std::string PermissiveDecisions() {
+  return absl::StrCat(R"(meshtls_capture_decisions_total{direction="inbound",rule=")",
+                      kPermissivePort, R"(",action="plaintext"})");
+}
+
+// SentThenClosed connects from `pod` to ip:port, sends `message` and expects the connection to
+// be refused or closed within 10 s, without the message echoed back; with `answer_allowed`,
+// other bytes may come back before the close (a TLS alert to a plain client).
+absl::Status SentThenClosed(const Pod& pod, const std::string& ip, uint16_t port,
+                            const std::string& message, bool answer_allowed) {
+  absl::StatusOr<base::UniqueFd> conn = pod.Connect(ip, port);
+  if (!conn.ok()) {
+    return absl::IsUnavailable(conn.status()) ? absl::OkStatus() : conn.status();
+  }
+  if (!testing::SendAll(conn->get(), message).ok()) {
+    return absl::OkStatus();  // reset before the send: refused
+  }
+  absl::StatusOr<std::string> answer = testing::RecvUntilEof(conn->get(), absl::Seconds(10));
+  if (absl::IsDeadlineExceeded(answer.status())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("to ", ip, " port ", port, ": still open after 10s"));
+  }
+  if (answer.ok() &&
+      (absl::StrContains(*answer, message) || (!answer_allowed && !answer->empty()))) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("to ", ip, " port ", port, ": ", answer->size(), " bytes came back"));
+  }
+  return absl::OkStatus();  // EOF or reset
+}
+
+class TransparentTest : public ::testing::Test {
+ protected:
+  // MeshPod is a pod with (or without) a sidecar, and its apps.
+  struct MeshPod {
+    Pod* pod = nullptr;
+    testing::TempDir dir;  // the sidecar's config and identity files, owned by kProxyUid
+    std::unique_ptr<SidecarProcess> sidecar;
+    std::vector<std::unique_ptr<EchoServer>> apps;
+  };
+
+  void SetUp() override {
+    MESHTLS_ASSERT_OK_AND_MOVE(network_, Network::Create());
+    testing::CertmgrOptions options;
+    options.netns = network_->node();
+    options.listen_ip = network_->node_ipv4();
+    MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd, options));
+    // The service outside the mesh: a pod on the other subnet, no sidecar.
+    MESHTLS_ASSERT_OK_AND_MOVE(outside_, StartPod("outside", "", Subnet::kOutside));
+    ASSERT_NO_FATAL_FAILURE(AddApp(*outside_, kOutsidePort));
+  }
+
+  // SidecarYaml is every pod's sidecar config, as transparent mode's users write it.
+  std::string SidecarYaml(const std::string& identity_yaml) const {
+    return absl::StrCat("trust_domain: ", kTd, "\n", identity_yaml,
+                        "admin: {listen: 0.0.0.0:15000}\n"
+                        "transparent:\n"
+                        "  proxy_uid: ",
+                        kProxyUid,
+                        "\n  outbound:\n"
+                        "    rules:\n"
+                        "      - {name: pods, networks: [",
+                        network_->Ipv4Cidr(Subnet::kMesh), ", ", network_->Ipv6Cidr(Subnet::kMesh),
+                        "], action: mesh,\n"
+                        "         expect: [",
+                        Spiffe("server"),
+                        "]}\n"
+                        "      - {name: outside, networks: [",
+                        outside_->pod->ipv4(),
+                        "/32], action: passthrough}\n"
+                        "      - {name: blocked, networks: [",
+                        Blocked(),
+                        "/32], action: deny}\n"
+                        "  inbound:\n"
+                        "    mode: strict\n"
+                        "    allow: [spiffe://",
+                        kTd,
+                        "/ns/default/*]\n"
+                        "    ports: [{port: ",
+                        kPermissivePort, ", mode: permissive}]\n");
+  }
+
+  // Blocked is the destination the deny rule names (nothing is there).
+  std::string Blocked() const { return network_->UnassignedIpv4(Subnet::kOutside); }
+
+  // StartPod makes a pod; with a service account it also installs the capture rules
+  // (init-network, as root in the pod) and then starts the sidecar as kProxyUid, ready.
+  absl::StatusOr<std::unique_ptr<MeshPod>> StartPod(const std::string& name,
+                                                    const std::string& service_account,
+                                                    Subnet subnet = Subnet::kMesh) {
+    auto mesh_pod = std::make_unique<MeshPod>();
+    MESHTLS_ASSIGN_OR_RETURN(mesh_pod->pod, network_->AddPod(name, subnet));
+    if (service_account.empty()) {
+      return mesh_pod;
+    }
+    const Pod& pod = *mesh_pod->pod;
+    MESHTLS_ASSIGN_OR_RETURN(
+        std::string identity,
+        certmgr_->PodIdentityYaml(mesh_pod->dir, Spiffe(service_account), kProxyUid));
+    const std::string yaml = SidecarYaml(identity);
+    // The same file SidecarProcess::Start writes below.
+    const std::string config = mesh_pod->dir.Write("sidecar.yaml", yaml);
+    // The config first, on its own: a mistake in it is not init-network's.
+    absl::StatusOr<std::string> checked = testing::RunCommand(
+        {testing::BinaryPath("meshtls-sidecar"), "--check", "--config", config});
+    if (!checked.ok()) {
+      return absl::Status(checked.status().code(), absl::StrCat("the config of pod ", name, ": ",
+                                                                checked.status().message()));
+    }
+    std::vector<std::string> init = pod.Launcher();
+    init.insert(init.end(),
+                {testing::BinaryPath("meshtls-sidecar"), "init-network", "--config", config});
+    absl::StatusOr<std::string> installed = testing::RunCommand(init);
+    if (!installed.ok()) {
+      return absl::Status(
+          installed.status().code(),
+          absl::StrCat("init-network in pod ", name, ": ", installed.status().message()));
+    }
+    // Outbound capture is on before the sidecar starts: its certificate comes through it
+    // uncaptured (uid kProxyUid) or not at all.
+    std::vector<std::string> save = pod.Launcher();
+    save.insert(save.end(), {"iptables-save", "-t", "nat"});
+    MESHTLS_ASSIGN_OR_RETURN(std::string rules, testing::RunCommand(save));
+    if (!absl::StrContains(rules, "--to-ports 15001")) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "pod ", name, ": no REDIRECT to 15001 after init-network; nat table:\n", rules));
+    }
+    MESHTLS_ASSIGN_OR_RETURN(
+        mesh_pod->sidecar,
+        SidecarProcess::Start(mesh_pod->dir, "sidecar", yaml,
+                              {"--namespace", "default", "--service-account", service_account},
+                              pod.Launcher(kProxyUid), pod.name()));
+    if (!mesh_pod->sidecar->WaitReady()) {
+      return absl::UnavailableError(absl::StrCat("the sidecar of pod ", name,
+                                                 " is not ready; its log:\n",
+                                                 mesh_pod->sidecar->process().Log()));
+    }
+    return mesh_pod;
+  }
+
+  // AddApp starts an echo app in the pod on `port`, on every address (IPv4 and IPv6).
+  void AddApp(MeshPod& mesh_pod, uint16_t port) {
+    base::UniqueFd listen;
+    MESHTLS_ASSERT_OK_AND_MOVE(listen, mesh_pod.pod->Listen("::", port));
+    mesh_pod.apps.push_back(std::make_unique<EchoServer>(std::move(listen)));
+  }
+
+  // StartClientAndServer starts the two meshed pods of most scenarios; the server's sidecar
+  // runs as `server_account` and its app listens on both inbound ports.
+  void StartClientAndServer(const std::string& server_account = "server") {
+    MESHTLS_ASSERT_OK_AND_MOVE(server_, StartPod("server", server_account));
+    ASSERT_NO_FATAL_FAILURE(AddApp(*server_, kStrictPort));
+    ASSERT_NO_FATAL_FAILURE(AddApp(*server_, kPermissivePort));
+    MESHTLS_ASSERT_OK_AND_MOVE(client_, StartPod("client", "client"));
+  }
+
+  // ExpectOnlyTlsOnTheWire runs the client app's request to the server app at `server_ip`
+  // while capturing the server's wire: the answer arrives, TLS crossed, the marker did not, and
+  // both sidecars counted the handshake.
+  void ExpectOnlyTlsOnTheWire(const std::string& server_ip) {
+    std::unique_ptr<PacketCapture> capture;
+    MESHTLS_ASSERT_OK_AND_MOVE(capture, PacketCapture::Start(*server_->pod));
+    const std::string marker = absl::StrCat("app-plaintext-marker-to-", server_ip);
+    ASSERT_THAT(EchoFrom(*client_->pod, server_ip, kStrictPort, marker), IsOk())
+        << "client sidecar:\n"
+        << client_->sidecar->process().Log() << "\nserver sidecar:\n"
+        << server_->sidecar->process().Log();
+    ASSERT_THAT(capture->Stop(), IsOk());
+    EXPECT_FALSE(capture->SawPayload(marker)) << "plain text crossed the wire: " << capture->path();
+    EXPECT_GT(capture->TcpPayloadBytes(kStrictPort), 2 * marker.size())
+        << "no TLS on the wire to port " << kStrictPort;
+    EXPECT_EQ(server_->apps[0]->bytes_received(), marker.size());
+    EXPECT_TRUE(client_->sidecar->WaitForMetric(Handshakes("outbound", "success"), 1));
+    EXPECT_TRUE(server_->sidecar->WaitForMetric(Handshakes("inbound", "success"), 1));
+  }
+
+  // Members in this order: apps and sidecars stop before certmgr, and all before the Network
+  // removes the namespaces.
+  std::unique_ptr<Network> network_;
+  testing::TempDir dir_;
+  std::unique_ptr<CertmgrProcess> certmgr_;
+  std::unique_ptr<MeshPod> outside_;
+  std::unique_ptr<MeshPod> server_;
+  std::unique_ptr<MeshPod> client_;
+};
+
+TEST_F(TransparentTest, AppsDialPodAddressesAndOnlyTlsCrossesTheWire) {
+  ASSERT_NO_FATAL_FAILURE(StartClientAndServer());
+  ExpectOnlyTlsOnTheWire(server_->pod->ipv4());
+}
+
+TEST_F(TransparentTest, Ipv6LikeIpv4) {
+  ASSERT_NO_FATAL_FAILURE(StartClientAndServer());
+  ExpectOnlyTlsOnTheWire(server_->pod->ipv6());
+}
+
+TEST_F(TransparentTest, PodWithoutSidecarIsRefusedOnStrictPortsAndServedOnPermissiveOnes) {
+  ASSERT_NO_FATAL_FAILURE(StartClientAndServer());
+  std::unique_ptr<MeshPod> plain;
+  MESHTLS_ASSERT_OK_AND_MOVE(plain, StartPod("plain", ""));
+  const Pod& server = *server_->pod;
+
+  // Strict: the plain client speaks first and is closed (a TLS alert may come back first);
+  // nothing reaches the app.
+  EXPECT_THAT(SentThenClosed(*plain->pod, server.ipv4(), kStrictPort, "plain-to-strict",
+                             /*answer_allowed=*/true),
+              IsOk());
+  EXPECT_EQ(server_->apps[0]->connections(), 0);
+  EXPECT_EQ(server_->apps[0]->bytes_received(), 0u);
+
+  // Permissive: served in plain text, and counted.
+  ASSERT_THAT(EchoFrom(*plain->pod, server.ipv4(), kPermissivePort, "plain-to-permissive"), IsOk())
+      << server_->sidecar->process().Log();
+  EXPECT_EQ(server_->apps[1]->bytes_received(), std::string("plain-to-permissive").size());
+  EXPECT_TRUE(server_->sidecar->WaitForMetric(PermissiveDecisions(), 1))
+      << server_->sidecar->Metric(PermissiveDecisions());
+}
+
+TEST_F(TransparentTest, OutsideTheMeshPassesThroughInPlainTextAndDeniedIsRefused) {
+  MESHTLS_ASSERT_OK_AND_MOVE(client_, StartPod("client", "client"));
+  // The sidecar got its certificate from certmgr with outbound capture on (StartPod checked
+  // the rules before starting it): its own connection was not captured.
+  EXPECT_TRUE(
+      client_->sidecar->WaitForMetric(R"(meshtls_cert_renewals_total{result="success"})", 1));
+
+  std::unique_ptr<PacketCapture> capture;
+  MESHTLS_ASSERT_OK_AND_MOVE(capture, PacketCapture::Start(*outside_->pod));
+  const std::string marker = "passthrough-plaintext-marker";
+  ASSERT_THAT(EchoFrom(*client_->pod, outside_->pod->ipv4(), kOutsidePort, marker), IsOk())
+      << client_->sidecar->process().Log();
+  ASSERT_THAT(capture->Stop(), IsOk());
+  EXPECT_TRUE(capture->SawPayload(marker)) << "passthrough must be plain TCP: " << capture->path();
+  EXPECT_EQ(outside_->apps[0]->bytes_received(), marker.size());
+
+  EXPECT_THAT(RefusedFrom(*client_->pod, Blocked(), kOutsidePort), IsOk())
+      << client_->sidecar->process().Log();
+}
+
+TEST_F(TransparentTest, WrongServerIdentityIsRefusedAndTheServerAppGetsNothing) {
+  // The server pod's sidecar is default/impostor; the client's mesh rule expects default/server.
+  ASSERT_NO_FATAL_FAILURE(StartClientAndServer("impostor"));
+  // The client app speaks first, as most do; its own sidecar closes it without a byte.
+  EXPECT_THAT(SentThenClosed(*client_->pod, server_->pod->ipv4(), kStrictPort, "must-not-arrive",
+                             /*answer_allowed=*/false),
+              IsOk());
+  EXPECT_TRUE(client_->sidecar->WaitForMetric(Handshakes("outbound", "identity_denied"), 1))
+      << client_->sidecar->process().Log();
+  EXPECT_EQ(client_->sidecar->Metric(Handshakes("outbound", "success")), 0);
+  EXPECT_EQ(server_->apps[0]->connections(), 0);
+  EXPECT_EQ(server_->apps[0]->bytes_received(), 0u);
+}
+
+}  // namespace
+}  // namespace meshtls
