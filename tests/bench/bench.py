@@ -5,12 +5,15 @@ Every proxy runs as a pair (an outbound proxy that originates mutual TLS 1.3 and
 proxy that terminates it, each with one worker) between wrk/curl and a plain HTTP backend, all
 on loopback. The pods-* columns compare meshtls' explicit listeners with transparent mode (the
 capture rules of `meshtls-sidecar init-network`) between two network namespaces of this run's
-own joined by a veth pair, against the same path without a proxy; they need root. Rows: keep-alive requests/s and latency, full and resumed handshakes/s (for
-meshtls also with the outbound `connect:` a DNS name served by a DNS server on loopback), one
-bulk stream, RSS per idle connection, and proxy CPU per request and per handshake; plus the
-ceiling from `openssl speed`. Each figure is repeated --reps times; the table shows the median, then
-every repetition, and meshtls / best peer. Run through scripts/bench.sh, which installs the
-peers and builds meshtls in Release mode.
+own joined by a veth pair, against the same path without a proxy; they need root.
+
+Rows: keep-alive requests/s and latency, full and resumed handshakes/s (for meshtls also with
+the outbound `connect:` a DNS name served by a DNS server on loopback), one bulk stream, RSS per
+idle connection, proxy CPU per request and per handshake, and (pods-* columns) open-loop latency
+at a fixed rate; plus the ceiling from `openssl speed`. Each figure is repeated --reps times;
+the table shows the median, then every repetition, meshtls / best peer, and transparent /
+explicit against the 5 % bar. Run through scripts/bench.sh, which installs the peers and builds
+meshtls in Release mode.
 
 Only loopback addresses and the run's own namespaces are used, every load is bounded in time
 (wrk -d, curl -m) or count, and every process, namespace and rule made here is removed on exit
@@ -697,7 +700,8 @@ def parse_duration_us(text):
 
 
 def wrk(endpoint, seconds, close):
-    cmd = netns_cmd(endpoint.netns) + ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    cmd = netns_cmd(endpoint.netns) + ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s",
+                                       "--latency", "--timeout", "5s"]
     if close:
         cmd += ["-H", "Connection: close"]
     out = run(cmd + [endpoint.url()], timeout=seconds + 30)
@@ -1000,6 +1004,7 @@ def main():
                  "idle connections")
 
     d = tempfile.mkdtemp(prefix="meshtls-bench.")
+    log(f"bench: working directory {d} (the processes' logs; kept if the run fails)")
     pki = os.path.join(d, "pki")
     os.makedirs(pki)
     results = {c: {k: [] for k, *_ in ROWS} for c in columns}
