@@ -4,6 +4,8 @@
 # builds meshtls in Release mode into build-release/, and prints one table (also written to
 # ${BENCH_OUT:-build-release/bench-results.md}), then the in-process handshake benchmark
 # (tests/bench/handshake_bench.cc: CPU per handshake and its pieces), appended to the same file.
+# The pods-* columns (explicit listeners against transparent mode, between two network
+# namespaces the run makes and removes) need root; leave them out with --only otherwise.
 # Extra arguments go to tests/bench/bench.py (--reps N, --duration S, --only COLUMN,...).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,18 +3,27 @@
 
 Every proxy runs as a pair (an outbound proxy that originates mutual TLS 1.3 and an inbound
 proxy that terminates it, each with one worker) between wrk/curl and a plain HTTP backend, all
-on loopback. Rows: keep-alive requests/s and latency, full and resumed handshakes/s (for
-meshtls also with the outbound `connect:` a DNS name served by a DNS server on loopback), one
-bulk stream, RSS per idle connection, and proxy CPU per request and per handshake; plus the
-ceiling from `openssl speed`. Each figure is repeated --reps times; the table shows the median, then
-every repetition, and meshtls / best peer. Run through scripts/bench.sh, which installs the
-peers and builds meshtls in Release mode.
+on loopback. The pods-* columns compare meshtls' explicit listeners with transparent mode (the
+capture rules of `meshtls-sidecar init-network`) between two network namespaces of this run's
+own joined by a veth pair, against the same path without a proxy; they need root.
 
-Only loopback addresses are bound, every load is bounded in time (wrk -d, curl -m) or count,
-and every process started here is stopped on exit.
+Rows: keep-alive requests/s and latency, full and resumed handshakes/s (for meshtls also with
+the outbound `connect:` a DNS name served by a DNS server on loopback), one bulk stream, RSS per
+idle connection, proxy CPU per request and per handshake, and (pods-* columns) open-loop latency
+at a fixed rate; plus the ceiling from `openssl speed`. Each figure is repeated --reps times;
+the table shows the median, then every repetition, meshtls / best peer, and transparent /
+explicit against the 5 % bar. Run through scripts/bench.sh, which installs the peers and builds
+meshtls in Release mode.
+
+Only loopback addresses and the run's own namespaces are used, every load is bounded in time
+(wrk -d, curl -m) or count, and every process, namespace and rule made here is removed on exit
+(also on failure, Ctrl-C or SIGTERM).
 """
 
 import argparse
+import collections
+import contextlib
+import ctypes
 import datetime
 import os
 import platform
@@ -42,6 +51,16 @@ WRK_CONNECTIONS = 32
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DNS_NAME = "upstream.bench.test"  # the DNS row's `connect:` name, served by DnsResponder
 DNS_TTL = 5
+# The pods-* columns: two network namespaces ("pods") on one veth pair, private addresses.
+PODS_NETWORK = "10.213.0.0/24"
+CLIENT_POD_IP = "10.213.0.1"
+SERVER_POD_IP = "10.213.0.2"
+POD_APP_PORT = 8080  # the backend in the server pod, on 0.0.0.0
+PROXY_UID = 1337  # transparent.proxy_uid: the pods' sidecars run as this user
+# The open-loop rows: requests at a fixed rate, whatever the answers do.
+FIXED_RATE_KEEPALIVE = 1000  # requests/s over FIXED_RATE_CONNECTIONS keep-alive connections
+FIXED_RATE_CONNECTIONS = 4
+FIXED_RATE_NEW = 200  # new connections/s, one request each
 
 
 def log(msg):
@@ -50,6 +69,55 @@ def log(msg):
 
 def run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+class Endpoint:
+    """Where a client connects: host and port, seen from network namespace `netns` (None: this
+    process's own)."""
+
+    def __init__(self, host, port, netns=None):
+        self.host, self.port, self.netns = host, port, netns
+
+    def url(self, path="/"):
+        return f"http://{self.host}:{self.port}{path}"
+
+    def __str__(self):
+        return f"{self.host}:{self.port}" + (f" in {self.netns}" if self.netns else "")
+
+
+def netns_cmd(netns):
+    """The command prefix that runs a program inside network namespace `netns`."""
+    return ["ip", "netns", "exec", netns] if netns else []
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def in_netns(netns):
+    """Moves the calling thread into network namespace `netns` (None: stays) and back on exit;
+    sockets made inside keep that namespace after it. Python 3.11 has no os.setns."""
+    if netns is None:
+        yield
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if _libc.setns(target, CLONE_NEWNET) != 0:
+                raise RuntimeError(f"cannot enter network namespace {netns}: "
+                                   f"{os.strerror(ctypes.get_errno())}")
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            if _libc.setns(own, CLONE_NEWNET) != 0:
+                raise RuntimeError("cannot return to the benchmark's own network namespace: "
+                                   f"{os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(own)
 
 
 def free_port():
@@ -67,10 +135,30 @@ def wait_until(what, predicate, timeout=15.0):
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def serves(port):
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def outbound_handshakes(admin):
+    """(resumed, full) handshakes a meshtls sidecar has completed as the TLS client, read from
+    its admin listener's /metrics."""
+    with in_netns(admin.netns):
+        with NO_PROXY.open(admin.url("/metrics"), timeout=5.0) as r:
+            text = r.read().decode()
+    counts = {}
+    for m in re.finditer(r'^meshtls_tls_handshake_duration_seconds_count\{([^}]*)\} (\S+)$', text,
+                         re.M):
+        if 'direction="outbound"' in m.group(1):
+            counts['resumed="true"' in m.group(1)] = float(m.group(2))
+    if len(counts) != 2:
+        raise RuntimeError(f"no outbound handshake counts in {admin.url('/metrics')}")
+    return counts[True], counts[False]
+
+
+def serves(endpoint):
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2.0) as r:
-            return r.read() == RESPONSE_BODY
+        with in_netns(endpoint.netns):
+            with NO_PROXY.open(endpoint.url(), timeout=2.0) as r:
+                return r.read() == RESPONSE_BODY
     except OSError:
         return False
 
@@ -195,20 +283,25 @@ class Proc:
             p.stop()
 
 
-def start_backend(d):
-    """nginx serving the 64-byte response at / and 100 MiB at /bulk, keep-alive forever."""
-    port = free_port()
+def start_backend(d, tag="backend", listen_host="127.0.0.1", port=None, netns=None,
+                  client_endpoint=None):
+    """nginx serving the 64-byte response at / and 100 MiB at /bulk, keep-alive forever, on
+    listen_host:port (a free loopback port by default) in network namespace `netns`. Returns
+    the process and where clients reach it (`client_endpoint`, by default the listen address)."""
+    port = port or free_port()
+    endpoint = client_endpoint or Endpoint(listen_host, port, netns)
     www = os.path.join(d, "www")
     os.makedirs(www, exist_ok=True)
-    with open(os.path.join(www, "bulk"), "wb") as f:
-        chunk = os.urandom(1024 * 1024)
-        for _ in range(BULK_BYTES // len(chunk)):
-            f.write(chunk)
-    conf = os.path.join(d, "backend.conf")
+    if not os.path.exists(os.path.join(www, "bulk")):
+        with open(os.path.join(www, "bulk"), "wb") as f:
+            chunk = os.urandom(1024 * 1024)
+            for _ in range(BULK_BYTES // len(chunk)):
+                f.write(chunk)
+    conf = os.path.join(d, f"{tag}.conf")
     with open(conf, "w") as f:
         f.write(f"""
-daemon off; master_process off; worker_processes 1; pid {d}/backend.pid;
-error_log {d}/backend.error.log warn;
+daemon off; master_process off; worker_processes 1; pid {d}/{tag}.pid;
+error_log {d}/{tag}.error.log warn;
 worker_rlimit_nofile 20000;
 events {{ worker_connections 16384; }}
 http {{
@@ -218,25 +311,33 @@ http {{
   keepalive_requests 10000000; keepalive_timeout 600s;
   sendfile on;
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen {listen_host}:{port} backlog=4096;
     location = / {{ default_type text/plain; return 200 "{RESPONSE_BODY.decode().strip()}\\n"; }}
     location = /bulk {{ root {www}; }}
   }}
 }}
 """)
     os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
-    p = Proc("backend", ["nginx", "-c", conf, "-e", f"{d}/backend.error.log"], d)
-    wait_until("the backend", lambda: serves(port))
-    return p, port
+    p = Proc(tag, netns_cmd(netns) + ["nginx", "-c", conf, "-e", f"{d}/{tag}.error.log"], d)
+    wait_until(f"the backend ({tag})", lambda: p.check_alive() or serves(endpoint))
+    return p, endpoint
 
 
 class Pair:
     """An outbound + inbound proxy pair of one product, between a client and the backend."""
 
-    def __init__(self, name, out_proc, in_proc, port):
+    def __init__(self, name, out_proc, in_proc, endpoint, prepare=None):
         self.name = name
         self.procs = [p for p in (out_proc, in_proc) if p is not None]
-        self.port = port  # where the client connects (the outbound proxy's plain listener)
+        self.endpoint = endpoint  # where the client connects (the outbound proxy's listener)
+        self._prepare = prepare
+        self.out_admin = None  # meshtls: the outbound sidecar's admin listener (an Endpoint)
+
+    def prepare(self):
+        """Makes the network ready for this pair's load (the pods' capture rules); the main
+        thread calls it before each load, and it does nothing if all is in place already."""
+        if self._prepare:
+            self._prepare()
 
     def cpu_seconds(self):
         return sum(p.cpu_seconds() for p in self.procs)
@@ -262,7 +363,7 @@ def start_pair(d, tag, out_port, ext, configs, argv):
         with open(conf, "w") as f:
             f.write(text)
         procs[role] = Proc(f"{tag}-{role}", argv(role, conf), d)
-    return Pair(tag, procs["out"], procs["in"], out_port)
+    return Pair(tag, procs["out"], procs["in"], Endpoint("127.0.0.1", out_port))
 
 
 class DnsResponder:
@@ -312,6 +413,20 @@ class DnsResponder:
         self.sock.close()
 
 
+def sidecar_config(pki, cert, admin_port, resumption, body, workers=1):
+    """A meshtls sidecar's config: the test PKI's `cert` as a files identity, the listeners or
+    transparent section in `body`, the admin port on loopback."""
+    return f"""trust_domain: {TRUST_DOMAIN}
+identity:
+  files: {{cert: {pki}/{cert}.pem, key: {pki}/{cert}.key, trust_bundle: {pki}/ca.pem}}
+{body}admin: {{listen: 127.0.0.1:{admin_port}}}
+workers: {workers}
+tls: {{session_resumption: {"true" if resumption else "false"}}}
+limits: {{max_connections: 20000}}
+log: {{level: warning}}
+"""
+
+
 def start_meshtls(d, tag, backend_port, pki, sidecar, resumption, workers, dns=None):
     """A meshtls pair; with `dns` (a DnsResponder), the outbound side connects to its name,
     resolved through it, instead of to 127.0.0.1."""
@@ -319,18 +434,12 @@ def start_meshtls(d, tag, backend_port, pki, sidecar, resumption, workers, dns=N
     connect_host = dns.name if dns else "127.0.0.1"
     dns_section = f'dns: {{servers: ["127.0.0.1:{dns.port}"]}}\n' if dns else ""
 
-    def config(cert, listener):
-        return f"""trust_domain: {TRUST_DOMAIN}
-identity:
-  files: {{cert: {pki}/{cert}.pem, key: {pki}/{cert}.key, trust_bundle: {pki}/ca.pem}}
-{listener}admin: {{listen: 127.0.0.1:{free_port()}}}
-workers: {workers}
-tls: {{session_resumption: {"true" if resumption else "false"}}}
-limits: {{max_connections: 20000}}
-log: {{level: warning}}
-"""
+    admin_ports = {"server": free_port(), "client": free_port()}
 
-    return start_pair(d, tag, out_port, "yaml", {
+    def config(cert, listener):
+        return sidecar_config(pki, cert, admin_ports[cert], resumption, listener, workers)
+
+    pair = start_pair(d, tag, out_port, "yaml", {
         "in": config("server", f"""inbound:
   - name: bench
     listen: 127.0.0.1:{in_port}
@@ -344,6 +453,8 @@ log: {{level: warning}}
     expect: [{SERVER_ID}]
 {dns_section}"""),
     }, lambda role, conf: [sidecar, "--config", conf])
+    pair.out_admin = Endpoint("127.0.0.1", admin_ports["client"])
+    return pair
 
 
 def start_haproxy(d, tag, backend_port, pki, resumption):
@@ -443,6 +554,140 @@ sessionResume = {"yes" if resumption else "no"}
 
 
 # ---------------------------------------------------------------------------------------------
+# The pods-* columns: two network namespaces joined by a veth pair, the backend in the server
+# pod, and meshtls either as explicit listeners or in transparent mode (init-network's rules).
+
+
+class Pods:
+    """A client and a server "pod": network namespaces of this run's own (named after its pid),
+    each with lo up and one end of a veth pair (CLIENT_POD_IP, SERVER_POD_IP). Owned by the
+    main thread; destroy() removes both namespaces, and with them the veth pair and any rules
+    installed in them (stop the processes inside first, or a namespace outlives its name)."""
+
+    def __init__(self, sidecar):
+        self.sidecar = sidecar
+        self.client = f"meshtls-bench-{os.getpid()}-client"
+        self.server = f"meshtls-bench-{os.getpid()}-server"
+        self.created = []
+        self.capture_configs = None  # the configs whose rules are installed, or None
+        try:
+            for ns in (self.client, self.server):
+                self._ip("netns", "add", ns)
+                self.created.append(ns)
+            self._ip("-n", self.client, "link", "add", "eth0", "type", "veth", "peer", "name",
+                     "eth0", "netns", self.server)
+            for ns, ip in ((self.client, CLIENT_POD_IP), (self.server, SERVER_POD_IP)):
+                prefix = PODS_NETWORK.split("/")[1]
+                self._ip("-n", ns, "addr", "add", f"{ip}/{prefix}", "dev", "eth0")
+                self._ip("-n", ns, "link", "set", "lo", "up")
+                self._ip("-n", ns, "link", "set", "eth0", "up")
+        except BaseException:
+            self.destroy()
+            raise
+
+    @staticmethod
+    def _ip(*args):
+        p = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+        if p.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(args)} failed (exit {p.returncode}): "
+                               f"{p.stderr.strip()}")
+
+    def capture(self, configs):
+        """Installs the capture rules of `configs` ({namespace: sidecar config path}) with
+        `meshtls-sidecar init-network` in each pod, replacing ours; None removes ours
+        (init-network --clean). Does nothing when that state is in place already."""
+        if configs == self.capture_configs:
+            return
+        for ns in (self.client, self.server):
+            if configs is None:
+                argv = [self.sidecar, "init-network", "--config", self.capture_configs[ns],
+                        "--clean"]
+            else:
+                argv = [self.sidecar, "init-network", "--config", configs[ns]]
+            p = subprocess.run(netns_cmd(ns) + argv, capture_output=True, text=True, timeout=60)
+            if p.returncode != 0:
+                raise RuntimeError(f"{' '.join(argv)} in {ns} failed (exit {p.returncode}): "
+                                   f"{p.stderr.strip()}")
+        self.capture_configs = configs
+
+    def destroy(self):
+        for ns in reversed(self.created):
+            p = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True,
+                               timeout=30)
+            if p.returncode != 0:
+                log(f"bench: could not remove network namespace {ns}: {p.stderr.strip()}")
+        self.created = []
+
+
+def pods_sidecar_argv(pods, ns, conf):
+    """How a pods' sidecar starts: in its pod, as PROXY_UID (transparent mode needs it; the
+    explicit sidecars run as the same user so that only the capture differs)."""
+    return netns_cmd(ns) + ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}",
+                            "--clear-groups", pods.sidecar, "--config", conf]
+
+
+def start_pods_explicit(d, tag, pods, pki, resumption):
+    """meshtls' explicit listeners between the pods: the client pod's outbound listener on
+    127.0.0.1 connects to the server pod's inbound listener on SERVER_POD_IP, which forwards to
+    the backend on 127.0.0.1. No capture rules are installed while it is measured."""
+    shift = 1 if resumption else 0  # the resumption-on pair runs beside, on the next ports
+    out_port, in_port = 15101 + shift, 15443 + shift
+    procs = {}
+    for role, ns, cert, body in (
+            ("in", pods.server, "server", f"""inbound:
+  - name: bench
+    listen: {SERVER_POD_IP}:{in_port}
+    forward: 127.0.0.1:{POD_APP_PORT}
+    allow: [{CLIENT_ID}]
+"""),
+            ("out", pods.client, "client", f"""outbound:
+  - name: bench
+    listen: 127.0.0.1:{out_port}
+    connect: {SERVER_POD_IP}:{in_port}
+    expect: [{SERVER_ID}]
+""")):
+        conf = os.path.join(d, f"{tag}-{role}.yaml")
+        with open(conf, "w") as f:
+            f.write(sidecar_config(pki, cert, 15100 + 10 * shift, resumption, body))
+        procs[role] = Proc(f"{tag}-{role}", pods_sidecar_argv(pods, ns, conf), d)
+    pair = Pair(tag, procs["out"], procs["in"], Endpoint("127.0.0.1", out_port, pods.client),
+                lambda: pods.capture(None))
+    pair.out_admin = Endpoint("127.0.0.1", 15100 + 10 * shift, pods.client)
+    return pair
+
+
+def start_pods_transparent(d, tag, pods, pki, resumption):
+    """Transparent mode in both pods: each pod's sidecar has the same transparent section
+    (outbound: mutual TLS to the pods' network, the peer's SPIFFE ID expected; inbound: strict,
+    the peer's ID allowed), and init-network installs its rules before each load. The client
+    dials the server pod's backend address itself."""
+    shift = 1 if resumption else 0  # the resumption-on pair runs beside, on its own ports
+    configs, procs = {}, {}
+    for role, ns, cert, peer in (("in", pods.server, "server", CLIENT_ID),
+                                 ("out", pods.client, "client", SERVER_ID)):
+        body = f"""transparent:
+  proxy_uid: {PROXY_UID}
+  outbound:
+    port: {15001 + 10 * shift}
+    rules: [{{name: pods, networks: [{PODS_NETWORK}], action: mesh, expect: [{peer}]}}]
+  inbound:
+    port: {15006 + 10 * shift}
+    mode: strict
+    allow: [{peer}]
+"""
+        conf = os.path.join(d, f"{tag}-{role}.yaml")
+        with open(conf, "w") as f:
+            f.write(sidecar_config(pki, cert, 15000 + 10 * shift, resumption, body))
+        configs[ns] = conf
+        procs[role] = Proc(f"{tag}-{role}", pods_sidecar_argv(pods, ns, conf), d)
+    pair = Pair(tag, procs["out"], procs["in"],
+                Endpoint(SERVER_POD_IP, POD_APP_PORT, pods.client),
+                lambda: pods.capture(configs))
+    pair.out_admin = Endpoint("127.0.0.1", 15000 + 10 * shift, pods.client)
+    return pair
+
+
+# ---------------------------------------------------------------------------------------------
 # Loads
 
 
@@ -454,14 +699,15 @@ def parse_duration_us(text):
     return float(m.group(1)) * scale
 
 
-def wrk(port, seconds, close):
-    cmd = ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+def wrk(endpoint, seconds, close):
+    cmd = netns_cmd(endpoint.netns) + ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s",
+                                       "--latency", "--timeout", "5s"]
     if close:
         cmd += ["-H", "Connection: close"]
-    out = run(cmd + [f"http://127.0.0.1:{port}/"], timeout=seconds + 30)
+    out = run(cmd + [endpoint.url()], timeout=seconds + 30)
     total = int(re.search(r"(\d+) requests in", out).group(1))
     if total == 0 or not re.search(r"99%\s+[\d.]+(us|ms|s|m)\b", out):
-        raise RuntimeError(f"wrk completed no request on port {port}:\n{out}")
+        raise RuntimeError(f"wrk completed no request at {endpoint}:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     try:
         p50 = parse_duration_us(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
@@ -472,22 +718,23 @@ def wrk(port, seconds, close):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx or (errors and total > 0 and sum(map(int, re.findall(r"\d+", errors.group(1))))
                   > total // 100):
-        raise RuntimeError(f"wrk saw errors on port {port}:\n{out}")
+        raise RuntimeError(f"wrk saw errors at {endpoint}:\n{out}")
     if total == 0:
-        raise RuntimeError(f"wrk completed no request on port {port}:\n{out}")
+        raise RuntimeError(f"wrk completed no request at {endpoint}:\n{out}")
     return {"rps": rps, "p50": p50, "p99": p99, "requests": total}
 
 
-def bulk(port):
-    out = run(["curl", "-s", "-m", "120", "-o", "/dev/null", "-w",
-               "%{size_download} %{time_total}", f"http://127.0.0.1:{port}/bulk"], timeout=130)
+def bulk(endpoint):
+    out = run(netns_cmd(endpoint.netns) +
+              ["curl", "-s", "--noproxy", "*", "-m", "120", "-o", "/dev/null", "-w",
+               "%{size_download} %{time_total}", endpoint.url("/bulk")], timeout=130)
     size, seconds = out.split()
     if int(size) != BULK_BYTES:
-        raise RuntimeError(f"bulk transfer on port {port} got {size} bytes, want {BULK_BYTES}")
+        raise RuntimeError(f"bulk transfer at {endpoint} got {size} bytes, want {BULK_BYTES}")
     return BULK_BYTES / (1024 * 1024) / float(seconds)
 
 
-def hold_idle_connections(port, count, deadline_s=60.0):
+def hold_idle_connections(endpoint, count, deadline_s=60.0):
     """Opens `count` keep-alive connections, completes one request on each (so every hop of the
     pair is connected and handshaken), and returns the open sockets."""
     request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
@@ -500,7 +747,7 @@ def hold_idle_connections(port, count, deadline_s=60.0):
         sel = selectors.DefaultSelector()
         pending = {}
         for _ in range(min(batch, count - len(sockets))):
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s = socket.create_connection((endpoint.host, endpoint.port), timeout=10)
             s.sendall(request)
             s.setblocking(False)
             sel.register(s, selectors.EVENT_READ)
@@ -520,6 +767,123 @@ def hold_idle_connections(port, count, deadline_s=60.0):
                     sockets.append(s)
         sel.close()
     return sockets
+
+
+REQUEST_KEEPALIVE = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+REQUEST_CLOSE = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+
+
+def take_response(buf):
+    """The length of the whole response at the start of `buf`, or 0 while it is incomplete.
+    Anything but a 200 with a Content-Length is an error."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return 0
+    head = buf[:end]
+    length = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.IGNORECASE)
+    if not head.startswith(b"HTTP/1.1 200 ") or length is None:
+        raise RuntimeError(f"fixed rate: unexpected response {head[:200]!r}")
+    total = end + 4 + int(length.group(1))
+    return total if len(buf) >= total else 0
+
+
+def fixed_rate(endpoint, rate, seconds, keepalive_connections=0):
+    """Open-loop load, as wrk2 measures it: request i is due at start + i/rate whatever became
+    of the earlier ones, and its latency runs from when it was due to the last byte of its
+    response, so a stall counts in full for every request it delays. With
+    `keepalive_connections`, the requests go round-robin over that many keep-alive connections
+    (pipelined behind a late answer); without, each request opens its own connection and asks
+    for Connection: close. Bounded: rate * seconds requests, all answered within seconds + 10 s
+    or it fails. Returns p50 and p99 in microseconds."""
+    total = int(rate * seconds)
+    deadline_s = seconds + 10.0
+    latencies, failures = [], []
+    # select(2), not epoll: epoll's timeout is in whole milliseconds, so each send would be up
+    # to 1 ms late, and that lateness would count as latency.
+    sel = selectors.SelectSelector()
+    try:
+        with in_netns(endpoint.netns):
+            streams = []
+            for _ in range(keepalive_connections):
+                s = socket.create_connection((endpoint.host, endpoint.port), timeout=10)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.settimeout(5.0)  # bounds a send; reads happen only when readable
+                state = {"sock": s, "due": collections.deque(), "buf": b""}
+                sel.register(s, selectors.EVENT_READ, state)
+                streams.append(state)
+            start = time.monotonic() + 0.05
+            deadline = start + deadline_s
+            sent = 0
+            while len(latencies) + len(failures) < total:
+                now = time.monotonic()
+                if now > deadline:
+                    raise RuntimeError(
+                        f"fixed rate at {endpoint}: {total - len(latencies) - len(failures)} of "
+                        f"{total} requests unanswered after {deadline_s:.0f}s")
+                while sent < total and start + sent / rate <= now:
+                    due = start + sent / rate
+                    if streams:
+                        state = streams[sent % len(streams)]
+                        state["due"].append(due)
+                        state["sock"].sendall(REQUEST_KEEPALIVE)
+                    else:
+                        s = socket.socket()
+                        s.setblocking(False)
+                        s.connect_ex((endpoint.host, endpoint.port))
+                        sel.register(s, selectors.EVENT_WRITE,
+                                     {"sock": s, "due": due, "buf": b"", "new": True})
+                    sent += 1
+                wait = start + sent / rate - now if sent < total else 0.5
+                for key, events in sel.select(timeout=max(0.0, min(wait, deadline - now))):
+                    state = key.data
+                    s = state["sock"]
+                    if events & selectors.EVENT_WRITE:  # a new connection is up, or failed
+                        error = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        sel.unregister(s)
+                        if error:
+                            failures.append(os.strerror(error))
+                            s.close()
+                            continue
+                        s.send(REQUEST_CLOSE)  # a few bytes into an empty buffer
+                        sel.register(s, selectors.EVENT_READ, state)
+                        continue
+                    try:
+                        data = s.recv(65536)
+                    except OSError as e:
+                        data, error = b"", e.strerror
+                    else:
+                        error = "closed before the whole response"
+                    now = time.monotonic()
+                    if not data:
+                        if not state.get("new"):
+                            raise RuntimeError(f"fixed rate at {endpoint}: a keep-alive "
+                                               f"connection ended: {error}")
+                        failures.append(error)
+                        sel.unregister(s)
+                        s.close()
+                        continue
+                    state["buf"] += data
+                    while (n := take_response(state["buf"])) > 0:
+                        state["buf"] = state["buf"][n:]
+                        if state.get("new"):
+                            latencies.append(now - state["due"])
+                            sel.unregister(s)
+                            s.close()
+                            break
+                        latencies.append(now - state["due"].popleft())
+    finally:
+        for key in list(sel.get_map().values()):
+            key.fileobj.close()
+        sel.close()
+    if len(failures) > total // 100:
+        raise RuntimeError(f"fixed rate at {endpoint}: {len(failures)} of {total} requests "
+                           f"failed, first: {failures[0]}")
+    latencies.sort()
+
+    def quantile(q):
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6
+
+    return {"p50": quantile(0.50), "p99": quantile(0.99)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,13 +923,63 @@ ROWS = [
     ("hs_full_p99", "2. full handshake request p99", "us", False),
     ("hs_dns", f"2. full handshakes/s, connect: a DNS name (TTL {DNS_TTL}s)", "hs/s", True),
     ("hs_resumed", "3. handshakes/s, resumption on", "hs/s", True),
+    ("resumed_share", "3. share of those resumed (meshtls' metrics)", "%", True),
     ("bulk", "4. bulk, one 100 MiB stream", "MiB/s", True),
     ("idle_kib", "5. RSS per idle connection (2000 held)", "KiB", False),
     ("cpu_req", "6. proxy CPU per keep-alive request", "us", False),
     ("cpu_hs", "6. proxy CPU per full handshake", "us", False),
+    ("fixed_ka_p50", f"7. p50 at {FIXED_RATE_KEEPALIVE:,} req/s, {FIXED_RATE_CONNECTIONS} "
+     "keep-alive conns", "us", False),
+    ("fixed_ka_p99", f"7. p99 at {FIXED_RATE_KEEPALIVE:,} req/s, {FIXED_RATE_CONNECTIONS} "
+     "keep-alive conns", "us", False),
+    ("fixed_new_p50", f"7. p50 at {FIXED_RATE_NEW} new conns/s (resumption off)", "us", False),
+    ("fixed_new_p99", f"7. p99 at {FIXED_RATE_NEW} new conns/s (resumption off)", "us", False),
 ]
+# Rows that explain another row rather than measure a cost: no verdict against the bar.
+DIAGNOSTIC_ROWS = ["resumed_share"]
+FIXED_RATE_ROWS = ["fixed_ka_p50", "fixed_ka_p99", "fixed_new_p50", "fixed_new_p99"]
 PEERS = ["haproxy", "nginx", "stunnel"]
-COLUMNS = ["baseline", "meshtls"] + PEERS + ["meshtls-2w"]
+LOOPBACK_COLUMNS = ["baseline", "meshtls"] + PEERS + ["meshtls-2w"]
+POD_COLUMNS = ["pods-baseline", "pods-explicit", "pods-transparent"]
+COLUMNS = LOOPBACK_COLUMNS + POD_COLUMNS
+BASELINES = ("baseline", "pods-baseline")  # no proxy: the rows of proxies stay empty
+
+
+def choose_columns(only):
+    """The columns to run: all by default, else those named in `only` plus the baseline of
+    their kind (loopback or pods)."""
+    if not only:
+        return list(COLUMNS)
+    named = [c for c in only.split(",") if c]
+    unknown = [c for c in named if c not in COLUMNS]
+    if unknown:
+        sys.exit(f"bench: unknown column {', '.join(unknown)} in --only (columns: "
+                 f"{', '.join(COLUMNS)})")
+    columns = [c for c in COLUMNS if c in named]
+    if any(c in LOOPBACK_COLUMNS for c in columns) and "baseline" not in columns:
+        columns.insert(0, "baseline")
+    if any(c in POD_COLUMNS for c in columns) and "pods-baseline" not in columns:
+        columns.insert(columns.index(next(c for c in columns if c in POD_COLUMNS)),
+                       "pods-baseline")
+    return columns
+
+
+def check_pods_prerequisites():
+    """The pods-* columns create network namespaces and install packet-filter rules."""
+    if os.geteuid() != 0:
+        sys.exit("bench: the pods-* columns need root (they create network namespaces and "
+                 "install capture rules): run scripts/bench.sh as root, or leave them out with "
+                 "--only (e.g. --only meshtls,haproxy)")
+    for tool, package in (("ip", "iproute2"), ("iptables-restore", "iptables"),
+                          ("setpriv", "util-linux")):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench: the pods-* columns need {tool} on PATH (Debian's {package})")
+
+
+def stop_on_sigterm(signum, frame):
+    """SIGTERM and SIGHUP end the run like Ctrl-C, so every process, rule and namespace it made
+    is removed on the way out."""
+    raise KeyboardInterrupt
 
 
 def main():
@@ -574,11 +988,16 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--duration", type=int, default=4, help="seconds per wrk load")
-    ap.add_argument("--only", default="", help="comma-separated columns (default: all)")
+    ap.add_argument("--only", default="",
+                    help=f"comma-separated columns (default: all): {', '.join(COLUMNS)}")
     args = ap.parse_args()
-    columns = [c for c in COLUMNS if not args.only or c in args.only.split(",") or
-               c == "baseline"]
+    columns = choose_columns(args.only)
+    with_pods = any(c in POD_COLUMNS for c in columns)
+    if with_pods:
+        check_pods_prerequisites()
     sidecar = os.path.abspath(args.sidecar)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    signal.signal(signal.SIGHUP, stop_on_sigterm)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -587,13 +1006,29 @@ def main():
                  "idle connections")
 
     d = tempfile.mkdtemp(prefix="meshtls-bench.")
+    log(f"bench: working directory {d} (the processes' logs; kept if the run fails)")
     pki = os.path.join(d, "pki")
     os.makedirs(pki)
     results = {c: {k: [] for k, *_ in ROWS} for c in columns}
     dns = DnsResponder(DNS_NAME, DNS_TTL)
+    pods = None
     try:
         make_pki(pki)
-        backend, backend_port = start_backend(d)
+        if with_pods:
+            # The pods' sidecars run as PROXY_UID: they must reach the configs and keys.
+            os.chmod(d, 0o755)
+            os.chmod(pki, 0o755)
+            for name in os.listdir(pki):
+                os.chown(os.path.join(pki, name), PROXY_UID, PROXY_UID)
+        backend = backend_port = None
+        if any(c in LOOPBACK_COLUMNS for c in columns):
+            backend, backend_endpoint = start_backend(d)
+            backend_port = backend_endpoint.port
+        if with_pods:
+            pods = Pods(sidecar)
+            # The same backend, in the server pod on every address, checked from the client pod.
+            start_backend(d, "pods-backend", "0.0.0.0", POD_APP_PORT, pods.server,
+                          Endpoint(SERVER_POD_IP, POD_APP_PORT, pods.client))
 
         def start(column, resumption):
             tag = f"{column}-{'on' if resumption else 'off'}"
@@ -601,19 +1036,29 @@ def main():
                 return start_meshtls(d, tag, backend_port, pki, sidecar, resumption, 1)
             if column == "meshtls-2w":
                 return start_meshtls(d, tag, backend_port, pki, sidecar, resumption, 2)
+            if column == "pods-explicit":
+                return start_pods_explicit(d, tag, pods, pki, resumption)
+            if column == "pods-transparent":
+                return start_pods_transparent(d, tag, pods, pki, resumption)
             return {"haproxy": start_haproxy, "nginx": start_nginx,
                     "stunnel": start_stunnel}[column](d, tag, backend_port, pki, resumption)
 
         def ready(pair):
             pair.check_alive()
-            return serves(pair.port)
+            return serves(pair.endpoint)
 
         # Pairs for the load rows, started once and idle while others are measured; the
         # repetitions go round-robin over the columns so a noisy moment hits all of them.
         pairs = {}
         for c in columns:
             if c == "baseline":
-                pairs[(c, False)] = pairs[(c, True)] = Pair(c, None, None, backend_port)
+                pairs[(c, False)] = Pair(c, None, None, Endpoint("127.0.0.1", backend_port))
+                continue
+            if c == "pods-baseline":
+                # Straight to the server pod's backend, with no capture rules installed.
+                pairs[(c, False)] = Pair(c, None, None,
+                                         Endpoint(SERVER_POD_IP, POD_APP_PORT, pods.client),
+                                         lambda: pods.capture(None))
                 continue
             for resumption in (False, True):
                 pairs[(c, resumption)] = start(c, resumption)
@@ -622,42 +1067,61 @@ def main():
                 pairs[(c, "dns")] = start_meshtls(d, f"{c}-dns", backend_port, pki, sidecar,
                                                   False, 1 if c == "meshtls" else 2, dns)
         for key, pair in pairs.items():
+            pair.prepare()
             wait_until(f"{key[0]} to serve", lambda pair=pair: ready(pair))
-            wrk(pair.port, 1, close=False)  # warm-up
-            wrk(pair.port, 1, close=True)
+            wrk(pair.endpoint, 1, close=False)  # warm-up
+            wrk(pair.endpoint, 1, close=True)
 
         for rep in range(args.reps):
             log(f"bench: repetition {rep + 1} of {args.reps}")
             for c in columns:
                 pair = pairs[(c, False)]
+                pair.prepare()
                 cpu0 = pair.cpu_seconds()
-                r = wrk(pair.port, args.duration, close=False)
+                r = wrk(pair.endpoint, args.duration, close=False)
                 cpu = pair.cpu_seconds() - cpu0
                 results[c]["rps"].append(r["rps"])
                 results[c]["p50"].append(r["p50"])
                 results[c]["p99"].append(r["p99"])
-                if c != "baseline":
+                if c not in BASELINES:
                     results[c]["cpu_req"].append(cpu * 1e6 / r["requests"])
 
                 cpu0 = pair.cpu_seconds()
-                r = wrk(pair.port, args.duration, close=True)
+                r = wrk(pair.endpoint, args.duration, close=True)
                 cpu = pair.cpu_seconds() - cpu0
                 results[c]["hs_full"].append(r["rps"])
                 results[c]["hs_full_p99"].append(r["p99"])
-                if c != "baseline":
+                if c not in BASELINES:
                     results[c]["cpu_hs"].append(cpu * 1e6 / r["requests"])
-                    r = wrk(pairs[(c, True)].port, args.duration, close=True)
-                    results[c]["hs_resumed"].append(r["rps"])
                 if (c, "dns") in pairs:
-                    r = wrk(pairs[(c, "dns")].port, args.duration, close=True)
+                    r = wrk(pairs[(c, "dns")].endpoint, args.duration, close=True)
                     results[c]["hs_dns"].append(r["rps"])
-                results[c]["bulk"].append(bulk(pair.port))
+                results[c]["bulk"].append(bulk(pair.endpoint))
+                if c in POD_COLUMNS:
+                    r = fixed_rate(pair.endpoint, FIXED_RATE_KEEPALIVE, args.duration,
+                                   FIXED_RATE_CONNECTIONS)
+                    results[c]["fixed_ka_p50"].append(r["p50"])
+                    results[c]["fixed_ka_p99"].append(r["p99"])
+                    r = fixed_rate(pair.endpoint, FIXED_RATE_NEW, args.duration)
+                    results[c]["fixed_new_p50"].append(r["p50"])
+                    results[c]["fixed_new_p99"].append(r["p99"])
                 pair.check_alive()
+                if c not in BASELINES:
+                    resumed = pairs[(c, True)]
+                    resumed.prepare()
+                    before = resumed.out_admin and outbound_handshakes(resumed.out_admin)
+                    r = wrk(resumed.endpoint, args.duration, close=True)
+                    results[c]["hs_resumed"].append(r["rps"])
+                    if resumed.out_admin:
+                        after = outbound_handshakes(resumed.out_admin)
+                        done = [a - b for a, b in zip(after, before)]
+                        results[c]["resumed_share"].append(100 * done[0] / max(1, sum(done)))
+                    resumed.check_alive()
                 got = {k: v[-1] for k, v in results[c].items() if v}
                 log(f"  {c}: " + ", ".join(f"{k} {fmt(v)}" for k, v in got.items()))
 
         for c in columns:
-            if c == "baseline":
+            if c in BASELINES:
                 continue
             for key in [k for k in pairs if k[0] == c]:
                 pairs[key].stop()
@@ -665,22 +1129,25 @@ def main():
         # Idle memory on a fresh pair each time: warmed by one request, then 2000 held open.
         for rep in range(args.reps):
             for c in columns:
-                if c == "baseline":
+                if c in BASELINES or c in POD_COLUMNS:
                     continue
                 pair = start(c, False)
                 wait_until(f"{c} to serve", lambda pair=pair: ready(pair))
                 before = pair.rss_kib()
-                held = hold_idle_connections(pair.port, IDLE_CONNECTIONS)
+                held = hold_idle_connections(pair.endpoint, IDLE_CONNECTIONS)
                 pair.check_alive()
                 after = pair.rss_kib()
                 results[c]["idle_kib"].append((after - before) / IDLE_CONNECTIONS)
                 for s in held:
                     s.close()
                 pair.stop()
-        backend.stop()
+        if backend:
+            backend.stop()
         speed = openssl_speed(2)
     finally:
         Proc.stop_all()
+        if pods:
+            pods.destroy()
         dns.stop()
     report(args, columns, results, speed, dns.queries)
     shutil.rmtree(d, ignore_errors=True)
@@ -705,9 +1172,64 @@ def versions():
             first_line(["nginx", "-v"]), first_line(["stunnel4", "-version"], "stunnel ")]
 
 
+def markdown_table(header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    return ([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] +
+            [line(r) for r in rows])
+
+
+CAPTURE_BAR = 0.05  # transparent mode may cost at most 5 % against the explicit listeners
+
+
+def transparent_vs_explicit(results, median):
+    """The second table: pods-transparent / pods-explicit per row, judged against
+    CAPTURE_BAR, beside how far each column's repetitions spread (a difference smaller than the
+    spread is noise, whichever way the verdict goes); then the latency each proxy column adds
+    to pods-baseline at a fixed rate."""
+    lines = [f"transparent vs explicit (same pods, same sidecars' code; bar: transparent within "
+             f"{CAPTURE_BAR:.0%} of explicit, i.e. >= {1 - CAPTURE_BAR:.2f}x where higher is "
+             f"better and <= {1 + CAPTURE_BAR:.2f}x where lower is better):", ""]
+
+    def spread(c, key):
+        vals = results[c][key]
+        return (max(vals) - min(vals)) / statistics.median(vals) if len(vals) > 1 else None
+
+    table = []
+    for key, title, unit, higher in ROWS:
+        explicit, transparent = median("pods-explicit", key), median("pods-transparent", key)
+        if not explicit or not transparent:
+            continue
+        ratio = transparent / explicit
+        passed = ratio >= 1 - CAPTURE_BAR if higher else ratio <= 1 + CAPTURE_BAR
+        spreads = [spread(c, key) for c in ("pods-explicit", "pods-transparent")]
+        verdict = "pass" if passed else "FAIL"
+        table.append([title, unit, fmt(explicit), fmt(transparent), f"{ratio:.3f}x",
+                      "(explains row 3)" if key in DIAGNOSTIC_ROWS else verdict,
+                      " / ".join("-" if s is None else f"{s:.0%}" for s in spreads)])
+    lines.extend(markdown_table(["row", "unit", "pods-explicit", "pods-transparent",
+                                 "transparent / explicit", "5 % bar",
+                                 "spread of reps (expl. / transp.)"], table))
+    lines.append("")
+    for c in ("pods-explicit", "pods-transparent"):
+        added = []
+        for key in FIXED_RATE_ROWS:
+            mine, base = median(c, key), median("pods-baseline", key)
+            if mine is not None and base is not None:
+                added.append(f"{key.removeprefix('fixed_')} {mine - base:+,.0f} us")
+        if added:
+            lines.append(f"added latency at a fixed rate vs pods-baseline, {c}: " +
+                         ", ".join(added))
+    lines.append("")
+    return lines
+
+
 def report(args, columns, results, speed, dns_queries):
     def median(c, k):
-        vals = results[c][k]
+        vals = results.get(c, {}).get(k)
         return statistics.median(vals) if vals else None
 
     cpu = "unknown CPU"
@@ -722,32 +1244,40 @@ def report(args, columns, results, speed, dns_queries):
         "; ".join(versions()),
         f"pairs of proxies, 1 worker each (meshtls-2w: 2); TLS 1.3, X25519, ECDSA P-256, client "
         f"certificates verified both ways; medians of {args.reps} repetitions of "
-        f"{args.duration}s wrk loads; ratio = meshtls / best peer",
-        "",
+        f"{args.duration}s loads; ratio = meshtls / best peer",
     ]
-    header = ["row", "unit"] + columns + ["ratio"]
+    if any(c in POD_COLUMNS for c in columns):
+        lines.append(
+            f"pods-*: two network namespaces on a veth pair ({PODS_NETWORK}); wrk, curl and the "
+            f"fixed-rate client in the client pod ({CLIENT_POD_IP}), the backend in the server "
+            f"pod on 0.0.0.0:{POD_APP_PORT}; pods-baseline dials {SERVER_POD_IP}:{POD_APP_PORT} "
+            f"without a proxy; pods-explicit: outbound listener 127.0.0.1:15101 -> inbound "
+            f"listener {SERVER_POD_IP}:15443; pods-transparent: init-network's capture rules in "
+            f"both pods, the client dials {SERVER_POD_IP}:{POD_APP_PORT}; sidecars as uid "
+            f"{PROXY_UID}, 1 worker each; rows 7 are open-loop (latency from when each request "
+            "was due)")
+    lines.append("")
+    with_ratio = "meshtls" in columns
+    header = ["row", "unit"] + columns + (["ratio"] if with_ratio else [])
     table = []
     for key, title, unit, higher in ROWS:
+        if all(median(c, key) is None for c in columns):
+            continue
         row = [title, unit]
         for c in columns:
             row.append(fmt(median(c, key)))
         peer_values = [median(c, key) for c in PEERS if c in columns and median(c, key)]
-        mine = median("meshtls", key) if "meshtls" in columns else None
-        if peer_values and mine:
+        mine = median("meshtls", key)
+        if with_ratio and peer_values and mine:
             best = max(peer_values) if higher else min(peer_values)
             row.append(f"{mine / best:.2f}x")
-        else:
+        elif with_ratio:
             row.append("-")
         table.append(row)
-    widths = [max(len(str(r[i])) for r in [header] + table) for i in range(len(header))]
-
-    def line(cells):
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    lines.append(line(header))
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines.extend(line(r) for r in table)
+    lines.extend(markdown_table(header, table))
     lines.append("")
+    if "pods-explicit" in columns and "pods-transparent" in columns:
+        lines.extend(transparent_vs_explicit(results, median))
     lines.append(
         f"ceiling (openssl speed): ECDSA P-256 sign {speed['sign_us']:.1f} us, verify "
         f"{speed['verify_us']:.1f} us; X25519 {speed['x25519_us']:.1f} us; AES-256-GCM "
@@ -755,17 +1285,18 @@ def report(args, columns, results, speed, dns_queries):
         f"2 X25519) {speed['side_us']:.0f} us, so at most "
         f"{speed['handshakes_per_s']:,.0f} full handshakes/s through a pair on "
         f"{os.cpu_count()} cores with nothing else running.")
-    lines.append(
-        f"row hs_dns: the outbound side's connect: is {DNS_NAME}, answered by a DNS server on "
-        f"loopback with a TTL of {DNS_TTL}s ({dns_queries} queries in the whole run); row hs_full "
-        "is the same pair with connect: 127.0.0.1.")
+    if "meshtls" in columns or "meshtls-2w" in columns:
+        lines.append(
+            f"row hs_dns: the outbound side's connect: is {DNS_NAME}, answered by a DNS server "
+            f"on loopback with a TTL of {DNS_TTL}s ({dns_queries} queries in the whole run); row "
+            "hs_full is the same pair with connect: 127.0.0.1.")
     lines.append("")
     lines.append("every repetition:")
     for key, title, unit, _ in ROWS:
         for c in columns:
             vals = results[c][key]
             if vals:
-                lines.append(f"  {key:12} {c:11} " + " ".join(fmt(v) for v in vals))
+                lines.append(f"  {key:13} {c:16} " + " ".join(fmt(v) for v in vals))
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
