@@ -86,9 +86,11 @@ class Worker {
   bool EndOldestLingering();
   bool MayLog();
   // MeshSessions is ConnectionEnv::mesh_sessions: this worker's session cache for one
-  // destination of a mesh rule, made on first use; at most kMaxMeshSessionCaches are kept, the
-  // least recently used dropped first (a connection using a dropped one keeps it until it closes).
-  // Each holds kMeshSessionsPerDestination sessions: at most 1024 per worker, about 6.4 MiB.
+  // destination of a mesh rule, made on first use. Each keeps kMeshSessionsPerDestination
+  // tickets, as an explicit outbound listener's cache does (one per concurrent new connection:
+  // a ticket resumes once); at most kMaxMeshSessionCaches destinations are kept, the least
+  // recently used dropped first (a connection using a dropped one keeps it until it closes).
+  // Tickets exist only as servers send them: at most 2048 per worker.
   std::shared_ptr<SessionCache> MeshSessions(const ListenerRuntime& rule,
                                              const net::SocketAddress& destination);
 
@@ -107,8 +109,8 @@ class Worker {
   // open_connections_ (a new client on any worker may take their place under
   // limits.max_connections); kMaxLingeringPerWorker bounds them instead.
   std::set<uint64_t> lingering_;
-  static constexpr size_t kMaxMeshSessionCaches = 256;
-  static constexpr size_t kMeshSessionsPerDestination = 4;
+  static constexpr size_t kMaxMeshSessionCaches = 64;
+  static constexpr size_t kMeshSessionsPerDestination = 32;
   // Least recently used first; the map points into the list.
   std::list<std::pair<std::string, std::shared_ptr<SessionCache>>> mesh_sessions_lru_;
   std::unordered_map<std::string, decltype(mesh_sessions_lru_)::iterator> mesh_sessions_;
