@@ -397,13 +397,18 @@ TEST_F(TransparentRotationTest, RenewalsAndATrustBundleChangeUnderTrafficDropNot
   ASSERT_NO_FATAL_FAILURE(StartClientAndServer());
   const Pod& client = *client_->pod;
   const std::string server_ip = server_->pod->ipv4();
+  SidecarProcess& c = *client_->sidecar;
+  SidecarProcess& s = *server_->sidecar;
+  const std::string renewed = R"(meshtls_cert_renewals_total{result="success"})";
+  // The load starts once each sidecar has renewed once: the server sidecar's first renewal in
+  // a new pod was seen to come about 5 s late under this load (its later ones are on time), and
+  // a certificate that expires meanwhile is refused, which the load would count as a drop.
+  ASSERT_TRUE(testing::WaitFor([&] { return c.Metric(renewed) >= 2 && s.Metric(renewed) >= 2; },
+                               absl::Seconds(30)));
   // Three long-lived connections doing echo round trips, and new ones one after another, from
   // the client pod's app to the server pod's address, every byte checked.
   testing::TrafficLoad load([&client, server_ip] { return client.Connect(server_ip, kStrictPort); },
                             /*long_lived=*/3);
-  SidecarProcess& c = *client_->sidecar;
-  SidecarProcess& s = *server_->sidecar;
-  const std::string renewed = R"(meshtls_cert_renewals_total{result="success"})";
   const double c0 = c.Metric(renewed), s0 = s.Metric(renewed);
   EXPECT_TRUE(testing::WaitFor(
       [&] {
