@@ -313,6 +313,12 @@ absl::StatusOr<std::unique_ptr<Network>> Network::Create() {
       {"ip", "-n", n, "link", "set", "lo", "up"},
       // No STP, so ports forward at once.
       {"ip", "-n", n, "link", "add", br, "type", "bridge", "forward_delay", "0"},
+      // A MAC address of its own: a bridge otherwise takes the lowest of its ports' and changes
+      // it when a pod joins, and the pods that joined before keep the old one in their ARP
+      // caches; their new connections to the node (to certmgr) then go unanswered for seconds
+      // to a minute, until their neighbour entry is probed again.
+      {"ip", "-n", n, "link", "set", br, "address",
+       absl::StrFormat("02:6d:74:6c:%02x:01", network->subnet_)},
       {"ip", "-n", n, "addr", "add", network->Ipv4(Subnet::kMesh, 1) + "/24", "dev", br},
       {"ip", "-n", n, "addr", "add", network->Ipv4(Subnet::kOutside, 1) + "/24", "dev", br},
       {"ip", "-n", n, "addr", "add", network->Ipv6(Subnet::kMesh, 1) + "/64", "dev", br, "nodad"},
