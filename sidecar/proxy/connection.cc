@@ -370,6 +370,12 @@ void Connection::DoHandshake() {
 }
 
 void Connection::OnHandshakeFailed(int ssl_error) {
+  // Out of the active gauge before the failure is counted (Linger would do it just after), so
+  // that a scrape never sees the refusal counted while the connection still looks active.
+  if (counted_active_) {
+    env_.counters.connections_active[DirectionIndex()].Add(-1);
+    counted_active_ = false;
+  }
   HandshakeFailure failure = ClassifyHandshakeFailure(ssl_error, check_);
   if (failure.result == HandshakeResult::kIdentityDenied && check_.identity_denied) {
     env_.counters.authz_deny[listener_->id].Add();
