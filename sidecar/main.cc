@@ -61,9 +61,9 @@ base::CommandLineSpec CommandLine() {
                           {"bound-ports-file", "PATH",
                            "once every listener is bound, write `<listener>=<ip>:<port>` lines\nto "
                            "PATH "
-                           "(admin, inbound.<name>, outbound.<name>): the ports the\nkernel chose "
-                           "for "
-                           "listeners configured with port 0"},
+                           "(admin, inbound.<name>, outbound.<name>, transparent.outbound,\n"
+                           "transparent.inbound): the ports the kernel chose for listeners\n"
+                           "configured with port 0"},
                           {"check", "", "validate the configuration and exit (0 if valid)"},
                       },
                   .synopsis = "--config FILE [flags]",
@@ -101,22 +101,19 @@ int UsageError(absl::string_view message) {
   return 2;
 }
 
-// ReadInitNetworkConfig reads and checks the config init-network installs from. The files it
-// names (certificates, tokens) need not be there yet: the init container runs before anything
-// else of the pod.
-absl::StatusOr<sidecar::SidecarConfig> ReadInitNetworkConfig(const std::string& path) {
+// LoadConfig reads and checks --config; the error is the one line to print. `check_files`:
+// the files it names must exist (init-network runs before anything else of the pod, when
+// certificates and tokens may not be there yet).
+absl::StatusOr<sidecar::SidecarConfig> LoadConfig(const std::string& path, bool check_files,
+                                                  absl::string_view command_prefix) {
   absl::StatusOr<std::string> text = base::ReadFileToString(path);
   if (!text.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("init-network: --config: ", text.status().message()));
+        absl::StrCat(command_prefix, "--config: ", text.status().message()));
   }
-  absl::StatusOr<sidecar::SidecarConfig> config =
-      sidecar::ParseSidecarConfig(*text, /*check_files=*/false);
+  absl::StatusOr<sidecar::SidecarConfig> config = sidecar::ParseSidecarConfig(*text, check_files);
   if (!config.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", config.status().message()));
-  }
-  if (!config->transparent.enabled()) {
-    return absl::InvalidArgumentError("init-network: the config has no transparent section");
   }
   return config;
 }
@@ -136,9 +133,12 @@ int InitNetwork(const base::Flags& flags) {
   // needs no config: it still works after the transparent section (or the file) is gone.
   absl::StatusOr<sidecar::SidecarConfig> config = sidecar::SidecarConfig{};
   if (!clean) {
-    config = ReadInitNetworkConfig(*config_path);
+    config = LoadConfig(*config_path, /*check_files=*/false, "init-network: ");
     if (!config.ok()) {
       return UsageError(config.status().message());
+    }
+    if (!config->transparent.enabled()) {
+      return UsageError("init-network: the config has no transparent section");
     }
   }
   if (!clean && config->transparent.proxy_uid == 0) {
@@ -202,13 +202,10 @@ int main(int argc, char** argv) {
   if (!config_path) {
     return UsageError("--config is required (see --help)");
   }
-  absl::StatusOr<std::string> text = base::ReadFileToString(*config_path);
-  if (!text.ok()) {
-    return UsageError(absl::StrCat("--config: ", text.status().message()));
-  }
-  absl::StatusOr<sidecar::SidecarConfig> config = sidecar::ParseSidecarConfig(*text);
+  absl::StatusOr<sidecar::SidecarConfig> config =
+      LoadConfig(*config_path, /*check_files=*/true, "");
   if (!config.ok()) {
-    return UsageError(absl::StrCat(*config_path, ": ", config.status().message()));
+    return UsageError(config.status().message());
   }
   if (std::optional<std::string> v = flags.Get("admin")) {
     if (config->transparent.inbound.enabled) {

@@ -375,6 +375,26 @@ absl::Status ReadTransparent(const Schema& s, const LoadedFields& fields, Sideca
   if (!t.enabled()) {
     return fields.Error("transparent", "set outbound, inbound or both");
   }
+  if (t.inbound.enabled) {
+    // The capture rules must name every port of the sidecar's own; one the kernel picks at
+    // start cannot be named, and would be captured.
+    if (absl::StatusOr<base::HostPort> admin = base::ParseHostPort(c.admin_listen, true);
+        admin.ok() && admin->port == 0) {
+      return fields.Error("admin.listen",
+                          "port 0 cannot go with transparent.inbound: the capture rules must "
+                          "exclude the admin port, so it needs a fixed one");
+    }
+    for (const auto* list : {&c.inbound, &c.outbound}) {
+      for (const ListenerConfig& l : *list) {
+        if (l.listen.port == 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("listener ", l.name,
+                           ": port 0 cannot go with transparent.inbound: "
+                           "the capture rules must exclude its port"));
+        }
+      }
+    }
+  }
   // Capture ports: apart from each other and from every port the sidecar itself listens on.
   std::vector<std::pair<std::string, uint16_t>> taken;
   if (absl::StatusOr<base::HostPort> admin = base::ParseHostPort(c.admin_listen, true);

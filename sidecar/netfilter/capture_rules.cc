@@ -97,9 +97,11 @@ CaptureRuleSet BuildCaptureRules(const SidecarConfig& config, IpFamily family) {
   set.chains.push_back(out);
   set.rules.push_back(absl::StrCat("-A OUTPUT -p tcp -j ", out));
   if (t.inbound.enabled) {
-    // The sidecar's own ports (the capture ports among them) are never redirected.
-    AppendPortReturns(in, config.OwnPorts(), set.rules);
-    AppendPortReturns(in, t.inbound.exclude_ports, set.rules);
+    // The sidecar's own ports (the capture ports among them) and the excluded ones are never
+    // redirected (an excluded port may be one of the sidecar's own: listed once).
+    std::vector<uint16_t> returns = config.OwnPorts();
+    returns.insert(returns.end(), t.inbound.exclude_ports.begin(), t.inbound.exclude_ports.end());
+    AppendPortReturns(in, returns, set.rules);
     set.rules.push_back(absl::StrCat("-A ", in, " -p tcp -j REDIRECT --to-ports ", t.inbound.port));
     // The sidecar reaching its own pod's address leaves through lo: it goes to the inbound
     // capture like a connection from another pod. (Its connections to loopback, among them

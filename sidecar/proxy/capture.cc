@@ -54,6 +54,16 @@ uint16_t PortOf(const net::SocketAddress& address) {
   return ntohs(reinterpret_cast<const sockaddr_in*>(&address.storage)->sin_port);
 }
 
+net::SocketAddress LoopbackAddress(uint16_t port) {
+  net::SocketAddress address;
+  auto* in = reinterpret_cast<sockaddr_in*>(&address.storage);
+  in->sin_family = AF_INET;
+  in->sin_port = htons(port);
+  in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.length = sizeof(sockaddr_in);
+  return address;
+}
+
 bool IsSameAddress(const net::SocketAddress& a, const net::SocketAddress& b) {
   if (PortOf(a) != PortOf(b)) {
     return false;

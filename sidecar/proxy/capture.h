@@ -30,6 +30,8 @@ absl::StatusOr<net::SocketAddress> OriginalDestination(int fd);
 // own local address reached the capture port directly: relaying it would loop).
 bool IsSameAddress(const net::SocketAddress& a, const net::SocketAddress& b);
 uint16_t PortOf(const net::SocketAddress& address);
+// LoopbackAddress is 127.0.0.1:<port>, where inbound capture delivers to the app.
+net::SocketAddress LoopbackAddress(uint16_t port);
 
 // ClientHelloPrefix says what a connection's first bytes are: a TLS handshake record (type 22,
 // version 3.x, as every ClientHello starts), something else, or too few bytes to tell.

@@ -107,12 +107,6 @@ void Connection::DecideOutbound() {
   CountDecision(rule->decision);
   listener_ = rule->listener;
   check_.authorizer = &listener_->authorizer;
-  absl::StatusOr<base::HostPort> target = base::ParseHostPort(destination->ToString());
-  if (!target.ok()) {
-    Refuse(RefusedReason::kUpstreamUnavailable, target.status().message());
-    return;
-  }
-  target_ = *target;
   switch (rule->action) {
     case CaptureAction::kDeny:
     case CaptureAction::kPlaintext:  // not an outbound action
@@ -121,7 +115,7 @@ void Connection::DecideOutbound() {
       return;
     case CaptureAction::kPassthrough:
       peer_plain_ = true;
-      StartUpstreamConnect();
+      StartUpstreamConnect(&*destination);
       return;
     case CaptureAction::kMesh:
       if (!TakeCredentials()) {
@@ -131,7 +125,7 @@ void Connection::DecideOutbound() {
         mesh_sessions_ = env_.mesh_sessions(*listener_, *destination);
         check_.session_cache = mesh_sessions_.get();
       }
-      StartUpstreamConnect();
+      StartUpstreamConnect(&*destination);
       return;
   }
 }
@@ -153,7 +147,7 @@ void Connection::StartSniffing() {
   inbound_port_ = &capture.For(port);
   listener_ = inbound_port_->listener;
   check_.authorizer = &listener_->authorizer;
-  target_ = base::HostPort{.host = "127.0.0.1", .port = port, .host_is_ip = true};
+  target_ = base::HostPort{.host = "127.0.0.1", .port = port, .host_is_ip = true};  // for logs
   state_ = State::kSniffing;
   handshake_start_ = net::EventLoop::Now();
   // One deadline for the first bytes and the handshake after them (StartTls keeps it).
@@ -236,10 +230,18 @@ void Connection::Sniff() {
   CountDecision(inbound_port_->plaintext_decision);
   peer_plain_ = true;
   SetInterest(tls_, 0);  // nothing is read from the client before the app is connected
-  StartUpstreamConnect();
+  const net::SocketAddress app = LoopbackAddress(target_.port);
+  StartUpstreamConnect(&app);
 }
 
-void Connection::StartUpstreamConnect() {
+std::string Connection::TargetText() const {
+  if (target_.host.empty() && !upstream_addresses_.empty()) {
+    return upstream_addresses_[0].ToString();  // a transparent decision's address
+  }
+  return target_.ToString();
+}
+
+void Connection::StartUpstreamConnect(const net::SocketAddress* known) {
   state_ = State::kResolving;
   if (timer_ != 0) {
     env_.loop.CancelTimer(timer_);  // the wait for a permissive port's first bytes
@@ -247,9 +249,13 @@ void Connection::StartUpstreamConnect() {
   timer_ = env_.loop.AddTimer(env_.connect_timeout, [this] {
     timer_ = 0;
     Refuse(RefusedReason::kUpstreamUnavailable,
-           absl::StrCat("connect to ", target_.ToString(), " timed out",
+           absl::StrCat("connect to ", TargetText(), " timed out",
                         state_ == State::kResolving ? " (resolving the name)" : ""));
   });
+  if (known != nullptr) {
+    OnResolved(dns::Resolver::Addresses{*known});
+    return;
+  }
   // Called at once (IP literal, cached answer) or later from the loop; the connection may be
   // gone by then, or have given up (connect timeout).
   std::weak_ptr<bool> alive = alive_;
@@ -268,7 +274,7 @@ void Connection::OnResolved(absl::StatusOr<dns::Resolver::Addresses> addresses) 
   }
   upstream_addresses_ = *std::move(addresses);
   next_address_ = 0;
-  last_connect_error_ = absl::StrCat(target_.ToString(), " has no address");
+  last_connect_error_ = absl::StrCat(TargetText(), " has no address");
   ConnectNextAddress();
 }
 
@@ -299,7 +305,7 @@ void Connection::OnUpstreamConnected() {
   Side& upstream = listener_->direction == Direction::kInbound ? plain_side() : tls_side();
   if (int err = net::SocketError(upstream.fd.get()); err != 0) {
     last_connect_error_ =
-        absl::StrCat("connect to ", target_.ToString(), " (",
+        absl::StrCat("connect to ", TargetText(), " (",
                      upstream_addresses_[next_address_ - 1].ToString(), "): ", std::strerror(err));
     CloseSide(upstream);
     ConnectNextAddress();
@@ -519,7 +525,10 @@ void Connection::OnHandshakeDone() {
     CountHandshakeSuccess();
   }
   SetInterest(tls_, 0);
-  if (listener_->direction == Direction::kInbound) {
+  if (inbound_port_ != nullptr) {
+    const net::SocketAddress app = LoopbackAddress(target_.port);  // transparent inbound
+    StartUpstreamConnect(&app);
+  } else if (listener_->direction == Direction::kInbound) {
     StartUpstreamConnect();
   } else {
     EnterRelaying();
@@ -661,6 +670,39 @@ bool Connection::NoteTlsWait(int rc) {
   return false;
 }
 
+Connection::PlainIo Connection::RecvPlain(int fd, RelayBuffer& into, bool& readable) {
+  const size_t want = into.WritableSize();
+  const ssize_t n = ::recv(fd, into.WritableSpan(env_.buffers), want, 0);
+  if (n > 0) {
+    into.Commit(static_cast<size_t>(n));
+    // A short read drained the socket; epoll (level-triggered) reports it again when more
+    // arrives, so the next read waits for that instead of costing an EAGAIN.
+    readable = static_cast<size_t>(n) == want;
+    return {.bytes = static_cast<uint64_t>(n)};
+  }
+  if (n == 0) {
+    return {.eof = true};
+  }
+  if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    readable = false;
+    return {};
+  }
+  return {.error = errno != EINTR};
+}
+
+Connection::PlainIo Connection::SendPlain(int fd, RelayBuffer& from, bool& blocked) {
+  const ssize_t n = ::send(fd, from.ReadableSpan(), from.size(), MSG_NOSIGNAL);
+  if (n > 0) {
+    from.Consume(static_cast<size_t>(n));
+    return {.bytes = static_cast<uint64_t>(n)};
+  }
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    blocked = true;
+    return {};
+  }
+  return {.error = n < 0 && errno != EINTR};
+}
+
 void Connection::Progress() {
   bool abort = false;
   bool moved = false;
@@ -672,39 +714,26 @@ void Connection::Progress() {
     tls_wants_write_ = false;
     plain_write_blocked_ = false;
 
-    // App -> buffer. A short read drained the socket; epoll (level-triggered) reports it
-    // again when more arrives, so the next read waits for that instead of costing an EAGAIN.
+    // App -> buffer.
     if (!plain_eof_ && plain_readable_ && to_tls_.space() > 0) {
-      const size_t want = to_tls_.WritableSize();
-      ssize_t n = ::recv(plain_.fd.get(), to_tls_.WritableSpan(env_.buffers), want, 0);
-      if (n > 0) {
-        to_tls_.Commit(static_cast<size_t>(n));
-        plain_readable_ = static_cast<size_t>(n) == want;
-        progress = true;
-      } else if (n == 0) {
-        plain_eof_ = true;
-        progress = true;
-      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        plain_readable_ = false;
-      } else if (errno != EINTR) {
+      const PlainIo io = RecvPlain(plain_.fd.get(), to_tls_, plain_readable_);
+      if (io.error) {
         abort = true;
         break;
       }
+      plain_eof_ = io.eof;
+      progress = progress || io.bytes > 0 || io.eof;
     }
 
     // Buffer -> peer.
     if (!to_tls_.empty() && peer_plain_) {
-      ssize_t n = ::send(tls_.fd.get(), to_tls_.ReadableSpan(), to_tls_.size(), MSG_NOSIGNAL);
-      if (n > 0) {
-        to_tls_.Consume(static_cast<size_t>(n));
-        env_.counters.bytes_sent[DirectionIndex()].Add(static_cast<uint64_t>(n));
-        progress = true;
-      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        tls_wants_write_ = true;
-      } else if (n < 0 && errno != EINTR) {
+      const PlainIo io = SendPlain(tls_.fd.get(), to_tls_, tls_wants_write_);
+      if (io.error) {
         abort = true;
         break;
       }
+      env_.counters.bytes_sent[DirectionIndex()].Add(io.bytes);
+      progress = progress || io.bytes > 0;
     } else if (!to_tls_.empty()) {
       ERR_clear_error();
       int n = SSL_write(ssl_.get(), to_tls_.ReadableSpan(), static_cast<int>(to_tls_.size()));
@@ -743,22 +772,14 @@ void Connection::Progress() {
     // Peer -> buffer. OpenSSL reads ahead, so records may wait in its buffer with the socket
     // drained: SSL_has_pending, not epoll, says whether there is more.
     if (!tls_eof_ && tls_readable_ && to_plain_.space() > 0 && peer_plain_) {
-      const size_t want = to_plain_.WritableSize();
-      ssize_t n = ::recv(tls_.fd.get(), to_plain_.WritableSpan(env_.buffers), want, 0);
-      if (n > 0) {
-        to_plain_.Commit(static_cast<size_t>(n));
-        env_.counters.bytes_received[DirectionIndex()].Add(static_cast<uint64_t>(n));
-        tls_readable_ = static_cast<size_t>(n) == want;
-        progress = true;
-      } else if (n == 0) {
-        tls_eof_ = true;  // FIN: a clean half-close
-        progress = true;
-      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        tls_readable_ = false;
-      } else if (errno != EINTR) {
+      const PlainIo io = RecvPlain(tls_.fd.get(), to_plain_, tls_readable_);
+      if (io.error) {
         abort = true;  // a reset
         break;
       }
+      env_.counters.bytes_received[DirectionIndex()].Add(io.bytes);
+      tls_eof_ = io.eof;  // FIN: a clean half-close
+      progress = progress || io.bytes > 0 || io.eof;
     } else if (!tls_eof_ && !peer_plain_ && (tls_readable_ || SSL_has_pending(ssl_.get()) == 1) &&
                to_plain_.space() > 0) {
       ERR_clear_error();
@@ -800,16 +821,12 @@ void Connection::Progress() {
 
     // Buffer -> app.
     if (!to_plain_.empty()) {
-      ssize_t n = ::send(plain_.fd.get(), to_plain_.ReadableSpan(), to_plain_.size(), MSG_NOSIGNAL);
-      if (n > 0) {
-        to_plain_.Consume(static_cast<size_t>(n));
-        progress = true;
-      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        plain_write_blocked_ = true;
-      } else if (n < 0 && errno != EINTR) {
+      const PlainIo io = SendPlain(plain_.fd.get(), to_plain_, plain_write_blocked_);
+      if (io.error) {
         abort = true;
         break;
       }
+      progress = progress || io.bytes > 0;
     }
 
     // Peer finished sending: forward the half-close as FIN.

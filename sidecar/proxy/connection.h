@@ -161,7 +161,11 @@ class Connection {
   // The TLS socket BIO's callback (see tls_socket_drained_).
   static long OnTlsSocketBio(BIO* bio, int operation, const char* data, size_t length, int argi,
                              long argl, int result, size_t* processed);
-  void StartUpstreamConnect();
+  // StartUpstreamConnect connects to target_, resolving a name, or to `known` when a
+  // transparent decision already has the address (no resolver, no text round trip).
+  void StartUpstreamConnect(const net::SocketAddress* known = nullptr);
+  // TargetText names the upstream in errors and logs.
+  std::string TargetText() const;
   void OnResolved(absl::StatusOr<dns::Resolver::Addresses> addresses);
   // ConnectNextAddress starts a connect to the next address of the upstream's name; when none
   // is left, the connection is refused with the last address's error.
@@ -196,6 +200,17 @@ class Connection {
   void DrainLingering();
   void EnterRelaying();
   void Progress();
+  // PlainIo is what one recv or send on a plain socket did: bytes moved, EOF (recv 0), or an
+  // error other than EAGAIN/EINTR (a reset). RecvPlain reads what `into` has room for and
+  // keeps the `readable` hint; SendPlain writes what `from` holds and sets `blocked` when the
+  // socket is full. Used for the app's side, and for the peer's side of a plain relay.
+  struct PlainIo {
+    uint64_t bytes = 0;
+    bool eof = false;
+    bool error = false;
+  };
+  PlainIo RecvPlain(int fd, RelayBuffer& into, bool& readable);
+  PlainIo SendPlain(int fd, RelayBuffer& from, bool& blocked);
   // NoteTlsWait records what a failed SSL_write/SSL_shutdown waits for; false on a real error.
   bool NoteTlsWait(int rc);
   void UpdateInterest();

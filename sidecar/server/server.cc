@@ -197,10 +197,6 @@ class ServerImpl final : public Server {
     routes.push_back({"/certs", [this] { return Certs(); }});
     MESHTLS_ASSIGN_OR_RETURN(
         admin_, admin::AdminServer::Start(config_.admin_listen, std::move(routes), {collector}));
-    if (inbound_capture_ != nullptr) {
-      // The admin port, known now even when configured as 0; workers have not started yet.
-      inbound_capture_->own_ports.push_back(admin_->port());
-    }
     for (auto& w : workers_) {
       w->Start();
     }
@@ -224,16 +220,21 @@ class ServerImpl final : public Server {
   // lists the capture decisions. listeners_ is complete afterwards, so pointers into it hold.
   absl::Status AddCaptureRuntimes() {
     const TransparentConfig& t = config_.transparent;
+    // Appends a runtime without a target and returns its index (its id).
+    auto add = [this](Direction direction, std::string name, PeerAuthorizer authorizer) {
+      listeners_.push_back(ListenerRuntime{.id = listeners_.size(),
+                                           .direction = direction,
+                                           .name = std::move(name),
+                                           .target = {},
+                                           .authorizer = std::move(authorizer)});
+      return listeners_.size() - 1;
+    };
     std::vector<size_t> rule_listeners;
     if (t.outbound.enabled) {
       outbound_capture_ = std::make_unique<OutboundCapture>();
-      outbound_capture_listener_ = listeners_.size();
-      listeners_.push_back(ListenerRuntime{.id = listeners_.size(),
-                                           .direction = Direction::kOutbound,
-                                           .name = "transparent-outbound",
-                                           .target = {},
-                                           .authorizer = PeerAuthorizer::AnyVerified(),
-                                           .outbound_capture = outbound_capture_.get()});
+      outbound_capture_listener_ =
+          add(Direction::kOutbound, "transparent-outbound", PeerAuthorizer::AnyVerified());
+      listeners_.back().outbound_capture = outbound_capture_.get();
       for (const DestinationRule& rule : t.outbound.rules) {
         PeerAuthorizer authorizer = PeerAuthorizer::AnyVerified();
         if (!rule.expect.empty()) {
@@ -243,12 +244,8 @@ class ServerImpl final : public Server {
             rule.action == DestinationRule::Action::kMesh          ? CaptureAction::kMesh
             : rule.action == DestinationRule::Action::kPassthrough ? CaptureAction::kPassthrough
                                                                    : CaptureAction::kDeny;
-        rule_listeners.push_back(listeners_.size());
-        listeners_.push_back(ListenerRuntime{.id = listeners_.size(),
-                                             .direction = Direction::kOutbound,
-                                             .name = "outbound-rule/" + rule.name,
-                                             .target = {},
-                                             .authorizer = std::move(authorizer)});
+        rule_listeners.push_back(
+            add(Direction::kOutbound, "outbound-rule/" + rule.name, std::move(authorizer)));
         outbound_capture_->rules.push_back(CaptureRule{.name = rule.name,
                                                        .networks = rule.networks,
                                                        .ports = rule.ports,
@@ -262,13 +259,9 @@ class ServerImpl final : public Server {
     std::vector<size_t> port_listeners;
     if (t.inbound.enabled) {
       inbound_capture_ = std::make_unique<InboundCapture>();
-      inbound_capture_listener_ = listeners_.size();
-      listeners_.push_back(ListenerRuntime{.id = listeners_.size(),
-                                           .direction = Direction::kInbound,
-                                           .name = "transparent-inbound",
-                                           .target = {},
-                                           .authorizer = PeerAuthorizer::AnyVerified(),
-                                           .inbound_capture = inbound_capture_.get()});
+      inbound_capture_listener_ =
+          add(Direction::kInbound, "transparent-inbound", PeerAuthorizer::AnyVerified());
+      listeners_.back().inbound_capture = inbound_capture_.get();
       std::vector<const InboundPortPolicy*> policies = {&t.inbound.default_policy};
       for (const InboundPortPolicy& p : t.inbound.ports) {
         policies.push_back(&p);
@@ -276,12 +269,8 @@ class ServerImpl final : public Server {
       for (const InboundPortPolicy* p : policies) {
         const std::string label = p->port == 0 ? "default" : absl::StrCat(p->port);
         MESHTLS_ASSIGN_OR_RETURN(PeerAuthorizer authorizer, PeerAuthorizer::Create(p->allow));
-        port_listeners.push_back(listeners_.size());
-        listeners_.push_back(ListenerRuntime{.id = listeners_.size(),
-                                             .direction = Direction::kInbound,
-                                             .name = "inbound-port/" + label,
-                                             .target = {},
-                                             .authorizer = std::move(authorizer)});
+        port_listeners.push_back(
+            add(Direction::kInbound, "inbound-port/" + label, std::move(authorizer)));
         InboundPort port{.port = p->port,
                          .permissive = p->mode == InboundMode::kPermissive,
                          .mesh_decision = capture_decisions_.size()};

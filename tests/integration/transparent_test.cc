@@ -312,8 +312,17 @@ TEST_F(TransparentTest, PodWithoutSidecarIsRefusedOnStrictPortsAndServedOnPermis
   EXPECT_THAT(EchoFrom(*plain->pod, server.ipv4(), kPermissivePort, "after-the-timeout"), IsOk());
 
   // The server sidecar's explicit outbound listener is on loopback, where the inbound capture
-  // forwards: a port of the sidecar's own is never captured, so nothing reaches it from outside.
-  EXPECT_THAT(RefusedFrom(*plain->pod, server.ipv4(), kExplicitOutboundPort), IsOk());
+  // forwards: a port of the sidecar's own is never captured, so nothing reaches it from outside,
+  // not even a meshed client the port's policy would let in (the client pod's app, whose
+  // sidecar makes mutual TLS to it). The capture rules leave the port alone (no capture_loop
+  // refusal needed), and the connection finds nothing listening on the pod's address.
+  EXPECT_THAT(RefusedFrom(*client_->pod, server.ipv4(), kExplicitOutboundPort), IsOk());
+  EXPECT_TRUE(client_->sidecar->WaitForMetric(
+      R"(meshtls_connections_refused_total{direction="outbound",reason="upstream_unavailable"})",
+      1));
+  EXPECT_EQ(server_->sidecar->Metric(
+                R"(meshtls_connections_refused_total{direction="inbound",reason="capture_loop"})"),
+            0);
   EXPECT_EQ(server_->sidecar->Metric(R"(meshtls_connections_total{direction="outbound"})"), 0);
 }
 
@@ -329,7 +338,6 @@ TEST_F(TransparentTest, ATlsRecordHeaderSentInPiecesIsStillTls) {
   absl::StatusOr<base::UniqueFd> split = plain->pod->Connect(server.ipv4(), kStrictPort);
   ASSERT_THAT(split, IsOk());
   ASSERT_THAT(testing::SendAll(split->get(), std::string("\x16", 1)), IsOk());
-  EXPECT_EQ(s.Metric(Decisions("inbound", "default", "mesh")), 0);
   ASSERT_THAT(testing::SendAll(split->get(), std::string("\x03\x01\x00\x05hello", 9)), IsOk());
   EXPECT_TRUE(s.WaitForMetric(Decisions("inbound", "default", "mesh"), 1));
   EXPECT_EQ(s.Metric(Decisions("inbound", "default", "deny")), 0);

@@ -131,7 +131,6 @@ class Network {
   const std::string& bridge() const { return bridge_; }
   // The node's own addresses on the mesh subnet (where a certmgr for the pods listens).
   std::string node_ipv4() const { return Ipv4(Subnet::kMesh, 1); }
-  std::string node_ipv6() const { return Ipv6(Subnet::kMesh, 1); }
   // Subnets as CIDRs ("10.123.7.0/24", "fd00:123:7::/64").
   std::string Ipv4Cidr(Subnet subnet) const;
   std::string Ipv6Cidr(Subnet subnet) const;
@@ -187,7 +186,6 @@ class PacketCapture {
   // segments from or to that port).
   bool SawPayload(absl::string_view bytes) const;
   uint64_t TcpPayloadBytes(std::optional<uint16_t> port = std::nullopt) const;
-  int tcp_segments() const { return static_cast<int>(segments_.size()); }
   const std::string& path() const { return path_; }
 
  private:

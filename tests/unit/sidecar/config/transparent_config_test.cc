@@ -194,7 +194,14 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"    port: 15001", "    port: 0",
                   "transparent.outbound.port: must be a whole "
                   "number from 1 to 65535"},
-        ErrorCase{"  proxy_uid: 1337", "  proxy_uid: -1", "transparent.proxy_uid"}));
+        ErrorCase{"  proxy_uid: 1337", "  proxy_uid: -1", "transparent.proxy_uid"},
+        // Ports the rules cannot name.
+        ErrorCase{"admin: {listen: 0.0.0.0:15000}", "admin: {listen: 0.0.0.0:0}",
+                  "admin.listen: port 0 cannot go with transparent.inbound"},
+        ErrorCase{"admin: {listen: 0.0.0.0:15000}",
+                  "admin: {listen: 0.0.0.0:15000}\noutbound:\n  - {name: o, listen: "
+                  "\"127.0.0.1:0\", connect: \"127.0.0.1:1\", expect: [spiffe://example.org/x]}",
+                  "listener o: port 0 cannot go with transparent.inbound"}));
 
 TEST(TransparentConfigTest, NeedsADirection) {
   EXPECT_THAT(

@@ -48,8 +48,7 @@ TEST(CaptureRulesTest, FullConfigIpv4) {
 -N MESHTLS_OUTPUT
 -A PREROUTING -p tcp -j MESHTLS_INBOUND
 -A OUTPUT -p tcp -j MESHTLS_OUTPUT
--A MESHTLS_INBOUND -p tcp -m multiport --dports 15000,15443,15001,15006 -j RETURN
--A MESHTLS_INBOUND -p tcp -m multiport --dports 8081,9901 -j RETURN
+-A MESHTLS_INBOUND -p tcp -m multiport --dports 15000,15443,15001,15006,8081,9901 -j RETURN
 -A MESHTLS_INBOUND -p tcp -j REDIRECT --to-ports 15006
 -A MESHTLS_OUTPUT ! -d 127.0.0.0/8 -o lo -m owner --uid-owner 1337 -j MESHTLS_INBOUND
 -A MESHTLS_OUTPUT -m owner --uid-owner 1337 -j RETURN
@@ -69,8 +68,7 @@ TEST(CaptureRulesTest, FullConfigIpv6UsesItsLoopbackAndOnlyItsNetworks) {
 -N MESHTLS_OUTPUT
 -A PREROUTING -p tcp -j MESHTLS_INBOUND
 -A OUTPUT -p tcp -j MESHTLS_OUTPUT
--A MESHTLS_INBOUND -p tcp -m multiport --dports 15000,15443,15001,15006 -j RETURN
--A MESHTLS_INBOUND -p tcp -m multiport --dports 8081,9901 -j RETURN
+-A MESHTLS_INBOUND -p tcp -m multiport --dports 15000,15443,15001,15006,8081,9901 -j RETURN
 -A MESHTLS_INBOUND -p tcp -j REDIRECT --to-ports 15006
 -A MESHTLS_OUTPUT ! -d ::1/128 -o lo -m owner --uid-owner 1337 -j MESHTLS_INBOUND
 -A MESHTLS_OUTPUT -m owner --uid-owner 1337 -j RETURN
