@@ -759,6 +759,12 @@ void Connection::Progress() {
       ERR_clear_error();
       int rc = SSL_shutdown(ssl_.get());
       if (rc >= 0) {
+        // Nothing may follow close_notify, so the FIN goes with it: the side whose app closed
+        // first then closes the TCP connection first and holds its TIME_WAIT, as it would
+        // without the mesh. Left to the final close(), the FIN came from whichever sidecar
+        // finished last, usually the client's, whose TIME_WAIT sockets then used up the
+        // ephemeral ports towards the peer (transparent mode shares them with the app).
+        ::shutdown(tls_.fd.get(), SHUT_WR);
         tls_shutdown_sent_ = true;
         progress = true;
       } else {

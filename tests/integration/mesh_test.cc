@@ -14,9 +14,11 @@
 #include <cstdio>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/base/file.h"
 #include "common/pki/csr.h"
@@ -25,6 +27,7 @@
 #include "tests/testing/harness.h"
 #include "tests/testing/jwt.h"
 #include "tests/testing/mesh_processes.h"
+#include "tests/testing/netns.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_ca.h"
 #include "tests/testing/tls_peer.h"
@@ -496,6 +499,40 @@ TEST_F(MeshTest, HalfCloseTravelsBothWays) {
   EXPECT_TRUE(testing::WaitFor(
       [&] { return backend_->Metric(R"(meshtls_connections_active{direction="inbound"})") == 0; },
       absl::Seconds(10)));
+}
+
+// TimeWaitSockets counts the TCP sockets in TIME_WAIT whose local port (or, with `remote`,
+// peer port) is `port`, in the network namespace the test runs in. Through `ss`, whose filter
+// runs in the kernel: /proc/net/tcp holds every TIME_WAIT socket of the parallel tests.
+int TimeWaitSockets(uint16_t port, bool remote) {
+  absl::StatusOr<std::string> out =
+      testing::RunCommand({"ss", "-tanH", "state", "time-wait",
+                           absl::StrCat(remote ? "dport" : "sport", " = :", port)});
+  EXPECT_THAT(out, IsOk());
+  std::vector<absl::string_view> lines =
+      absl::StrSplit(out.value_or(""), '\n', absl::SkipWhitespace());
+  return static_cast<int>(lines.size());
+}
+
+TEST_F(MeshTest, TheSidecarWhoseAppClosedFirstHoldsTheTimeWait) {
+  // The app behind the backend answers and closes first, as an HTTP/1.0 server does; the
+  // client reads to EOF, then closes. Without the mesh the server would hold the TIME_WAIT, so
+  // the backend sidecar must: the frontend's TIME_WAIT sockets would take ephemeral ports
+  // towards the backend (in transparent mode, the same ones the app dials).
+  testing::ScriptedTcpServer closes_first(
+      [](base::UniqueFd fd) { (void)testing::SendAll(fd.get(), "bye"); });
+  StartMesh("", "", closes_first.port());
+  absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
+  ASSERT_THAT(conn, IsOk());
+  absl::StatusOr<std::string> all = testing::RecvUntilEof(conn->get(), absl::Seconds(10));
+  ASSERT_THAT(all, IsOk());
+  EXPECT_EQ(*all, "bye");
+  conn->reset();
+  EXPECT_TRUE(testing::WaitFor([&] { return TimeWaitSockets(backend_port_, false) == 1; },
+                               absl::Seconds(10)))
+      << "the backend sidecar's end of the TLS connection never reached TIME_WAIT";
+  EXPECT_EQ(TimeWaitSockets(backend_port_, true), 0)
+      << "the frontend sidecar closed the TLS connection first";
 }
 
 TEST_F(MeshTest, DeniedIdentityNeverReachesTheApp) {
