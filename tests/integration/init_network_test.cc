@@ -1,23 +1,20 @@
-// `meshtls-sidecar init-network`, the real binary in a network namespace of each test's own:
+// `meshtls-sidecar init-network`, the real binary in a pod (network namespace) of each test's own:
 // the rules it installs (read back with iptables-save and ip6tables-save), that a re-install,
 // --clean and --dry-run touch nothing but ours, its errors, and that the rules really send the
 // app's connections to the capture port with the original destination readable there.
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/netfilter_ipv6/ip6_tables.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sched.h>
 #include <sys/socket.h>
-#include <unistd.h>
+#include <sys/stat.h>
 
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <thread>
+#include <memory>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -26,6 +23,7 @@
 #include "common/base/fd.h"
 #include "sidecar/netfilter/child_process.h"
 #include "tests/testing/harness.h"
+#include "tests/testing/netns.h"
 
 namespace meshtls {
 namespace {
@@ -47,38 +45,32 @@ ChildResult RunProgram(std::vector<std::string> argv) {
   return r.ok() ? *r : ChildResult{-1, "", ""};
 }
 
-// Netns is a network namespace of the test's own, named after the pid and a counter, deleted
-// at destruction (also when the test fails).
+// Netns is one pod of a Network of the test's own (tests/testing/netns.h): named after the pid,
+// removed at destruction (also when the test fails), and swept by the next test process if this
+// one dies first.
 class Netns {
  public:
   Netns() {
-    static std::atomic<int> counter{0};
-    name_ = absl::StrCat("meshtls-nf-", getpid(), "-", counter++);
-    ip_ = Program("ip");
-    if (ip_.empty()) {
-      ADD_FAILURE() << "the ip tool (Debian's iproute2) is needed: scripts/setup.sh installs it";
+    absl::StatusOr<std::unique_ptr<testing::Network>> network = testing::Network::Create();
+    if (!network.ok()) {
+      ADD_FAILURE() << network.status();
       return;
     }
-    ChildResult r = RunProgram({ip_, "netns", "add", name_});
-    if (r.exit_code != 0) {
-      ADD_FAILURE() << "cannot create network namespace " << name_
-                    << " (this test needs root, as CI runs it): " << r.err;
+    network_ = *std::move(network);
+    absl::StatusOr<testing::Pod*> pod = network_->AddPod("nf");
+    if (!pod.ok()) {
+      ADD_FAILURE() << pod.status();
       return;
     }
-    created_ = true;
+    pod_ = *pod;
   }
-  ~Netns() {
-    if (created_) {
-      ChildResult r = RunProgram({ip_, "netns", "del", name_});
-      EXPECT_EQ(r.exit_code, 0) << "ip netns del " << name_ << ": " << r.err;
-    }
-  }
-  bool created() const { return created_; }
-  const std::string& name() const { return name_; }
+  bool created() const { return pod_ != nullptr; }
+  const testing::Pod& pod() const { return *pod_; }
 
   // Exec runs argv inside the namespace (argv[0] is looked up on PATH by ip netns exec).
   ChildResult Exec(std::vector<std::string> argv) const {
-    argv.insert(argv.begin(), {ip_, "netns", "exec", name_});
+    std::vector<std::string> launcher = pod_->Launcher();
+    argv.insert(argv.begin(), launcher.begin(), launcher.end());
     return RunProgram(std::move(argv));
   }
   // NatRules is `<tool> -t nat` without its dated comment lines.
@@ -95,9 +87,8 @@ class Netns {
   }
 
  private:
-  std::string name_;
-  std::string ip_;
-  bool created_ = false;
+  std::unique_ptr<testing::Network> network_;
+  testing::Pod* pod_ = nullptr;  // owned by network_
 };
 
 constexpr char kConfig[] = R"(trust_domain: example.org
@@ -324,38 +315,6 @@ TEST(InitNetworkTest, BadInvocationsExitTwoWithOneLine) {
   }
 }
 
-// EnterNetns moves the calling thread (only) into the namespace.
-void EnterNetns(const Netns& ns) {
-  base::UniqueFd fd(open(absl::StrCat("/var/run/netns/", ns.name()).c_str(), O_RDONLY | O_CLOEXEC));
-  ASSERT_TRUE(fd.valid()) << std::strerror(errno);
-  ASSERT_EQ(setns(fd.get(), CLONE_NEWNET), 0) << std::strerror(errno);
-}
-
-base::UniqueFd Listen(int family, const std::string& ip, uint16_t port) {
-  base::UniqueFd fd(socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  const int one = 1;
-  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_storage addr{};
-  socklen_t len = 0;
-  if (family == AF_INET) {
-    auto* a = reinterpret_cast<sockaddr_in*>(&addr);
-    a->sin_family = AF_INET;
-    a->sin_port = htons(port);
-    inet_pton(AF_INET, ip.c_str(), &a->sin_addr);
-    len = sizeof *a;
-  } else {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&addr);
-    a->sin6_family = AF_INET6;
-    a->sin6_port = htons(port);
-    inet_pton(AF_INET6, ip.c_str(), &a->sin6_addr);
-    len = sizeof *a;
-  }
-  EXPECT_EQ(bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len), 0)
-      << ip << " port " << port << ": " << std::strerror(errno);
-  EXPECT_EQ(listen(fd.get(), 8), 0) << std::strerror(errno);
-  return fd;
-}
-
 // OriginalDestination reads where an accepted, redirected connection was sent.
 std::string OriginalDestination(int family, int fd) {
   char text[INET6_ADDRSTRLEN] = {};
@@ -377,36 +336,25 @@ std::string OriginalDestination(int family, int fd) {
   return absl::StrCat("[", text, "]:", ntohs(original.sin6_port));
 }
 
-// ConnectAndSee connects to `target_ip` port 80 and says which listener took the connection:
-// "outbound capture <original destination>" (loopback port 15001), "inbound capture <...>"
-// (loopback port 15006), "direct" (the target's own port 80), or what went wrong.
-std::string ConnectAndSee(int family, const std::string& loopback, const std::string& target_ip) {
-  base::UniqueFd outbound = Listen(family, loopback, 15001);
-  base::UniqueFd inbound = Listen(family, loopback, 15006);
-  base::UniqueFd direct = Listen(family, target_ip, 80);
-  base::UniqueFd client(socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  const timeval timeout{5, 0};
-  setsockopt(client.get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-  sockaddr_storage addr{};
-  socklen_t len = 0;
-  if (family == AF_INET) {
-    auto* a = reinterpret_cast<sockaddr_in*>(&addr);
-    a->sin_family = AF_INET;
-    a->sin_port = htons(80);
-    inet_pton(AF_INET, target_ip.c_str(), &a->sin_addr);
-    len = sizeof *a;
-  } else {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&addr);
-    a->sin6_family = AF_INET6;
-    a->sin6_port = htons(80);
-    inet_pton(AF_INET6, target_ip.c_str(), &a->sin6_addr);
-    len = sizeof *a;
+// ConnectAndSee connects from inside `pod` to `target_ip` port 80 and says which listener took
+// the connection: "outbound capture <original destination>" (loopback port 15001), "inbound
+// capture <...>" (loopback port 15006), "direct" (the target's own port 80), or what went wrong.
+std::string ConnectAndSee(const testing::Pod& pod, int family, const std::string& loopback,
+                          const std::string& target_ip) {
+  absl::StatusOr<base::UniqueFd> outbound = pod.Listen(loopback, 15001);
+  absl::StatusOr<base::UniqueFd> inbound = pod.Listen(loopback, 15006);
+  absl::StatusOr<base::UniqueFd> direct = pod.Listen(target_ip, 80);
+  for (const absl::StatusOr<base::UniqueFd>* listener : {&outbound, &inbound, &direct}) {
+    if (!listener->ok()) {
+      return absl::StrCat("listen: ", listener->status().ToString());
+    }
   }
-  if (connect(client.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) {
-    return absl::StrCat("connect: ", std::strerror(errno));
+  absl::StatusOr<base::UniqueFd> client = pod.Connect(target_ip, 80);
+  if (!client.ok()) {
+    return absl::StrCat("connect: ", client.status().ToString());
   }
   pollfd fds[3] = {
-      {outbound.get(), POLLIN, 0}, {inbound.get(), POLLIN, 0}, {direct.get(), POLLIN, 0}};
+      {outbound->get(), POLLIN, 0}, {inbound->get(), POLLIN, 0}, {direct->get(), POLLIN, 0}};
   if (poll(fds, 3, 5000) <= 0) {
     return "no listener saw the connection within 5 s";
   }
@@ -415,57 +363,43 @@ std::string ConnectAndSee(int family, const std::string& loopback, const std::st
   }
   const bool to_outbound = fds[0].revents != 0;
   base::UniqueFd accepted(
-      accept4(to_outbound ? outbound.get() : inbound.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      accept4(to_outbound ? outbound->get() : inbound->get(), nullptr, nullptr, SOCK_CLOEXEC));
   return absl::StrCat(to_outbound ? "outbound" : "inbound", " capture ",
                       OriginalDestination(family, accepted.get()));
 }
 
-// In the pod's namespace (lo, and the pod's addresses on one end of a veth pair), the test process
-// (root) connects to the pod's own address, port 80: as the app (proxy_uid 1337) the outbound
-// capture gets it, with the original destination readable there; as the sidecar (proxy_uid 0)
-// the inbound capture does (the sidecar reaching its own pod over lo), and with outbound
-// capture alone it goes where it was sent.
+// In a pod (lo, and the pod's addresses on its veth), the test process (root) connects to the
+// pod's own address, port 80: as the app (proxy_uid 1337) the outbound capture gets it, with
+// the original destination readable there; as the sidecar (proxy_uid 0) the inbound capture
+// does (the sidecar reaching its own pod over lo), and with outbound capture alone it goes
+// where it was sent.
 TEST(InitNetworkTest, TheRulesRedirectTheAppsConnectionsOnly) {
   Netns ns;
   ASSERT_TRUE(ns.created());
+  const testing::Pod& pod = ns.pod();
   testing::TempDir dir;
-  for (std::vector<std::string> command :
-       {std::vector<std::string>{"ip", "link", "set", "lo", "up"},
-        {"ip", "link", "add", "pod0", "type", "veth", "peer", "name", "pod1"},
-        {"ip", "addr", "add", "10.77.0.1/24", "dev", "pod0"},
-        {"ip", "-6", "addr", "add", "fd00:77::1/64", "dev", "pod0", "nodad"},
-        {"ip", "link", "set", "pod0", "up"},
-        {"ip", "link", "set", "pod1", "up"}}) {
-    ChildResult r = ns.Exec(command);
-    ASSERT_EQ(r.exit_code, 0) << absl::StrJoin(command, " ") << ": " << r.err;
-  }
   const std::string outbound_only =
       dir.Write("outbound-only.yaml",
                 "trust_domain: example.org\nidentity: {files: {cert: a, key: b, trust_bundle: c}}\n"
                 "transparent:\n  proxy_uid: 0\n  outbound: {port: 15001, rules: [{name: a, action: "
                 "passthrough}]}\n");
+  const std::string v4_target = absl::StrCat(pod.ipv4(), ":80");
+  const std::string v6_target = absl::StrCat("[", pod.ipv6(), "]:80");
   struct Case {
     std::string config;
     std::string v4;
     std::string v6;
   };
   for (const Case& c : std::vector<Case>{
-           {Config(dir, 1337), "outbound capture 10.77.0.1:80", "outbound capture [fd00:77::1]:80"},
-           {Config(dir, 0), "inbound capture 10.77.0.1:80", "inbound capture [fd00:77::1]:80"},
+           {Config(dir, 1337), "outbound capture " + v4_target, "outbound capture " + v6_target},
+           {Config(dir, 0), "inbound capture " + v4_target, "inbound capture " + v6_target},
            {outbound_only, "direct", "direct"},
        }) {
     SCOPED_TRACE(c.config);
     ChildResult installed = ns.Exec(InitNetwork(c.config));
     ASSERT_EQ(installed.exit_code, 0) << installed.err;
-    std::string v4, v6;
-    std::thread in_pod([&] {
-      EnterNetns(ns);
-      v4 = ConnectAndSee(AF_INET, "127.0.0.1", "10.77.0.1");
-      v6 = ConnectAndSee(AF_INET6, "::1", "fd00:77::1");
-    });
-    in_pod.join();
-    EXPECT_EQ(v4, c.v4);
-    EXPECT_EQ(v6, c.v6);
+    EXPECT_EQ(ConnectAndSee(pod, AF_INET, "127.0.0.1", pod.ipv4()), c.v4);
+    EXPECT_EQ(ConnectAndSee(pod, AF_INET6, "::1", pod.ipv6()), c.v6);
   }
 }
 
