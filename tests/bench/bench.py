@@ -5,7 +5,8 @@ Every proxy runs as a pair (an outbound proxy that originates mutual TLS 1.3 and
 proxy that terminates it, each with one worker) between wrk/curl and a plain HTTP backend, all
 on loopback. The pods-* columns compare meshtls' explicit listeners with transparent mode (the
 capture rules of `meshtls-sidecar init-network`) between two network namespaces of this run's
-own joined by a veth pair, against the same path without a proxy; they need root.
+own joined by a veth pair, against the same path without a proxy; they need root, and each of
+their repetitions runs in fresh namespaces.
 
 Rows: keep-alive requests/s and latency, full and resumed handshakes/s (for meshtls also with
 the outbound `connect:` a DNS name served by a DNS server on loopback), one bulk stream, RSS per
@@ -559,16 +560,18 @@ sessionResume = {"yes" if resumption else "no"}
 
 
 class Pods:
-    """A client and a server "pod": network namespaces of this run's own (named after its pid),
-    each with lo up and one end of a veth pair (CLIENT_POD_IP, SERVER_POD_IP). Owned by the
-    main thread; destroy() removes both namespaces, and with them the veth pair and any rules
-    installed in them (stop the processes inside first, or a namespace outlives its name)."""
+    """A client and a server "pod": network namespaces of this run's own (named after its pid
+    and `tag`), each with lo up and one end of a veth pair (CLIENT_POD_IP, SERVER_POD_IP).
+    Owned by the main thread; destroy() stops the processes started in them (`procs`), then
+    removes both namespaces, and with them the veth pair and any rules installed in them."""
 
-    def __init__(self, sidecar):
+    def __init__(self, sidecar, tag):
         self.sidecar = sidecar
-        self.client = f"meshtls-bench-{os.getpid()}-client"
-        self.server = f"meshtls-bench-{os.getpid()}-server"
+        self.tag = tag
+        self.client = f"meshtls-bench-{os.getpid()}-{tag}-client"
+        self.server = f"meshtls-bench-{os.getpid()}-{tag}-server"
         self.created = []
+        self.procs = []  # Proc objects running inside the pods
         self.capture_configs = None  # the configs whose rules are installed, or None
         try:
             for ns in (self.client, self.server):
@@ -610,6 +613,9 @@ class Pods:
         self.capture_configs = configs
 
     def destroy(self):
+        for p in self.procs:
+            p.stop()
+        self.procs = []
         for ns in reversed(self.created):
             p = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True,
                                timeout=30)
@@ -649,6 +655,7 @@ def start_pods_explicit(d, tag, pods, pki, resumption):
         with open(conf, "w") as f:
             f.write(sidecar_config(pki, cert, 15100 + 10 * shift, resumption, body))
         procs[role] = Proc(f"{tag}-{role}", pods_sidecar_argv(pods, ns, conf), d)
+        pods.procs.append(procs[role])
     pair = Pair(tag, procs["out"], procs["in"], Endpoint("127.0.0.1", out_port, pods.client),
                 lambda: pods.capture(None))
     pair.out_admin = Endpoint("127.0.0.1", 15100 + 10 * shift, pods.client)
@@ -679,6 +686,7 @@ def start_pods_transparent(d, tag, pods, pki, resumption):
             f.write(sidecar_config(pki, cert, 15000 + 10 * shift, resumption, body))
         configs[ns] = conf
         procs[role] = Proc(f"{tag}-{role}", pods_sidecar_argv(pods, ns, conf), d)
+        pods.procs.append(procs[role])
     pair = Pair(tag, procs["out"], procs["in"],
                 Endpoint(SERVER_POD_IP, POD_APP_PORT, pods.client),
                 lambda: pods.capture(configs))
@@ -1012,7 +1020,7 @@ def main():
     os.makedirs(pki)
     results = {c: {k: [] for k, *_ in ROWS} for c in columns}
     dns = DnsResponder(DNS_NAME, DNS_TTL)
-    pods = None
+    live_pods = []  # the pods of the column being measured, removed on the way out
     try:
         make_pki(pki)
         if with_pods:
@@ -1025,22 +1033,16 @@ def main():
         if any(c in LOOPBACK_COLUMNS for c in columns):
             backend, backend_endpoint = start_backend(d)
             backend_port = backend_endpoint.port
-        if with_pods:
-            pods = Pods(sidecar)
-            # The same backend, in the server pod on every address, checked from the client pod.
-            start_backend(d, "pods-backend", "0.0.0.0", POD_APP_PORT, pods.server,
-                          Endpoint(SERVER_POD_IP, POD_APP_PORT, pods.client))
-
-        def start(column, resumption):
+        def start(column, resumption, pods=None):
             tag = f"{column}-{'on' if resumption else 'off'}"
             if column == "meshtls":
                 return start_meshtls(d, tag, backend_port, pki, sidecar, resumption, 1)
             if column == "meshtls-2w":
                 return start_meshtls(d, tag, backend_port, pki, sidecar, resumption, 2)
             if column == "pods-explicit":
-                return start_pods_explicit(d, tag, pods, pki, resumption)
+                return start_pods_explicit(d, pods.tag, pods, pki, resumption)
             if column == "pods-transparent":
-                return start_pods_transparent(d, tag, pods, pki, resumption)
+                return start_pods_transparent(d, pods.tag, pods, pki, resumption)
             return {"haproxy": start_haproxy, "nginx": start_nginx,
                     "stunnel": start_stunnel}[column](d, tag, backend_port, pki, resumption)
 
@@ -1048,18 +1050,48 @@ def main():
             pair.check_alive()
             return serves(pair.endpoint)
 
+        def warm_up(key, pair):
+            pair.prepare()
+            wait_until(f"{key[0]} to serve", lambda: ready(pair))
+            wrk(pair.endpoint, 1, close=False)
+            wrk(pair.endpoint, 1, close=True)
+
+        def start_pods_column(c, rep):
+            """Fresh pods for one repetition of a pods-* column, each with the backend in the
+            server pod (on every address, checked from the client pod): one pair of pods for
+            the resumption-off pair (and pods-baseline's direct path), one for the
+            resumption-on pair. Fresh because a load of new connections leaves kernel state
+            behind (TIME_WAIT sockets for 60 s, connection-tracking entries for 120 s) that
+            would slow the next such load in the same pods, and in transparent mode, where
+            the app and the sidecar dial the same address, more than with explicit listeners.
+            Returns the pods and the pairs."""
+            column_pods, column_pairs = [], {}
+            for resumption in (False, True) if c != "pods-baseline" else (False,):
+                pods = Pods(sidecar, f"{c}-{rep + 1}-{'on' if resumption else 'off'}")
+                live_pods.append(pods)
+                column_pods.append(pods)
+                endpoint = Endpoint(SERVER_POD_IP, POD_APP_PORT, pods.client)
+                backend, _ = start_backend(d, f"{pods.tag}-backend", "0.0.0.0", POD_APP_PORT,
+                                           pods.server, endpoint)
+                pods.procs.append(backend)
+                if c == "pods-baseline":
+                    # Straight to the server pod's backend, with no capture rules installed.
+                    column_pairs[(c, False)] = Pair(c, None, None, endpoint)
+                else:
+                    column_pairs[(c, resumption)] = start(c, resumption, pods)
+            for key, pair in column_pairs.items():
+                warm_up(key, pair)
+            return column_pods, column_pairs
+
         # Pairs for the load rows, started once and idle while others are measured; the
-        # repetitions go round-robin over the columns so a noisy moment hits all of them.
+        # repetitions go round-robin over the columns so a noisy moment hits all of them. The
+        # pods-* columns get fresh pods for each repetition (start_pods_column).
         pairs = {}
         for c in columns:
             if c == "baseline":
                 pairs[(c, False)] = Pair(c, None, None, Endpoint("127.0.0.1", backend_port))
                 continue
-            if c == "pods-baseline":
-                # Straight to the server pod's backend, with no capture rules installed.
-                pairs[(c, False)] = Pair(c, None, None,
-                                         Endpoint(SERVER_POD_IP, POD_APP_PORT, pods.client),
-                                         lambda: pods.capture(None))
+            if c in POD_COLUMNS:
                 continue
             for resumption in (False, True):
                 pairs[(c, resumption)] = start(c, resumption)
@@ -1068,14 +1100,14 @@ def main():
                 pairs[(c, "dns")] = start_meshtls(d, f"{c}-dns", backend_port, pki, sidecar,
                                                   False, 1 if c == "meshtls" else 2, dns)
         for key, pair in pairs.items():
-            pair.prepare()
-            wait_until(f"{key[0]} to serve", lambda pair=pair: ready(pair))
-            wrk(pair.endpoint, 1, close=False)  # warm-up
-            wrk(pair.endpoint, 1, close=True)
+            warm_up(key, pair)
 
         for rep in range(args.reps):
             log(f"bench: repetition {rep + 1} of {args.reps}")
             for c in columns:
+                if c in POD_COLUMNS:
+                    column_pods, column_pairs = start_pods_column(c, rep)
+                    pairs.update(column_pairs)
                 pair = pairs[(c, False)]
                 pair.prepare()
                 cpu0 = pair.cpu_seconds()
@@ -1124,9 +1156,15 @@ def main():
                     resumed.check_alive()
                 got = {k: v[-1] for k, v in results[c].items() if v}
                 log(f"  {c}: " + ", ".join(f"{k} {fmt(v)}" for k, v in got.items()))
+                if c in POD_COLUMNS:
+                    for key in column_pairs:
+                        del pairs[key]
+                    for pods in column_pods:
+                        pods.destroy()
+                        live_pods.remove(pods)
 
         for c in columns:
-            if c in BASELINES:
+            if c in BASELINES or c in POD_COLUMNS:
                 continue
             for key in [k for k in pairs if k[0] == c]:
                 pairs[key].stop()
@@ -1151,7 +1189,7 @@ def main():
         speed = openssl_speed(2)
     finally:
         Proc.stop_all()
-        if pods:
+        for pods in live_pods:
             pods.destroy()
         dns.stop()
     report(args, columns, results, speed, dns.queries)
@@ -1259,8 +1297,9 @@ def report(args, columns, results, speed, dns_queries):
             f"without a proxy; pods-explicit: outbound listener 127.0.0.1:15101 -> inbound "
             f"listener {SERVER_POD_IP}:15443; pods-transparent: init-network's capture rules in "
             f"both pods, the client dials {SERVER_POD_IP}:{POD_APP_PORT}; sidecars as uid "
-            f"{PROXY_UID}, 1 worker each; rows 7 are open-loop (latency from when each request "
-            "was due)")
+            f"{PROXY_UID}, 1 worker each; fresh pods (and backend) for each column's repetition, "
+            "one pair for the resumption-off rows and one for row 3; rows 7 are open-loop "
+            "(latency from when each request was due)")
     lines.append("")
     with_ratio = "meshtls" in columns
     header = ["row", "unit"] + columns + (["ratio"] if with_ratio else [])
