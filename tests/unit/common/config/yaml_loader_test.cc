@@ -192,6 +192,91 @@ TEST(YamlTreeTest, ADocumentAtTheSizeLimitIsRead) {
   EXPECT_GT(s.dns().servers_size(), 50000);
 }
 
+TEST(YamlStreamTest, ReadsEveryDocumentInOrder) {
+  absl::StatusOr<std::vector<YamlNode>> docs =
+      ParseYamlStream("a: 1\n---\n---\n# comment\n---\n- x\n", 1 << 20);
+  ASSERT_THAT(docs, IsOk());
+  ASSERT_EQ(docs->size(), 4u) << "a, two empty documents (one only a comment), the list";
+  EXPECT_EQ((*docs)[0].entries[0].key, "a");
+  EXPECT_EQ((*docs)[1].kind, YamlNode::Kind::kNull);
+  EXPECT_EQ((*docs)[2].kind, YamlNode::Kind::kNull);
+  EXPECT_EQ((*docs)[3].items[0].scalar, "x");
+  EXPECT_EQ((*docs)[3].line, 6);
+  for (absl::string_view nothing : {"", "# nothing\n"}) {
+    absl::StatusOr<std::vector<YamlNode>> none = ParseYamlStream(nothing, 16);
+    ASSERT_THAT(none, IsOk());
+    EXPECT_TRUE(none->empty()) << nothing;
+  }
+  EXPECT_THAT(ParseYamlStream("a: 1\n", 4), StatusIs(kInvalid, "document is larger than 4 bytes"));
+  EXPECT_THAT(ParseYamlStream("a: 1\n---\nb: &x 1\n", 1 << 20),
+              StatusIs(kInvalid, "line 3: anchors, aliases and tags are not supported"));
+  EXPECT_THAT(ParseYamlTree("a: 1\n---\nb: 2\n"),
+              StatusIs(kInvalid, "line 2: only one YAML document is allowed"));
+}
+
+TEST(YamlStreamTest, EmittedYamlReadsBackTheSame) {
+  const std::string manifest =
+      "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  annotations:\n"
+      "    meshtls.io/inbound-allow: 'spiffe://x/ns/a/sa/b'\n    \"8080\": port key\n"
+      "    yes: \"no\"\nspec:\n  containers:\n  - name: app\n    ports: [{containerPort: 8080}]\n"
+      "    env:\n    - {name: A, value: \"true\"}\n    - {name: B, value: \"0755\"}\n"
+      "    - {name: C, value: \"line one\\nline two\\n\"}\n    - {name: D, value: ''}\n"
+      "    - {name: E, value: \"tab\\there: # not a comment\"}\n    - {name: F, value: \"é ✓\"}\n"
+      "    args: []\n    resources: {}\n    tty: true\n    stdin: null\n"
+      "---\nkind: List\nitems: [1, 2.5, -3, 1e3]\n";
+  absl::StatusOr<std::vector<YamlNode>> docs = ParseYamlStream(manifest, 1 << 20);
+  ASSERT_THAT(docs, IsOk());
+  absl::StatusOr<std::string> written = EmitYaml(*docs);
+  ASSERT_THAT(written, IsOk());
+  const std::string& emitted = *written;
+  absl::StatusOr<std::vector<YamlNode>> again = ParseYamlStream(emitted, 1 << 20);
+  ASSERT_THAT(again, IsOk()) << emitted;
+  ASSERT_EQ(again->size(), 2u) << emitted;
+  // Same tree (lines aside): compared through JSON, which keeps kinds, order and quoting.
+  EXPECT_EQ(EmitJson((*again)[0]), EmitJson((*docs)[0])) << emitted;
+  EXPECT_EQ(EmitJson((*again)[1]), EmitJson((*docs)[1])) << emitted;
+  absl::StatusOr<std::string> rewritten = EmitYaml(*again);
+  ASSERT_THAT(rewritten, IsOk());
+  EXPECT_EQ(*rewritten, emitted) << "emitting is stable";
+  YamlNode not_utf8;
+  not_utf8.kind = YamlNode::Kind::kScalar;
+  not_utf8.scalar = "\xff";
+  not_utf8.quoted = true;
+  EXPECT_THAT(EmitYaml({not_utf8}),
+              StatusIs(kInvalid, "cannot write YAML: a key or value is not valid UTF-8"));
+  // Strings that would read as something else stay quoted; numbers and booleans stay plain.
+  EXPECT_NE(emitted.find("value: \"true\""), std::string::npos) << emitted;
+  EXPECT_NE(emitted.find("value: \"0755\""), std::string::npos) << emitted;
+  EXPECT_NE(emitted.find("\"8080\": port key"), std::string::npos) << emitted;
+  EXPECT_NE(emitted.find("\"yes\": \"no\""), std::string::npos) << emitted;
+  EXPECT_NE(emitted.find("containerPort: 8080"), std::string::npos) << emitted;
+  EXPECT_NE(emitted.find("tty: true"), std::string::npos) << emitted;
+  EXPECT_NE(emitted.find("args: []"), std::string::npos) << emitted;
+  EXPECT_NE(emitted.find("resources: {}"), std::string::npos) << emitted;
+  EXPECT_NE(emitted.find("\n---\n"), std::string::npos) << emitted;
+}
+
+TEST(YamlStreamTest, JsonKeepsTypesAndEscapes) {
+  absl::StatusOr<std::vector<YamlNode>> docs = ParseYamlStream(
+      R"({"a": 1, "b": "1", "c": true, "d": "true", "e": null, "f": [1.5e3, -0.5, "x\"y\\z"],)"
+      R"( "g": {}, "h": "\u00e9\n\u0001"})",
+      1 << 20);
+  ASSERT_THAT(docs, IsOk());
+  ASSERT_EQ(docs->size(), 1u);
+  EXPECT_EQ(EmitJson((*docs)[0]),
+            R"({"a":1,"b":"1","c":true,"d":"true","e":null,"f":[1.5e3,-0.5,"x\"y\\z"],"g":{},)"
+            R"("h":"é\n\u0001"})");
+  absl::StatusOr<std::vector<YamlNode>> yaml = ParseYamlStream(
+      "a: True\nb: 0755\nc: 1.\nd: hello\ne: 0x1F\nf: -0\ng: 0o17\nh: NO\n"
+      "i: 089\nj: yES\n",
+      1 << 20);
+  ASSERT_THAT(yaml, IsOk());
+  EXPECT_EQ(EmitJson((*yaml)[0]),
+            R"({"a":true,"b":493,"c":"1.","d":"hello","e":31,"f":-0,"g":15,"h":false,)"
+            R"("i":"089","j":"yES"})")
+      << "typed as Kubernetes reads YAML; what is no number or boolean stays a string";
+}
+
 TEST(YamlTreeTest, ScalarsKeepTheirQuotingAndNulls) {
   absl::StatusOr<YamlNode> doc =
       ParseYamlTree("a: ~\nb: 'it''s'\nc: \"x # y\"  # z\nd:\ne: null\n");
