@@ -241,9 +241,11 @@ TEST(InitNetworkTest, DryRunPrintsAndChangesNothing) {
   ASSERT_FALSE(setpriv.empty()) << "setpriv (util-linux) is needed";
   ASSERT_EQ(chmod(dir.path().c_str(), 0755), 0);
   ASSERT_EQ(chmod(config.c_str(), 0644), 0);
+  // setpriv execs the sidecar itself, as the transparent tests do: a second exec (env's) as
+  // the unprivileged user would need every directory above the build to be world-searchable.
   ChildResult unprivileged =
-      RunProgram({setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", Program("env"),
-                  "PATH=" + dir.path(), testing::BinaryPath("meshtls-sidecar"), "init-network",
+      RunProgram({Program("env"), "PATH=" + dir.path(), setpriv, "--reuid=65534", "--regid=65534",
+                  "--clear-groups", testing::BinaryPath("meshtls-sidecar"), "init-network",
                   "--config", config, "--dry-run"});
   EXPECT_EQ(unprivileged.exit_code, 0) << unprivileged.err;
   EXPECT_EQ(unprivileged.out, r.out);
