@@ -371,27 +371,23 @@ class EventWriter {
 // 0755 and 0o755, hex 0x1F, written in decimal) or a JSON number as itself; nothing when it must
 // be a string.
 std::optional<std::string> JsonLiteral(absl::string_view plain) {
-  for (absl::string_view word : {"true", "yes", "on"}) {
+  static constexpr std::pair<absl::string_view, absl::string_view> kBooleans[] = {
+      {"true", "true"},   {"yes", "true"}, {"on", "true"},
+      {"false", "false"}, {"no", "false"}, {"off", "false"}};
+  for (const auto& [word, json] : kBooleans) {
+    // YAML 1.1 spells each word three ways: "yes", "Yes", "YES" (not "yES").
     if (plain == word || plain == absl::AsciiStrToUpper(word) ||
         (plain.size() == word.size() && plain[0] == absl::ascii_toupper(word[0]) &&
          plain.substr(1) == word.substr(1))) {
-      return "true";
+      return std::string(json);
     }
   }
-  for (absl::string_view word : {"false", "no", "off"}) {
-    if (plain == word || plain == absl::AsciiStrToUpper(word) ||
-        (plain.size() == word.size() && plain[0] == absl::ascii_toupper(word[0]) &&
-         plain.substr(1) == word.substr(1))) {
-      return "false";
-    }
-  }
-  if (plain.size() > 1 && plain[0] == '0') {
-    absl::string_view digits = plain.substr(1);
-    int base = 8;
-    if (digits[0] == 'x' || digits[0] == 'o') {
-      base = digits[0] == 'x' ? 16 : 8;
-      digits.remove_prefix(1);
-    }
+  // 0755 and 0o755 (octal), 0x1F (hex); 0.5 and 0e3 are left to the JSON number below.
+  if (plain.size() > 1 && plain[0] == '0' &&
+      (plain[1] == 'x' || plain[1] == 'o' ||
+       absl::ascii_isdigit(static_cast<unsigned char>(plain[1])))) {
+    absl::string_view digits = plain.substr(plain[1] == 'x' || plain[1] == 'o' ? 2 : 1);
+    const int base = plain[1] == 'x' ? 16 : 8;
     uint64_t value = 0;
     const char* end = digits.data() + digits.size();
     if (!digits.empty() && std::from_chars(digits.data(), end, value, base).ptr == end) {

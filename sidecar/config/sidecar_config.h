@@ -121,8 +121,9 @@ struct SidecarConfig {
 
   // OwnPorts are the ports the sidecar itself listens on: admin, every explicit listener's
   // (inbound and outbound: the outbound ones are on loopback, where inbound capture forwards)
-  // and the capture ports (none is 0 with transparent.inbound: the config refuses that). Transparent inbound never captures them and never
-  // forwards to them: a peer must not reach the sidecar's own listeners through it.
+  // and the capture ports (none is 0 with transparent.inbound: the config refuses that).
+  // Transparent inbound never captures them and never forwards to them: a peer must not reach
+  // the sidecar's own listeners through it.
   std::vector<uint16_t> OwnPorts() const;
 };
 

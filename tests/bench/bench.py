@@ -597,15 +597,12 @@ class Pods:
 
     def capture(self, configs):
         """Installs the capture rules of `configs` ({namespace: sidecar config path}) with
-        `meshtls-sidecar init-network` in each pod, replacing ours; None removes ours
-        (init-network --clean). Does nothing when that state is in place already."""
+        `meshtls-sidecar init-network` in each pod. Does nothing when they are in place already.
+        (Pods are fresh for each column, so no other column's rules are ever there.)"""
         if configs == self.capture_configs:
             return
         for ns in (self.client, self.server):
-            if configs is None:
-                argv = [self.sidecar, "init-network", "--clean"]
-            else:
-                argv = [self.sidecar, "init-network", "--config", configs[ns]]
+            argv = [self.sidecar, "init-network", "--config", configs[ns]]
             p = subprocess.run(netns_cmd(ns) + argv, capture_output=True, text=True, timeout=60)
             if p.returncode != 0:
                 raise RuntimeError(f"{' '.join(argv)} in {ns} failed (exit {p.returncode}): "
@@ -656,8 +653,7 @@ def start_pods_explicit(d, tag, pods, pki, resumption):
             f.write(sidecar_config(pki, cert, 15100 + 10 * shift, resumption, body))
         procs[role] = Proc(f"{tag}-{role}", pods_sidecar_argv(pods, ns, conf), d)
         pods.procs.append(procs[role])
-    pair = Pair(tag, procs["out"], procs["in"], Endpoint("127.0.0.1", out_port, pods.client),
-                lambda: pods.capture(None))
+    pair = Pair(tag, procs["out"], procs["in"], Endpoint("127.0.0.1", out_port, pods.client))
     pair.out_admin = Endpoint("127.0.0.1", 15100 + 10 * shift, pods.client)
     return pair
 

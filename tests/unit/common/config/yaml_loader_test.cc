@@ -268,12 +268,12 @@ TEST(YamlStreamTest, JsonKeepsTypesAndEscapes) {
             R"("h":"é\n\u0001"})");
   absl::StatusOr<std::vector<YamlNode>> yaml = ParseYamlStream(
       "a: True\nb: 0755\nc: 1.\nd: hello\ne: 0x1F\nf: -0\ng: 0o17\nh: NO\n"
-      "i: 089\nj: yES\n",
+      "i: 089\nj: yES\nk: 0.5\nl: 0e3\n",
       1 << 20);
   ASSERT_THAT(yaml, IsOk());
   EXPECT_EQ(EmitJson((*yaml)[0]),
             R"({"a":true,"b":493,"c":"1.","d":"hello","e":31,"f":-0,"g":15,"h":false,)"
-            R"("i":"089","j":"yES"})")
+            R"("i":"089","j":"yES","k":0.5,"l":0e3})")
       << "typed as Kubernetes reads YAML; what is no number or boolean stays a string";
 }
 
