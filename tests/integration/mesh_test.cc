@@ -13,7 +13,10 @@
 #include <atomic>
 #include <cstdio>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -501,17 +504,28 @@ TEST_F(MeshTest, HalfCloseTravelsBothWays) {
       absl::Seconds(10)));
 }
 
-// TimeWaitSockets counts the TCP sockets in TIME_WAIT whose local port (or, with `remote`,
-// peer port) is `port`, in the network namespace the test runs in. Through `ss`, whose filter
-// runs in the kernel: /proc/net/tcp holds every TIME_WAIT socket of the parallel tests.
-int TimeWaitSockets(uint16_t port, bool remote) {
+// TimeWaitEnds lists the (local port, peer port) of the TCP sockets in TIME_WAIT with `port` at
+// either end, in the network namespace the test runs in. Through `ss`, whose filter runs in the
+// kernel: /proc/net/tcp holds every TIME_WAIT socket of the parallel tests, some of which may
+// have used `port` before this test's listener got it.
+std::set<std::pair<uint16_t, uint16_t>> TimeWaitEnds(uint16_t port) {
   absl::StatusOr<std::string> out =
       testing::RunCommand({"ss", "-tanH", "state", "time-wait",
-                           absl::StrCat(remote ? "dport" : "sport", " = :", port)});
+                           absl::StrCat("( sport = :", port, " or dport = :", port, " )")});
   EXPECT_THAT(out, IsOk());
-  std::vector<absl::string_view> lines =
-      absl::StrSplit(out.value_or(""), '\n', absl::SkipWhitespace());
-  return static_cast<int>(lines.size());
+  std::set<std::pair<uint16_t, uint16_t>> ends;
+  for (absl::string_view line : absl::StrSplit(out.value_or(""), '\n', absl::SkipWhitespace())) {
+    // "Recv-Q Send-Q Local:Port Peer:Port" (no state column when filtering by state).
+    std::vector<absl::string_view> fields = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    uint32_t local = 0;
+    uint32_t peer = 0;
+    EXPECT_TRUE(fields.size() >= 4 &&
+                absl::SimpleAtoi(fields[2].substr(fields[2].rfind(':') + 1), &local) &&
+                absl::SimpleAtoi(fields[3].substr(fields[3].rfind(':') + 1), &peer))
+        << "cannot read ss's line: " << line;
+    ends.emplace(local, peer);
+  }
+  return ends;
 }
 
 TEST_F(MeshTest, TheSidecarWhoseAppClosedFirstHoldsTheTimeWait) {
@@ -522,17 +536,33 @@ TEST_F(MeshTest, TheSidecarWhoseAppClosedFirstHoldsTheTimeWait) {
   testing::ScriptedTcpServer closes_first(
       [](base::UniqueFd fd) { (void)testing::SendAll(fd.get(), "bye"); });
   StartMesh("", "", closes_first.port());
+  const std::set<std::pair<uint16_t, uint16_t>> before = TimeWaitEnds(backend_port_);
   absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
   ASSERT_THAT(conn, IsOk());
   absl::StatusOr<std::string> all = testing::RecvUntilEof(conn->get(), absl::Seconds(10));
   ASSERT_THAT(all, IsOk());
   EXPECT_EQ(*all, "bye");
   conn->reset();
-  EXPECT_TRUE(testing::WaitFor([&] { return TimeWaitSockets(backend_port_, false) == 1; },
-                               absl::Seconds(10)))
+  // The backend's end of this test's TLS connection: local port backend_port_, new since
+  // `before`; its peer port is the frontend's end.
+  std::optional<uint16_t> frontend_end;
+  std::set<std::pair<uint16_t, uint16_t>> after;
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        after = TimeWaitEnds(backend_port_);
+        for (const auto& [local, peer] : after) {
+          if (local == backend_port_ && !before.contains({local, peer})) {
+            frontend_end = peer;
+          }
+        }
+        return frontend_end.has_value();
+      },
+      absl::Seconds(10)))
       << "the backend sidecar's end of the TLS connection never reached TIME_WAIT";
-  EXPECT_EQ(TimeWaitSockets(backend_port_, true), 0)
-      << "the frontend sidecar closed the TLS connection first";
+  if (frontend_end.has_value()) {
+    EXPECT_FALSE(after.contains({*frontend_end, backend_port_}))
+        << "the frontend sidecar's end is in TIME_WAIT too: it closed first (or both at once)";
+  }
 }
 
 TEST_F(MeshTest, DeniedIdentityNeverReachesTheApp) {
