@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "certmgr/ca/ca_material.h"
+#include "certmgr/inject/injector.h"
 #include "certmgr/server/certmgr_config.h"
 #include "certmgr/server/certmgr_server.h"
 #include "certmgr/server/join_tokens.h"
@@ -30,6 +31,7 @@
 #include "common/base/flags.h"
 #include "common/base/grpc_log.h"
 #include "common/base/log.h"
+#include "common/config/yaml_tree.h"
 #include "common/pki/certificate.h"
 #include "common/pki/chain_verifier.h"
 #include "common/pki/spiffe_id.h"
@@ -92,6 +94,17 @@ base::CommandLineSpec CommandLine() {
                .summary = "one CA rotation step on ca.dir (or --ca-dir); running certmgr processes "
                           "apply it\nlive: prepare (new root trusted), activate (it signs), retire "
                           "(old root dropped)"},
+              {.words = {"inject"},
+               .arguments = {"[FILE...]"},
+               .flags = {{"config", "FILE",
+                          "take the trust domain and the `injection` section from this\n"
+                          "configuration (default: the schema's defaults)"}},
+               .synopsis = "[--config FILE] [FILE...]",
+               .summary = "read Kubernetes manifests (YAML or JSON, several documents; FILE `-` "
+                          "or none:\nstdin) and write them to stdout with every Pod template "
+                          "meshed: init-network,\nthe sidecar and its generated config "
+                          "(docs/injection.md); other objects are\nwritten as they are. "
+                          "Nothing is written unless every template could be meshed"},
               {.words = {"verify"},
                .flags = {{"bundle", "ROOTS.pem", "the trusted roots (PEM)"},
                          {"chain", "CHAIN.pem", "the chain to check, leaf first (PEM)"},
@@ -407,6 +420,86 @@ int Serve(const base::Flags& flags) {
   return 0;
 }
 
+// The most `inject` reads, all inputs together: far above any set of manifests, and a bound
+// on what a runaway pipe can cost.
+constexpr size_t kMaxManifestBytes = 64 << 20;
+
+absl::StatusOr<std::string> ReadStdin(size_t max_bytes) {
+  std::string text;
+  char buffer[65536];
+  while (true) {
+    const size_t n = std::fread(buffer, 1, sizeof(buffer), stdin);
+    text.append(buffer, n);
+    if (text.size() > max_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stdin: more than ", max_bytes >> 20, " MiB of manifests"));
+    }
+    if (n < sizeof(buffer)) {
+      if (std::ferror(stdin)) {
+        return absl::InternalError("stdin: read error");
+      }
+      return text;
+    }
+  }
+}
+
+int Inject(const base::Flags& flags) {
+  inject::MeshSettings mesh;
+  if (std::optional<std::string> path = flags.Get("config")) {
+    absl::StatusOr<certmgr::CertmgrConfig> config = LoadConfig(*path);
+    if (!config.ok()) {
+      return UsageError(config.status().message());
+    }
+    mesh = config->injection;
+  }
+  std::vector<std::string> inputs = flags.words;
+  if (inputs.empty()) {
+    inputs.push_back("-");
+  }
+  std::vector<config::YamlNode> documents;
+  size_t total = 0;
+  for (const std::string& input : inputs) {
+    absl::StatusOr<std::string> text =
+        input == "-" ? ReadStdin(kMaxManifestBytes - total)
+                     : base::ReadFileToString(input, kMaxManifestBytes - total);
+    if (!text.ok()) {
+      std::fprintf(stderr, "meshtls-certmgr inject: %s\n",
+                   std::string(text.status().message()).c_str());
+      return 1;
+    }
+    total += text->size();
+    absl::StatusOr<std::vector<config::YamlNode>> parsed =
+        config::ParseYamlStream(*text, kMaxManifestBytes);
+    absl::StatusOr<inject::ManifestResult> result =
+        parsed.ok() ? inject::InjectManifests(mesh, *parsed) : parsed.status();
+    if (!result.ok()) {
+      std::fprintf(stderr, "meshtls-certmgr inject: %s: %s\n",
+                   input == "-" ? "stdin" : input.c_str(),
+                   std::string(result.status().message()).c_str());
+      return 1;
+    }
+    std::fprintf(stderr,
+                 "%s: %d pod templates injected, %d already injected, %d opted out; %d other "
+                 "objects as they were\n",
+                 input == "-" ? "stdin" : input.c_str(), result->injected, result->already_injected,
+                 result->opted_out, result->other);
+    for (config::YamlNode& d : *parsed) {
+      documents.push_back(std::move(d));
+    }
+  }
+  absl::StatusOr<std::string> out = config::EmitYaml(documents);
+  if (!out.ok()) {
+    std::fprintf(stderr, "meshtls-certmgr inject: %s\n",
+                 std::string(out.status().message()).c_str());
+    return 1;
+  }
+  if (std::fwrite(out->data(), 1, out->size(), stdout) != out->size() || std::fflush(stdout) != 0) {
+    std::fprintf(stderr, "meshtls-certmgr inject: writing stdout failed\n");
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -435,6 +528,9 @@ int main(int argc, char** argv) {
   }
   if (command == "ca rotate") {
     return CaRotate(flags, flags.words[0]);
+  }
+  if (command == "inject") {
+    return Inject(flags);
   }
   if (command == "verify") {
     return Verify(flags);

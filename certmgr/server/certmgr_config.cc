@@ -7,6 +7,7 @@
 #include "common/base/status_macros.h"
 #include "common/config/duration.h"
 #include "common/config/yaml_loader.h"
+#include "common/net/cidr.h"
 #include "common/pki/spiffe_id.h"
 #include "meshtls/config/v1/certmgr.pb.h"
 
@@ -74,6 +75,64 @@ absl::Status ReadAuthenticators(const Schema& s, const LoadedFields& fields, Cer
   return absl::OkStatus();
 }
 
+absl::Status ReadInjection(const Schema& s, const LoadedFields& fields, CertmgrConfig& c) {
+  const Schema::Injection& in = s.injection();
+  inject::MeshSettings& m = c.injection;
+  m.trust_domain = c.trust_domain;
+  m.image = in.image();
+  m.image_pull_policy = in.image_pull_policy();
+  if (m.image.empty() ||
+      !(m.image_pull_policy == "Always" || m.image_pull_policy == "IfNotPresent" ||
+        m.image_pull_policy == "Never")) {
+    return fields.Error("injection",
+                        "image must be set, image_pull_policy one of Always, "
+                        "IfNotPresent, Never");
+  }
+  m.certmgr_address = in.certmgr_address();
+  if (absl::StatusOr<base::HostPort> hp = base::ParseHostPort(m.certmgr_address); !hp.ok()) {
+    return fields.Error("injection.certmgr_address", hp.status().message());
+  }
+  m.ca_bundle_config_map = in.ca_bundle_config_map();
+  m.token_audience = c.kubernetes.enabled ? c.kubernetes.audience : "meshtls";
+  m.proxy_uid = in.proxy_uid();
+  m.inbound_mode = in.inbound_mode();
+  if (m.inbound_mode != "strict" && m.inbound_mode != "permissive") {
+    return fields.Error("injection.inbound_mode", "must be strict or permissive");
+  }
+  m.inbound_allow.assign(in.inbound_allow().begin(), in.inbound_allow().end());
+  for (const std::string& pattern : m.inbound_allow) {
+    absl::StatusOr<pki::SpiffeIdMatcher> matcher = pki::SpiffeIdMatcher::Parse(pattern);
+    if (!matcher.ok()) {
+      return fields.Error("injection.inbound_allow", matcher.status().message());
+    }
+  }
+  for (absl::string_view list : {"mesh_networks", "exclude_outbound_networks"}) {
+    const auto& networks =
+        list == "mesh_networks" ? in.mesh_networks() : in.exclude_outbound_networks();
+    for (const std::string& n : networks) {
+      if (absl::StatusOr<net::Cidr> cidr = net::Cidr::Parse(n); !cidr.ok()) {
+        return fields.Error(absl::StrCat("injection.", list), cidr.status().message());
+      }
+    }
+  }
+  m.mesh_networks.assign(in.mesh_networks().begin(), in.mesh_networks().end());
+  m.exclude_outbound_networks.assign(in.exclude_outbound_networks().begin(),
+                                     in.exclude_outbound_networks().end());
+  m.other_destinations = in.other_destinations();
+  if (m.other_destinations != "passthrough" && m.other_destinations != "deny") {
+    return fields.Error("injection.other_destinations", "must be passthrough or deny");
+  }
+  m.exclude_outbound_ports.clear();
+  for (int32_t port : in.exclude_outbound_ports()) {
+    if (port < 1 || port > 65535) {
+      return fields.Error("injection.exclude_outbound_ports",
+                          absl::StrCat(port, " is not a port number"));
+    }
+    m.exclude_outbound_ports.push_back(port);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
@@ -107,6 +166,7 @@ absl::StatusOr<CertmgrConfig> ParseCertmgrConfig(absl::string_view yaml) {
   MESHTLS_RETURN_IF_ERROR(c.issuance.Validate());
 
   MESHTLS_RETURN_IF_ERROR(ReadAuthenticators(s, fields, c));
+  MESHTLS_RETURN_IF_ERROR(ReadInjection(s, fields, c));
   c.deny.assign(s.deny().begin(), s.deny().end());
   for (const std::string& pattern : c.deny) {
     absl::StatusOr<pki::SpiffeIdMatcher> m = pki::SpiffeIdMatcher::Parse(pattern);

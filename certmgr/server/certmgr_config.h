@@ -7,6 +7,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "certmgr/ca/issuance_policy.h"
+#include "certmgr/inject/injector.h"
 #include "common/base/log.h"
 
 namespace meshtls::certmgr {
@@ -47,6 +48,9 @@ struct CertmgrConfig {
   int max_watchers = 0;
   int max_watchers_per_address = 0;
   base::LogSettings log;
+  // The `injection` section with the trust domain and the token audience: the mesh-wide inputs
+  // of the sidecar injector.
+  inject::MeshSettings injection;
 };
 
 // ParseCertmgrConfig parses and validates the YAML text. Errors name the field and line.

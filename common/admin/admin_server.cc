@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/ascii.h"
@@ -182,6 +183,7 @@ struct AdminServer::Impl {
     bool close_after_write = false;
     bool writing = false;   // a response is untaken: being written or not yet sent by the kernel
     bool answered = false;  // at least one response was taken
+    bool pending = false;   // an asynchronous route has the request and has not replied yet
     // unsent_observable: the low-water mark is set, so EPOLLOUT means "all sent" and the
     // kernel's unsent bytes can be waited for without spinning.
     bool unsent_observable = false;
@@ -229,6 +231,15 @@ struct AdminServer::Impl {
   uint64_t next_connection_id = 1;
   std::thread thread;
 
+  // ReplyGate lets a Reply reach the loop from any thread until the server stops: the
+  // destructor clears `server` under `mu` once the loop has stopped, and a Reply posts to the
+  // loop only while holding `mu` with `server` set.
+  struct ReplyGate {
+    std::mutex mu;
+    Impl* server = nullptr;
+  };
+  std::shared_ptr<ReplyGate> reply_gate = std::make_shared<ReplyGate>();
+
   void RegisterOwnMetrics() {
     auto& family = prometheus::BuildCounter()
                        .Name("meshtls_admin_rejected_total")
@@ -255,16 +266,43 @@ struct AdminServer::Impl {
                         .body = prometheus::TextSerializer().Serialize(families)};
   }
 
-  HttpResponse Route(const std::string& path) const {
-    if (path == "/metrics") {
-      return Metrics();
-    }
+  const AdminRoute* FindRoute(const std::string& path) const {
     for (const AdminRoute& route : routes) {
       if (route.path == path) {
-        return route.handler();
+        return &route;
       }
     }
-    return HttpResponse{.status = 404, .body = "not found\n"};
+    return nullptr;
+  }
+
+  // StartAsync hands the request to an asynchronous route; the connection waits, reading
+  // nothing, until Answer (or a deadline, or the client's close).
+  void StartAsync(Connection& c, const AdminRoute& route, bool head, bool keep_alive) {
+    c.pending = true;
+    c.waiting_since = net::EventLoop::Now();
+    SetDeadline(c, write_timeout);
+    SetInterest(c, EPOLLRDHUP);
+    if (!c.fd.valid()) {
+      return;
+    }
+    route.async_handler([gate = reply_gate, id = c.id, head, keep_alive](HttpResponse r) {
+      std::lock_guard<std::mutex> lock(gate->mu);
+      if (Impl* server = gate->server) {
+        server->loop->Post([server, id, head, keep_alive, r = std::move(r)] {
+          server->Answer(id, r, head, keep_alive);
+        });
+      }
+    });
+  }
+
+  void Answer(uint64_t id, const HttpResponse& r, bool head, bool keep_alive) {
+    auto it = connections.find(id);
+    if (it == connections.end() || !it->second->pending) {
+      return;  // closed meanwhile (timeout, eviction, the client's close)
+    }
+    Connection& c = *it->second;
+    c.pending = false;
+    Respond(c, r, head, !keep_alive || r.status >= 400);
   }
 
   // SetDeadline closes `c` when `after` has passed, unless set again first.
@@ -362,6 +400,10 @@ struct AdminServer::Impl {
   }
 
   void OnEvents(Connection& c, uint32_t events) {
+    if (c.pending) {
+      Close(c);  // the client closed or reset while its answer was being made
+      return;
+    }
     if (c.writing) {
       if ((events & (EPOLLERR | EPOLLHUP)) != 0) {
         Close(c);  // reset, or closed both ways: nobody will take the rest of the response
@@ -411,7 +453,17 @@ struct AdminServer::Impl {
               false, true);
       return;
     }
-    HttpResponse response = Route(request.path);
+    HttpResponse response;
+    if (request.path == "/metrics") {
+      response = Metrics();
+    } else if (const AdminRoute* route = FindRoute(request.path); route == nullptr) {
+      response = HttpResponse{.status = 404, .body = "not found\n"};
+    } else if (route->async_handler) {
+      StartAsync(c, *route, request.method == "HEAD", request.keep_alive);
+      return;
+    } else {
+      response = route->handler();
+    }
     // Only a client that gets what it asked for keeps its connection: one probing unknown
     // paths (or meeting a 503) frees its slot.
     const bool close = !request.keep_alive || response.status >= 400;
@@ -513,6 +565,7 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(
   const uint16_t port = net::LocalPort(impl->listen_fd.get());
   MESHTLS_RETURN_IF_ERROR(impl->loop->Add(impl->listen_fd.get(), EPOLLIN, &impl->listener));
   net::EventLoop* raw = impl->loop.get();
+  impl->reply_gate->server = impl.get();
   impl->thread = std::thread([raw] { raw->Run(); });
   return std::unique_ptr<AdminServer>(new AdminServer(std::move(impl), port));
 }
@@ -526,6 +579,8 @@ AdminServer::~AdminServer() {
   }
   impl_->loop->Stop();
   impl_->thread.join();  // no handler runs after this; the connections close with impl_
+  std::lock_guard<std::mutex> lock(impl_->reply_gate->mu);
+  impl_->reply_gate->server = nullptr;  // later Replies do nothing
 }
 
 }  // namespace meshtls::admin

@@ -21,9 +21,18 @@ struct HttpResponse {
   std::string body;
 };
 
+// Reply answers one request of an asynchronous route. Call it once, from any thread; after the
+// server stopped, or once the client went away, it does nothing.
+using Reply = std::function<void(HttpResponse)>;
+
 struct AdminRoute {
-  std::string path;  // exact path, e.g. "/readyz"
-  std::function<HttpResponse()> handler;
+  std::string path = {};  // exact path, e.g. "/readyz"
+  std::function<HttpResponse()> handler = {};
+  // Instead of `handler`, for an answer that takes time (probing the app): called on the
+  // server's thread, it must return at once and answer later through the Reply. Meanwhile the
+  // connection reads nothing more, and it is closed if the Reply has not come within the
+  // write timeout or the client closes.
+  std::function<void(Reply)> async_handler = {};
 };
 
 // AdminLimits bound what each client may hold (see AdminServer). The defaults are what both

@@ -221,11 +221,16 @@ absl::StatusOr<ParsedCommandLine> ParseCommandLine(const CommandLineSpec& spec, 
   if (out.flags.Has("help")) {
     return out;
   }
-  if (out.flags.words.size() < command.arguments.size()) {
+  // A last placeholder in brackets ending in "..." ("[FILE...]") takes zero or more words.
+  const bool variadic = !command.arguments.empty() &&
+                        absl::StartsWith(command.arguments.back(), "[") &&
+                        absl::EndsWith(command.arguments.back(), "...]");
+  const size_t required = command.arguments.size() - (variadic ? 1 : 0);
+  if (out.flags.words.size() < required) {
     return absl::InvalidArgumentError(absl::StrCat(
         command.name(), " needs ", command.arguments[out.flags.words.size()], " (see --help)"));
   }
-  if (out.flags.words.size() > command.arguments.size()) {
+  if (!variadic && out.flags.words.size() > command.arguments.size()) {
     return absl::InvalidArgumentError(Prefixed(
         command, absl::StrCat("unexpected argument \"", out.flags.words[command.arguments.size()],
                               "\" (see --help)")));

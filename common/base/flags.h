@@ -71,7 +71,8 @@ struct ParsedCommandLine {
 // command's flags (and the common ones), anywhere on the line. Errors are InvalidArgument with
 // one line naming what is wrong: an unknown command, a flag the command does not take
 // ("serve: unknown flag --force (it belongs to ca rotate)"), a missing or unexpected value, or
-// a wrong number of positional arguments (not checked when --help is given).
+// a wrong number of positional arguments (not checked when --help is given; a last placeholder
+// written "[NAME...]" takes any number, none included).
 absl::StatusOr<ParsedCommandLine> ParseCommandLine(const CommandLineSpec& spec, int argc,
                                                    char** argv);
 

@@ -497,6 +497,14 @@ std::string EmitJson(const YamlNode& node) {
   return out;
 }
 
+YamlNode StringNode(std::string text) {
+  YamlNode node;
+  node.kind = YamlNode::Kind::kScalar;
+  node.quoted = !KeyMayBePlain(text) || absl::StrContains(text, '\n');
+  node.scalar = std::move(text);
+  return node;
+}
+
 absl::string_view KindName(YamlNode::Kind kind) {
   switch (kind) {
     case YamlNode::Kind::kNull:

@@ -64,6 +64,11 @@ absl::StatusOr<std::string> EmitYaml(const std::vector<YamlNode>& documents);
 // (base::JsonEscape).
 std::string EmitJson(const YamlNode& node);
 
+// StringNode is a scalar that reads back as the string `text` under both readers above: plain
+// where YAML would type it as a string, quoted where it would read a boolean, number or null
+// ("true", "8080", "~", "") or where it holds a line break.
+YamlNode StringNode(std::string text);
+
 // KindName names a node's kind for error messages ("a mapping", "a list").
 absl::string_view KindName(YamlNode::Kind kind);
 

@@ -6,6 +6,8 @@
 #include <set>
 #include <tuple>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/status_macros.h"
 #include "common/config/duration.h"
@@ -486,6 +488,70 @@ std::vector<uint16_t> SidecarConfig::OwnPorts() const {
   return ports;
 }
 
+// HttpToken: an HTTP header name (RFC 9110 token characters).
+bool IsHttpToken(absl::string_view text) {
+  return !text.empty() && std::all_of(text.begin(), text.end(), [](char ch) {
+    return absl::ascii_isalnum(static_cast<unsigned char>(ch)) ||
+           absl::StrContains("!#$%&'*+-.^_`|~", ch);
+  });
+}
+
+// OnOneLine: printable, no line breaks, so it cannot split the request it goes into.
+bool OnOneLine(absl::string_view text) {
+  return std::all_of(
+             text.begin(), text.end(),
+             [](char ch) { return ch == '\t' || static_cast<unsigned char>(ch) >= 0x20; }) &&
+         !absl::StrContains(text, '\x7f');
+}
+
+absl::Status ReadAppProbes(const Schema& s, const LoadedFields& fields, SidecarConfig& c) {
+  for (int i = 0; i < s.app_probes_size(); ++i) {
+    const Schema::AppProbe& p = s.app_probes(i);
+    const std::string at = absl::StrCat("app_probes[", i, "]");
+    SidecarConfig::AppProbe probe;
+    probe.path = p.path();
+    if (probe.path.size() < 2 || probe.path[0] != '/' || !OnOneLine(probe.path) ||
+        absl::StrContains(probe.path, ' ') || absl::StrContains(probe.path, '?')) {
+      return fields.Error(
+          absl::StrCat(at, ".path"),
+          "must be an absolute path without spaces or query (/app-health/app/livez)");
+    }
+    for (absl::string_view taken : {"/metrics", "/healthz", "/readyz", "/certs"}) {
+      if (probe.path == taken) {
+        return fields.Error(absl::StrCat(at, ".path"),
+                            absl::StrCat(taken, " is the sidecar's own"));
+      }
+    }
+    for (const SidecarConfig::AppProbe& earlier : c.app_probes) {
+      if (earlier.path == probe.path) {
+        return fields.Error(absl::StrCat(at, ".path"), absl::StrCat("repeats ", probe.path));
+      }
+    }
+    probe.port = static_cast<uint16_t>(p.port());
+    probe.http_path = p.http_path();
+    if (!probe.http_path.empty() && (probe.http_path[0] != '/' || !OnOneLine(probe.http_path) ||
+                                     absl::StrContains(probe.http_path, ' '))) {
+      return fields.Error(absl::StrCat(at, ".http_path"),
+                          "must be an absolute path (with its query), without spaces");
+    }
+    for (const auto& h : p.http_headers()) {
+      if (probe.http_path.empty()) {
+        return fields.Error(absl::StrCat(at, ".http_headers"), "need http_path (an HTTP probe)");
+      }
+      if (!IsHttpToken(h.name()) || !OnOneLine(h.value())) {
+        return fields.Error(absl::StrCat(at, ".http_headers"),
+                            absl::StrCat("\"", h.name(),
+                                         "\" is not a header name, or its value "
+                                         "holds a line break"));
+      }
+      probe.http_headers.emplace_back(h.name(), h.value());
+    }
+    probe.timeout = config::ToDuration(p.timeout());
+    c.app_probes.push_back(std::move(probe));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool check_files) {
   Schema s;
   MESHTLS_ASSIGN_OR_RETURN(LoadedFields fields, config::LoadYaml(yaml, s));
@@ -534,6 +600,7 @@ absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool ch
   MESHTLS_ASSIGN_OR_RETURN(c.log,
                            config::ReadLogSettings(fields, s.log().level(), s.log().format()));
   MESHTLS_RETURN_IF_ERROR(ReadTransparent(s, fields, c));
+  MESHTLS_RETURN_IF_ERROR(ReadAppProbes(s, fields, c));
   if (c.inbound.empty() && c.outbound.empty() && !c.transparent.enabled()) {
     return absl::InvalidArgumentError(
         "inbound, outbound, transparent: configure at least one listener");

@@ -118,6 +118,16 @@ struct SidecarConfig {
   } dns;
   base::LogSettings log;
   TransparentConfig transparent;
+  // AppProbe: one kubelet probe of the app, answered at `path` on the admin endpoint by probing
+  // 127.0.0.1:`port` (sidecar/server/app_prober.h).
+  struct AppProbe {
+    std::string path;
+    uint16_t port = 0;
+    std::string http_path;  // empty: a TCP connect
+    std::vector<std::pair<std::string, std::string>> http_headers;
+    absl::Duration timeout;
+  };
+  std::vector<AppProbe> app_probes;
 
   // OwnPorts are the ports the sidecar itself listens on: admin, every explicit listener's
   // (inbound and outbound: the outbound ones are on loopback, where inbound capture forwards)

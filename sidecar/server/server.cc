@@ -19,6 +19,7 @@
 #include "sidecar/identity/files_identity_source.h"
 #include "sidecar/identity/identity_source.h"
 #include "sidecar/metrics/collector.h"
+#include "sidecar/server/app_prober.h"
 #include "sidecar/server/certs_response.h"
 #include "sidecar/server/worker.h"
 #include "sidecar/tls/tls_context.h"
@@ -195,6 +196,11 @@ class ServerImpl final : public Server {
     routes.push_back({"/healthz", [] { return admin::HttpResponse{.body = "ok\n"}; }});
     routes.push_back({"/readyz", [this] { return Readiness(); }});
     routes.push_back({"/certs", [this] { return Certs(); }});
+    for (const SidecarConfig::AppProbe& probe : config_.app_probes) {
+      routes.push_back({.path = probe.path, .async_handler = [this, &probe](admin::Reply reply) {
+                          app_prober_.Probe(probe, std::move(reply));
+                        }});
+    }
     MESHTLS_ASSIGN_OR_RETURN(
         admin_, admin::AdminServer::Start(config_.admin_listen, std::move(routes), {collector}));
     for (auto& w : workers_) {
@@ -421,6 +427,7 @@ class ServerImpl final : public Server {
   std::optional<size_t> inbound_capture_listener_;
   std::vector<CaptureDecisionLabel> capture_decisions_;
   std::vector<std::unique_ptr<Worker>> workers_;
+  AppProber app_prober_;  // outlives admin_, whose routes call it
   std::unique_ptr<admin::AdminServer> admin_;
   // Set once in Init, before the admin server starts; read by the admin server's threads.
   std::unique_ptr<IdentitySource> identity_;

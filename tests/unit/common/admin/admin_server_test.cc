@@ -16,7 +16,9 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -49,9 +51,15 @@ class AdminServerTest : public ::testing::Test {
            calls_.fetch_add(1);
            return HttpResponse{.status = 200, .body = std::string(8 << 20, 'x')};
          }},
-        {"/large", [this] {
+        {"/large",
+         [this] {
            large_calls_.fetch_add(1);
            return HttpResponse{.status = 200, .body = std::string(1 << 20, 'l')};
+         }},
+        // Answered when the test calls the Reply it keeps, from the test's own thread.
+        {.path = "/later", .async_handler = [this](Reply reply) {
+           std::lock_guard<std::mutex> lock(replies_mu_);
+           replies_.push_back(std::move(reply));
          }}};
     auto server = AdminServer::Start("127.0.0.1:0", std::move(routes), {registry}, limits);
     ASSERT_THAT(server, IsOk());
@@ -73,8 +81,27 @@ class AdminServerTest : public ::testing::Test {
         server_->port(), absl::StrCat("meshtls_admin_rejected_total{reason=\"", reason, "\"}"));
   }
 
+  // TakeReply waits for the next request of /later and returns its Reply.
+  Reply TakeReply() {
+    Reply reply;
+    EXPECT_TRUE(testing::WaitFor(
+        [&] {
+          std::lock_guard<std::mutex> lock(replies_mu_);
+          if (replies_.empty()) {
+            return false;
+          }
+          reply = std::move(replies_.front());
+          replies_.erase(replies_.begin());
+          return true;
+        },
+        absl::Seconds(5)));
+    return reply;
+  }
+
   std::atomic<int> calls_{0};
   std::atomic<int> large_calls_{0};
+  std::mutex replies_mu_;
+  std::vector<Reply> replies_;  // guarded by replies_mu_
   std::unique_ptr<AdminServer> server_;
 };
 
@@ -192,6 +219,40 @@ TEST_F(AdminServerTest, AClientThatNeverReadsIsCutOffAtTheWriteDeadline) {
   EXPECT_TRUE(testing::WaitFor([&] { return Rejected("timeout") >= 1; }, absl::Seconds(5)));
   EXPECT_EQ(calls_.load(), 1);
   EXPECT_EQ(testing::HttpGet(server_->port(), "/readyz")->status, 200);
+}
+
+TEST_F(AdminServerTest, AnAsyncRouteAnswersFromAnotherThreadWithoutBlockingTheOthers) {
+  Start();
+  absl::StatusOr<testing::HttpResult> later;
+  std::thread client([&] { later = testing::HttpGet(server_->port(), "/later"); });
+  Reply reply = TakeReply();
+  // While /later waits, the server answers everyone else.
+  EXPECT_EQ(testing::HttpGet(server_->port(), "/readyz")->status, 200);
+  std::thread([&] { reply(HttpResponse{.status = 503, .body = "app down\n"}); }).join();
+  client.join();
+  ASSERT_THAT(later, IsOk());
+  EXPECT_EQ(later->status, 503);
+  EXPECT_EQ(later->body, "app down\n");
+}
+
+TEST_F(AdminServerTest, AnAsyncRouteThatNeverRepliesIsClosedAtTheWriteDeadline) {
+  Start({.write_timeout = absl::Milliseconds(300)});
+  absl::StatusOr<base::UniqueFd> fd = testing::TcpConnect(server_->port());
+  ASSERT_THAT(fd, IsOk());
+  ASSERT_THAT(testing::SendAll(fd->get(), "GET /later HTTP/1.1\r\nHost: x\r\n\r\n"), IsOk());
+  Reply reply = TakeReply();
+  absl::StatusOr<std::string> answer = testing::RecvUntilEof(fd->get(), absl::Seconds(5));
+  ASSERT_THAT(answer, IsOk());
+  EXPECT_EQ(*answer, "");                     // closed without an answer
+  reply(HttpResponse{.body = "too late\n"});  // the connection is gone: nothing happens
+
+  // A Reply that comes after the server stopped does nothing either.
+  absl::StatusOr<base::UniqueFd> second = testing::TcpConnect(server_->port());
+  ASSERT_THAT(second, IsOk());
+  ASSERT_THAT(testing::SendAll(second->get(), "GET /later HTTP/1.1\r\nHost: x\r\n\r\n"), IsOk());
+  Reply orphan = TakeReply();
+  server_.reset();
+  orphan(HttpResponse{.body = "after the stop\n"});
 }
 
 // PeerClosed reads and discards what `fd` receives until the peer closes it (FIN or reset):
