@@ -130,6 +130,18 @@ absl::Status ReadInjection(const Schema& s, const LoadedFields& fields, CertmgrC
     }
     m.exclude_outbound_ports.push_back(port);
   }
+  const Schema::Webhook& w = in.webhook();
+  if (!w.listen().empty()) {
+    MESHTLS_ASSIGN_OR_RETURN(c.webhook.listen,
+                             ListenAddress(fields, "injection.webhook.listen", w.listen()));
+  }
+  c.webhook.server_names.assign(w.server_names().begin(), w.server_names().end());
+  if (c.webhook.server_names.empty()) {
+    return fields.Error("injection.webhook.server_names", "must name the webhook's Service");
+  }
+  c.webhook.max_request_bytes = static_cast<size_t>(w.max_request_bytes());
+  c.webhook.request_timeout = ToDuration(w.request_timeout());
+  c.webhook.max_connections = w.max_connections();
   return absl::OkStatus();
 }
 

@@ -51,6 +51,14 @@ struct CertmgrConfig {
   // The `injection` section with the trust domain and the token audience: the mesh-wide inputs
   // of the sidecar injector.
   inject::MeshSettings injection;
+  // injection.webhook: the admission webhook's listener (off when `listen` is empty).
+  struct Webhook {
+    std::string listen;
+    std::vector<std::string> server_names;
+    size_t max_request_bytes = 0;
+    absl::Duration request_timeout;
+    int max_connections = 0;
+  } webhook;
 };
 
 // ParseCertmgrConfig parses and validates the YAML text. Errors name the field and line.

@@ -60,6 +60,36 @@ CertmgrMetrics::CertmgrMetrics() : registry_(std::make_shared<prometheus::Regist
            .Register(*registry_)
            .Add({});
   config_reload_successful_->Set(1);
+  auto& reviews = prometheus::BuildCounter()
+                      .Name("meshtls_certmgr_admission_reviews_total")
+                      .Help("AdmissionReviews the injection webhook answered, by result.")
+                      .Register(*registry_);
+  constexpr const char* kAdmissionResults[kAdmissionResultCount] = {"injected", "unchanged",
+                                                                    "refused", "malformed"};
+  for (int i = 0; i < kAdmissionResultCount; ++i) {
+    admission_reviews_[i] = &reviews.Add({{"result", kAdmissionResults[i]}});
+  }
+  auto& rejected = prometheus::BuildCounter()
+                       .Name("meshtls_certmgr_webhook_rejected_total")
+                       .Help(
+                           "Webhook connections closed or requests refused before any review, "
+                           "by reason.")
+                       .Register(*registry_);
+  for (int i = 0; i < kWebhookRejectionCount; ++i) {
+    webhook_rejected_[i] = &rejected.Add({{"reason", kWebhookRejections[i]}});
+  }
+}
+
+void CertmgrMetrics::RecordAdmissionReview(AdmissionResult result) {
+  admission_reviews_[static_cast<int>(result)]->Increment();
+}
+
+void CertmgrMetrics::RecordWebhookRejected(absl::string_view reason) {
+  for (int i = 0; i < kWebhookRejectionCount; ++i) {
+    if (reason == kWebhookRejections[i]) {
+      webhook_rejected_[i]->Increment();
+    }
+  }
 }
 
 void CertmgrMetrics::RecordWatchRefused(WatchRefusal reason) {

@@ -8,6 +8,7 @@
 #include <array>
 #include <memory>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace meshtls::certmgr {
@@ -25,6 +26,15 @@ enum class WatchRefusal {
 };
 inline constexpr int kWatchRefusalCount = 4;
 
+// AdmissionResult is the `result` label of meshtls_certmgr_admission_reviews_total.
+enum class AdmissionResult { kInjected, kUnchanged, kRefused, kMalformed };
+inline constexpr int kAdmissionResultCount = 4;
+
+// The `reason` label values of meshtls_certmgr_webhook_rejected_total (webhook::RejectionName).
+inline constexpr const char* kWebhookRejections[] = {"tls", "timeout", "malformed", "too_large",
+                                                     "over_capacity"};
+inline constexpr int kWebhookRejectionCount = 5;
+
 // CertmgrMetrics owns certmgr's Prometheus registry. Every label value exists from start.
 // Thread-safe (prometheus-cpp metrics are atomic; certmgr's request rate makes that cheap).
 class CertmgrMetrics {
@@ -39,6 +49,9 @@ class CertmgrMetrics {
   // The join token file as loaded last (see JoinTokenFileState).
   void SetJoinTokenFile(bool usable, int rejected_lines);
   void SetConfigReloadSuccessful(bool ok);
+  void RecordAdmissionReview(AdmissionResult result);
+  // `reason` is one of kWebhookRejections; any other is ignored.
+  void RecordWebhookRejected(absl::string_view reason);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -50,6 +63,8 @@ class CertmgrMetrics {
   prometheus::Gauge* join_token_file_usable_ = nullptr;
   prometheus::Gauge* join_token_file_rejected_lines_ = nullptr;
   prometheus::Gauge* config_reload_successful_ = nullptr;
+  std::array<prometheus::Counter*, kAdmissionResultCount> admission_reviews_{};
+  std::array<prometheus::Counter*, kWebhookRejectionCount> webhook_rejected_{};
 };
 
 }  // namespace meshtls::certmgr

@@ -16,6 +16,8 @@
 #include "certmgr/server/join_tokens.h"
 #include "certmgr/server/kubernetes_authenticator.h"
 #include "certmgr/server/mesh_authenticator.h"
+#include "certmgr/webhook/admission.h"
+#include "certmgr/webhook/webhook_server.h"
 #include "common/admin/admin_server.h"
 #include "common/base/bound_ports.h"
 #include "common/base/file.h"
@@ -86,6 +88,9 @@ class CertmgrServerImpl final : public CertmgrServer {
       absl::MutexLock lock(&grpc_mu_);
       MESHTLS_RETURN_IF_ERROR(StartGrpcLocked());
     }
+    if (!config_.webhook.listen.empty()) {
+      MESHTLS_RETURN_IF_ERROR(StartWebhook());
+    }
 
     std::vector<admin::AdminRoute> routes;
     routes.push_back({"/healthz", [] { return admin::HttpResponse{.body = "ok\n"}; }});
@@ -102,6 +107,7 @@ class CertmgrServerImpl final : public CertmgrServer {
                   {{"trust_domain", config_.trust_domain},
                    {"grpc", absl::StrCat(config_.listen, " (port ", grpc_port_.load(), ")")},
                    {"admin_port", absl::StrCat(admin_->port())},
+                   {"webhook_port", absl::StrCat(webhook_ == nullptr ? 0 : webhook_->port())},
                    {"ca_sha256", active_sha256_},
                    {"bundle_sequence", absl::StrCat(bundle_.Current()->sequence)}});
     if (!config_.ca_dir.empty()) {
@@ -182,6 +188,7 @@ class CertmgrServerImpl final : public CertmgrServer {
       absl::MutexLock lock(&grpc_mu_);
       StopGrpcLocked();
     }
+    webhook_.reset();
     admin_.reset();
   }
 
@@ -232,6 +239,60 @@ class CertmgrServerImpl final : public CertmgrServer {
     return absl::OkStatus();
   }
 
+  // WebhookCredentials issues the webhook's serving certificate (for injection.webhook.
+  // server_names) from the current signer, with a key that lives only in memory.
+  absl::StatusOr<std::pair<std::string, std::string>> WebhookCredentials() {
+    std::shared_ptr<const Signer> signer = signer_.Get();
+    MESHTLS_ASSIGN_OR_RETURN(pki::PrivateKey key, pki::PrivateKey::GenerateEcP256());
+    MESHTLS_ASSIGN_OR_RETURN(IssuedCertificate serving,
+                             signer->IssueServing(key.get(), config_.webhook.server_names, {},
+                                                  signer->ca().cert.not_after() - clock_.Now()));
+    MESHTLS_ASSIGN_OR_RETURN(std::string key_pem, key.ToPem());
+    return std::make_pair(std::move(key_pem), pki::ChainToPem(serving.chain));
+  }
+
+  // StartWebhook serves the mutating admission webhook (docs/injection.md). Main thread.
+  absl::Status StartWebhook() {
+    MESHTLS_ASSIGN_OR_RETURN(auto credentials, WebhookCredentials());
+    webhook::WebhookOptions options{.listen = config_.webhook.listen,
+                                    .max_request_bytes = config_.webhook.max_request_bytes,
+                                    .request_timeout = config_.webhook.request_timeout,
+                                    .max_connections = config_.webhook.max_connections};
+    auto handler = [this](absl::string_view path, absl::string_view body) {
+      if (path != "/inject") {
+        return admin::HttpResponse{.status = 404, .body = "POST AdmissionReviews to /inject\n"};
+      }
+      absl::StatusOr<webhook::Review> review =
+          webhook::AdmitPod(config_.injection, body, config_.webhook.max_request_bytes);
+      if (!review.ok()) {
+        metrics_.RecordAdmissionReview(AdmissionResult::kMalformed);
+        return admin::HttpResponse{.status = 400,
+                                   .body = absl::StrCat(review.status().message(), "\n")};
+      }
+      switch (review->result) {
+        case webhook::ReviewResult::kInjected:
+          metrics_.RecordAdmissionReview(AdmissionResult::kInjected);
+          break;
+        case webhook::ReviewResult::kUnchanged:
+          metrics_.RecordAdmissionReview(AdmissionResult::kUnchanged);
+          break;
+        case webhook::ReviewResult::kRefused:
+          metrics_.RecordAdmissionReview(AdmissionResult::kRefused);
+          base::LogWarning("admission refused", {{"reason", review->message}});
+          break;
+      }
+      return admin::HttpResponse{.content_type = "application/json",
+                                 .body = std::move(review->response_json)};
+    };
+    MESHTLS_ASSIGN_OR_RETURN(
+        webhook_,
+        webhook::WebhookServer::Start(options, credentials.first, credentials.second,
+                                      std::move(handler), [this](webhook::Rejection r) {
+                                        metrics_.RecordWebhookRejected(webhook::RejectionName(r));
+                                      }));
+    return absl::OkStatus();
+  }
+
   // WriteBoundPorts writes the gRPC and admin addresses with the ports actually bound (the
   // config may say port 0). Main thread, after both listeners started.
   absl::Status WriteBoundPorts(const std::string& path) const {
@@ -241,7 +302,14 @@ class CertmgrServerImpl final : public CertmgrServer {
     MESHTLS_ASSIGN_OR_RETURN(base::HostPort admin,
                              base::ParseHostPort(config_.admin_listen, /*allow_port_zero=*/true));
     admin.port = admin_->port();
-    return base::WriteBoundPortsFile(path, {{"grpc", grpc}, {"admin", admin}});
+    std::vector<base::BoundListener> ports = {{"grpc", grpc}, {"admin", admin}};
+    if (webhook_ != nullptr) {
+      MESHTLS_ASSIGN_OR_RETURN(base::HostPort webhook,
+                               base::ParseHostPort(config_.webhook.listen, true));
+      webhook.port = webhook_->port();
+      ports.push_back({"webhook", webhook});
+    }
+    return base::WriteBoundPortsFile(path, ports);
   }
 
   void StopGrpcLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(grpc_mu_) {
@@ -285,6 +353,16 @@ class CertmgrServerImpl final : public CertmgrServer {
       if (absl::Status s = StartGrpcLocked(); !s.ok()) {
         base::LogError("cannot restart gRPC with the new serving certificate",
                        {{"error", std::string(s.message())}});
+      }
+      if (webhook_ != nullptr) {
+        absl::StatusOr<std::pair<std::string, std::string>> credentials = WebhookCredentials();
+        absl::Status s = credentials.ok()
+                             ? webhook_->SetCredentials(credentials->first, credentials->second)
+                             : credentials.status();
+        if (!s.ok()) {
+          base::LogError("cannot give the webhook a new serving certificate",
+                         {{"error", std::string(s.message())}});
+        }
       }
     }
   }
@@ -349,6 +427,7 @@ class CertmgrServerImpl final : public CertmgrServer {
   absl::Mutex grpc_mu_;
   std::unique_ptr<grpc::Server> grpc_server_ ABSL_GUARDED_BY(grpc_mu_);
   std::atomic<int> grpc_port_{0};
+  std::unique_ptr<webhook::WebhookServer> webhook_;  // set in Start; its TLS replaced on rotation
   std::unique_ptr<admin::AdminServer> admin_;
   std::unique_ptr<base::FileWatcher> ca_watcher_;
   absl::Mutex stop_mu_;

@@ -13,7 +13,7 @@ namespace meshtls::base {
 // BoundListener is one listening socket a process has bound: its name and the address the
 // kernel gave it, with the real port when the configuration said port 0.
 //
-// Names: "admin" and "grpc" (certmgr), "admin", "inbound.<name>" and "outbound.<name>"
+// Names: "admin", "grpc" and "webhook" (certmgr), "admin", "inbound.<name>" and "outbound.<name>"
 // (sidecar, by the listener names of its configuration).
 struct BoundListener {
   std::string name;

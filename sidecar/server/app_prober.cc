@@ -130,41 +130,11 @@ admin::HttpResponse ProbeApp(const SidecarConfig::AppProbe& probe) {
       .body = absl::StrCat("GET ", probe.http_path, " on ", target, ": status ", status, "\n")};
 }
 
-AppProber::~AppProber() {
-  std::list<Running> running;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    running.swap(running_);
-  }
-  for (Running& r : running) {
-    r.thread.join();
-  }
-}
-
-void AppProber::ReapLocked() {
-  for (auto it = running_.begin(); it != running_.end();) {
-    if (it->done) {
-      it->thread.join();  // returned already, or about to
-      it = running_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-}
-
 void AppProber::Probe(const SidecarConfig::AppProbe& probe, admin::Reply reply) {
-  std::lock_guard<std::mutex> lock(mu_);
-  ReapLocked();
-  if (running_.size() >= max_in_flight_) {
+  // A copy of the Reply stays here: TryRun drops the task when it refuses it.
+  if (!threads_.TryRun([probe, reply] { reply(ProbeApp(probe)); })) {
     reply(Failed("too many app probes in flight"));
-    return;
   }
-  Running& slot = running_.emplace_back();
-  slot.thread = std::thread([this, probe, reply = std::move(reply), &slot] {
-    reply(ProbeApp(probe));
-    std::lock_guard<std::mutex> lock(mu_);
-    slot.done = true;
-  });
 }
 
 }  // namespace meshtls::sidecar

@@ -1,12 +1,9 @@
 #pragma once
 
 #include <cstddef>
-#include <list>
-#include <memory>
-#include <mutex>
-#include <thread>
 
 #include "common/admin/admin_server.h"
+#include "common/base/thread_set.h"
 #include "sidecar/config/sidecar_config.h"
 
 namespace meshtls::sidecar {
@@ -24,23 +21,12 @@ admin::HttpResponse ProbeApp(const SidecarConfig::AppProbe& probe);
 // its timeout).
 class AppProber {
  public:
-  explicit AppProber(size_t max_in_flight = 16) : max_in_flight_(max_in_flight) {}
-  ~AppProber();
-  AppProber(const AppProber&) = delete;
-  AppProber& operator=(const AppProber&) = delete;
+  explicit AppProber(size_t max_in_flight = 16) : threads_(max_in_flight) {}
 
   void Probe(const SidecarConfig::AppProbe& probe, admin::Reply reply);
 
  private:
-  struct Running {
-    std::thread thread;
-    bool done = false;  // guarded by mu_
-  };
-  void ReapLocked();
-
-  const size_t max_in_flight_;
-  std::mutex mu_;
-  std::list<Running> running_;  // guarded by mu_
+  base::ThreadSet threads_;
 };
 
 }  // namespace meshtls::sidecar

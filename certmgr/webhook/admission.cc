@@ -1,0 +1,174 @@
+#include "certmgr/webhook/admission.h"
+
+#include <optional>
+#include <utility>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "common/base/log.h"
+
+namespace meshtls::webhook {
+namespace {
+
+using config::YamlNode;
+using Kind = YamlNode::Kind;
+
+const YamlNode* Find(const YamlNode* map, absl::string_view key) {
+  if (map == nullptr || map->kind != Kind::kMapping) {
+    return nullptr;
+  }
+  for (const config::YamlEntry& e : map->entries) {
+    if (e.key == key) {
+      return &e.value;
+    }
+  }
+  return nullptr;
+}
+
+std::optional<std::string> ScalarOf(const YamlNode* map, absl::string_view key) {
+  const YamlNode* v = Find(map, key);
+  if (v == nullptr || v->kind != Kind::kScalar) {
+    return std::nullopt;
+  }
+  return v->scalar;
+}
+
+// PointerToken escapes one JSON Pointer reference token (RFC 6901): "~" and "/".
+std::string PointerToken(absl::string_view key) {
+  return absl::StrReplaceAll(key, {{"~", "~0"}, {"/", "~1"}});
+}
+
+void AddOp(std::string& out, absl::string_view op, const std::string& path, const YamlNode* value) {
+  if (!out.empty()) {
+    out += ',';
+  }
+  absl::StrAppend(&out, "{\"op\":\"", op, "\",\"path\":\"", base::JsonEscape(path), "\"");
+  if (value != nullptr) {
+    absl::StrAppend(&out, ",\"value\":", config::EmitJson(*value));
+  }
+  out += '}';
+}
+
+void Diff(const YamlNode& from, const YamlNode& to, const std::string& path, std::string& out) {
+  if (from.kind == Kind::kMapping && to.kind == Kind::kMapping) {
+    for (const config::YamlEntry& e : from.entries) {
+      if (Find(&to, e.key) == nullptr) {
+        AddOp(out, "remove", absl::StrCat(path, "/", PointerToken(e.key)), nullptr);
+      }
+    }
+    for (const config::YamlEntry& e : to.entries) {
+      const std::string child = absl::StrCat(path, "/", PointerToken(e.key));
+      if (const YamlNode* before = Find(&from, e.key)) {
+        Diff(*before, e.value, child, out);
+      } else {
+        AddOp(out, "add", child, &e.value);
+      }
+    }
+    return;
+  }
+  if (from.kind == Kind::kSequence && to.kind == Kind::kSequence &&
+      from.items.size() == to.items.size()) {
+    for (size_t i = 0; i < from.items.size(); ++i) {
+      Diff(from.items[i], to.items[i], absl::StrCat(path, "/", i), out);
+    }
+    return;
+  }
+  if (config::EmitJson(from) != config::EmitJson(to)) {
+    AddOp(out, "replace", path, &to);
+  }
+}
+
+// Answer is the AdmissionReview response for `uid`; `patch` and `refusal` are optional.
+std::string Answer(absl::string_view uid, std::optional<std::string> patch,
+                   std::optional<std::string> refusal) {
+  std::string response = absl::StrCat("{\"uid\":\"", base::JsonEscape(uid),
+                                      "\",\"allowed\":", refusal ? "false" : "true");
+  if (patch) {
+    absl::StrAppend(&response, ",\"patchType\":\"JSONPatch\",\"patch\":\"",
+                    absl::Base64Escape(*patch), "\"");
+  }
+  if (refusal) {
+    absl::StrAppend(&response, ",\"status\":{\"code\":403,\"reason\":\"Forbidden\",\"message\":\"",
+                    base::JsonEscape(*refusal), "\"}");
+  }
+  response += '}';
+  return absl::StrCat(
+      "{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"response\":",
+      response, "}");
+}
+
+}  // namespace
+
+absl::string_view ReviewResultName(ReviewResult result) {
+  switch (result) {
+    case ReviewResult::kInjected:
+      return "injected";
+    case ReviewResult::kUnchanged:
+      return "unchanged";
+    case ReviewResult::kRefused:
+      return "refused";
+  }
+  return "?";
+}
+
+std::string JsonPatch(const YamlNode& from, const YamlNode& to) {
+  std::string ops;
+  Diff(from, to, "", ops);
+  return absl::StrCat("[", ops, "]");
+}
+
+absl::StatusOr<Review> AdmitPod(const inject::MeshSettings& mesh, absl::string_view body,
+                                size_t max_bytes) {
+  absl::StatusOr<std::vector<YamlNode>> documents = config::ParseYamlStream(body, max_bytes);
+  if (!documents.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the body is not JSON: ", documents.status().message()));
+  }
+  if (documents->size() != 1 || (*documents)[0].kind != Kind::kMapping) {
+    return absl::InvalidArgumentError("the body is not one JSON object");
+  }
+  const YamlNode& review = (*documents)[0];
+  if (ScalarOf(&review, "apiVersion") != "admission.k8s.io/v1" ||
+      ScalarOf(&review, "kind") != "AdmissionReview") {
+    return absl::InvalidArgumentError("not an admission.k8s.io/v1 AdmissionReview");
+  }
+  const YamlNode* request = Find(&review, "request");
+  const std::optional<std::string> uid = ScalarOf(request, "uid");
+  if (!uid || uid->empty()) {
+    return absl::InvalidArgumentError("the AdmissionReview has no request.uid");
+  }
+  Review out;
+  const YamlNode* kind = Find(request, "kind");
+  const YamlNode* object = Find(request, "object");
+  if (ScalarOf(kind, "kind") != "Pod" || ScalarOf(kind, "group").value_or("") != "" ||
+      ScalarOf(request, "operation") != "CREATE" || object == nullptr ||
+      object->kind != Kind::kMapping) {
+    out.message = "not a Pod being created";
+    out.response_json = Answer(*uid, std::nullopt, std::nullopt);
+    return out;
+  }
+  YamlNode pod = *object;
+  absl::StatusOr<inject::Outcome> outcome = inject::InjectPodTemplate(mesh, pod);
+  const std::string who = absl::StrCat(
+      ScalarOf(request, "namespace").value_or(""), "/",
+      ScalarOf(Find(object, "metadata"), "name")
+          .value_or(ScalarOf(Find(object, "metadata"), "generateName").value_or("") + "*"));
+  if (!outcome.ok()) {
+    out.result = ReviewResult::kRefused;
+    out.message = absl::StrCat("meshtls cannot mesh pod ", who, ": ", outcome.status().message());
+    out.response_json = Answer(*uid, std::nullopt, out.message);
+    return out;
+  }
+  if (*outcome != inject::Outcome::kInjected) {
+    out.message = absl::StrCat("pod ", who, ": ", inject::OutcomeName(*outcome));
+    out.response_json = Answer(*uid, std::nullopt, std::nullopt);
+    return out;
+  }
+  out.result = ReviewResult::kInjected;
+  out.message = absl::StrCat("pod ", who, ": injected");
+  out.response_json = Answer(*uid, JsonPatch(*object, pod), std::nullopt);
+  return out;
+}
+
+}  // namespace meshtls::webhook
