@@ -251,6 +251,20 @@ struct WebhookServer::Impl {
     return WriteAll(ssl, fd, out, deadline);
   }
 
+  // Refuse answers a request the server will not read to its end, then closes. The client may
+  // still be sending (a body over the limit): what it sends is read and dropped until it stops
+  // or the deadline, so the close sends no reset that would destroy the answer in flight.
+  void Refuse(SSL* ssl, int fd, const admin::HttpResponse& r, absl::Time deadline) {
+    if (!Respond(ssl, fd, r, /*close=*/true, deadline)) {
+      return;
+    }
+    SslIo(ssl, fd, deadline, [&] { return SSL_shutdown(ssl); });
+    ::shutdown(fd, SHUT_WR);
+    char buffer[16384];
+    while (SslIo(ssl, fd, deadline, [&] { return SSL_read(ssl, buffer, sizeof(buffer)); }) > 0) {
+    }
+  }
+
   // Serve runs one connection: the handshake, then requests until the client closes, a deadline
   // passes, an error, or the stop.
   void Serve(base::UniqueFd fd) {
@@ -277,8 +291,8 @@ struct WebhookServer::Impl {
       while ((head_end = in.find("\r\n\r\n")) == std::string::npos) {
         if (in.size() > kMaxHead) {
           Reject(Rejection::kTooLarge);
-          Respond(ssl.get(), fd.get(), {.status = 431, .body = "request head too large\n"}, true,
-                  deadline);
+          Refuse(ssl.get(), fd.get(), {.status = 431, .body = "request head too large\n"},
+                 deadline);
           return;
         }
         char buffer[16384];
@@ -306,8 +320,7 @@ struct WebhookServer::Impl {
       if (parts.size() != 3 || !absl::StartsWith(parts[1], "/") ||
           !absl::StartsWith(parts[2], "HTTP/1.")) {
         Reject(Rejection::kMalformed);
-        Respond(ssl.get(), fd.get(), {.status = 400, .body = "malformed request line\n"}, true,
-                deadline);
+        Refuse(ssl.get(), fd.get(), {.status = 400, .body = "malformed request line\n"}, deadline);
         return;
       }
       const std::string method(parts[0]);
@@ -318,8 +331,7 @@ struct WebhookServer::Impl {
         const size_t colon = lines[i].find(':');
         if (colon == absl::string_view::npos || colon == 0) {
           Reject(Rejection::kMalformed);
-          Respond(ssl.get(), fd.get(), {.status = 400, .body = "malformed header line\n"}, true,
-                  deadline);
+          Refuse(ssl.get(), fd.get(), {.status = 400, .body = "malformed header line\n"}, deadline);
           return;
         }
         const absl::string_view name = lines[i].substr(0, colon);
@@ -328,15 +340,14 @@ struct WebhookServer::Impl {
           uint64_t n = 0;
           if (length.has_value() || !absl::SimpleAtoi(value, &n)) {
             Reject(Rejection::kMalformed);
-            Respond(ssl.get(), fd.get(), {.status = 400, .body = "bad Content-Length\n"}, true,
-                    deadline);
+            Refuse(ssl.get(), fd.get(), {.status = 400, .body = "bad Content-Length\n"}, deadline);
             return;
           }
           length = n;
         } else if (absl::EqualsIgnoreCase(name, "Transfer-Encoding")) {
           Reject(Rejection::kMalformed);
-          Respond(ssl.get(), fd.get(),
-                  {.status = 411, .body = "send the body with a Content-Length\n"}, true, deadline);
+          Refuse(ssl.get(), fd.get(),
+                 {.status = 411, .body = "send the body with a Content-Length\n"}, deadline);
           return;
         } else if (absl::EqualsIgnoreCase(name, "Connection") &&
                    absl::StrContains(absl::AsciiStrToLower(value), "close")) {
@@ -346,22 +357,20 @@ struct WebhookServer::Impl {
       in.erase(0, head_end + 4);
       if (method != "POST") {
         // No body to skip: anything but POST is answered and the connection closed.
-        Respond(ssl.get(), fd.get(), {.status = 405, .body = "POST an AdmissionReview\n"}, true,
-                deadline);
+        Refuse(ssl.get(), fd.get(), {.status = 405, .body = "POST an AdmissionReview\n"}, deadline);
         return;
       }
       if (!length.has_value()) {
         Reject(Rejection::kMalformed);
-        Respond(ssl.get(), fd.get(), {.status = 411, .body = "Content-Length required\n"}, true,
-                deadline);
+        Refuse(ssl.get(), fd.get(), {.status = 411, .body = "Content-Length required\n"}, deadline);
         return;
       }
       if (*length > options.max_request_bytes) {
         Reject(Rejection::kTooLarge);
-        Respond(ssl.get(), fd.get(),
-                {.status = 413,
-                 .body = absl::StrCat("request body over ", options.max_request_bytes, " bytes\n")},
-                true, deadline);
+        Refuse(ssl.get(), fd.get(),
+               {.status = 413,
+                .body = absl::StrCat("request body over ", options.max_request_bytes, " bytes\n")},
+               deadline);
         return;
       }
       while (in.size() < *length) {

@@ -9,6 +9,8 @@
 #   deploy/kubernetes/ca.sh retire [--force]     drop the previous root from the bundle
 #   deploy/kubernetes/ca.sh bundle NAMESPACE...  write the trust bundle (every root) to the
 #                                                meshtls-ca-bundle ConfigMap of each namespace
+#   deploy/kubernetes/ca.sh webhook              write the trust bundle to the caBundle of the
+#                                                meshtls-injector webhook (after init, prepare)
 #
 # Each step copies the Secret's files into a private temporary directory, runs
 # `meshtls-certmgr ca ... --ca-dir` on the copy (the same code and checks as on a CA directory),
@@ -29,7 +31,7 @@ secret=${MESHTLS_SECRET:-meshtls-ca}
 kubectl=${KUBECTL:-kubectl}
 
 usage() {
-  sed -n '6,11p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '6,13p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 [ $# -ge 1 ] || usage
@@ -94,6 +96,21 @@ case "$step" in
       $kubectl -n "$target" apply -f "$work/bundle.json" >/dev/null
       echo "ca.sh: $target/meshtls-ca-bundle holds $(grep -c 'BEGIN CERTIFICATE' "$work/bundle.pem") root(s)"
     done
+    ;;
+  webhook)
+    # The API server trusts these roots for certmgr's webhook certificate. Every root, so the
+    # webhook keeps working across a rotation: run it after prepare, before activate.
+    export_secret
+    cat "$ca_dir/ca.pem" "$ca_dir"/next.pem "$ca_dir"/previous.pem >"$work/bundle.pem" 2>/dev/null || true
+    bundle=$(base64 -w0 <"$work/bundle.pem")
+    patch='['
+    for i in 0 1; do
+      patch+="{\"op\":\"replace\",\"path\":\"/webhooks/$i/clientConfig/caBundle\",\"value\":\"$bundle\"}"
+      [ $i = 1 ] || patch+=','
+    done
+    patch+=']'
+    $kubectl patch mutatingwebhookconfiguration meshtls-injector --type=json -p "$patch" >/dev/null
+    echo "ca.sh: meshtls-injector trusts $(grep -c 'BEGIN CERTIFICATE' "$work/bundle.pem") root(s)"
     ;;
   *) usage ;;
 esac

@@ -2,7 +2,10 @@
 //
 //   node tests/deploy/check-manifests.mjs --sidecar BIN --certmgr BIN
 //
-// 1. `kubectl kustomize` renders the base and every overlay.
+// 1. `kubectl kustomize` renders the base and every overlay. Pod templates that certmgr's
+//    webhook would mesh (namespace or pod labelled meshtls.io/inject=enabled) are injected with
+//    `meshtls-certmgr inject` (the same injector), and so are the realistic workloads of
+//    tests/deploy/workloads.
 // 2. Every rendered object validates against its Kubernetes schema: kubernetes-models (types,
 //    required fields, formats; the prometheus-operator CRDs too) and, for unknown fields, a
 //    strict JSON schema generated from the same package's TypeScript interfaces.
@@ -12,12 +15,16 @@
 //    workload's native sidecar (restartPolicy Always, projected token with audience meshtls,
 //    namespace and service account from the downward API, readiness on /readyz); scrape
 //    annotations and PodMonitors; the PrometheusRule equal to deploy/prometheus/meshtls-alerts.yaml.
-//    No way around a sidecar: an app container (any container but the sidecar) declares no port
-//    of its own, inbound listeners forward to loopback, an nginx app runs on a config of the
-//    manifests that listens on loopback only, Services and NetworkPolicies open only the
-//    sidecar's ports, and every namespace with workloads has a default-deny ingress policy.
-// 4. The configs in ConfigMaps pass the binaries' own --check, and the paths and ports they name
-//    match the volumes and ports of their pods.
+//    No way around a sidecar: with explicit listeners an app container declares no port of its
+//    own and inbound listeners forward to loopback; with transparent capture (injected pods)
+//    every port an app container declares is captured, the init step runs first and alone holds
+//    NET_ADMIN/NET_RAW, and no app container runs as the sidecar's uid; an nginx app runs on a
+//    config of the manifests that listens on loopback only, Services and NetworkPolicies open
+//    only ports the sidecar answers, and every namespace with workloads has a default-deny
+//    ingress policy.
+// 4. The configs (in ConfigMaps, or injected in the meshtls.io/sidecar-config annotation) pass
+//    the binaries' own --check, and the paths and ports they name match the volumes and ports of
+//    their pods.
 // Each failure prints the overlay, the object and what is wrong; the exit code is 1 if any.
 
 import { execFileSync } from "node:child_process";
@@ -70,12 +77,65 @@ for (const k of kustomizations) {
   }
 }
 
+// --- 1b. Injection ------------------------------------------------------------------------------
+// What certmgr's webhook does in the cluster, done here by `meshtls-certmgr inject` (the same
+// injector) with the base's certmgr config: pod templates of namespaces labelled
+// meshtls.io/inject=enabled (or labelled so themselves) are replaced by their injected form.
+// The realistic workloads of tests/deploy/workloads are injected whole, as `inject` on a user's
+// manifests would; they are checked like the rest except for the namespace-wide rules
+// (NetworkPolicies, Services), which those files do not try to model.
+const certmgrConfig = path.join(k8sDir, "base/certmgr-config.yaml");
+function inject(objects, where) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "meshtls-inject-"));
+  try {
+    const file = path.join(dir, "in.yaml");
+    fs.writeFileSync(file, objects.map((o) => YAML.stringify(o)).join("---\n"));
+    const out = execFileSync(args.certmgr, ["inject", "--config", certmgrConfig, file], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "pipe"],
+      timeout: 20000,
+    });
+    return YAML.parseAllDocuments(out).map((d) => d.toJS());
+  } catch (e) {
+    fail(where, `meshtls-certmgr inject failed: ${(e.stderr || e.message).trim()}`);
+    return objects;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+const isInjected = (o) => Boolean(o.spec?.template?.metadata?.annotations?.["meshtls.io/sidecar-config"]);
+for (const [k, objects] of Object.entries(rendered)) {
+  const enabled = new Set(objects.filter((o) => o.kind === "Namespace" && o.metadata.labels?.["meshtls.io/inject"] === "enabled")
+    .map((o) => o.metadata.name));
+  const selected = objects.map((o, i) => [o, i]).filter(([o]) => o.spec?.template?.spec &&
+    (enabled.has(o.metadata.namespace) || o.spec.template.metadata?.labels?.["meshtls.io/inject"] === "enabled"));
+  if (selected.length === 0) continue;
+  const injected = inject(selected.map(([o]) => o), k);
+  selected.forEach(([, i], j) => { rendered[k][i] = injected[j]; });
+  check(selected.every(([, i]) => isInjected(rendered[k][i])), k, "a pod template the webhook selects was not injected");
+}
+const workloadsDir = path.join(here, "workloads");
+const workloadSets = new Set();
+for (const file of fs.readdirSync(workloadsDir).filter((f) => f.endsWith(".yaml")).sort()) {
+  const k = `tests/deploy/workloads/${file}`;
+  const objects = YAML.parseAllDocuments(fs.readFileSync(path.join(workloadsDir, file), "utf8")).map((d) => d.toJS()).filter((o) => o);
+  rendered[k] = inject(objects, k).filter((o) => o);
+  workloadSets.add(k);
+  for (const o of rendered[k].filter((x) => x.spec?.template?.spec || x.spec?.jobTemplate)) {
+    const template = o.spec.template ?? o.spec.jobTemplate.spec.template;
+    const disabled = template.metadata?.labels?.["meshtls.io/inject"] === "disabled";
+    check(disabled || Boolean(template.metadata?.annotations?.["meshtls.io/sidecar-config"]), `${k}: ${o.kind} ${o.metadata.name}`, "not injected");
+  }
+}
+
 // --- 2. Schemas -------------------------------------------------------------------------------
 const models = {
   v1: "kubernetes-models/v1",
   "apps/v1": "kubernetes-models/apps/v1",
   "policy/v1": "kubernetes-models/policy/v1",
   "networking.k8s.io/v1": "kubernetes-models/networking.k8s.io/v1",
+  "batch/v1": "kubernetes-models/batch/v1",
+  "admissionregistration.k8s.io/v1": "kubernetes-models/admissionregistration.k8s.io/v1",
   "monitoring.coreos.com/v1": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1",
 };
 const kinds = new Set();
@@ -144,7 +204,13 @@ for (const [k, objects] of Object.entries(rendered)) {
 // --- 3. meshtls's rules -----------------------------------------------------------------------
 const find = (objects, kind, name, ns) =>
   objects.find((o) => o.kind === kind && o.metadata.name === name && (!ns || o.metadata.namespace === ns));
-const podTemplates = (objects) => objects.filter((o) => o.spec?.template?.spec);
+// podTemplates: the objects with a Pod template, each as {metadata, spec: {template}} (a
+// CronJob's template is under its jobTemplate; a bare Pod is its own template).
+const podTemplates = (objects) => objects.flatMap((o) =>
+  o.spec?.template?.spec ? [o]
+  : o.spec?.jobTemplate?.spec?.template?.spec ? [{ ...o, spec: { template: o.spec.jobTemplate.spec.template } }]
+  : o.kind === "Pod" ? [{ ...o, spec: { template: { metadata: o.metadata, spec: o.spec } } }]
+  : []);
 const portOf = (container, name) => (container.ports || []).find((p) => p.name === name)?.containerPort;
 const listenPort = (address) => Number(String(address).split(":").pop());
 // selects reports whether a label selector (matchLabels and matchExpressions) matches labels;
@@ -176,6 +242,22 @@ function checkContainerSecurity(where, pod, c) {
   const sc = c.securityContext || {};
   const psc = pod.securityContext || {};
   const w = `${where} container ${c.name}`;
+  if (c.name === "meshtls-init" && (c.args || [])[0] === "init-network") {
+    // The injected init step: the one container allowed root, and then only NET_ADMIN and
+    // NET_RAW (for iptables in the pod's network namespace), once, before every other one.
+    check(sc.runAsUser === 0 && sc.runAsNonRoot === false, w, "the init step does not run as root explicitly");
+    check(JSON.stringify([...(sc.capabilities?.add || [])].sort()) === JSON.stringify(["NET_ADMIN", "NET_RAW"]), w,
+      "the init step adds capabilities other than NET_ADMIN and NET_RAW");
+    check((sc.capabilities?.drop || []).includes("ALL"), w, "capabilities.drop does not include ALL");
+    check(sc.readOnlyRootFilesystem === true && sc.allowPrivilegeEscalation === false && sc.privileged !== true, w,
+      "the init step may write its root filesystem, escalate or is privileged");
+    check((sc.seccompProfile?.type ?? psc.seccompProfile?.type) === "RuntimeDefault", w, "seccompProfile is not RuntimeDefault");
+    check(pod.initContainers?.[0] === c && !c.restartPolicy, w, "the init step is not the first init container, run once");
+    for (const kind of ["requests", "limits"]) {
+      check(c.resources?.[kind]?.cpu && c.resources?.[kind]?.memory, w, `resources.${kind} needs cpu and memory`);
+    }
+    return;
+  }
   check((sc.runAsNonRoot ?? psc.runAsNonRoot) === true, w, "runAsNonRoot is not true");
   const uid = sc.runAsUser ?? psc.runAsUser;
   check(uid !== 0, w, "runs as uid 0");
@@ -193,8 +275,12 @@ function checkContainerSecurity(where, pod, c) {
 for (const [k, objects] of Object.entries(rendered)) {
   for (const o of podTemplates(objects)) {
     const pod = o.spec.template.spec;
+    check([...(pod.initContainers || []), ...pod.containers].filter((c) => (c.securityContext?.capabilities?.add || []).length).length <=
+      (isInjected(o) ? 1 : 0), `${k}: ${describe(o)}`, "more than the injected init step adds capabilities");
     const where = `${k}: ${describe(o)}`;
-    check(pod.hostNetwork !== true && pod.hostPID !== true && pod.hostIPC !== true, where, "uses a host namespace");
+    const optedOut = o.spec.template.metadata?.labels?.["meshtls.io/inject"] === "disabled";
+    check((workloadSets.has(k) && optedOut) || (pod.hostNetwork !== true && pod.hostPID !== true && pod.hostIPC !== true),
+      where, "uses a host namespace");
     const containers = [...(pod.initContainers || []), ...pod.containers];
     check(containers.length > 0, where, "has no containers");
     for (const c of containers) checkContainerSecurity(where, pod, c);
@@ -206,6 +292,7 @@ for (const [k, objects] of Object.entries(rendered)) {
 
 // The control plane, in every rendering (each overlay includes the base).
 for (const [k, objects] of Object.entries(rendered)) {
+  if (workloadSets.has(k)) continue;
   const ns = find(objects, "Namespace", "meshtls-system");
   check(ns, k, "no meshtls-system Namespace");
   const d = find(objects, "Deployment", "certmgr", "meshtls-system");
@@ -269,15 +356,25 @@ for (const [k, objects] of Object.entries(rendered)) {
     check(grpcRules.length === 1 && grpcRules[0].from.length > 0 &&
       grpcRules[0].from.every((f) => f.podSelector?.matchLabels?.["meshtls.io/sidecar"] === "true"), where,
     "the NetworkPolicy lets more than sidecars (meshtls.io/sidecar: \"true\") reach the gRPC port");
-    check(np.spec.ingress.every((r) => r.ports?.length && r.from?.length), where, "a NetworkPolicy rule allows every port or every peer");
+    // Every rule names its peers, but the webhook's: the API server calls from addresses no
+    // selector names (base/networkpolicy.yaml).
+    check(np.spec.ingress.every((r) => r.ports?.length && (r.from?.length ||
+      r.ports.every((p) => p.port === "webhook" || p.port === portOf(c, "webhook")))), where,
+    "a NetworkPolicy rule allows every port, or every peer to a port other than the webhook's");
+    check(np.spec.ingress.some((r) => r.ports.some((p) => p.port === "webhook")), where, "no NetworkPolicy rule opens the webhook port");
   }
 }
 
-// Workloads: every pod template outside meshtls-system carries a native meshtls sidecar.
+// Workloads: every pod template outside meshtls-system carries a native meshtls sidecar (but
+// those opted out of injection). Its config is a ConfigMap of the manifests (hand-written) or
+// the meshtls.io/sidecar-config annotation, mounted through the downward API (injected).
 for (const [k, objects] of Object.entries(rendered)) {
+  const modelsPolicies = !workloadSets.has(k);
   for (const o of podTemplates(objects).filter((x) => x.metadata.namespace !== "meshtls-system")) {
     const where = `${k}: ${describe(o)}`;
     const pod = o.spec.template.spec;
+    const annotations = o.spec.template.metadata.annotations || {};
+    if (o.spec.template.metadata.labels?.["meshtls.io/inject"] === "disabled") continue;
     const s = (pod.initContainers || []).find((c) => c.name === "meshtls-sidecar");
     if (!check(s, where, "no meshtls-sidecar init container")) continue;
     check(s.restartPolicy === "Always", where, "the sidecar is not a native sidecar (restartPolicy: Always)");
@@ -287,30 +384,32 @@ for (const [k, objects] of Object.entries(rendered)) {
     const flag = (name) => (s.args || []).find((a) => a.startsWith(`--${name}=`))?.split("=")[1];
     check(env[flag("namespace")?.slice(2, -1)] === "metadata.namespace", where, "--namespace does not come from the downward API (metadata.namespace)");
     check(env[flag("service-account")?.slice(2, -1)] === "spec.serviceAccountName", where, "--service-account does not come from the downward API (spec.serviceAccountName)");
-    check(pod.automountServiceAccountToken === false, where, "the app gets an API token it does not need (automountServiceAccountToken)");
-    const annotations = o.spec.template.metadata.annotations || {};
-    check(annotations["prometheus.io/scrape"] === "true" && Number(annotations["prometheus.io/port"]) === portOf(s, "meshtls-admin"),
-      where, "pods lack prometheus.io/scrape and port annotations for the sidecar's admin port");
-    // The app is reached only through the sidecar: an app container's own port is reachable
-    // in plain text at <pod IP>:port by any pod, around the sidecar.
-    const sidecarPorts = s.ports || [];
-    const appContainers = [...(pod.initContainers || []).filter((c) => c !== s), ...pod.containers];
-    for (const c of appContainers) {
-      for (const p of c.ports || []) {
-        check(sidecarPorts.some((sp) => sp.containerPort === p.containerPort), where,
-          `app container ${c.name} declares port ${p.containerPort}${p.name ? ` (${p.name})` : ""}: ` +
-          "an app listens on loopback only, reached through the sidecar's inbound listener");
-      }
+    if (modelsPolicies) {
+      check(pod.automountServiceAccountToken === false, where, "the app gets an API token it does not need (automountServiceAccountToken)");
     }
+    // The injector leaves an app's own scrape annotations alone (the sidecar is then scraped by
+    // its port name, as the prometheus-operator overlay's PodMonitor does).
+    const appScraped = isInjected(o) && !modelsPolicies && annotations["prometheus.io/port"] !== undefined;
+    check(appScraped || (annotations["prometheus.io/scrape"] === "true" && Number(annotations["prometheus.io/port"]) === portOf(s, "meshtls-admin")),
+      where, "pods lack prometheus.io/scrape and port annotations for the sidecar's admin port");
     // The config, its mounts and ports.
     const volumes = Object.fromEntries(pod.volumes.map((v) => [v.name, v]));
     const mountOf = (file) => s.volumeMounts.find((m) => m.mountPath === file || m.mountPath === path.dirname(file));
     const configFile = flag("config");
     const configMount = mountOf(configFile);
-    const cmName = configMount && volumes[configMount.name]?.configMap?.name;
-    const cm = cmName && find(objects, "ConfigMap", cmName, o.metadata.namespace);
-    if (!check(cm, where, `--config ${configFile} is not in a mounted ConfigMap of the manifests`)) continue;
-    const text = cm.data[configMount.subPath || path.basename(configFile)];
+    const configVolume = configMount && volumes[configMount.name];
+    let text;
+    if (configVolume?.downwardAPI) {
+      const item = configVolume.downwardAPI.items.find((x) => x.path === path.basename(configFile));
+      const annotation = /^metadata\.annotations\['(.+)'\]$/.exec(item?.fieldRef?.fieldPath || "")?.[1];
+      text = annotations[annotation];
+      check(typeof text === "string", where, `--config ${configFile} is the downward API's ${item?.fieldRef?.fieldPath}, which the pod does not have`);
+    } else {
+      const cm = configVolume?.configMap && find(objects, "ConfigMap", configVolume.configMap.name, o.metadata.namespace);
+      check(cm, where, `--config ${configFile} is not in a mounted ConfigMap of the manifests`);
+      text = cm?.data?.[configMount.subPath || path.basename(configFile)];
+    }
+    if (typeof text !== "string") continue;
     const config = YAML.parse(text);
     const tokenMount = mountOf(config.identity.certmgr.token_file);
     const token = tokenMount && volumes[tokenMount.name]?.projected?.sources?.find((x) => x.serviceAccountToken);
@@ -321,6 +420,34 @@ for (const [k, objects] of Object.entries(rendered)) {
     check(caMount && volumes[caMount.name]?.configMap, where, `server_ca ${config.identity.certmgr.server_ca} is not in a mounted ConfigMap`);
     check(listenPort(config.admin.listen) === portOf(s, "meshtls-admin") && config.admin.listen.startsWith("0.0.0.0:"), where,
       "admin.listen is not 0.0.0.0 on the meshtls-admin container port");
+    // No way around the sidecar. Explicit listeners: an app container declares no port of its
+    // own (its port is reachable in plain text at <pod IP>:port). Transparent inbound: every
+    // port an app container declares is captured, none excluded.
+    const sidecarPorts = s.ports || [];
+    const appContainers = [...(pod.initContainers || []).filter((c) => c !== s && c.name !== "meshtls-init"), ...pod.containers];
+    const inbound = config.transparent?.inbound;
+    if (inbound && config.transparent.proxy_uid !== undefined) {
+      const init = (pod.initContainers || [])[0];
+      check(init?.name === "meshtls-init" && mountOf(configFile) && (init.volumeMounts || []).some((m) => m.name === configMount.name) &&
+        (init.args || []).includes(`--config=${configFile}`), where, "the capture rules' init step does not run first on the sidecar's config");
+      check(s.securityContext?.runAsUser === config.transparent.proxy_uid, where,
+        `the sidecar does not run as transparent.proxy_uid (${config.transparent.proxy_uid}), which the capture rules exempt`);
+      for (const c of appContainers) {
+        const uid = c.securityContext?.runAsUser ?? pod.securityContext?.runAsUser;
+        check(uid !== config.transparent.proxy_uid, where, `app container ${c.name} runs as the sidecar's uid and so bypasses the capture`);
+      }
+    }
+    for (const c of appContainers) {
+      for (const p of (c.ports || []).filter((x) => (x.protocol || "TCP") === "TCP")) {
+        const covered = inbound ? !(inbound.exclude_ports || []).includes(p.containerPort) &&
+          !sidecarPorts.some((sp) => sp.containerPort === p.containerPort)
+          : sidecarPorts.some((sp) => sp.containerPort === p.containerPort);
+        check(covered, where,
+          `app container ${c.name} declares port ${p.containerPort}${p.name ? ` (${p.name})` : ""}: ` +
+          (inbound ? "it is not captured (transparent.inbound.exclude_ports), so other pods reach it around the sidecar"
+            : "an app listens on loopback only, reached through the sidecar's inbound listener"));
+      }
+    }
     for (const l of config.inbound || []) {
       check((s.ports || []).some((p) => p.containerPort === listenPort(l.listen)), where, `inbound ${l.name} listens on a port the container does not declare`);
       check(isLoopback(l.forward), where,
@@ -332,15 +459,22 @@ for (const [k, objects] of Object.entries(rendered)) {
       const svc = find(objects, "Service", svcName, svcNs);
       check(svc && svc.spec.ports.some((p) => p.port === listenPort(l.connect)), where, `outbound ${l.name} connects to ${l.connect}, which no Service of the manifests serves`);
     }
+    // Ports that reach the app around the sidecar, and ports that reach it through the capture.
+    const declared = appContainers.flatMap((c) => (c.ports || []).map((p) => p.containerPort));
+    const capturedPorts = new Set(inbound ? declared.filter((p) => !(inbound.exclude_ports || []).includes(p)) : []);
     const appPorts = new Set([
       ...(config.inbound || []).map((l) => listenPort(l.forward)),
-      ...appContainers.flatMap((c) => (c.ports || []).map((p) => p.containerPort)),
+      ...declared.filter((p) => !capturedPorts.has(p)),
+      ...(inbound?.exclude_ports || []),
     ]);
+    const deliveredPorts = [...(config.inbound || []).map((l) => listenPort(l.forward)), ...capturedPorts];
     for (const c of appContainers.filter((x) => /nginx/.test(String(x.image).split("/").pop()))) {
-      checkNginxListensOnLoopback(where, objects, o.metadata.namespace, pod, c, (config.inbound || []).map((l) => listenPort(l.forward)));
+      checkNginxListensOnLoopback(where, objects, o.metadata.namespace, pod, c, deliveredPorts);
     }
-    checkExposure(where, objects, o, s, appPorts, config);
-    runCheck(where, args.sidecar, text, ["--namespace", o.metadata.namespace, "--service-account", pod.serviceAccountName]);
+    if (modelsPolicies) {
+      checkExposure(where, objects, o, s, appPorts, capturedPorts, config);
+    }
+    runCheck(where, args.sidecar, text, ["--namespace", o.metadata.namespace || "default", "--service-account", pod.serviceAccountName || "default"]);
   }
 }
 
@@ -375,9 +509,10 @@ function checkNginxListensOnLoopback(where, objects, namespace, pod, c, forwardP
 }
 
 // checkExposure: a workload's Services and the NetworkPolicies that select its pods open only
-// the sidecar's ports, never the app's; its inbound ports are open to the peers that need them
+// the sidecar's ports (its own, and app ports its capture takes), never the app's uncaptured
+// ones; its inbound ports are open to the peers that need them
 // and the sidecar's admin port to Prometheus (the namespace's default-deny would refuse them).
-function checkExposure(where, objects, workload, sidecar, appPorts, config) {
+function checkExposure(where, objects, workload, sidecar, appPorts, capturedPorts, config) {
   const namespace = workload.metadata.namespace;
   const labels = workload.spec.template.metadata.labels || {};
   const pod = workload.spec.template.spec;
@@ -386,7 +521,8 @@ function checkExposure(where, objects, workload, sidecar, appPorts, config) {
   const resolve = (port) =>
     typeof port === "number" ? port
     : allContainers.flatMap((c) => c.ports || []).find((p) => p.name === port)?.containerPort;
-  const sidecarPort = (n) => (sidecar.ports || []).some((p) => p.containerPort === n);
+  // A port the sidecar answers: its own, or an app port its capture takes.
+  const sidecarPort = (n) => (sidecar.ports || []).some((p) => p.containerPort === n) || capturedPorts.has(n);
   for (const svc of objects.filter((x) => x.kind === "Service" && x.metadata.namespace === namespace &&
     x.spec.selector && selects({ matchLabels: x.spec.selector }, labels))) {
     for (const p of svc.spec.ports || []) {
@@ -427,6 +563,7 @@ function checkExposure(where, objects, workload, sidecar, appPorts, config) {
 // Every namespace with workloads has a default-deny ingress NetworkPolicy: the second wall, so
 // that a port an app opens by mistake is still closed to other pods.
 for (const [k, objects] of Object.entries(rendered)) {
+  if (workloadSets.has(k)) continue;
   for (const namespace of new Set(podTemplates(objects).map((o) => o.metadata.namespace))) {
     check(objects.some((o) => o.kind === "NetworkPolicy" && o.metadata.namespace === namespace && isDefaultDenyIngress(o)),
       `${k}: namespace ${namespace}`,
@@ -494,4 +631,5 @@ if (failures > 0) {
   console.error(`${failures} problem(s) in deploy/kubernetes`);
   process.exit(1);
 }
-console.log(`manifests ok: ${kustomizations.join(", ")} rendered, ${objects} objects validated (${kinds.size} kinds)`);
+console.log(`manifests ok: ${kustomizations.join(", ")} rendered, ${workloadSets.size} workload files injected, ` +
+  `${objects} objects validated (${kinds.size} kinds)`);

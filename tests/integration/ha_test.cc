@@ -229,6 +229,10 @@ class OperatorScript {
   std::string BundleFile(const std::string& ns) const {
     return absl::StrCat(kube_, "/", ns, "/configmap/meshtls-ca-bundle/ca.pem");
   }
+  // The caBundle of webhook `index` of the meshtls-injector configuration, decoded.
+  std::string WebhookBundleFile(const std::string& index) const {
+    return absl::StrCat(kube_, "/_cluster/mutatingwebhookconfiguration/meshtls-injector/", index);
+  }
   // Run returns the exit code; the output is in Log().
   int Run(std::vector<std::string> args) {
     std::vector<std::string> argv = {
@@ -328,6 +332,12 @@ TEST_F(HaTest, ReplicasOnAReadOnlySecretVolumeApplyEachRotationStepLive) {
   // The workloads' bootstrap bundle: every root of the trust bundle (new and previous).
   ASSERT_EQ(ca.Run({"bundle", "meshtls-demo"}), 0) << ca.Log();
   EXPECT_EQ(CountCertificates(*base::ReadFileToString(ca.BundleFile("meshtls-demo"))), 2);
+  // The API server's trust for the injection webhook: the same roots, in both webhooks.
+  ASSERT_EQ(ca.Run({"webhook"}), 0) << ca.Log();
+  for (const char* webhook : {"0", "1"}) {
+    EXPECT_EQ(base::ReadFileToString(ca.WebhookBundleFile(webhook)).value_or("none"),
+              base::ReadFileToString(ca.BundleFile("meshtls-demo")).value_or("?"));
+  }
   // Retiring while leaves of the old root may still be valid is refused.
   EXPECT_EQ(ca.Run({"retire"}), 1);
   EXPECT_NE(ca.Log().find("retire after that"), std::string::npos) << ca.Log();
