@@ -242,6 +242,10 @@ std::vector<CertmgrCommand> CertmgrCommandTable(const testing::TempDir& dir) {
       {"verify",
        {"verify", "--bundle", bundle, "--chain", chain},
        {"--bundle", "--chain", "--purpose", "--at", "--spiffe-id", "--profile"}},
+      {"inject",
+       {"inject", "--config", config,
+        dir.Write("table-pod.yaml", "kind: Pod\nspec: {containers: [{name: a}]}\n")},
+       {"--config"}},
   };
 }
 
@@ -296,7 +300,7 @@ TEST(CertmgrCliTest, EachSubcommandRefusesTheOthersFlags) {
       ++misplaced;
     }
   }
-  EXPECT_EQ(misplaced, 51);  // the table's size: a shrunken table would prove less
+  EXPECT_EQ(misplaced, 64);  // the table's size: a shrunken table would prove less
 }
 
 // Flags no subcommand knows, in every spelling, are refused by name before anything runs.
@@ -451,4 +455,48 @@ TEST(SidecarCliTest, EachCommandRefusesTheOthersFlags) {
 }
 
 }  // namespace
+// inject: manifests from files or stdin to stdout; nothing written when a template cannot be
+// meshed (exit 1, naming the document, kind and name); a file that is not YAML is named.
+TEST(CertmgrCliTest, InjectWritesEverythingOrNothing) {
+  testing::TempDir dir;
+  const std::string bin = testing::BinaryPath("meshtls-certmgr");
+  const std::string good = dir.Write("good.yaml",
+                                     "kind: Deployment\nmetadata: {name: web}\n"
+                                     "spec: {template: {spec: {containers: [{name: a}]}}}\n---\n"
+                                     "kind: Service\nmetadata: {name: web}\n");
+  const std::string host =
+      dir.Write("host.yaml",
+                "kind: Service\n---\nkind: DaemonSet\nmetadata: {name: agent}\n"
+                "spec: {template: {spec: {hostNetwork: true, containers: [{name: a}]}}}\n");
+  const std::string broken = dir.Write("broken.yaml", "kind: [Pod\n");
+
+  auto p = *testing::Subprocess::Start(
+      {"/bin/sh", "-c", bin + " inject < " + good + " > " + dir.File("out.yaml")},
+      dir.File("stdin.log"));
+  ASSERT_EQ(p->WaitForExit(absl::Seconds(20)), 0) << p->Log();
+  const std::string out = *base::ReadFileToString(dir.File("out.yaml"));
+  EXPECT_NE(out.find("name: meshtls-sidecar"), std::string::npos) << out;
+  EXPECT_NE(out.find("---\nkind: Service"), std::string::npos) << out;
+  EXPECT_NE(p->Log().find("stdin: 1 pod templates injected, 0 already injected, 0 opted out; 1 "
+                          "other objects as they were"),
+            std::string::npos)
+      << p->Log();
+
+  RunResult refused = RunBinary(dir, {bin, "inject", good, host});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.output.find(host + ": document 2 (line 3): DaemonSet agent: hostNetwork pods "
+                                       "cannot be meshed"),
+            std::string::npos)
+      << refused.output;
+  EXPECT_EQ(refused.output.find("meshtls-sidecar"), std::string::npos) << "wrote a part";
+
+  RunResult not_yaml = RunBinary(dir, {bin, "inject", broken});
+  EXPECT_EQ(not_yaml.exit_code, 1);
+  EXPECT_NE(not_yaml.output.find(broken + ": line 2: did not find expected"), std::string::npos)
+      << not_yaml.output;
+  RunResult missing = RunBinary(dir, {bin, "inject", dir.File("none.yaml")});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.output.find("none.yaml"), std::string::npos) << missing.output;
+}
+
 }  // namespace meshtls
