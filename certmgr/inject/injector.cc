@@ -274,6 +274,10 @@ absl::StatusOr<std::vector<YamlNode>> ReadOutboundRules(absl::string_view text) 
         if (list == "networks") {
           MESHTLS_RETURN_IF_ERROR(CheckNetworks({item.scalar}, item_at));
         } else if (list == "ports") {
+          if (item.quoted) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(item_at, ": \"", item.scalar, "\" must be a number, not a string"));
+          }
           MESHTLS_RETURN_IF_ERROR(ParsePort(item.scalar, item_at).status());
         } else {
           MESHTLS_RETURN_IF_ERROR(CheckSpiffePatterns({item.scalar}, item_at));
@@ -431,12 +435,19 @@ absl::Status MoveProbes(YamlNode& container, const std::set<int>& excluded,
     ProbeTarget target;
     target.path = absl::StrCat("/app-health/", name, "/", suffix);
     if (std::optional<std::string> t = ScalarOf(probe, "timeoutSeconds")) {
-      if (!absl::SimpleAtoi(*t, &target.timeout_seconds) || target.timeout_seconds < 1) {
-        return absl::InvalidArgumentError(absl::StrCat(where, ": bad timeoutSeconds \"", *t, "\""));
+      // The sidecar's app_probes[].timeout takes 10ms to 60s.
+      if (!absl::SimpleAtoi(*t, &target.timeout_seconds) || target.timeout_seconds < 1 ||
+          target.timeout_seconds > 60) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": timeoutSeconds \"", *t, "\" is not 1 to 60 (the sidecar's probe timeout)"));
       }
     }
     if (const YamlNode* grpc = Find(*probe, "grpc")) {
-      MESHTLS_ASSIGN_OR_RETURN(int port, ResolvePort(container, *Find(*grpc, "port"), where));
+      const YamlNode* grpc_port = Find(*grpc, "port");
+      if (grpc_port == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": grpc without a port"));
+      }
+      MESHTLS_ASSIGN_OR_RETURN(int port, ResolvePort(container, *grpc_port, where));
       if (excluded.contains(port)) {
         continue;
       }
@@ -470,6 +481,12 @@ absl::Status MoveProbes(YamlNode& container, const std::set<int>& excluded,
       target.http_path = ScalarOf(http, "path").value_or("/");
       if (target.http_path.empty() || target.http_path[0] != '/') {
         target.http_path.insert(0, "/");
+      }
+      for (char c : target.http_path) {
+        if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, ": the path holds a space or a control character"));
+        }
       }
       if (const YamlNode* headers = Find(*http, "httpHeaders")) {
         for (const YamlNode& h : headers->items) {
@@ -719,7 +736,8 @@ absl::Status Check(const MeshSettings& mesh, const YamlNode& pod) {
   if (spec == nullptr || spec->kind != Kind::kMapping) {
     return absl::InvalidArgumentError("the pod template has no spec");
   }
-  if (ScalarOf(spec, "hostNetwork") == "true") {
+  if (const YamlNode* host = Find(*spec, "hostNetwork");
+      host != nullptr && config::EmitJson(*host) == "true") {  // true, True, yes...: YAML 1.1
     return absl::InvalidArgumentError(
         "hostNetwork pods cannot be meshed: the capture rules would change the node's own "
         "network; opt the pod out with the label meshtls.io/inject: disabled");
@@ -784,7 +802,16 @@ absl::StatusOr<YamlNode> Build(const MeshSettings& mesh, const YamlNode& origina
           " excludes: it would be reachable around the sidecar; mesh it or stop declaring it"));
     }
   }
+  // The app containers' probes, and those of the pod's own native sidecars (init containers
+  // that keep running, whose ports are captured too).
   std::vector<ProbeTarget> probes;
+  if (YamlNode* init = FindMutable(spec, "initContainers")) {
+    for (YamlNode& c : init->items) {
+      if (ScalarOf(&c, "restartPolicy") == "Always") {
+        MESHTLS_RETURN_IF_ERROR(MoveProbes(c, settings.exclude_inbound_ports, probes));
+      }
+    }
+  }
   if (YamlNode* containers = FindMutable(spec, "containers")) {
     for (YamlNode& c : containers->items) {
       MESHTLS_RETURN_IF_ERROR(MoveProbes(c, settings.exclude_inbound_ports, probes));

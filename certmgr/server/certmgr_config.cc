@@ -142,6 +142,7 @@ absl::Status ReadInjection(const Schema& s, const LoadedFields& fields, CertmgrC
   c.webhook.max_request_bytes = static_cast<size_t>(w.max_request_bytes());
   c.webhook.request_timeout = ToDuration(w.request_timeout());
   c.webhook.max_connections = w.max_connections();
+  c.webhook.max_connections_per_address = w.max_connections_per_address();
   return absl::OkStatus();
 }
 

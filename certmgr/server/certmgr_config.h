@@ -58,6 +58,7 @@ struct CertmgrConfig {
     size_t max_request_bytes = 0;
     absl::Duration request_timeout;
     int max_connections = 0;
+    int max_connections_per_address = 0;
   } webhook;
 };
 

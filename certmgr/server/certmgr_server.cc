@@ -254,16 +254,30 @@ class CertmgrServerImpl final : public CertmgrServer {
   // StartWebhook serves the mutating admission webhook (docs/injection.md). Main thread.
   absl::Status StartWebhook() {
     MESHTLS_ASSIGN_OR_RETURN(auto credentials, WebhookCredentials());
-    webhook::WebhookOptions options{.listen = config_.webhook.listen,
-                                    .max_request_bytes = config_.webhook.max_request_bytes,
-                                    .request_timeout = config_.webhook.request_timeout,
-                                    .max_connections = config_.webhook.max_connections};
+    webhook::WebhookOptions options{
+        .listen = config_.webhook.listen,
+        .max_request_bytes = config_.webhook.max_request_bytes,
+        .request_timeout = config_.webhook.request_timeout,
+        .max_connections = config_.webhook.max_connections,
+        .max_connections_per_address = config_.webhook.max_connections_per_address};
     auto handler = [this](absl::string_view path, absl::string_view body) {
       if (path != "/inject") {
         return admin::HttpResponse{.status = 404, .body = "POST AdmissionReviews to /inject\n"};
       }
+      // At most two reviews parse and copy a Pod at once: each may hold tens of MiB for a
+      // moment, and a review takes about a millisecond, so the others wait very little.
+      {
+        absl::MutexLock lock(&review_mu_);
+        review_mu_.Await(absl::Condition(
+            +[](int* running) { return *running < 2; }, &reviews_running_));
+        ++reviews_running_;
+      }
       absl::StatusOr<webhook::Review> review =
           webhook::AdmitPod(config_.injection, body, config_.webhook.max_request_bytes);
+      {
+        absl::MutexLock lock(&review_mu_);
+        --reviews_running_;
+      }
       if (!review.ok()) {
         metrics_.RecordAdmissionReview(AdmissionResult::kMalformed);
         return admin::HttpResponse{.status = 400,
@@ -427,6 +441,8 @@ class CertmgrServerImpl final : public CertmgrServer {
   absl::Mutex grpc_mu_;
   std::unique_ptr<grpc::Server> grpc_server_ ABSL_GUARDED_BY(grpc_mu_);
   std::atomic<int> grpc_port_{0};
+  absl::Mutex review_mu_;
+  int reviews_running_ ABSL_GUARDED_BY(review_mu_) = 0;
   std::unique_ptr<webhook::WebhookServer> webhook_;  // set in Start; its TLS replaced on rotation
   std::unique_ptr<admin::AdminServer> admin_;
   std::unique_ptr<base::FileWatcher> ca_watcher_;

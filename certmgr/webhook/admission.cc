@@ -11,6 +11,10 @@
 namespace meshtls::webhook {
 namespace {
 
+// The most nodes a review may parse into. A Pod of the largest size etcd stores (1.5 MiB) has
+// far fewer; the bound keeps a body of `[0,0,0,...]` from costing hundreds of MiB.
+constexpr size_t kMaxReviewNodes = 100000;
+
 using config::YamlNode;
 using Kind = YamlNode::Kind;
 
@@ -120,7 +124,8 @@ std::string JsonPatch(const YamlNode& from, const YamlNode& to) {
 
 absl::StatusOr<Review> AdmitPod(const inject::MeshSettings& mesh, absl::string_view body,
                                 size_t max_bytes) {
-  absl::StatusOr<std::vector<YamlNode>> documents = config::ParseYamlStream(body, max_bytes);
+  absl::StatusOr<std::vector<YamlNode>> documents =
+      config::ParseYamlStream(body, max_bytes, kMaxReviewNodes);
   if (!documents.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("the body is not JSON: ", documents.status().message()));
@@ -141,9 +146,27 @@ absl::StatusOr<Review> AdmitPod(const inject::MeshSettings& mesh, absl::string_v
   Review out;
   const YamlNode* kind = Find(request, "kind");
   const YamlNode* object = Find(request, "object");
-  if (ScalarOf(kind, "kind") != "Pod" || ScalarOf(kind, "group").value_or("") != "" ||
-      ScalarOf(request, "operation") != "CREATE" || object == nullptr ||
-      object->kind != Kind::kMapping) {
+  const bool is_pod = ScalarOf(kind, "kind") == "Pod" &&
+                      ScalarOf(kind, "group").value_or("") == "" && object != nullptr &&
+                      object->kind == Kind::kMapping;
+  if (is_pod && ScalarOf(request, "operation") == "UPDATE") {
+    // The sidecar's config is fixed when the pod is created: the downward-API volume would
+    // carry an edited annotation into the pod, past every check above.
+    const YamlNode* old_object = Find(request, "oldObject");
+    auto config_of = [](const YamlNode* o) {
+      const YamlNode* annotations = Find(Find(o, "metadata"), "annotations");
+      return ScalarOf(annotations, inject::kConfigAnnotation);
+    };
+    if (config_of(object) != config_of(old_object)) {
+      out.result = ReviewResult::kRefused;
+      out.message = absl::StrCat(inject::kConfigAnnotation,
+                                 " is set when the pod is created and cannot change; recreate "
+                                 "the pod (its workload's template) instead");
+      out.response_json = Answer(*uid, std::nullopt, out.message);
+      return out;
+    }
+  }
+  if (!is_pod || ScalarOf(request, "operation") != "CREATE") {
     out.message = "not a Pod being created";
     out.response_json = Answer(*uid, std::nullopt, std::nullopt);
     return out;

@@ -18,7 +18,7 @@ namespace meshtls::webhook {
 enum class ReviewResult {
   kInjected,   // allowed, with a patch
   kUnchanged,  // allowed as it is: opted out, already injected, not a Pod, not a CREATE
-  kRefused,    // not allowed: the pod cannot be meshed (the message says why)
+  kRefused,    // not allowed: the pod cannot be meshed, or an UPDATE changes its sidecar config
 };
 
 absl::string_view ReviewResultName(ReviewResult result);
@@ -29,8 +29,10 @@ struct Review {
   std::string message;        // why it was refused, or what was done (for the log)
 };
 
-// AdmitPod answers one AdmissionReview request body. Errors (InvalidArgument, naming what is
-// wrong) mean the body is no AdmissionReview v1 with a request.uid: answer 400, no review.
+// AdmitPod answers one AdmissionReview request body: a Pod's CREATE is injected; an UPDATE that
+// changes the meshtls.io/sidecar-config annotation is refused; anything else passes unchanged.
+// Errors (InvalidArgument, naming what is wrong) mean the body is no AdmissionReview v1 with a
+// request.uid: answer 400, no review.
 absl::StatusOr<Review> AdmitPod(const inject::MeshSettings& mesh, absl::string_view body,
                                 size_t max_bytes);
 

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -150,6 +151,15 @@ struct WebhookServer::Impl {
   std::mutex ctx_mu;
   std::shared_ptr<SSL_CTX> ctx;  // guarded by ctx_mu; each connection keeps its own reference
   std::unique_ptr<base::ThreadSet> connections;
+  std::mutex per_address_mu;
+  std::map<std::string, int> per_address;  // open connections by client address; per_address_mu
+
+  void Release(const std::string& source) {
+    std::lock_guard<std::mutex> lock(per_address_mu);
+    if (--per_address[source] <= 0) {
+      per_address.erase(source);
+    }
+  }
   std::thread accept_thread;
 
   std::shared_ptr<SSL_CTX> Context() {
@@ -202,8 +212,22 @@ struct WebhookServer::Impl {
         }
         continue;
       }
+      std::string source = peer.AddressBytes();
+      {
+        std::lock_guard<std::mutex> lock(per_address_mu);
+        int& held = per_address[source];
+        if (held >= options.max_connections_per_address) {
+          Reject(Rejection::kOverCapacity);
+          continue;  // fd closes here
+        }
+        ++held;
+      }
       auto shared_fd = std::make_shared<base::UniqueFd>(std::move(fd));
-      if (!connections->TryRun([this, shared_fd] { Serve(std::move(*shared_fd)); })) {
+      if (!connections->TryRun([this, shared_fd, source] {
+            Serve(std::move(*shared_fd));
+            Release(source);
+          })) {
+        Release(source);
         Reject(Rejection::kOverCapacity);  // closed as shared_fd goes
       }
     }

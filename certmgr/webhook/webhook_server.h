@@ -15,12 +15,15 @@ namespace meshtls::webhook {
 
 struct WebhookOptions {
   std::string listen;  // IP:port; port 0 picks one (port())
-  size_t max_request_bytes = 4 << 20;
+  size_t max_request_bytes = 2 << 20;
   // One request, from the accept (or its first byte on a kept-alive connection) to its last:
   // the TLS handshake, the head and the body.
   absl::Duration request_timeout = absl::Seconds(10);
   absl::Duration idle_timeout = absl::Seconds(30);  // a kept-alive connection between requests
   int max_connections = 64;
+  // One client address's share of max_connections: a pod holding connections open cannot take
+  // the API server's.
+  int max_connections_per_address = 8;
 };
 
 // Why the server closed a connection or refused a request without asking the handler (the

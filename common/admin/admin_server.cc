@@ -280,7 +280,9 @@ struct AdminServer::Impl {
   void StartAsync(Connection& c, const AdminRoute& route, bool head, bool keep_alive) {
     c.pending = true;
     c.waiting_since = net::EventLoop::Now();
-    SetDeadline(c, write_timeout);
+    SetDeadline(c, route.async_timeout > absl::ZeroDuration()
+                       ? absl::ToChronoNanoseconds(route.async_timeout)
+                       : write_timeout);
     SetInterest(c, EPOLLRDHUP);
     if (!c.fd.valid()) {
       return;

@@ -33,6 +33,8 @@ struct AdminRoute {
   // connection reads nothing more, and it is closed if the Reply has not come within the
   // write timeout or the client closes.
   std::function<void(Reply)> async_handler = {};
+  // With async_handler: how long the connection waits for the Reply (zero: the write timeout).
+  absl::Duration async_timeout = absl::ZeroDuration();
 };
 
 // AdminLimits bound what each client may hold (see AdminServer). The defaults are what both

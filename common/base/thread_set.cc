@@ -1,5 +1,6 @@
 #include "common/base/thread_set.h"
 
+#include <system_error>
 #include <utility>
 
 namespace meshtls::base {
@@ -31,11 +32,16 @@ bool ThreadSet::TryRun(std::function<void()> task) {
   Running& slot = running_.emplace_back();
   // `slot` stays put (a list node) until joined; `done` is set under mu_, which this call
   // holds until `slot.thread` is assigned.
-  slot.thread = std::thread([this, task = std::move(task), &slot] {
-    task();
-    std::lock_guard<std::mutex> lock(mu_);
-    slot.done = true;
-  });
+  try {
+    slot.thread = std::thread([this, task = std::move(task), &slot] {
+      task();
+      std::lock_guard<std::mutex> lock(mu_);
+      slot.done = true;
+    });
+  } catch (const std::system_error&) {
+    running_.pop_back();  // no thread (out of threads or memory): refused like the cap
+    return false;
+  }
   return true;
 }
 

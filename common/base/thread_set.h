@@ -19,7 +19,8 @@ class ThreadSet {
   ThreadSet(const ThreadSet&) = delete;
   ThreadSet& operator=(const ThreadSet&) = delete;
 
-  // TryRun starts `task` on a new thread; false (and `task` not run) at the cap.
+  // TryRun starts `task` on a new thread; false (and `task` not run) at the cap, or when no
+  // thread can be made.
   bool TryRun(std::function<void()> task);
 
  private:

@@ -31,7 +31,7 @@ int LineOf(const yaml_mark_t& mark) { return static_cast<int>(mark.line) + 1; }
 class EventReader {
  public:
   // `text` must not be empty (libyaml asserts on a null input) and must outlive the reader.
-  explicit EventReader(absl::string_view text) : text_(text) {
+  EventReader(absl::string_view text, size_t max_nodes) : text_(text), nodes_left_(max_nodes) {
     initialized_ = yaml_parser_initialize(&parser_) == 1;
     if (initialized_) {
       yaml_parser_set_input_string(&parser_, reinterpret_cast<const unsigned char*>(text.data()),
@@ -128,6 +128,10 @@ class EventReader {
   absl::StatusOr<YamlNode> ReadNode(int depth) {
     YamlNode node;
     node.line = LineOf(event_.start_mark);
+    if (nodes_left_ == 0) {
+      return LineError(node.line, "too many nodes (values, lists and mappings) in the input");
+    }
+    --nodes_left_;
     switch (event_.type) {
       case YAML_ALIAS_EVENT:
         return LineError(node.line, "anchors, aliases and tags are not supported");
@@ -198,6 +202,7 @@ class EventReader {
   }
 
   absl::string_view text_;
+  size_t nodes_left_;  // the node budget: each node costs about 100 bytes, its text aside
   yaml_parser_t parser_;
   yaml_event_t event_;
   bool initialized_ = false;
@@ -209,7 +214,7 @@ class EventReader {
 namespace {
 
 absl::StatusOr<std::vector<YamlNode>> ParseDocuments(absl::string_view text, size_t max_bytes,
-                                                     bool one_document) {
+                                                     size_t max_nodes, bool one_document) {
   if (text.size() > max_bytes) {
     return absl::InvalidArgumentError(
         max_bytes % (1 << 20) == 0
@@ -222,7 +227,7 @@ absl::StatusOr<std::vector<YamlNode>> ParseDocuments(absl::string_view text, siz
   if (text.empty()) {
     return std::vector<YamlNode>{};
   }
-  EventReader reader(text);
+  EventReader reader(text, max_nodes);
   return reader.ReadStream(one_document);
 }
 
@@ -475,12 +480,14 @@ void AppendJson(const YamlNode& node, std::string& out) {
 
 absl::StatusOr<YamlNode> ParseYamlTree(absl::string_view text) {
   MESHTLS_ASSIGN_OR_RETURN(std::vector<YamlNode> documents,
-                           ParseDocuments(text, kMaxDocumentBytes, /*one_document=*/true));
+                           ParseDocuments(text, kMaxDocumentBytes, kMaxDocumentBytes,
+                                          /*one_document=*/true));
   return documents.empty() ? YamlNode{} : std::move(documents.front());
 }
 
-absl::StatusOr<std::vector<YamlNode>> ParseYamlStream(absl::string_view text, size_t max_bytes) {
-  return ParseDocuments(text, max_bytes, /*one_document=*/false);
+absl::StatusOr<std::vector<YamlNode>> ParseYamlStream(absl::string_view text, size_t max_bytes,
+                                                      size_t max_nodes) {
+  return ParseDocuments(text, max_bytes, max_nodes, /*one_document=*/false);
 }
 
 absl::StatusOr<std::string> EmitYaml(const std::vector<YamlNode>& documents) {

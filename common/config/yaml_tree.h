@@ -10,6 +10,7 @@
 // with a NUL byte. Configs are small and written by hand: the limits keep a hostile file from
 // costing more than a bounded parse.
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -48,7 +49,11 @@ absl::StatusOr<YamlNode> ParseYamlTree(absl::string_view text);
 // empty document (two "---" in a row, or nothing but comments) is a kNull node in its place; an
 // empty stream has no documents. JSON is YAML here too: a JSON text is one document whose
 // strings are quoted scalars and whose numbers, true, false and null are plain.
-absl::StatusOr<std::vector<YamlNode>> ParseYamlStream(absl::string_view text, size_t max_bytes);
+// `max_nodes` bounds the nodes (each scalar, list and mapping) of all documents together: a
+// node costs about 100 bytes of memory besides its text, so `[0,0,0,...]` would otherwise turn
+// 1 MiB of input into some 50 MiB of tree.
+absl::StatusOr<std::vector<YamlNode>> ParseYamlStream(absl::string_view text, size_t max_bytes,
+                                                      size_t max_nodes = SIZE_MAX);
 
 // EmitYaml writes documents as a YAML stream ("---" before each but the first), block style,
 // keys in their order. A scalar read plain is written plain where libyaml can (so 8080 and true

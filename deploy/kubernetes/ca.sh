@@ -98,15 +98,16 @@ case "$step" in
     done
     ;;
   webhook)
-    # The API server trusts these roots for certmgr's webhook certificate. Every root, so the
+    # The API server trusts these roots for certmgr's webhook certificate (in each of the three
+    # webhooks of base/injector.yaml). Every root, so the
     # webhook keeps working across a rotation: run it after prepare, before activate.
     export_secret
     cat "$ca_dir/ca.pem" "$ca_dir"/next.pem "$ca_dir"/previous.pem >"$work/bundle.pem" 2>/dev/null || true
     bundle=$(base64 -w0 <"$work/bundle.pem")
     patch='['
-    for i in 0 1; do
+    for i in 0 1 2; do
       patch+="{\"op\":\"replace\",\"path\":\"/webhooks/$i/clientConfig/caBundle\",\"value\":\"$bundle\"}"
-      [ $i = 1 ] || patch+=','
+      [ $i = 2 ] || patch+=','
     done
     patch+=']'
     $kubectl patch mutatingwebhookconfiguration meshtls-injector --type=json -p "$patch" >/dev/null

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -131,9 +132,28 @@ admin::HttpResponse ProbeApp(const SidecarConfig::AppProbe& probe) {
 }
 
 void AppProber::Probe(const SidecarConfig::AppProbe& probe, admin::Reply reply) {
-  // A copy of the Reply stays here: TryRun drops the task when it refuses it.
-  if (!threads_.TryRun([probe, reply] { reply(ProbeApp(probe)); })) {
-    reply(Failed("too many app probes in flight"));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<admin::Reply>& waiting = waiting_[probe.path];
+    waiting.push_back(std::move(reply));
+    if (waiting.size() > 1) {
+      return;  // this path's probe is running: its answer is this request's too
+    }
+  }
+  // Answer everyone waiting for `path` with `r`.
+  auto answer = [this](const std::string& path, const admin::HttpResponse& r) {
+    std::vector<admin::Reply> replies;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      replies.swap(waiting_[path]);
+      waiting_.erase(path);
+    }
+    for (admin::Reply& waiting : replies) {
+      waiting(r);
+    }
+  };
+  if (!threads_.TryRun([probe, answer] { answer(probe.path, ProbeApp(probe)); })) {
+    answer(probe.path, Failed("too many app probes in flight"));
   }
 }
 

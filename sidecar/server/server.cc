@@ -197,9 +197,12 @@ class ServerImpl final : public Server {
     routes.push_back({"/readyz", [this] { return Readiness(); }});
     routes.push_back({"/certs", [this] { return Certs(); }});
     for (const SidecarConfig::AppProbe& probe : config_.app_probes) {
-      routes.push_back({.path = probe.path, .async_handler = [this, &probe](admin::Reply reply) {
-                          app_prober_.Probe(probe, std::move(reply));
-                        }});
+      // The answer comes within the probe's timeout; a second on top for the reply's way back.
+      routes.push_back(
+          {.path = probe.path,
+           .async_handler =
+               [this, &probe](admin::Reply reply) { app_prober_.Probe(probe, std::move(reply)); },
+           .async_timeout = probe.timeout + absl::Seconds(1)});
     }
     MESHTLS_ASSIGN_OR_RETURN(
         admin_, admin::AdminServer::Start(config_.admin_listen, std::move(routes), {collector}));

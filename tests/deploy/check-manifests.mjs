@@ -365,6 +365,31 @@ for (const [k, objects] of Object.entries(rendered)) {
   }
 }
 
+// The injection webhook: every webhook calls certmgr's meshtls-injector Service at /inject, never
+// selects meshtls-system or kube-system (certmgr and the cluster's own pods always start), the
+// CREATE ones fail closed, and certmgr's own pods are opted out.
+for (const [k, objects] of Object.entries(rendered)) {
+  if (workloadSets.has(k)) continue;
+  const mwc = objects.find((o) => o.kind === "MutatingWebhookConfiguration" && o.metadata.name === "meshtls-injector");
+  if (!check(mwc, k, "no MutatingWebhookConfiguration meshtls-injector")) continue;
+  const svc = find(objects, "Service", "meshtls-injector", "meshtls-system");
+  const certmgr = find(objects, "Deployment", "certmgr", "meshtls-system");
+  check(svc && certmgr && selects({ matchLabels: svc.spec.selector }, certmgr.spec.template.metadata.labels) &&
+    svc.spec.ports.some((p) => p.port === 443 && p.targetPort === "webhook"), k, "the meshtls-injector Service does not reach certmgr's webhook port");
+  check(certmgr?.spec.template.metadata.labels["meshtls.io/inject"] === "disabled", k, "certmgr's pods are not opted out of injection");
+  for (const w of mwc.webhooks) {
+    const where = `${k}: webhook ${w.name}`;
+    check(w.clientConfig?.service?.name === "meshtls-injector" && w.clientConfig.service.namespace === "meshtls-system" &&
+      w.clientConfig.service.path === "/inject", where, "does not call meshtls-system/meshtls-injector at /inject");
+    check(w.sideEffects === "None" && w.admissionReviewVersions?.includes("v1"), where, "not sideEffects None with admission v1");
+    check((w.namespaceSelector?.matchExpressions || []).some((e) => e.key === "kubernetes.io/metadata.name" && e.operator === "NotIn" &&
+      ["meshtls-system", "kube-system"].every((n) => e.values.includes(n))), where, "may select meshtls-system or kube-system");
+    const creates = w.rules.some((r) => r.operations.includes("CREATE"));
+    check(!creates || w.failurePolicy === "Fail", where, "a CREATE webhook that does not fail closed");
+    check(creates || w.failurePolicy === "Ignore", where, "an UPDATE webhook that fails closed (updates would wait for certmgr)");
+  }
+}
+
 // Workloads: every pod template outside meshtls-system carries a native meshtls sidecar (but
 // those opted out of injection). Its config is a ConfigMap of the manifests (hand-written) or
 // the meshtls.io/sidecar-config annotation, mounted through the downward API (injected).

@@ -10,8 +10,8 @@
 //    `meshtls-certmgr inject` gives for the same Pod. Opted-out pods come back unpatched, pods
 //    that cannot be meshed are refused with the reason.
 // 3. Bad clients get a clear refusal and never a crash: malformed JSON, a body over the limit,
-//    chunked bodies, a request that never ends, a connection that never speaks, plain HTTP on
-//    the TLS port. certmgr keeps answering, and its metrics count each case.
+//    chunked bodies, a request that never ends, a connection that never speaks, one address past
+//    its share of connections, plain HTTP on the TLS port. certmgr keeps answering, and its metrics count each case.
 // Each failure prints what is wrong; the exit code is 1 if any.
 
 import { execFileSync, spawn } from "node:child_process";
@@ -225,6 +225,16 @@ try {
     request: { uid: "after", kind: { group: "", version: "v1", kind: "Service" }, operation: "CREATE", object: {} } }));
   check(after.status === 200 && JSON.parse(after.body).response.allowed === true, "after the bad clients", `${after.status} ${after.body}`);
   check(!exited, "certmgr", "exited");
+  // One address holding its share (8) of connections: the next one is closed at once, well
+  // before the request timeout would close the others.
+  const held = await Promise.all(Array.from({ length: 8 }, () => new Promise((resolve) => {
+    const s = net.connect(webhookPort, "127.0.0.1", () => resolve(s));
+    s.on("error", () => {});
+  })));
+  const ninth = net.connect(webhookPort, "127.0.0.1");
+  const ninthResult = await closedWithin(ninth, 700, () => {});
+  check(ninthResult.closed, "per-address cap", "a ninth connection from one address was kept");
+  held.forEach((s) => s.destroy());
   const metrics = await new Promise((resolve, reject) => {
     const req = net.connect(adminPort, "127.0.0.1", () => req.write("GET /metrics HTTP/1.0\r\n\r\n"));
     let data = "";
@@ -236,7 +246,7 @@ try {
   check(metric('meshtls_certmgr_admission_reviews_total{result="injected"}') === patched, "metrics", "injected reviews not counted");
   check(metric('meshtls_certmgr_admission_reviews_total{result="refused"}') >= 1, "metrics", "refused reviews not counted");
   check(metric('meshtls_certmgr_admission_reviews_total{result="malformed"}') >= 2, "metrics", "malformed reviews not counted");
-  for (const reason of ["too_large", "malformed", "timeout", "tls"]) {
+  for (const reason of ["too_large", "malformed", "timeout", "tls", "over_capacity"]) {
     check(metric(`meshtls_certmgr_webhook_rejected_total{reason="${reason}"}`) >= 1, "metrics", `no webhook rejection counted as ${reason}`);
   }
   console.log(`webhook ok: ${patched} pods patched as inject meshes them, ${pods.length - meshable.length} refused or opted out, bad clients refused`);

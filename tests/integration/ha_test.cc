@@ -332,9 +332,9 @@ TEST_F(HaTest, ReplicasOnAReadOnlySecretVolumeApplyEachRotationStepLive) {
   // The workloads' bootstrap bundle: every root of the trust bundle (new and previous).
   ASSERT_EQ(ca.Run({"bundle", "meshtls-demo"}), 0) << ca.Log();
   EXPECT_EQ(CountCertificates(*base::ReadFileToString(ca.BundleFile("meshtls-demo"))), 2);
-  // The API server's trust for the injection webhook: the same roots, in both webhooks.
+  // The API server's trust for the injection webhook: the same roots, in all three webhooks.
   ASSERT_EQ(ca.Run({"webhook"}), 0) << ca.Log();
-  for (const char* webhook : {"0", "1"}) {
+  for (const char* webhook : {"0", "1", "2"}) {
     EXPECT_EQ(base::ReadFileToString(ca.WebhookBundleFile(webhook)).value_or("none"),
               base::ReadFileToString(ca.BundleFile("meshtls-demo")).value_or("?"));
   }

@@ -290,6 +290,25 @@ spec:
   EXPECT_TRUE(config->app_probes.empty());
 }
 
+TEST(InjectorTest, ProbesOfThePodsOwnNativeSidecarsAreMovedToo) {
+  YamlNode pod = Parse(R"(
+spec:
+  initContainers:
+    - {name: proxy, restartPolicy: Always, ports: [{containerPort: 9901}],
+       startupProbe: {httpGet: {port: 9901, path: /ready}}}
+    - {name: setup, readinessProbe: {tcpSocket: {port: 1}}}
+  containers: [{name: a}]
+)");
+  ASSERT_TRUE(InjectPodTemplate(MeshSettings{}, pod).ok());
+  EXPECT_EQ(ScalarAt(pod, "spec.initContainers[2].startupProbe.httpGet.path"),
+            "/app-health/proxy/startupz");
+  EXPECT_EQ(ScalarAt(pod, "spec.initContainers[3].readinessProbe.tcpSocket.port"), "1");
+  absl::StatusOr<sidecar::SidecarConfig> config = GeneratedConfig(pod);
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->app_probes.size(), 1u);
+  EXPECT_EQ(config->app_probes[0].port, 9901);
+}
+
 TEST(InjectorTest, PrometheusAnnotationsOfTheAppAreKept) {
   YamlNode pod = Parse(R"(
 metadata:
@@ -402,6 +421,33 @@ INSTANTIATE_TEST_SUITE_P(
                 "spec: {containers: [{name: a, readinessProbe: {httpGet: {port: 8443, scheme: "
                 "HTTPS}}}]}",
                 "an HTTPS probe of captured port 8443 cannot work"},
+        Refusal{"GrpcProbeWithoutPort",
+                "spec: {containers: [{name: a, livenessProbe: {grpc: {}}}]}",
+                "grpc without a port"},
+        Refusal{"GrpcProbeNull", "spec: {containers: [{name: a, livenessProbe: {grpc: null}}]}",
+                "grpc without a port"},
+        Refusal{"HttpProbeNotAMapping",
+                "spec: {containers: [{name: a, livenessProbe: {httpGet: [1]}}]}", "no port"},
+        Refusal{"ProbeTimeoutTooLong",
+                "spec: {containers: [{name: a, readinessProbe: {tcpSocket: {port: 1}, "
+                "timeoutSeconds: 61}}]}",
+                "timeoutSeconds \"61\" is not 1 to 60"},
+        Refusal{"ProbePathWithASpace",
+                "spec: {containers: [{name: a, readinessProbe: {httpGet: {port: 1, path: \"/a "
+                "b\"}}}]}",
+                "the path holds a space or a control character"},
+        Refusal{"RuleQuotedPort",
+                "metadata: {annotations: {meshtls.io/outbound-rules: '[{\"name\": \"db\", "
+                "\"action\": \"passthrough\", \"ports\": [\"5432\"]}]'}}\nspec: {}",
+                "\"5432\" must be a number, not a string"},
+        Refusal{"ContainersNotAList", "spec: {containers: {name: a}}",
+                "spec.containers must be a list"},
+        Refusal{"VolumesNotAList", "spec: {containers: [{name: a}], volumes: 3}",
+                "spec.volumes must be a list"},
+        Refusal{"AnnotationsNotAMapping", "metadata: {annotations: [1]}\nspec: {containers: []}",
+                "metadata.annotations must be a mapping"},
+        Refusal{"HostNetworkYes", "spec: {hostNetwork: yes, containers: [{name: a}]}",
+                "hostNetwork pods cannot be meshed"},
         Refusal{"ProbeUnknownPortName",
                 "spec: {containers: [{name: a, readinessProbe: {tcpSocket: {port: web}}}]}",
                 "the container declares no port named \"web\""}),

@@ -51,7 +51,41 @@ TEST(AdmissionTest, APodIsInjectedByAPatchAndAnsweredWithItsUid) {
   EXPECT_THAT(
       patch,
       HasSubstr(R"({"op":"add","path":"/spec/initContainers","value":[{"name":"meshtls-init")"));
-  EXPECT_THAT(patch, ::testing::Not(HasSubstr("a~0b~1c")));  // unchanged: not in the patch
+}
+
+TEST(AdmissionTest, AnUpdateMayNotChangeTheSidecarConfig) {
+  auto update = [](absl::string_view old_config, absl::string_view new_config) {
+    auto object = [](absl::string_view config) {
+      return absl::StrCat(
+          R"({"metadata":{"labels":{"x":"1"},"annotations":{)",
+          config.empty() ? "" : absl::StrCat(R"("meshtls.io/sidecar-config":")", config, "\""),
+          R"(}},"spec":{}})");
+    };
+    std::string body = ReviewOf(object(new_config), "Pod", "UPDATE");
+    body.insert(body.size() - 2, absl::StrCat(R"(,"oldObject":)", object(old_config)));
+    return AdmitPod(inject::MeshSettings{}, body, 1 << 20);
+  };
+  absl::StatusOr<Review> same = update("a: 1", "a: 1");
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(same->result, ReviewResult::kUnchanged);
+  for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+           {"a: 1", "a: 2"}, {"a: 1", ""}, {"", "a: 1"}}) {
+    absl::StatusOr<Review> changed = update(from, to);
+    ASSERT_TRUE(changed.ok()) << changed.status();
+    EXPECT_EQ(changed->result, ReviewResult::kRefused) << from << " -> " << to;
+    EXPECT_THAT(changed->response_json, HasSubstr("is set when the pod is created"));
+  }
+}
+
+TEST(AdmissionTest, AHugeBodyOfTinyValuesIsRefusedNotParsedWhole) {
+  std::string values = "0";
+  for (int i = 0; i < 200000; ++i) {
+    values += ",0";
+  }
+  absl::StatusOr<Review> review = AdmitPod(
+      inject::MeshSettings{}, ReviewOf(absl::StrCat(R"({"spec":{"x":[)", values, "]}}")), 4 << 20);
+  ASSERT_FALSE(review.ok());
+  EXPECT_THAT(review.status().message(), HasSubstr("too many nodes"));
 }
 
 TEST(AdmissionTest, OtherObjectsAndOperationsAndOptedOutPodsPassUnchanged) {
@@ -102,6 +136,9 @@ TEST(JsonPatchTest, AddsRemovesReplacesAndRecursesIntoListsOfTheSameLength) {
       R"({"op":"replace","path":"/b/c/1","value":3},{"op":"replace","path":"/e","value":[1,2]},)"
       R"({"op":"add","path":"/f~1g","value":null}])");
   EXPECT_EQ(JsonPatch(from, from), "[]");
+  // RFC 6901: "~" is written "~0" and "/" "~1", "~" first.
+  EXPECT_EQ(JsonPatch(Json(R"({"a~/b":1})"), Json(R"({"a~/b":2})")),
+            R"([{"op":"replace","path":"/a~0~1b","value":2}])");
 }
 
 }  // namespace

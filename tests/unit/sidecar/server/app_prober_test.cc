@@ -12,6 +12,7 @@
 #include <future>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "tests/testing/harness.h"
@@ -128,10 +129,11 @@ TEST(AppProberTest, ProbesRunOffTheCallersThreadAndBeyondTheCapFailAtOnce) {
   std::promise<admin::HttpResponse> first;
   prober.Probe(Probe(app.port(), "/healthz"),
                [&first](admin::HttpResponse r) { first.set_value(std::move(r)); });
-  // The first probe waits on the app; a second one is over the cap and fails at once.
+  // The first probe waits on the app; one of another path is over the cap and fails at once.
+  SidecarConfig::AppProbe other = Probe(app.port(), "/healthz");
+  other.path = "/app-health/app/readyz";
   std::promise<admin::HttpResponse> second;
-  prober.Probe(Probe(app.port(), "/healthz"),
-               [&second](admin::HttpResponse r) { second.set_value(std::move(r)); });
+  prober.Probe(other, [&second](admin::HttpResponse r) { second.set_value(std::move(r)); });
   std::future<admin::HttpResponse> second_result = second.get_future();
   ASSERT_EQ(second_result.wait_for(std::chrono::seconds(5)), std::future_status::ready);
   admin::HttpResponse over_cap = second_result.get();
@@ -141,6 +143,30 @@ TEST(AppProberTest, ProbesRunOffTheCallersThreadAndBeyondTheCapFailAtOnce) {
   std::future<admin::HttpResponse> first_result = first.get_future();
   ASSERT_EQ(first_result.wait_for(std::chrono::seconds(5)), std::future_status::ready);
   EXPECT_EQ(first_result.get().status, 200);
+}
+
+TEST(AppProberTest, RequestsForAPathBeingProbedShareItsAnswer) {
+  std::promise<void> done;
+  std::shared_future<void> released = done.get_future().share();
+  testing::ScriptedTcpServer app([released](base::UniqueFd fd) {
+    released.wait();
+    (void)testing::SendAll(fd.get(), "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n");
+  });
+  AppProber prober(/*max_in_flight=*/1);
+  std::vector<std::promise<admin::HttpResponse>> answers(5);
+  for (auto& answer : answers) {
+    prober.Probe(Probe(app.port(), "/healthz"),
+                 [&answer](admin::HttpResponse r) { answer.set_value(std::move(r)); });
+  }
+  done.set_value();
+  for (auto& answer : answers) {
+    std::future<admin::HttpResponse> result = answer.get_future();
+    ASSERT_EQ(result.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+    admin::HttpResponse r = result.get();
+    EXPECT_EQ(r.status, 503);
+    EXPECT_THAT(r.body, HasSubstr("status 500"));
+  }
+  EXPECT_EQ(app.accepted(), 1);  // one probe of the app for all five requests
 }
 
 }  // namespace
