@@ -93,33 +93,6 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> MakeContext(const std::string& key_pem,
   return std::shared_ptr<SSL_CTX>(ctx.release(), SslCtxFree());
 }
 
-const char* ReasonPhrase(int status) {
-  switch (status) {
-    case 200:
-      return "OK";
-    case 400:
-      return "Bad Request";
-    case 404:
-      return "Not Found";
-    case 405:
-      return "Method Not Allowed";
-    case 408:
-      return "Request Timeout";
-    case 411:
-      return "Length Required";
-    case 413:
-      return "Content Too Large";
-    case 431:
-      return "Request Header Fields Too Large";
-    case 500:
-      return "Internal Server Error";
-    case 505:
-      return "HTTP Version Not Supported";
-    default:
-      return "Error";
-  }
-}
-
 }  // namespace
 
 absl::string_view RejectionName(Rejection r) {
@@ -269,7 +242,7 @@ struct WebhookServer::Impl {
 
   bool Respond(SSL* ssl, int fd, const admin::HttpResponse& r, bool close, absl::Time deadline) {
     const std::string out =
-        absl::StrCat("HTTP/1.1 ", r.status, " ", ReasonPhrase(r.status),
+        absl::StrCat("HTTP/1.1 ", r.status, " ", admin::ReasonPhrase(r.status),
                      "\r\nContent-Type: ", r.content_type, "\r\nContent-Length: ", r.body.size(),
                      close ? "\r\nConnection: close" : "", "\r\n\r\n", r.body);
     return WriteAll(ssl, fd, out, deadline);

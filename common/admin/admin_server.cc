@@ -27,7 +27,6 @@
 #include "common/net/socket.h"
 
 namespace meshtls::admin {
-namespace {
 
 const char* ReasonPhrase(int status) {
   switch (status) {
@@ -39,8 +38,16 @@ const char* ReasonPhrase(int status) {
       return "Not Found";
     case 405:
       return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 411:
+      return "Length Required";
+    case 413:
+      return "Content Too Large";
     case 431:
       return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
     case 501:
       return "Not Implemented";
     case 503:
@@ -51,6 +58,8 @@ const char* ReasonPhrase(int status) {
       return "Error";
   }
 }
+
+namespace {
 
 // Why the server dropped a connection or refused a request: the reason label of
 // meshtls_admin_rejected_total.

@@ -15,6 +15,10 @@ class Collectable;
 
 namespace meshtls::admin {
 
+// ReasonPhrase is the reason phrase of an HTTP status code ("Not Found"); "Error" for codes the
+// servers here do not send.
+const char* ReasonPhrase(int status);
+
 struct HttpResponse {
   int status = 200;
   std::string content_type = "text/plain; charset=utf-8";
