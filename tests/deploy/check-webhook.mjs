@@ -78,12 +78,27 @@ const portsFile = path.join(dir, "ports");
 const log = fs.openSync(path.join(dir, "certmgr.log"), "w");
 const certmgr = spawn(certmgrBin, ["serve", "--config", configFile, "--bound-ports-file", portsFile], { stdio: ["ignore", log, log] });
 let exited = false;
-certmgr.on("exit", () => { exited = true; });
+let exitCode = null;
+const exitedPromise = new Promise((resolve) => certmgr.on("exit", (code, signal) => {
+  exited = true;
+  exitCode = code ?? `signal ${signal}`;
+  resolve();
+}));
 
-function finish() {
-  if (!exited) certmgr.kill("SIGTERM");
+// finish stops certmgr (SIGTERM: a clean exit, 0) and fails on any sanitizer report in its log
+// (the sanitizer builds run this test too).
+async function finish() {
+  if (!exited) {
+    certmgr.kill("SIGTERM");
+    await Promise.race([exitedPromise, sleep(20000)]);
+    check(exited && exitCode === 0, "certmgr", `did not exit cleanly on SIGTERM (${exitCode})`);
+  }
+  const logText = fs.readFileSync(path.join(dir, "certmgr.log"), "utf8");
+  for (const report of ["ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"]) {
+    check(!logText.includes(report), "certmgr", `a sanitizer report (${report}) in its log`);
+  }
   if (failures > 0) {
-    console.error(fs.readFileSync(path.join(dir, "certmgr.log"), "utf8").split("\n").slice(-20).join("\n"));
+    console.error(logText.split("\n").slice(-40).join("\n"));
     console.error(`${failures} problem(s) with the webhook`);
   }
   fs.rmSync(dir, { recursive: true, force: true });
@@ -253,4 +268,4 @@ try {
 } catch (e) {
   check(false, "webhook", e.stack || String(e));
 }
-finish();
+await finish();
