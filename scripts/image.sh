@@ -18,6 +18,7 @@ trap 'rm -rf "$work"' EXIT
 if docker info >/dev/null 2>&1; then
   engine=(docker)
   build_flags=()
+  run_flags=()
 else
   if ! command -v podman >/dev/null 2>&1; then
     echo "image.sh: no Docker engine answers; installing podman from Debian" >&2
@@ -26,9 +27,11 @@ else
       podman runc uidmap >/dev/null
   fi
   engine=(podman --runtime runc --cgroup-manager cgroupfs --storage-driver vfs)
-  # The hard limit on open files here may be 20,000: ask for no more than that.
+  # The hard limit on open files here may be 20,000, and runc may not raise the process limit
+  # to the host's: ask for no more than that.
   build_flags=(--network host --ulimit nofile=1024:20000
                --ignorefile deploy/docker/Dockerfile.dockerignore)
+  run_flags=(--ulimit nofile=1024:20000 --ulimit nproc=4096:4096)
 fi
 
 # The base images: from a registry if one answers, else made with debootstrap.
@@ -44,8 +47,10 @@ if ! have_image debian:12 || ! have_image debian:12-slim; then
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
     }
     # The archive apt uses here (a mirror or proxy the machine can reach).
-    mirror=$(grep -rhoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null |
-             grep -v security | head -n1)
+    # (deb822 `URIs:` lines and one-line `deb` entries; comments skipped).
+    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \
+               2>/dev/null | awk '/^URIs:/ {print $2} /^deb / {print $2}' | grep -v security |
+             sed -n 1p || true)
     mirror=${mirror:-http://deb.debian.org/debian}
     debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 || {
       tail -20 "$work/debootstrap.log" >&2
@@ -69,7 +74,7 @@ echo "image.sh: built $tag in $(( $(date +%s) - start )) s with ${engine[0]}"
 size=$("${engine[@]}" image inspect --format '{{.Size}}' "$tag")
 echo "size: $(( size / 1024 / 1024 )) MiB"
 echo "user: $("${engine[@]}" image inspect --format '{{.Config.User}}' "$tag")"
-run=("${engine[@]}" run --rm --network host)
+run=("${engine[@]}" run --rm --network host "${run_flags[@]}")
 echo "runs as: $("${run[@]}" --entrypoint /usr/bin/id "$tag" -u)"
 "${run[@]}" "$tag" --version
 "${run[@]}" --entrypoint /usr/local/bin/meshtls-certmgr "$tag" --version

@@ -5,10 +5,13 @@
 // init container's command as root, then the sidecar's as its runAsUser with the downward-API
 // variables filled in, then the app. The apps talk to each other's pod addresses transparently,
 // the kubelet's moved probe is answered through the sidecar's admin port, and a meshed pod that
-// the server's allow-list (an annotation) does not name is refused.
+// the server's allow-list (an annotation) does not name is refused. With MESHTLS_TEST_IMAGE set
+// (an image of scripts/image.sh), the init step and the sidecar run from that image with podman
+// in the pod's network namespace, with the manifest's user, capabilities and volumes.
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -155,6 +158,29 @@ class InjectionTest : public ::testing::Test {
     return argv;
   }
 
+  // ImageArgv runs `args` with the image's entrypoint (meshtls-sidecar) in a container of the
+  // pod's network namespace, as a kubelet's runtime would: the volumes mounted read-only at the
+  // manifest's paths, the user, the capabilities and a read-only root filesystem.
+  std::vector<std::string> ImageArgv(const InjectedPod& p, uint32_t uid, bool net_admin,
+                                     const std::vector<std::string>& args) const {
+    std::vector<std::string> argv = {
+        testing::FindProgram("podman"), "--runtime", "runc", "--cgroup-manager", "cgroupfs",
+        "--storage-driver", "vfs", "run", "--rm", "--network",
+        absl::StrCat("ns:/run/netns/", p.pod->name()),
+        // The limits runc may set here (scripts/image.sh).
+        "--ulimit", "nofile=1024:20000", "--ulimit", "nproc=4096:4096", "--user",
+        absl::StrCat(uid, ":", uid), "--read-only", "--cap-drop", "ALL", "-v",
+        p.dir.File("config") + ":/etc/meshtls/config:ro", "-v",
+        p.dir.File("bootstrap") + ":/etc/meshtls/bootstrap:ro", "-v",
+        p.dir.File("token") + ":/var/run/secrets/meshtls:ro"};
+    if (net_admin) {
+      argv.insert(argv.end(), {"--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW"});
+    }
+    argv.push_back(image_);
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+  }
+
   // Start makes a pod from the injected template: volumes, init container, sidecar (ready).
   absl::StatusOr<std::unique_ptr<InjectedPod>> Start(const std::string& name,
                                                      const YamlNode& template_node) {
@@ -188,8 +214,11 @@ class InjectionTest : public ::testing::Test {
     for (const std::string& arg : Strings(Get(*init, "args"))) {
       init_command.push_back(arg);
     }
-    absl::StatusOr<std::string> installed =
-        testing::RunCommand(KubeletArgv(*p, std::nullopt, init_command));
+    absl::StatusOr<std::string> installed = testing::RunCommand(
+        image_.empty()
+            ? KubeletArgv(*p, std::nullopt, init_command)
+            : ImageArgv(*p, 0, /*net_admin=*/true, {init_command.begin() + 1, init_command.end()}),
+        absl::Seconds(60));
     if (!installed.ok()) {
       return absl::Status(installed.status().code(),
                           absl::StrCat("pod ", name, ": the init container failed: ",
@@ -201,10 +230,14 @@ class InjectionTest : public ::testing::Test {
       command.push_back(absl::StrReplaceAll(
           arg, {{"$(POD_NAMESPACE)", "default"}, {"$(POD_SERVICE_ACCOUNT)", name}}));
     }
-    MESHTLS_ASSIGN_OR_RETURN(p->sidecar,
-                             testing::Subprocess::Start(KubeletArgv(*p, sidecar_uid, command),
-                                                        p->dir.File("sidecar.log")));
-    if (!testing::WaitFor([&] { return AdminStatus(*p, "/readyz") == 200; }, absl::Seconds(20))) {
+    MESHTLS_ASSIGN_OR_RETURN(
+        p->sidecar,
+        testing::Subprocess::Start(image_.empty() ? KubeletArgv(*p, sidecar_uid, command)
+                                                  : ImageArgv(*p, sidecar_uid, /*net_admin=*/false,
+                                                              {command.begin() + 1, command.end()}),
+                                   p->dir.File("sidecar.log")));
+    if (!testing::WaitFor([&] { return AdminStatus(*p, "/readyz") == 200; },
+                          absl::Seconds(image_.empty() ? 20 : 60))) {
       return absl::UnavailableError(
           absl::StrCat("pod ", name, ": the sidecar is not ready:\n", p->sidecar->Log()));
     }
@@ -239,6 +272,12 @@ class InjectionTest : public ::testing::Test {
   testing::TempDir dir_;
   std::unique_ptr<CertmgrProcess> certmgr_;
   std::string injection_config_;
+  // MESHTLS_TEST_IMAGE (an image podman has, from scripts/image.sh): the init step and the
+  // sidecar run from it instead of the build's binary.
+  const std::string image_ = [] {
+    const char* image = std::getenv("MESHTLS_TEST_IMAGE");
+    return std::string(image == nullptr ? "" : image);
+  }();
 };
 
 TEST_F(InjectionTest, InjectedPodsTalkTransparentlyAndTheMovedProbeIsAnsweredThroughTheSidecar) {
