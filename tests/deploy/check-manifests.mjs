@@ -5,7 +5,8 @@
 // 1. `kubectl kustomize` renders the base and every overlay. Pod templates that certmgr's
 //    webhook would mesh (namespace or pod labelled meshtls.io/inject=enabled) are injected with
 //    `meshtls-certmgr inject` (the same injector), and so are the realistic workloads of
-//    tests/deploy/workloads.
+//    tests/deploy/workloads. `inject` on every YAML file of deploy/ leaves all but the pods it
+//    meshes exactly as they were.
 // 2. Every rendered object validates against its Kubernetes schema: kubernetes-models (types,
 //    required fields, formats; the prometheus-operator CRDs too) and, for unknown fields, a
 //    strict JSON schema generated from the same package's TypeScript interfaces.
@@ -114,6 +115,29 @@ for (const [k, objects] of Object.entries(rendered)) {
   selected.forEach(([, i], j) => { rendered[k][i] = injected[j]; });
   check(selected.every(([, i]) => isInjected(rendered[k][i])), k, "a pod template the webhook selects was not injected");
 }
+// `inject` on every YAML file of deploy/ as it stands: it succeeds, leaves every object without a
+// Pod template (and certmgr's opted-out pods) exactly as it was, and meshes the rest.
+const deployFiles = execFileSync("git", ["-C", root, "ls-files", "deploy"], { encoding: "utf8" })
+  .split("\n").filter((f) => /\.ya?ml$/.test(f));
+for (const file of deployFiles) {
+  const text = fs.readFileSync(path.join(root, file), "utf8");
+  const before = YAML.parseAllDocuments(text).map((d) => d.toJS());
+  const after = inject(before.filter((o) => o), file);
+  const kept = before.filter((o) => o);
+  if (!check(after.length === kept.length, file, `inject wrote ${after.length} documents for ${kept.length}`)) continue;
+  kept.forEach((o, i) => {
+    const template = o?.kind === "Pod" ? o : o?.spec?.template ?? o?.spec?.jobTemplate?.spec?.template;
+    const optedOut = template?.metadata?.labels?.["meshtls.io/inject"] === "disabled";
+    const where = `${file}: ${o?.kind} ${o?.metadata?.name}`;
+    if (template?.spec && !optedOut) {
+      const injectedTemplate = after[i].kind === "Pod" ? after[i] : after[i].spec?.template ?? after[i].spec?.jobTemplate?.spec?.template;
+      check(Boolean(injectedTemplate?.metadata?.annotations?.["meshtls.io/sidecar-config"]), where, "not injected");
+    } else {
+      check(JSON.stringify(after[i]) === JSON.stringify(o), where, "changed by inject, which must leave it as it is");
+    }
+  });
+}
+
 const workloadsDir = path.join(here, "workloads");
 const workloadSets = new Set();
 for (const file of fs.readdirSync(workloadsDir).filter((f) => f.endsWith(".yaml")).sort()) {
@@ -657,4 +681,4 @@ if (failures > 0) {
   process.exit(1);
 }
 console.log(`manifests ok: ${kustomizations.join(", ")} rendered, ${workloadSets.size} workload files injected, ` +
-  `${objects} objects validated (${kinds.size} kinds)`);
+  `${deployFiles.length} deploy/ files through inject, ${objects} objects validated (${kinds.size} kinds)`);
