@@ -6,8 +6,9 @@
 // variables filled in, then the app. The apps talk to each other's pod addresses transparently,
 // the kubelet's moved probe is answered through the sidecar's admin port, and a meshed pod that
 // the server's allow-list (an annotation) does not name is refused. With MESHTLS_TEST_IMAGE set
-// (an image of scripts/image.sh), the init step and the sidecar run from that image with podman
-// in the pod's network namespace, with the manifest's user, capabilities and volumes.
+// (an image of scripts/image.sh), certmgr, the init step and the sidecars run from that image
+// with podman, in the node's and the pods' network namespaces, the containers with the
+// manifest's user, capabilities and volumes.
 
 #include <gtest/gtest.h>
 
@@ -108,6 +109,7 @@ class InjectionTest : public ::testing::Test {
     testing::CertmgrOptions options;
     options.netns = network_->node();
     options.listen_ip = network_->node_ipv4();
+    options.image = image_;
     MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd, options));
     // The mesh-wide settings, as certmgr's config in the cluster holds them.
     injection_config_ =
@@ -163,16 +165,11 @@ class InjectionTest : public ::testing::Test {
   // manifest's paths, the user, the capabilities and a read-only root filesystem.
   std::vector<std::string> ImageArgv(const InjectedPod& p, uint32_t uid, bool net_admin,
                                      const std::vector<std::string>& args) const {
-    std::vector<std::string> argv = {
-        testing::FindProgram("podman"), "--runtime", "runc", "--cgroup-manager", "cgroupfs",
-        "--storage-driver", "vfs", "run", "--rm", "--network",
-        absl::StrCat("ns:/run/netns/", p.pod->name()),
-        // The limits runc may set here (scripts/image.sh).
-        "--ulimit", "nofile=1024:20000", "--ulimit", "nproc=4096:4096", "--user",
-        absl::StrCat(uid, ":", uid), "--read-only", "--cap-drop", "ALL", "-v",
-        p.dir.File("config") + ":/etc/meshtls/config:ro", "-v",
-        p.dir.File("bootstrap") + ":/etc/meshtls/bootstrap:ro", "-v",
-        p.dir.File("token") + ":/var/run/secrets/meshtls:ro"};
+    std::vector<std::string> argv = testing::PodmanRun(p.pod->name());
+    argv.insert(argv.end(), {"--user", absl::StrCat(uid, ":", uid), "--read-only", "--cap-drop",
+                             "ALL", "-v", p.dir.File("config") + ":/etc/meshtls/config:ro", "-v",
+                             p.dir.File("bootstrap") + ":/etc/meshtls/bootstrap:ro", "-v",
+                             p.dir.File("token") + ":/var/run/secrets/meshtls:ro"});
     if (net_admin) {
       argv.insert(argv.end(), {"--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW"});
     }

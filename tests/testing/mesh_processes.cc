@@ -115,12 +115,22 @@ absl::Status CertmgrProcess::Launch() {
   const std::string ports_path = dir_.File(absl::StrCat(options_.name, ".", launches_, ".ports"));
   ::unlink(ports_path.c_str());  // an earlier certmgr of this name in the same directory
   std::vector<std::string> argv = options_.launcher;
-  if (!options_.netns.empty()) {
-    const std::vector<std::string> in_netns = NetnsLauncher(options_.netns);
-    argv.insert(argv.end(), in_netns.begin(), in_netns.end());
+  if (!options_.image.empty()) {
+    const std::vector<std::string> podman = PodmanRun(options_.netns);
+    argv.insert(argv.end(), podman.begin(), podman.end());
+    argv.insert(argv.end(), {"--user", "0:0", "-v", dir_.path() + ":" + dir_.path()});
+    if (!absl::StartsWith(options_.ca_dir, dir_.path() + "/")) {
+      argv.insert(argv.end(), {"-v", options_.ca_dir + ":" + options_.ca_dir});
+    }
+    argv.insert(argv.end(), {"--entrypoint", "/usr/local/bin/meshtls-certmgr", options_.image});
+  } else {
+    if (!options_.netns.empty()) {
+      const std::vector<std::string> in_netns = NetnsLauncher(options_.netns);
+      argv.insert(argv.end(), in_netns.begin(), in_netns.end());
+    }
+    argv.push_back(BinaryPath("meshtls-certmgr"));
   }
-  argv.insert(argv.end(), {BinaryPath("meshtls-certmgr"), "--config", config_path_,
-                           "--bound-ports-file", ports_path});
+  argv.insert(argv.end(), {"--config", config_path_, "--bound-ports-file", ports_path});
   absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Start(
       std::move(argv), dir_.File(absl::StrCat(options_.name, ".", launches_, ".log")));
   if (!p.ok()) {

@@ -26,6 +26,10 @@ struct CertmgrOptions {
   // listen_ip is the IPv4 address the gRPC port listens on (admin stays on 127.0.0.1); the
   // serving certificate names it. A node's bridge address makes certmgr reachable from pods.
   std::string listen_ip = "127.0.0.1";
+  // image, when set (with netns), runs certmgr from this image with podman in `netns` instead of
+  // the build's binary: the test's directories mounted at their own paths, as root (the owner
+  // of the test's files).
+  std::string image;
 };
 
 // CertmgrProcess runs meshtls-certmgr on loopback with a CA directory in `dir`. Replicas made

@@ -148,6 +148,24 @@ std::vector<std::string> NetnsLauncher(const std::string& netns, std::optional<u
   return argv;
 }
 
+std::vector<std::string> PodmanRun(const std::string& netns) {
+  return {Program("podman"),
+          "--runtime",
+          "runc",
+          "--cgroup-manager",
+          "cgroupfs",
+          "--storage-driver",
+          "vfs",
+          "run",
+          "--rm",
+          "--network",
+          absl::StrCat("ns:/run/netns/", netns),
+          "--ulimit",
+          "nofile=1024:20000",
+          "--ulimit",
+          "nproc=4096:4096"};
+}
+
 absl::StatusOr<std::string> RunCommand(std::vector<std::string> argv, absl::Duration timeout) {
   if (argv.empty()) {
     return absl::InvalidArgumentError("RunCommand: empty argv");

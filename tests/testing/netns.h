@@ -44,6 +44,12 @@ absl::Status InNetns(const std::string& netns, const std::function<void()>& fn);
 std::vector<std::string> NetnsLauncher(const std::string& netns,
                                        std::optional<uint32_t> uid = std::nullopt);
 
+// PodmanRun is the argv prefix of `podman run --rm` as this machine runs it without a daemon
+// (runc, the cgroupfs cgroup manager, the vfs storage driver, and the limits runc may set here:
+// scripts/image.sh), in the network namespace `netns` (a name under /run/netns). The container's
+// flags, image and arguments follow.
+std::vector<std::string> PodmanRun(const std::string& netns);
+
 // RunCommand runs `argv` to completion within `timeout` and returns its output (stdout and
 // stderr together). An error naming the command, with its exit code and output, if it fails or
 // outlives `timeout` (then it is killed).
