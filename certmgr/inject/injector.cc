@@ -386,7 +386,9 @@ absl::StatusOr<std::vector<DeclaredPort>> DeclaredPorts(const YamlNode& spec) {
 struct ProbeTarget {
   std::string path;       // the admin path the kubelet now probes
   int port = 0;           // on 127.0.0.1 in the pod
-  std::string http_path;  // empty: a TCP connect
+  std::string http_path;  // empty: a TCP connect (or gRPC)
+  bool grpc = false;
+  std::string grpc_service;
   std::vector<std::pair<std::string, std::string>> headers;
   int timeout_seconds = 1;
 };
@@ -418,7 +420,7 @@ absl::StatusOr<int> ResolvePort(const YamlNode& container, const YamlNode& port,
       absl::StrCat(where, ": the container declares no port named \"", port.scalar, "\""));
 }
 
-// MoveProbes rewrites the httpGet and tcpSocket probes of one app container that reach a
+// MoveProbes rewrites the httpGet, tcpSocket and grpc probes of one app container that reach a
 // captured port so that the kubelet asks the sidecar's admin port instead, and returns the
 // targets the sidecar then probes on loopback. A kubelet probe comes from the node in plain
 // text: a strict port would refuse it, a permissive or excluded one would open the app to
@@ -442,24 +444,10 @@ absl::Status MoveProbes(YamlNode& container, const std::set<int>& excluded,
             where, ": timeoutSeconds \"", *t, "\" is not 1 to 60 (the sidecar's probe timeout)"));
       }
     }
-    if (const YamlNode* grpc = Find(*probe, "grpc")) {
-      const YamlNode* grpc_port = Find(*grpc, "port");
-      if (grpc_port == nullptr) {
-        return absl::InvalidArgumentError(absl::StrCat(where, ": grpc without a port"));
-      }
-      MESHTLS_ASSIGN_OR_RETURN(int port, ResolvePort(container, *grpc_port, where));
-      if (excluded.contains(port)) {
-        continue;
-      }
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": a gRPC probe of captured port ", port,
-          " cannot be carried by the sidecar; use an httpGet or tcpSocket probe, or a port "
-          "listed in ",
-          kExcludeInboundPortsAnnotation, " that the container does not declare"));
-    }
     YamlNode* http = FindMutable(*probe, "httpGet");
     YamlNode* tcp = FindMutable(*probe, "tcpSocket");
-    YamlNode* action = http != nullptr ? http : tcp;
+    YamlNode* grpc = FindMutable(*probe, "grpc");
+    YamlNode* action = http != nullptr ? http : tcp != nullptr ? tcp : grpc;
     if (action == nullptr) {
       continue;  // exec probes run inside the container
     }
@@ -471,7 +459,11 @@ absl::Status MoveProbes(YamlNode& container, const std::set<int>& excluded,
     if (excluded.contains(target.port) || ScalarOf(action, "host").has_value()) {
       continue;  // not captured, or not this pod
     }
-    if (http != nullptr) {
+    if (action == grpc) {
+      target.grpc = true;
+      target.grpc_service = ScalarOf(grpc, "service").value_or("");
+    }
+    if (action == http) {
       if (absl::AsciiStrToUpper(ScalarOf(http, "scheme").value_or("HTTP")) != "HTTP") {
         return absl::InvalidArgumentError(absl::StrCat(
             where, ": an HTTPS probe of captured port ", target.port,
@@ -498,7 +490,7 @@ absl::Status MoveProbes(YamlNode& container, const std::set<int>& excluded,
     // Keep the kubelet's timing and thresholds; replace only where it connects.
     std::vector<YamlEntry> kept;
     for (YamlEntry& e : probe->entries) {
-      if (e.key != "httpGet" && e.key != "tcpSocket") {
+      if (e.key != "httpGet" && e.key != "tcpSocket" && e.key != "grpc") {
         kept.push_back(std::move(e));
       }
     }
@@ -574,6 +566,12 @@ YamlNode SidecarConfig(const MeshSettings& mesh, const PodSettings& pod,
       YamlNode item = Map({{"path", Text(p.path)}, {"port", Number(p.port)}});
       if (!p.http_path.empty()) {
         Set(item, "http_path", Text(p.http_path));
+      }
+      if (p.grpc) {
+        Set(item, "grpc", Bool(true));
+        if (!p.grpc_service.empty()) {
+          Set(item, "grpc_service", Text(p.grpc_service));
+        }
       }
       if (!p.headers.empty()) {
         std::vector<YamlNode> headers;

@@ -547,6 +547,14 @@ absl::Status ReadAppProbes(const Schema& s, const LoadedFields& fields, SidecarC
       probe.http_headers.emplace_back(h.name(), h.value());
     }
     probe.timeout = config::ToDuration(p.timeout());
+    probe.grpc = p.grpc();
+    probe.grpc_service = p.grpc_service();
+    if (probe.grpc && !probe.http_path.empty()) {
+      return fields.Error(absl::StrCat(at, ".grpc"), "a probe is gRPC or HTTP, not both");
+    }
+    if (!probe.grpc && !probe.grpc_service.empty()) {
+      return fields.Error(absl::StrCat(at, ".grpc_service"), "needs grpc: true");
+    }
     c.app_probes.push_back(std::move(probe));
   }
   return absl::OkStatus();

@@ -123,7 +123,9 @@ struct SidecarConfig {
   struct AppProbe {
     std::string path;
     uint16_t port = 0;
-    std::string http_path;  // empty: a TCP connect
+    std::string http_path;  // empty: a TCP connect (or gRPC)
+    bool grpc = false;      // a gRPC health Check of grpc_service instead
+    std::string grpc_service;
     std::vector<std::pair<std::string, std::string>> http_headers;
     absl::Duration timeout;
   };

@@ -1,5 +1,6 @@
 #include "sidecar/server/app_prober.h"
 
+#include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -15,6 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "common/base/fd.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace meshtls::sidecar {
 namespace {
@@ -43,8 +45,42 @@ bool WaitFor(int fd, short events, absl::Time deadline) {
 
 }  // namespace
 
+namespace {
+
+// GrpcCheck asks the app's gRPC health service, in plain text (h2c) on loopback, on a channel
+// of its own that ends with the probe.
+admin::HttpResponse GrpcCheck(const SidecarConfig::AppProbe& probe, absl::Time deadline) {
+  const std::string target = absl::StrCat("127.0.0.1:", probe.port);
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  std::unique_ptr<grpc::health::v1::Health::Stub> stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(deadline));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(probe.grpc_service);
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status status = stub->Check(&context, request, &response);
+  const std::string what = absl::StrCat("gRPC health of \"", probe.grpc_service, "\" on ", target);
+  if (!status.ok()) {
+    return Failed(absl::StrCat(what, ": ", status.error_message(), " (code ",
+                               static_cast<int>(status.error_code()), ")"));
+  }
+  const std::string serving =
+      grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
+  if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
+    return Failed(absl::StrCat(what, ": ", serving));
+  }
+  return admin::HttpResponse{.body = absl::StrCat(what, ": ", serving, "\n")};
+}
+
+}  // namespace
+
 admin::HttpResponse ProbeApp(const SidecarConfig::AppProbe& probe) {
   const absl::Time deadline = absl::Now() + probe.timeout;
+  if (probe.grpc) {
+    return GrpcCheck(probe, deadline);
+  }
   base::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd.valid()) {
     return Failed(absl::StrCat("socket: ", std::strerror(errno)));

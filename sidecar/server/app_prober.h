@@ -13,7 +13,8 @@
 namespace meshtls::sidecar {
 
 // ProbeApp runs one of the app's kubelet probes against 127.0.0.1 as the kubelet would: a TCP
-// connect, or an HTTP/1.1 GET whose status 200-399 passes. Blocks for at most probe.timeout.
+// connect, an HTTP/1.1 GET whose status 200-399 passes, or a gRPC health Check answered
+// SERVING. Blocks for at most probe.timeout.
 // Returns 200 when the probe passes, 503 with the reason when it fails. Any thread.
 admin::HttpResponse ProbeApp(const SidecarConfig::AppProbe& probe);
 

@@ -309,6 +309,30 @@ spec:
   EXPECT_EQ(config->app_probes[0].port, 9901);
 }
 
+TEST(InjectorTest, GrpcProbesMoveWithTheirServiceName) {
+  YamlNode pod = Parse(R"(
+spec:
+  containers:
+    - name: cart
+      ports: [{name: grpc, containerPort: 9000}]
+      livenessProbe: {grpc: {port: 9000, service: shop.Cart}, periodSeconds: 3}
+      readinessProbe: {grpc: {port: 9000}}
+)");
+  ASSERT_TRUE(InjectPodTemplate(MeshSettings{}, pod).ok());
+  EXPECT_EQ(ScalarAt(pod, "spec.containers[0].livenessProbe.httpGet.path"),
+            "/app-health/cart/livez");
+  EXPECT_EQ(At(pod, "spec.containers[0].livenessProbe.grpc"), nullptr);
+  EXPECT_EQ(ScalarAt(pod, "spec.containers[0].livenessProbe.periodSeconds"), "3");
+  absl::StatusOr<sidecar::SidecarConfig> config = GeneratedConfig(pod);
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->app_probes.size(), 2u);
+  EXPECT_TRUE(config->app_probes[0].grpc);
+  EXPECT_EQ(config->app_probes[0].grpc_service, "shop.Cart");
+  EXPECT_EQ(config->app_probes[0].port, 9000);
+  EXPECT_TRUE(config->app_probes[1].grpc);
+  EXPECT_EQ(config->app_probes[1].grpc_service, "");
+}
+
 TEST(InjectorTest, PrometheusAnnotationsOfTheAppAreKept) {
   YamlNode pod = Parse(R"(
 metadata:
@@ -415,17 +439,15 @@ INSTANTIATE_TEST_SUITE_P(
                 "metadata: {annotations: {meshtls.io/exclude-inbound-ports: \"8080\"}}\n"
                 "spec: {containers: [{name: a, ports: [{containerPort: 8080}]}]}",
                 "declares port 8080, which meshtls.io/exclude-inbound-ports excludes"},
-        Refusal{"GrpcProbe", "spec: {containers: [{name: a, livenessProbe: {grpc: {port: 9000}}}]}",
-                "a gRPC probe of captured port 9000 cannot be carried"},
         Refusal{"HttpsProbe",
                 "spec: {containers: [{name: a, readinessProbe: {httpGet: {port: 8443, scheme: "
                 "HTTPS}}}]}",
                 "an HTTPS probe of captured port 8443 cannot work"},
         Refusal{"GrpcProbeWithoutPort",
                 "spec: {containers: [{name: a, livenessProbe: {grpc: {}}}]}",
-                "grpc without a port"},
+                "livenessProbe: no port"},
         Refusal{"GrpcProbeNull", "spec: {containers: [{name: a, livenessProbe: {grpc: null}}]}",
-                "grpc without a port"},
+                "livenessProbe: no port"},
         Refusal{"HttpProbeNotAMapping",
                 "spec: {containers: [{name: a, livenessProbe: {httpGet: [1]}}]}", "no port"},
         Refusal{"ProbeTimeoutTooLong",

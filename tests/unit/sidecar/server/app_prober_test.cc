@@ -5,6 +5,7 @@
 #include "sidecar/server/app_prober.h"
 
 #include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/status_matchers.h"
 
@@ -57,11 +59,12 @@ class HttpApp {
 };
 
 SidecarConfig::AppProbe Probe(uint16_t port, std::string http_path = "") {
-  return SidecarConfig::AppProbe{.path = "/app-health/app/livez",
-                                 .port = port,
-                                 .http_path = std::move(http_path),
-                                 .http_headers = {},
-                                 .timeout = absl::Seconds(2)};
+  SidecarConfig::AppProbe probe;
+  probe.path = "/app-health/app/livez";
+  probe.port = port;
+  probe.http_path = std::move(http_path);
+  probe.timeout = absl::Seconds(2);
+  return probe;
 }
 
 TEST(ProbeAppTest, HttpStatusesPassAndFailAsForTheKubelet) {
@@ -116,6 +119,53 @@ TEST(ProbeAppTest, AnAppThatNeverAnswersFailsAtTheTimeout) {
   EXPECT_THAT(r.body, HasSubstr("timed out"));
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
   done.set_value();
+}
+
+// HealthService is an app's gRPC health service: a status per service name, NOT_FOUND for
+// names it does not know (as gRPC's own implementation answers).
+class HealthService final : public grpc::health::v1::Health::Service {
+ public:
+  grpc::Status Check(grpc::ServerContext*, const grpc::health::v1::HealthCheckRequest* request,
+                     grpc::health::v1::HealthCheckResponse* response) override {
+    using Status = grpc::health::v1::HealthCheckResponse;
+    if (request->service().empty() || request->service() == "shop.Cart") {
+      response->set_status(Status::SERVING);
+    } else if (request->service() == "shop.Pay") {
+      response->set_status(Status::NOT_SERVING);
+    } else {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown service");
+    }
+    return grpc::Status::OK;
+  }
+};
+
+TEST(ProbeAppTest, GrpcHealthPassesOnlyWhenServing) {
+  HealthService service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  auto check = [&](const std::string& name) {
+    SidecarConfig::AppProbe probe = Probe(static_cast<uint16_t>(port));
+    probe.grpc = true;
+    probe.grpc_service = name;
+    return ProbeApp(probe);
+  };
+  EXPECT_EQ(check("").status, 200) << check("").body;
+  EXPECT_EQ(check("shop.Cart").status, 200);
+  admin::HttpResponse not_serving = check("shop.Pay");
+  EXPECT_EQ(not_serving.status, 503);
+  EXPECT_THAT(not_serving.body, HasSubstr("NOT_SERVING"));
+  admin::HttpResponse unknown = check("shop.Unknown");
+  EXPECT_EQ(unknown.status, 503);
+  EXPECT_THAT(unknown.body, HasSubstr("unknown service"));
+  server->Shutdown();
+  server->Wait();
+  admin::HttpResponse gone = check("");
+  EXPECT_EQ(gone.status, 503);
+  EXPECT_THAT(gone.body, HasSubstr("gRPC health of \"\" on 127.0.0.1:"));
 }
 
 TEST(AppProberTest, ProbesRunOffTheCallersThreadAndBeyondTheCapFailAtOnce) {
