@@ -94,21 +94,14 @@ YamlNode NumberSeq(const std::vector<int>& values) {
   return Seq(std::move(items));
 }
 
+// Lookups in trees of unknown shape (config::FindKey, config::ScalarAt), by reference.
 const YamlNode* Find(const YamlNode& map, absl::string_view key) {
-  if (map.kind != Kind::kMapping) {
-    return nullptr;
-  }
-  for (const YamlEntry& e : map.entries) {
-    if (e.key == key) {
-      return &e.value;
-    }
-  }
-  return nullptr;
+  return config::FindKey(&map, key);
 }
 
-YamlNode* FindMutable(YamlNode& map, absl::string_view key) {
-  return const_cast<YamlNode*>(Find(map, key));
-}
+YamlNode* FindMutable(YamlNode& map, absl::string_view key) { return config::FindKey(&map, key); }
+
+using config::ScalarAt;
 
 // Child returns map[key], added at the end as an empty node of `kind` when absent or null.
 YamlNode& Child(YamlNode& map, absl::string_view key, Kind kind) {
@@ -128,18 +121,6 @@ YamlNode& Child(YamlNode& map, absl::string_view key, Kind kind) {
 
 void Set(YamlNode& map, absl::string_view key, YamlNode value) {
   Child(map, key, value.kind) = std::move(value);
-}
-
-// ScalarOf is a scalar field's text, or nullopt when absent or null.
-std::optional<std::string> ScalarOf(const YamlNode* map, absl::string_view key) {
-  if (map == nullptr) {
-    return std::nullopt;
-  }
-  const YamlNode* v = Find(*map, key);
-  if (v == nullptr || v->kind != Kind::kScalar) {
-    return std::nullopt;
-  }
-  return v->scalar;
 }
 
 absl::Status ExpectKind(const YamlNode* node, Kind kind, absl::string_view where) {
@@ -241,7 +222,7 @@ absl::StatusOr<std::vector<YamlNode>> ReadOutboundRules(absl::string_view text) 
             at, ": unknown field \"", e.key, "\" (name, networks, ports, action, expect)"));
       }
     }
-    std::optional<std::string> name = ScalarOf(&rule, "name");
+    std::optional<std::string> name = ScalarAt(&rule, "name");
     if (!name || name->empty()) {
       return absl::InvalidArgumentError(absl::StrCat(at, ": name is required"));
     }
@@ -251,7 +232,7 @@ absl::StatusOr<std::vector<YamlNode>> ReadOutboundRules(absl::string_view text) 
                        "\" is taken (by another rule or the mesh-wide \"mesh\" "
                        "and \"other\")"));
     }
-    std::optional<std::string> action = ScalarOf(&rule, "action");
+    std::optional<std::string> action = ScalarAt(&rule, "action");
     if (!action) {
       return absl::InvalidArgumentError(
           absl::StrCat(at, ": action is required (mesh, passthrough or deny)"));
@@ -293,12 +274,12 @@ absl::StatusOr<std::vector<YamlNode>> ReadOutboundRules(absl::string_view text) 
 
 absl::StatusOr<PodSettings> ReadPodSettings(const MeshSettings& mesh, const YamlNode* annotations) {
   PodSettings s;
-  s.inbound_mode = ScalarOf(annotations, kModeAnnotation).value_or(mesh.inbound_mode);
+  s.inbound_mode = ScalarAt(annotations, kModeAnnotation).value_or(mesh.inbound_mode);
   if (s.inbound_mode != "strict" && s.inbound_mode != "permissive") {
     return absl::InvalidArgumentError(
         absl::StrCat(kModeAnnotation, ": \"", s.inbound_mode, "\" is not strict or permissive"));
   }
-  if (std::optional<std::string> allow = ScalarOf(annotations, kInboundAllowAnnotation)) {
+  if (std::optional<std::string> allow = ScalarAt(annotations, kInboundAllowAnnotation)) {
     s.inbound_allow = SplitList(*allow);
     if (s.inbound_allow.empty()) {
       return absl::InvalidArgumentError(
@@ -310,12 +291,12 @@ absl::StatusOr<PodSettings> ReadPodSettings(const MeshSettings& mesh, const Yaml
   } else {
     s.inbound_allow = {absl::StrCat("spiffe://", mesh.trust_domain, "/ns/*")};
   }
-  if (std::optional<std::string> v = ScalarOf(annotations, kExcludeInboundPortsAnnotation)) {
+  if (std::optional<std::string> v = ScalarAt(annotations, kExcludeInboundPortsAnnotation)) {
     MESHTLS_ASSIGN_OR_RETURN(std::vector<int> ports, PortList(*v, kExcludeInboundPortsAnnotation));
     s.exclude_inbound_ports.insert(ports.begin(), ports.end());
   }
   s.exclude_outbound_ports = mesh.exclude_outbound_ports;
-  if (std::optional<std::string> v = ScalarOf(annotations, kExcludeOutboundPortsAnnotation)) {
+  if (std::optional<std::string> v = ScalarAt(annotations, kExcludeOutboundPortsAnnotation)) {
     MESHTLS_ASSIGN_OR_RETURN(std::vector<int> ports, PortList(*v, kExcludeOutboundPortsAnnotation));
     for (int p : ports) {
       if (std::find(s.exclude_outbound_ports.begin(), s.exclude_outbound_ports.end(), p) ==
@@ -325,7 +306,7 @@ absl::StatusOr<PodSettings> ReadPodSettings(const MeshSettings& mesh, const Yaml
     }
   }
   s.exclude_outbound_networks = mesh.exclude_outbound_networks;
-  if (std::optional<std::string> v = ScalarOf(annotations, kExcludeOutboundNetworksAnnotation)) {
+  if (std::optional<std::string> v = ScalarAt(annotations, kExcludeOutboundNetworksAnnotation)) {
     std::vector<std::string> networks = SplitList(*v);
     MESHTLS_RETURN_IF_ERROR(CheckNetworks(networks, kExcludeOutboundNetworksAnnotation));
     for (std::string& n : networks) {
@@ -335,7 +316,7 @@ absl::StatusOr<PodSettings> ReadPodSettings(const MeshSettings& mesh, const Yaml
       }
     }
   }
-  if (std::optional<std::string> v = ScalarOf(annotations, kOutboundRulesAnnotation)) {
+  if (std::optional<std::string> v = ScalarAt(annotations, kOutboundRulesAnnotation)) {
     MESHTLS_ASSIGN_OR_RETURN(s.outbound_rules, ReadOutboundRules(*v));
   }
   return s;
@@ -359,23 +340,23 @@ absl::StatusOr<std::vector<DeclaredPort>> DeclaredPorts(const YamlNode& spec) {
       continue;
     }
     for (const YamlNode& c : containers->items) {
-      const std::string name = ScalarOf(&c, "name").value_or("");
+      const std::string name = ScalarAt(&c, "name").value_or("");
       const YamlNode* declared = Find(c, "ports");
       if (declared == nullptr || declared->kind != Kind::kSequence) {
         continue;
       }
       for (const YamlNode& p : declared->items) {
-        if (ScalarOf(&p, "protocol").value_or("TCP") != "TCP") {
+        if (ScalarAt(&p, "protocol").value_or("TCP") != "TCP") {
           continue;
         }
-        std::optional<std::string> number = ScalarOf(&p, "containerPort");
+        std::optional<std::string> number = ScalarAt(&p, "containerPort");
         if (!number) {
           return absl::InvalidArgumentError(
               absl::StrCat("container ", name, ": a port without containerPort"));
         }
         MESHTLS_ASSIGN_OR_RETURN(int port,
                                  ParsePort(*number, absl::StrCat("container ", name, " port")));
-        ports.push_back({name, ScalarOf(&p, "name").value_or(""), port});
+        ports.push_back({name, ScalarAt(&p, "name").value_or(""), port});
       }
     }
   }
@@ -409,8 +390,8 @@ absl::StatusOr<int> ResolvePort(const YamlNode& container, const YamlNode& port,
   }
   if (const YamlNode* declared = Find(container, "ports")) {
     for (const YamlNode& p : declared->items) {
-      if (ScalarOf(&p, "name") == port.scalar) {
-        if (std::optional<std::string> n = ScalarOf(&p, "containerPort")) {
+      if (ScalarAt(&p, "name") == port.scalar) {
+        if (std::optional<std::string> n = ScalarAt(&p, "containerPort")) {
           return ParsePort(*n, where);
         }
       }
@@ -427,7 +408,7 @@ absl::StatusOr<int> ResolvePort(const YamlNode& container, const YamlNode& port,
 // every client outside the mesh. Probes to an excluded port are left as they are.
 absl::Status MoveProbes(YamlNode& container, const std::set<int>& excluded,
                         std::vector<ProbeTarget>& targets) {
-  const std::string name = ScalarOf(&container, "name").value_or("");
+  const std::string name = ScalarAt(&container, "name").value_or("");
   for (const auto& [field, suffix] : kProbeKinds) {
     YamlNode* probe = FindMutable(container, field);
     if (probe == nullptr || probe->kind != Kind::kMapping) {
@@ -436,7 +417,7 @@ absl::Status MoveProbes(YamlNode& container, const std::set<int>& excluded,
     const std::string where = absl::StrCat("container ", name, " ", field);
     ProbeTarget target;
     target.path = absl::StrCat("/app-health/", name, "/", suffix);
-    if (std::optional<std::string> t = ScalarOf(probe, "timeoutSeconds")) {
+    if (std::optional<std::string> t = ScalarAt(probe, "timeoutSeconds")) {
       // The sidecar's app_probes[].timeout takes 10ms to 60s.
       if (!absl::SimpleAtoi(*t, &target.timeout_seconds) || target.timeout_seconds < 1 ||
           target.timeout_seconds > 60) {
@@ -456,21 +437,21 @@ absl::Status MoveProbes(YamlNode& container, const std::set<int>& excluded,
       return absl::InvalidArgumentError(absl::StrCat(where, ": no port"));
     }
     MESHTLS_ASSIGN_OR_RETURN(target.port, ResolvePort(container, *port_node, where));
-    if (excluded.contains(target.port) || ScalarOf(action, "host").has_value()) {
+    if (excluded.contains(target.port) || ScalarAt(action, "host").has_value()) {
       continue;  // not captured, or not this pod
     }
     if (action == grpc) {
       target.grpc = true;
-      target.grpc_service = ScalarOf(grpc, "service").value_or("");
+      target.grpc_service = ScalarAt(grpc, "service").value_or("");
     }
     if (action == http) {
-      if (absl::AsciiStrToUpper(ScalarOf(http, "scheme").value_or("HTTP")) != "HTTP") {
+      if (absl::AsciiStrToUpper(ScalarAt(http, "scheme").value_or("HTTP")) != "HTTP") {
         return absl::InvalidArgumentError(absl::StrCat(
             where, ": an HTTPS probe of captured port ", target.port,
             " cannot work: the port's TLS would be taken for the mesh's; exclude the port (",
             kExcludeInboundPortsAnnotation, ")"));
       }
-      target.http_path = ScalarOf(http, "path").value_or("/");
+      target.http_path = ScalarAt(http, "path").value_or("/");
       if (target.http_path.empty() || target.http_path[0] != '/') {
         target.http_path.insert(0, "/");
       }
@@ -482,8 +463,8 @@ absl::Status MoveProbes(YamlNode& container, const std::set<int>& excluded,
       }
       if (const YamlNode* headers = Find(*http, "httpHeaders")) {
         for (const YamlNode& h : headers->items) {
-          target.headers.emplace_back(ScalarOf(&h, "name").value_or(""),
-                                      ScalarOf(&h, "value").value_or(""));
+          target.headers.emplace_back(ScalarAt(&h, "name").value_or(""),
+                                      ScalarAt(&h, "value").value_or(""));
         }
       }
     }
@@ -692,7 +673,7 @@ std::vector<YamlNode> Volumes(const MeshSettings& mesh) {
 bool OptedOut(const YamlNode* metadata) {
   for (absl::string_view where : {"labels", "annotations"}) {
     const YamlNode* map = metadata == nullptr ? nullptr : Find(*metadata, where);
-    if (ScalarOf(map, kInjectKey) == "disabled") {
+    if (ScalarAt(map, kInjectKey) == "disabled") {
       return true;
     }
   }
@@ -703,7 +684,7 @@ bool HasContainerNamed(const YamlNode& spec, absl::string_view name) {
   for (absl::string_view list : {"initContainers", "containers"}) {
     if (const YamlNode* containers = Find(spec, list)) {
       for (const YamlNode& c : containers->items) {
-        if (ScalarOf(&c, "name") == name) {
+        if (ScalarAt(&c, "name") == name) {
           return true;
         }
       }
@@ -712,13 +693,8 @@ bool HasContainerNamed(const YamlNode& spec, absl::string_view name) {
   return false;
 }
 
-// Prepared is what InjectPodTemplate computes before it changes anything.
-struct Prepared {
-  std::string config_yaml;
-};
-
 absl::Status CheckUid(const YamlNode* security_context, int proxy_uid, absl::string_view where) {
-  if (std::optional<std::string> uid = ScalarOf(security_context, "runAsUser")) {
+  if (std::optional<std::string> uid = ScalarAt(security_context, "runAsUser")) {
     if (*uid == absl::StrCat(proxy_uid)) {
       return absl::InvalidArgumentError(absl::StrCat(
           where, " runs as uid ", proxy_uid,
@@ -746,7 +722,7 @@ absl::Status Check(const MeshSettings& mesh, const YamlNode& pod) {
       for (const YamlNode& c : containers->items) {
         MESHTLS_RETURN_IF_ERROR(
             CheckUid(Find(c, "securityContext"), mesh.proxy_uid,
-                     absl::StrCat("container ", ScalarOf(&c, "name").value_or(""))));
+                     absl::StrCat("container ", ScalarAt(&c, "name").value_or(""))));
       }
     }
   }
@@ -756,7 +732,7 @@ absl::Status Check(const MeshSettings& mesh, const YamlNode& pod) {
   }
   if (const YamlNode* volumes = Find(*spec, "volumes")) {
     for (const YamlNode& v : volumes->items) {
-      const std::string name = ScalarOf(&v, "name").value_or("");
+      const std::string name = ScalarAt(&v, "name").value_or("");
       if (name == kConfigVolume || name == kBootstrapVolume || name == kTokenVolume) {
         return absl::InvalidArgumentError(
             absl::StrCat("a volume is already named ", name, ", the injector's"));
@@ -780,8 +756,7 @@ absl::Status Check(const MeshSettings& mesh, const YamlNode& pod) {
 
 // Build computes the injected template's parts on a copy of the pod, so an error leaves the
 // caller's tree untouched.
-absl::StatusOr<YamlNode> Build(const MeshSettings& mesh, const YamlNode& original,
-                               std::string* config_text) {
+absl::StatusOr<YamlNode> Build(const MeshSettings& mesh, const YamlNode& original) {
   MESHTLS_RETURN_IF_ERROR(Check(mesh, original));
   YamlNode pod = original;
   YamlNode& metadata = Child(pod, "metadata", Kind::kMapping);
@@ -805,7 +780,7 @@ absl::StatusOr<YamlNode> Build(const MeshSettings& mesh, const YamlNode& origina
   std::vector<ProbeTarget> probes;
   if (YamlNode* init = FindMutable(spec, "initContainers")) {
     for (YamlNode& c : init->items) {
-      if (ScalarOf(&c, "restartPolicy") == "Always") {
+      if (ScalarAt(&c, "restartPolicy") == "Always") {
         MESHTLS_RETURN_IF_ERROR(MoveProbes(c, settings.exclude_inbound_ports, probes));
       }
     }
@@ -815,18 +790,18 @@ absl::StatusOr<YamlNode> Build(const MeshSettings& mesh, const YamlNode& origina
       MESHTLS_RETURN_IF_ERROR(MoveProbes(c, settings.exclude_inbound_ports, probes));
     }
   }
-  MESHTLS_ASSIGN_OR_RETURN(*config_text,
+  MESHTLS_ASSIGN_OR_RETURN(const std::string config_text,
                            config::EmitYaml({SidecarConfig(mesh, settings, declared, probes)}));
 
   YamlNode& labels = Child(metadata, "labels", Kind::kMapping);
   MESHTLS_RETURN_IF_ERROR(ExpectKind(&labels, Kind::kMapping, "metadata.labels"));
   Set(labels, kSidecarLabel, Text("true"));  // lets it reach certmgr (base/networkpolicy.yaml)
   YamlNode& written = Child(metadata, "annotations", Kind::kMapping);
-  YamlNode config_node = Text(*config_text);
+  YamlNode config_node = Text(config_text);
   config_node.quoted = true;  // multi-line: a literal block
   Set(written, kConfigAnnotation, std::move(config_node));
   // Prometheus annotations point at the sidecar unless the app already uses them for its own.
-  const std::optional<std::string> scrape_port = ScalarOf(&written, "prometheus.io/port");
+  const std::optional<std::string> scrape_port = ScalarAt(&written, "prometheus.io/port");
   if (!scrape_port || *scrape_port == absl::StrCat(kAdminPort)) {
     Set(written, "prometheus.io/scrape", Text("true"));
     Set(written, "prometheus.io/port", Text(absl::StrCat(kAdminPort)));
@@ -859,7 +834,7 @@ YamlNode* Path(YamlNode& node, std::initializer_list<absl::string_view> keys) {
 }
 
 absl::Status InjectObject(const MeshSettings& mesh, YamlNode& object, ManifestResult& result) {
-  const std::string kind = ScalarOf(&object, "kind").value_or("");
+  const std::string kind = ScalarAt(&object, "kind").value_or("");
   if (kind == "List") {
     if (YamlNode* items = FindMutable(object, "items"); items != nullptr) {
       for (size_t i = 0; i < items->items.size(); ++i) {
@@ -875,7 +850,7 @@ absl::Status InjectObject(const MeshSettings& mesh, YamlNode& object, ManifestRe
     ++result.other;
     return absl::OkStatus();
   }
-  const std::string name = ScalarOf(Find(object, "metadata"), "name").value_or("(no name)");
+  const std::string name = ScalarAt(Find(object, "metadata"), "name").value_or("(no name)");
   absl::StatusOr<Outcome> outcome = InjectPodTemplate(mesh, *pod);
   if (!outcome.ok()) {
     return absl::Status(outcome.status().code(),
@@ -920,20 +895,13 @@ absl::StatusOr<Outcome> InjectPodTemplate(const MeshSettings& mesh, YamlNode& po
       spec != nullptr && HasContainerNamed(*spec, kSidecarName)) {
     return Outcome::kAlreadyInjected;
   }
-  std::string config_text;
-  MESHTLS_ASSIGN_OR_RETURN(YamlNode injected, Build(mesh, pod, &config_text));
+  MESHTLS_ASSIGN_OR_RETURN(YamlNode injected, Build(mesh, pod));
   pod = std::move(injected);
   return Outcome::kInjected;
 }
 
-absl::StatusOr<std::string> SidecarConfigYaml(const MeshSettings& mesh, const YamlNode& pod) {
-  std::string config_text;
-  MESHTLS_RETURN_IF_ERROR(Build(mesh, pod, &config_text).status());
-  return config_text;
-}
-
 YamlNode* PodTemplateOf(YamlNode& object) {
-  const std::optional<std::string> kind = ScalarOf(&object, "kind");
+  const std::optional<std::string> kind = ScalarAt(&object, "kind");
   if (!kind) {
     return nullptr;
   }

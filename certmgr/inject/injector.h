@@ -62,11 +62,6 @@ absl::string_view OutcomeName(Outcome outcome);
 // carry). Idempotent: injecting an injected pod returns kAlreadyInjected and changes nothing.
 absl::StatusOr<Outcome> InjectPodTemplate(const MeshSettings& mesh, config::YamlNode& pod);
 
-// SidecarConfigYaml is the sidecar config InjectPodTemplate would write for `pod` (the text of
-// the meshtls.io/sidecar-config annotation).
-absl::StatusOr<std::string> SidecarConfigYaml(const MeshSettings& mesh,
-                                              const config::YamlNode& pod);
-
 // ManifestResult counts what InjectManifests did, by object.
 struct ManifestResult {
   int injected = 0;

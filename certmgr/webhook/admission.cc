@@ -18,25 +18,8 @@ constexpr size_t kMaxReviewNodes = 100000;
 using config::YamlNode;
 using Kind = YamlNode::Kind;
 
-const YamlNode* Find(const YamlNode* map, absl::string_view key) {
-  if (map == nullptr || map->kind != Kind::kMapping) {
-    return nullptr;
-  }
-  for (const config::YamlEntry& e : map->entries) {
-    if (e.key == key) {
-      return &e.value;
-    }
-  }
-  return nullptr;
-}
-
-std::optional<std::string> ScalarOf(const YamlNode* map, absl::string_view key) {
-  const YamlNode* v = Find(map, key);
-  if (v == nullptr || v->kind != Kind::kScalar) {
-    return std::nullopt;
-  }
-  return v->scalar;
-}
+using config::FindKey;
+using config::ScalarAt;
 
 // PointerToken escapes one JSON Pointer reference token (RFC 6901): "~" and "/".
 std::string PointerToken(absl::string_view key) {
@@ -57,13 +40,13 @@ void AddOp(std::string& out, absl::string_view op, const std::string& path, cons
 void Diff(const YamlNode& from, const YamlNode& to, const std::string& path, std::string& out) {
   if (from.kind == Kind::kMapping && to.kind == Kind::kMapping) {
     for (const config::YamlEntry& e : from.entries) {
-      if (Find(&to, e.key) == nullptr) {
+      if (FindKey(&to, e.key) == nullptr) {
         AddOp(out, "remove", absl::StrCat(path, "/", PointerToken(e.key)), nullptr);
       }
     }
     for (const config::YamlEntry& e : to.entries) {
       const std::string child = absl::StrCat(path, "/", PointerToken(e.key));
-      if (const YamlNode* before = Find(&from, e.key)) {
+      if (const YamlNode* before = FindKey(&from, e.key)) {
         Diff(*before, e.value, child, out);
       } else {
         AddOp(out, "add", child, &e.value);
@@ -134,28 +117,28 @@ absl::StatusOr<Review> AdmitPod(const inject::MeshSettings& mesh, absl::string_v
     return absl::InvalidArgumentError("the body is not one JSON object");
   }
   const YamlNode& review = (*documents)[0];
-  if (ScalarOf(&review, "apiVersion") != "admission.k8s.io/v1" ||
-      ScalarOf(&review, "kind") != "AdmissionReview") {
+  if (ScalarAt(&review, "apiVersion") != "admission.k8s.io/v1" ||
+      ScalarAt(&review, "kind") != "AdmissionReview") {
     return absl::InvalidArgumentError("not an admission.k8s.io/v1 AdmissionReview");
   }
-  const YamlNode* request = Find(&review, "request");
-  const std::optional<std::string> uid = ScalarOf(request, "uid");
+  const YamlNode* request = FindKey(&review, "request");
+  const std::optional<std::string> uid = ScalarAt(request, "uid");
   if (!uid || uid->empty()) {
     return absl::InvalidArgumentError("the AdmissionReview has no request.uid");
   }
   Review out;
-  const YamlNode* kind = Find(request, "kind");
-  const YamlNode* object = Find(request, "object");
-  const bool is_pod = ScalarOf(kind, "kind") == "Pod" &&
-                      ScalarOf(kind, "group").value_or("") == "" && object != nullptr &&
+  const YamlNode* kind = FindKey(request, "kind");
+  const YamlNode* object = FindKey(request, "object");
+  const bool is_pod = ScalarAt(kind, "kind") == "Pod" &&
+                      ScalarAt(kind, "group").value_or("") == "" && object != nullptr &&
                       object->kind == Kind::kMapping;
-  if (is_pod && ScalarOf(request, "operation") == "UPDATE") {
+  if (is_pod && ScalarAt(request, "operation") == "UPDATE") {
     // The sidecar's config is fixed when the pod is created: the downward-API volume would
     // carry an edited annotation into the pod, past every check above.
-    const YamlNode* old_object = Find(request, "oldObject");
+    const YamlNode* old_object = FindKey(request, "oldObject");
     auto config_of = [](const YamlNode* o) {
-      const YamlNode* annotations = Find(Find(o, "metadata"), "annotations");
-      return ScalarOf(annotations, inject::kConfigAnnotation);
+      const YamlNode* annotations = FindKey(FindKey(o, "metadata"), "annotations");
+      return ScalarAt(annotations, inject::kConfigAnnotation);
     };
     if (config_of(object) != config_of(old_object)) {
       out.result = ReviewResult::kRefused;
@@ -166,7 +149,7 @@ absl::StatusOr<Review> AdmitPod(const inject::MeshSettings& mesh, absl::string_v
       return out;
     }
   }
-  if (!is_pod || ScalarOf(request, "operation") != "CREATE") {
+  if (!is_pod || ScalarAt(request, "operation") != "CREATE") {
     out.message = "not a Pod being created";
     out.response_json = Answer(*uid, std::nullopt, std::nullopt);
     return out;
@@ -174,9 +157,9 @@ absl::StatusOr<Review> AdmitPod(const inject::MeshSettings& mesh, absl::string_v
   YamlNode pod = *object;
   absl::StatusOr<inject::Outcome> outcome = inject::InjectPodTemplate(mesh, pod);
   const std::string who = absl::StrCat(
-      ScalarOf(request, "namespace").value_or(""), "/",
-      ScalarOf(Find(object, "metadata"), "name")
-          .value_or(ScalarOf(Find(object, "metadata"), "generateName").value_or("") + "*"));
+      ScalarAt(request, "namespace").value_or(""), "/",
+      ScalarAt(FindKey(object, "metadata"), "name")
+          .value_or(ScalarAt(FindKey(object, "metadata"), "generateName").value_or("") + "*"));
   if (!outcome.ok()) {
     out.result = ReviewResult::kRefused;
     out.message = absl::StrCat("meshtls cannot mesh pod ", who, ": ", outcome.status().message());

@@ -504,6 +504,30 @@ std::string EmitJson(const YamlNode& node) {
   return out;
 }
 
+const YamlNode* FindKey(const YamlNode* map, absl::string_view key) {
+  if (map == nullptr || map->kind != YamlNode::Kind::kMapping) {
+    return nullptr;
+  }
+  for (const YamlEntry& e : map->entries) {
+    if (e.key == key) {
+      return &e.value;
+    }
+  }
+  return nullptr;
+}
+
+YamlNode* FindKey(YamlNode* map, absl::string_view key) {
+  return const_cast<YamlNode*>(FindKey(static_cast<const YamlNode*>(map), key));
+}
+
+std::optional<std::string> ScalarAt(const YamlNode* map, absl::string_view key) {
+  const YamlNode* value = FindKey(map, key);
+  if (value == nullptr || value->kind != YamlNode::Kind::kScalar) {
+    return std::nullopt;
+  }
+  return value->scalar;
+}
+
 YamlNode StringNode(std::string text) {
   YamlNode node;
   node.kind = YamlNode::Kind::kScalar;

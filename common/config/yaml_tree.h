@@ -11,6 +11,7 @@
 // costing more than a bounded parse.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,6 +74,15 @@ std::string EmitJson(const YamlNode& node);
 // where YAML would type it as a string, quoted where it would read a boolean, number or null
 // ("true", "8080", "~", "") or where it holds a line break.
 YamlNode StringNode(std::string text);
+
+// FindKey is the value of `key` in the mapping `map`; nullptr when `map` is null, not a mapping,
+// or has no such key. For code that walks documents of unknown shape (manifests, JSON bodies).
+const YamlNode* FindKey(const YamlNode* map, absl::string_view key);
+YamlNode* FindKey(YamlNode* map, absl::string_view key);
+
+// ScalarAt is the text of `key` in the mapping `map` when it is a scalar; nullopt otherwise
+// (absent, null, a list or a mapping).
+std::optional<std::string> ScalarAt(const YamlNode* map, absl::string_view key);
 
 // KindName names a node's kind for error messages ("a mapping", "a list").
 absl::string_view KindName(YamlNode::Kind kind);

@@ -104,7 +104,11 @@ function inject(objects, where) {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
-const isInjected = (o) => Boolean(o.spec?.template?.metadata?.annotations?.["meshtls.io/sidecar-config"]);
+// templateOf is an object's Pod template: a bare Pod's own metadata and spec, a CronJob's under
+// its jobTemplate, every other workload's spec.template; undefined for other kinds.
+const templateOf = (o) =>
+  o?.kind === "Pod" ? o : o?.spec?.template ?? o?.spec?.jobTemplate?.spec?.template;
+const isInjected = (o) => Boolean(templateOf(o)?.metadata?.annotations?.["meshtls.io/sidecar-config"]);
 for (const [k, objects] of Object.entries(rendered)) {
   const enabled = new Set(objects.filter((o) => o.kind === "Namespace" && o.metadata.labels?.["meshtls.io/inject"] === "enabled")
     .map((o) => o.metadata.name));
@@ -126,12 +130,11 @@ for (const file of deployFiles) {
   const kept = before.filter((o) => o);
   if (!check(after.length === kept.length, file, `inject wrote ${after.length} documents for ${kept.length}`)) continue;
   kept.forEach((o, i) => {
-    const template = o?.kind === "Pod" ? o : o?.spec?.template ?? o?.spec?.jobTemplate?.spec?.template;
+    const template = templateOf(o);
     const optedOut = template?.metadata?.labels?.["meshtls.io/inject"] === "disabled";
     const where = `${file}: ${o?.kind} ${o?.metadata?.name}`;
     if (template?.spec && !optedOut) {
-      const injectedTemplate = after[i].kind === "Pod" ? after[i] : after[i].spec?.template ?? after[i].spec?.jobTemplate?.spec?.template;
-      check(Boolean(injectedTemplate?.metadata?.annotations?.["meshtls.io/sidecar-config"]), where, "not injected");
+      check(Boolean(templateOf(after[i])?.metadata?.annotations?.["meshtls.io/sidecar-config"]), where, "not injected");
     } else {
       check(JSON.stringify(after[i]) === JSON.stringify(o), where, "changed by inject, which must leave it as it is");
     }
@@ -145,8 +148,8 @@ for (const file of fs.readdirSync(workloadsDir).filter((f) => f.endsWith(".yaml"
   const objects = YAML.parseAllDocuments(fs.readFileSync(path.join(workloadsDir, file), "utf8")).map((d) => d.toJS()).filter((o) => o);
   rendered[k] = inject(objects, k).filter((o) => o);
   workloadSets.add(k);
-  for (const o of rendered[k].filter((x) => x.spec?.template?.spec || x.spec?.jobTemplate)) {
-    const template = o.spec.template ?? o.spec.jobTemplate.spec.template;
+  for (const o of rendered[k].filter((x) => templateOf(x)?.spec)) {
+    const template = templateOf(o);
     const disabled = template.metadata?.labels?.["meshtls.io/inject"] === "disabled";
     check(disabled || Boolean(template.metadata?.annotations?.["meshtls.io/sidecar-config"]), `${k}: ${o.kind} ${o.metadata.name}`, "not injected");
   }
@@ -232,8 +235,7 @@ const find = (objects, kind, name, ns) =>
 // CronJob's template is under its jobTemplate; a bare Pod is its own template).
 const podTemplates = (objects) => objects.flatMap((o) =>
   o.spec?.template?.spec ? [o]
-  : o.spec?.jobTemplate?.spec?.template?.spec ? [{ ...o, spec: { template: o.spec.jobTemplate.spec.template } }]
-  : o.kind === "Pod" ? [{ ...o, spec: { template: { metadata: o.metadata, spec: o.spec } } }]
+  : templateOf(o)?.spec ? [{ ...o, spec: { template: { metadata: templateOf(o).metadata, spec: templateOf(o).spec } } }]
   : []);
 const portOf = (container, name) => (container.ports || []).find((p) => p.name === name)?.containerPort;
 const listenPort = (address) => Number(String(address).split(":").pop());

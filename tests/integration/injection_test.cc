@@ -46,12 +46,7 @@ constexpr char kTd[] = "example.org";
 constexpr uint16_t kAppPort = 8080;
 
 const YamlNode* Get(const YamlNode& node, absl::string_view key) {
-  for (const config::YamlEntry& e : node.entries) {
-    if (e.key == key) {
-      return &e.value;
-    }
-  }
-  return nullptr;
+  return config::FindKey(&node, key);
 }
 
 // At follows keys and list indices ("spec", "template", "0", ...).

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,12 +32,7 @@ const YamlNode* At(const YamlNode& root, absl::string_view path) {
   for (absl::string_view part : absl::StrSplit(path, '.')) {
     size_t bracket = part.find('[');
     absl::string_view key = part.substr(0, bracket);
-    const YamlNode* next = nullptr;
-    for (const config::YamlEntry& e : node->entries) {
-      if (e.key == key) {
-        next = &e.value;
-      }
-    }
+    const YamlNode* next = config::FindKey(node, key);
     if (next == nullptr) {
       return nullptr;
     }
@@ -102,13 +98,17 @@ spec:
       emptyDir: {}
 )";
 
+// Annotation is the pod's annotation `key` (the keys hold dots, which At's paths cannot).
+std::optional<std::string> Annotation(const YamlNode& pod, absl::string_view key) {
+  return config::ScalarAt(At(pod, "metadata.annotations"), key);
+}
+
 absl::StatusOr<sidecar::SidecarConfig> GeneratedConfig(const YamlNode& pod) {
-  for (const config::YamlEntry& e : At(pod, "metadata.annotations")->entries) {
-    if (e.key == kConfigAnnotation) {
-      return sidecar::ParseSidecarConfig(e.value.scalar, /*check_files=*/false);
-    }
+  std::optional<std::string> text = Annotation(pod, kConfigAnnotation);
+  if (!text) {
+    return absl::NotFoundError("no sidecar-config annotation");
   }
-  return absl::NotFoundError("no sidecar-config annotation");
+  return sidecar::ParseSidecarConfig(*text, /*check_files=*/false);
 }
 
 TEST(InjectorTest, AddsInitStepSidecarVolumesAndConfig) {
@@ -146,11 +146,7 @@ TEST(InjectorTest, AddsInitStepSidecarVolumesAndConfig) {
   EXPECT_EQ(ScalarAt(pod, "spec.volumes[3].projected.sources[0].serviceAccountToken.audience"),
             "meshtls");
 
-  bool labelled = false;
-  for (const config::YamlEntry& e : At(pod, "metadata.labels")->entries) {
-    labelled = labelled || (e.key == "meshtls.io/sidecar" && e.value.scalar == "true");
-  }
-  EXPECT_TRUE(labelled);
+  EXPECT_EQ(config::ScalarAt(At(pod, "metadata.labels"), "meshtls.io/sidecar"), "true");
 
   // The generated config is one the sidecar takes: transparent both ways, the declared TCP
   // ports listed, the UDP one not, and the probes moved.
@@ -340,13 +336,7 @@ metadata:
 spec: {containers: [{name: a}]}
 )");
   ASSERT_TRUE(InjectPodTemplate(MeshSettings{}, pod).ok());
-  std::string port;
-  for (const config::YamlEntry& e : At(pod, "metadata.annotations")->entries) {
-    if (e.key == "prometheus.io/port") {
-      port = e.value.scalar;
-    }
-  }
-  EXPECT_EQ(port, "9100");
+  EXPECT_EQ(Annotation(pod, "prometheus.io/port"), "9100");
 }
 
 struct Refusal {

@@ -141,9 +141,8 @@ std::string Dump(const absl::StatusOr<sidecar::SidecarConfig>& c) {
   const sidecar::TransparentConfig& t = c->transparent;
   if (t.enabled()) {
     auto networks = [](const std::vector<net::Cidr>& list) {
-      return absl::StrJoin(list, ",", [](std::string* o, const net::Cidr& n) {
-        absl::StrAppend(o, n.ToString());
-      });
+      return absl::StrJoin(
+          list, ",", [](std::string* o, const net::Cidr& n) { absl::StrAppend(o, n.ToString()); });
     };
     absl::StrAppend(&out, "transparent: proxy_uid=", t.proxy_uid, "\n");
     if (t.outbound.enabled) {
@@ -195,6 +194,19 @@ std::string Dump(const absl::StatusOr<certmgr::CertmgrConfig>& c) {
                   " pod_binding=", k.require_pod_binding, "\n");
   absl::StrAppend(&out, "deny=[", absl::StrJoin(c->deny, ","), "]\n");
   absl::StrAppend(&out, "limits: ", c->max_watchers, " ", c->max_watchers_per_address, "\n");
+  const auto& in = c->injection;
+  absl::StrAppend(&out, "injection: image=", in.image, " pull=", in.image_pull_policy,
+                  " certmgr=", in.certmgr_address, " bundle=", in.ca_bundle_config_map,
+                  " audience=", in.token_audience, " uid=", in.proxy_uid, " mode=", in.inbound_mode,
+                  " allow=[", absl::StrJoin(in.inbound_allow, ","), "] mesh=[",
+                  absl::StrJoin(in.mesh_networks, ","), "] other=", in.other_destinations,
+                  " exclude_networks=[", absl::StrJoin(in.exclude_outbound_networks, ","),
+                  "] exclude_ports=[", absl::StrJoin(in.exclude_outbound_ports, ","), "]\n");
+  const auto& w = c->webhook;
+  absl::StrAppend(&out, "webhook: listen=", w.listen, " names=[",
+                  absl::StrJoin(w.server_names, ","), "] max_bytes=", w.max_request_bytes,
+                  " timeout=", absl::FormatDuration(w.request_timeout),
+                  " connections=", w.max_connections, "/", w.max_connections_per_address, "\n");
   absl::StrAppend(&out, "log: ", static_cast<int>(c->log.level), " ",
                   static_cast<int>(c->log.format), "\n");
   return out;

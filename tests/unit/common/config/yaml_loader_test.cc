@@ -192,6 +192,20 @@ TEST(YamlTreeTest, ADocumentAtTheSizeLimitIsRead) {
   EXPECT_GT(s.dns().servers_size(), 50000);
 }
 
+TEST(YamlTreeTest, FindKeyAndScalarAtTakeAnyShape) {
+  absl::StatusOr<YamlNode> tree = ParseYamlTree("a: {b: x, l: [1], n: null}\ns: plain\n");
+  ASSERT_TRUE(tree.ok()) << tree.status();
+  const YamlNode* a = FindKey(&*tree, "a");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(ScalarAt(a, "b"), "x");
+  EXPECT_EQ(ScalarAt(a, "l"), std::nullopt);  // a list
+  EXPECT_EQ(ScalarAt(a, "n"), std::nullopt);  // null
+  EXPECT_EQ(ScalarAt(a, "missing"), std::nullopt);
+  EXPECT_EQ(FindKey(FindKey(&*tree, "s"), "b"), nullptr);  // a scalar is no mapping
+  EXPECT_EQ(FindKey(static_cast<const YamlNode*>(nullptr), "a"), nullptr);
+  EXPECT_EQ(ScalarAt(nullptr, "a"), std::nullopt);
+}
+
 TEST(YamlStreamTest, ReadsEveryDocumentInOrder) {
   absl::StatusOr<std::vector<YamlNode>> docs =
       ParseYamlStream("a: 1\n---\n---\n# comment\n---\n- x\n", 1 << 20);
