@@ -12,18 +12,20 @@ set -euo pipefail
 build_packages=(
   g++ cmake ninja-build pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev prometheus-cpp-dev libssl-dev libc-ares-dev libyaml-dev
+  libabsl-dev prometheus-cpp-dev libssl-dev libc-ares-dev libyaml-dev libnghttp2-dev
 )
 # What the tests and the demo add: GoogleTest and Benchmark, openssl and curl for real peers,
 # Prometheus (with promtool) for the observability test, util-linux's unshare for the
 # read-only Secret-volume test, and for the transparent-mode tests' pods in network namespaces
 # iproute2 (ip netns, veth, bridge), iptables and tcpdump (util-linux's setpriv runs a pod's
-# programs as their own user).
+# programs as their own user); python3-h2 and nghttp2-client are the independent HTTP/2
+# implementations the pooled transport's interoperability tests talk to.
 test_packages=(
   openssl libgtest-dev libgmock-dev libbenchmark-dev
   curl python3 util-linux
   prometheus
   iproute2 iptables tcpdump
+  python3-h2 nghttp2-client
 )
 
 packages=("${build_packages[@]}")

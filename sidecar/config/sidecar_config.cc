@@ -61,6 +61,17 @@ absl::Status CheckPeers(const LoadedFields& fields, const std::string& path,
   return absl::OkStatus();
 }
 
+absl::StatusOr<Transport> ReadTransport(const LoadedFields& fields, const std::string& path,
+                                        const std::string& text) {
+  if (text == "tls") {
+    return Transport::kTls;
+  }
+  if (text == "pooled") {
+    return Transport::kPooled;
+  }
+  return fields.Error(path, absl::StrCat("\"", text, "\" is not a transport: tls or pooled"));
+}
+
 absl::StatusOr<ListenerConfig> ReadListener(
     const LoadedFields& fields, const std::string& path, const std::string& name,
     const std::string& listen, absl::string_view target_key, const std::string& target,
@@ -268,6 +279,11 @@ absl::Status ReadCaptureOutbound(const Schema::CaptureOutbound& s, const LoadedF
           rule_path + ".action",
           absl::StrCat("\"", r.action(), "\" is not an action: mesh, passthrough or deny"));
     }
+    MESHTLS_ASSIGN_OR_RETURN(rule.transport,
+                             ReadTransport(fields, rule_path + ".transport", r.transport()));
+    if (rule.transport == Transport::kPooled && rule.action != DestinationRule::Action::kMesh) {
+      return fields.Error(rule_path + ".transport", "applies to action: mesh only");
+    }
     rule.expect.assign(r.expect().begin(), r.expect().end());
     if (!rule.expect.empty() && rule.action != DestinationRule::Action::kMesh) {
       return fields.Error(rule_path + ".expect", "applies to action: mesh only");
@@ -334,6 +350,12 @@ absl::Status ReadCaptureInbound(const Schema::CaptureInbound& s, const LoadedFie
       return fields.Error(
           port_path + ".port",
           absl::StrCat("port ", policy.port, " is in exclude_ports: it is never captured"));
+    }
+    if (policy.port == kPooledPort) {
+      return fields.Error(port_path + ".port",
+                          absl::StrCat("port ", kPooledPort,
+                                       " is where pooled connections arrive (HBONE's port); an "
+                                       "app cannot serve on it"));
     }
     if (Contains(own_ports, policy.port) || policy.port == in.port) {
       return fields.Error(port_path + ".port",
@@ -443,6 +465,9 @@ absl::Status ReadListeners(const Schema& s, const LoadedFields& fields, SidecarC
         ListenerConfig parsed,
         ReadListener(fields, absl::StrCat("outbound[", i, "]"), l.name(), l.listen(), "connect",
                      l.connect(), "expect", l.expect(), c.trust_domain));
+    MESHTLS_ASSIGN_OR_RETURN(
+        parsed.transport,
+        ReadTransport(fields, absl::StrCat("outbound[", i, "].transport"), l.transport()));
     c.outbound.push_back(std::move(parsed));
   }
   std::set<std::string> names;
@@ -604,6 +629,12 @@ absl::StatusOr<SidecarConfig> ParseSidecarConfig(absl::string_view yaml, bool ch
   }
   c.dns.max_ttl = config::ToDuration(s.dns().max_ttl());
   c.dns.negative_ttl = config::ToDuration(s.dns().negative_ttl());
+
+  c.pooled.max_streams_per_connection = s.pooled().max_streams_per_connection();
+  c.pooled.max_connections_per_peer = s.pooled().max_connections_per_peer();
+  c.pooled.idle_timeout = config::ToDuration(s.pooled().idle_timeout());
+  c.pooled.keepalive_interval = config::ToDuration(s.pooled().keepalive_interval());
+  c.pooled.keepalive_timeout = config::ToDuration(s.pooled().keepalive_timeout());
 
   MESHTLS_ASSIGN_OR_RETURN(c.log,
                            config::ReadLogSettings(fields, s.log().level(), s.log().format()));

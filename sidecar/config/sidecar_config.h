@@ -15,11 +15,21 @@ namespace meshtls::sidecar {
 // ListenerConfig is one inbound or outbound listener. For inbound, `target` is `forward` (the
 // local app) and `peers` is `allow`; for outbound, `target` is `connect` (the remote sidecar)
 // and `peers` is `expect`. Peer entries are exact SPIFFE IDs or "<id>/*" prefixes, validated.
+// Transport is how an outbound listener or `mesh` rule carries app connections: kTls, one
+// mutual-TLS connection each; kPooled, one HTTP/2 CONNECT stream each over a pooled mutual-TLS
+// connection (sidecar/proxy/pooled.h).
+enum class Transport { kTls, kPooled };
+
+// kPooledPort is where transparent mode's pooled connections go: port 15008 of the peer pod's
+// address (Istio's HBONE port), which the peer's inbound capture redirects to its capture port.
+inline constexpr uint16_t kPooledPort = 15008;
+
 struct ListenerConfig {
   std::string name;
   base::HostPort listen;
   base::HostPort target;
   std::vector<std::string> peers;
+  Transport transport = Transport::kTls;  // outbound only
 };
 
 // DestinationRule is one transparent-mode outbound rule: what a captured connection to a
@@ -33,6 +43,7 @@ struct DestinationRule {
   // kMesh: SPIFFE IDs the server must present; empty means any identity the mesh CA issued in
   // the trust domain (the server's inbound allow-list is then the authorization).
   std::vector<std::string> expect;
+  Transport transport = Transport::kTls;  // kMesh only
 };
 
 // InboundMode: kStrict takes mutual TLS from the mesh only; kPermissive also plain TCP from
@@ -118,6 +129,14 @@ struct SidecarConfig {
   } dns;
   base::LogSettings log;
   TransparentConfig transparent;
+  // Pooled: the `pooled` section (HTTP/2 CONNECT streams over pooled mutual TLS).
+  struct Pooled {
+    int max_streams_per_connection = 0;
+    int max_connections_per_peer = 0;
+    absl::Duration idle_timeout;
+    absl::Duration keepalive_interval;
+    absl::Duration keepalive_timeout;
+  } pooled;
   // AppProbe: one kubelet probe of the app, answered at `path` on the admin endpoint by probing
   // 127.0.0.1:`port` (sidecar/server/app_prober.h).
   struct AppProbe {

@@ -122,6 +122,64 @@ std::vector<MetricFamily> SidecarCollector::Collect() const {
   out.push_back(std::move(bytes));
   out.push_back(std::move(refused));
 
+  // The pooled transport.
+  MetricFamily pooled =
+      Family("meshtls_pooled_connections",
+             "Open pooled mutual-TLS connections (HTTP/2), by direction.", MetricType::Gauge);
+  MetricFamily streams =
+      Family("meshtls_pooled_streams_total",
+             "App connections carried as pooled streams (HTTP/2 CONNECT), by direction and result.",
+             MetricType::Counter);
+  MetricFamily streams_active = Family("meshtls_pooled_streams_active",
+                                       "Open pooled streams, by direction.", MetricType::Gauge);
+  MetricFamily setup = Family("meshtls_pooled_stream_setup_seconds",
+                              "Time to set up a pooled stream: outbound from the app's "
+                              "connection to the peer's 200, inbound from the CONNECT to the "
+                              "app's connection.",
+                              MetricType::Histogram);
+  for (int d = 0; d < kDirectionCount; ++d) {
+    int64_t links = 0, open_streams = 0;
+    uint64_t results[kStreamResultCount] = {};
+    for (const WorkerCounters* s : shards_) {
+      links += s->pooled_connections[d].Get();
+      open_streams += s->pooled_streams_active[d].Get();
+      for (int r = 0; r < kStreamResultCount; ++r) {
+        results[r] += s->pooled_streams[d][r].Get();
+      }
+    }
+    AddGauge(pooled, {{"direction", kDirectionNames[d]}}, static_cast<double>(links));
+    AddGauge(streams_active, {{"direction", kDirectionNames[d]}},
+             static_cast<double>(open_streams));
+    for (int r = 0; r < kStreamResultCount; ++r) {
+      AddCounter(streams, {{"direction", kDirectionNames[d]}, {"result", kStreamResultNames[r]}},
+                 static_cast<double>(results[r]));
+    }
+    ClientMetric m;
+    m.label = {{"direction", kDirectionNames[d]}};
+    uint64_t cumulative = 0;
+    double sum = 0;
+    for (size_t b = 0; b <= kStreamSetupBuckets.size(); ++b) {
+      for (const WorkerCounters* s : shards_) {
+        cumulative += s->stream_setup[d].bucket(b);
+      }
+      ClientMetric::Bucket bucket;
+      bucket.upper_bound = b < kStreamSetupBuckets.size() ? kStreamSetupBuckets[b]
+                                                          : std::numeric_limits<double>::infinity();
+      bucket.cumulative_count = cumulative;
+      m.histogram.bucket.push_back(bucket);
+    }
+    for (const WorkerCounters* s : shards_) {
+      sum += s->stream_setup[d].sum_seconds();
+    }
+    m.histogram.sample_count = cumulative;
+    m.histogram.sample_sum = sum;
+    setup.metric.push_back(std::move(m));
+  }
+  out.push_back(std::move(pooled));
+  out.push_back(std::move(streams));
+  out.push_back(std::move(streams_active));
+  out.push_back(std::move(setup));
+
   MetricFamily dns = Family("meshtls_dns_lookups_total",
                             "Resolutions of upstream host names (IP literals excluded), by result.",
                             MetricType::Counter);

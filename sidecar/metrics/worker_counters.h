@@ -33,12 +33,14 @@ class Gauge {
   std::atomic<int64_t> value_{0};
 };
 
-// LatencyHistogram is a single-writer histogram on kHandshakeBuckets.
-class LatencyHistogram {
+// Histogram is a single-writer histogram on `Buckets` (upper bounds, seconds).
+template <const auto& Buckets>
+class Histogram {
  public:
+  static constexpr const auto& kBuckets = Buckets;
   void Observe(double seconds) {
     size_t i = 0;
-    while (i < kHandshakeBuckets.size() && seconds > kHandshakeBuckets[i]) {
+    while (i < Buckets.size() && seconds > Buckets[i]) {
       ++i;
     }
     buckets_[i].Add();  // the last slot is +Inf
@@ -48,9 +50,11 @@ class LatencyHistogram {
   double sum_seconds() const { return static_cast<double>(sum_ns_.Get()) / 1e9; }
 
  private:
-  std::array<Counter, kHandshakeBuckets.size() + 1> buckets_;
+  std::array<Counter, Buckets.size() + 1> buckets_;
   Counter sum_ns_;
 };
+using LatencyHistogram = Histogram<kHandshakeBuckets>;
+using StreamSetupHistogram = Histogram<kStreamSetupBuckets>;
 
 // WorkerCounters is one worker's metric shard, written only by that worker's thread and
 // summed by the collector at scrape time. Aligned so two workers never share a cache line.
@@ -67,7 +71,15 @@ struct alignas(64) WorkerCounters {
   Counter bytes_received[kDirectionCount];  // from the remote peer (the TLS side)
   Counter bytes_sent[kDirectionCount];      // to the remote peer
   Counter refused[kDirectionCount][kRefusedReasonCount];
-  Counter dns_lookups[kDnsLookupResultCount];  // outbound and inbound targets given as names
+  Counter dns_lookups[kDnsLookupResultCount];
+  // The pooled transport: open pooled connections, app connections carried as streams by how
+  // they were set up, streams open, and how long setting one up took (outbound: from the app's
+  // connection to the peer's 200; inbound: from the CONNECT to the app's connection).
+  Gauge pooled_connections[kDirectionCount];
+  Counter pooled_streams[kDirectionCount][kStreamResultCount];
+  Gauge pooled_streams_active[kDirectionCount];
+  StreamSetupHistogram
+      stream_setup[kDirectionCount];  // outbound and inbound targets given as names
   // Indexed by listener id (inbound listeners first, then outbound).
   std::unique_ptr<Counter[]> authz_allow;
   std::unique_ptr<Counter[]> authz_deny;

@@ -79,6 +79,11 @@ struct InboundCapture {
   InboundPort default_port;
   std::vector<InboundPort> ports;
   std::vector<uint16_t> own_ports;
+  // The pooled transport's port (15008; 0: none): a connection to it must be mutual TLS with
+  // ALPN h2, and its streams are authorized by the ports they name. `pooled` carries its
+  // decisions and its handshake policy (any identity of the trust domain).
+  uint16_t pooled_port = 0;
+  InboundPort pooled;
 
   const InboundPort& For(uint16_t port) const;
   bool IsOwnPort(uint16_t port) const;

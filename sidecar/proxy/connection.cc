@@ -13,6 +13,7 @@
 #include "common/base/log.h"
 #include "common/net/socket.h"
 #include "common/pki/certificate.h"
+#include "sidecar/proxy/pooled.h"
 #include "sidecar/tls/handshake_classifier.h"
 
 namespace meshtls::sidecar {
@@ -57,9 +58,45 @@ void Connection::Start() {
   if (listener_->direction == Direction::kInbound) {
     handshake_start_ = net::EventLoop::Now();
     StartTls();
+  } else if (listener_->pooled && env_.pool != nullptr) {
+    HandOffOutbound(nullptr);
   } else {
     StartUpstreamConnect();
   }
+}
+
+void Connection::HandOffOutbound(const net::SocketAddress* destination) {
+  // The app's connection becomes a stream of the worker's pool; this object is done.
+  state_ = State::kClosed;
+  *alive_ = false;
+  CancelTimers();
+  SetInterest(plain_, 0);
+  counted_active_ = false;  // the stream keeps the app connection counted
+  env_.pool->Open(*listener_, destination, std::move(plain_.fd), net::EventLoop::Now());
+  env_.on_handed_off(id_);
+}
+
+void Connection::HandOffInbound() {
+  // The connection carries HTTP/2 CONNECT streams from here on: the pool's link owns the
+  // socket, the SSL and the verified identity.
+  state_ = State::kClosed;
+  *alive_ = false;
+  CancelTimers();
+  SetInterest(tls_, 0);
+  BIO* socket_bio = SSL_get_rbio(ssl_.get());
+  BIO_set_callback_ex(socket_bio, nullptr);
+  BIO_set_callback_arg(socket_bio, nullptr);
+  if (counted_active_) {
+    env_.counters.connections_active[DirectionIndex()].Add(-1);  // streams count from now on
+    counted_active_ = false;
+  }
+  const Pool::InboundRoute route{
+      .listener = listener_,
+      .capture = capture_,
+      .arrived_at = capture_ != nullptr ? original_destination_ : net::SocketAddress{}};
+  env_.pool->Adopt(route, std::move(tls_.fd), std::move(ssl_), check_, std::move(context_),
+                   tls_peer_);
+  env_.on_handed_off(id_);
 }
 
 bool Connection::TakeCredentials() {
@@ -121,6 +158,10 @@ void Connection::DecideOutbound() {
       if (!TakeCredentials()) {
         return;
       }
+      if (listener_->pooled && env_.pool != nullptr) {
+        HandOffOutbound(&*destination);
+        return;
+      }
       if (env_.mesh_sessions) {
         mesh_sessions_ = env_.mesh_sessions(*listener_, *destination);
         check_.session_cache = mesh_sessions_.get();
@@ -144,7 +185,10 @@ void Connection::StartSniffing() {
                         " is one of the sidecar's own ports"));
     return;
   }
-  inbound_port_ = &capture.For(port);
+  capture_ = &capture;
+  original_destination_ = *destination;
+  inbound_port_ = capture.pooled_port != 0 && port == capture.pooled_port ? &capture.pooled
+                                                                          : &capture.For(port);
   listener_ = inbound_port_->listener;
   check_.authorizer = &listener_->authorizer;
   target_ = base::HostPort{.host = "127.0.0.1", .port = port, .host_is_ip = true};  // for logs
@@ -525,6 +569,21 @@ void Connection::OnHandshakeDone() {
     CountHandshakeSuccess();
   }
   SetInterest(tls_, 0);
+  if (listener_->direction == Direction::kInbound) {
+    const unsigned char* alpn = nullptr;
+    unsigned int alpn_length = 0;
+    SSL_get0_alpn_selected(ssl_.get(), &alpn, &alpn_length);
+    const bool h2 = alpn_length == 2 && std::memcmp(alpn, "h2", 2) == 0;
+    if (h2 && env_.pool != nullptr) {
+      HandOffInbound();
+      return;
+    }
+    if (inbound_port_ != nullptr && inbound_port_ == &capture_->pooled) {
+      Refuse(RefusedReason::kPooledOnly,
+             "the pooled port takes HTTP/2 (ALPN h2) only; this client negotiated none");
+      return;
+    }
+  }
   if (inbound_port_ != nullptr) {
     const net::SocketAddress app = LoopbackAddress(target_.port);  // transparent inbound
     StartUpstreamConnect(&app);

@@ -37,7 +37,14 @@ struct ListenerRuntime {
   PeerAuthorizer authorizer;
   const OutboundCapture* outbound_capture = nullptr;
   const InboundCapture* inbound_capture = nullptr;
+  // Outbound listeners and mesh rules: carry app connections as streams of the worker's Pool
+  // (the pooled transport) instead of one TLS connection each. A mesh rule's pooled
+  // connections go to `pooled_port` of the original destination's address.
+  bool pooled = false;
+  uint16_t pooled_port = 0;
 };
+
+class Pool;
 
 // ConnectionEnv is the worker's state a connection uses. Owned by the worker; used only on
 // the worker's thread.
@@ -68,6 +75,11 @@ struct ConnectionEnv {
   std::function<std::shared_ptr<SessionCache>(const ListenerRuntime& rule,
                                               const net::SocketAddress& destination)>
       mesh_sessions;
+  // pool (null without the pooled transport) takes app connections of `pooled` listeners and
+  // inbound connections that selected ALPN h2; a connection handed to it ends with
+  // on_handed_off instead of on_closed (its place under limits.max_connections goes with it).
+  Pool* pool = nullptr;
+  std::function<void(uint64_t id)> on_handed_off;
 };
 
 // Lingering close after a failed handshake (as nginx's lingering_close): the alert is sent, the
@@ -152,6 +164,11 @@ class Connection {
   // DecideOutbound applies transparent.outbound to the original destination; StartSniffing and
   // Sniff do transparent.inbound's part.
   void DecideOutbound();
+  // HandOffOutbound gives the app's connection to the pool (a `pooled` listener or rule), to
+  // `destination` (a mesh rule's) or the listener's `connect`; HandOffInbound gives a verified
+  // inbound connection that selected ALPN h2 to the pool, whose streams it carries.
+  void HandOffOutbound(const net::SocketAddress* destination);
+  void HandOffInbound();
   void StartSniffing();
   void Sniff();
   // OnHandshakeDeadline ends a connection still sniffing or handshaking at
@@ -234,6 +251,8 @@ class Connection {
   bool peer_plain_ = false;  // passthrough / permissive plain text: no TLS on either side
   std::shared_ptr<SessionCache> mesh_sessions_;  // a mesh rule's cache for this destination
   const InboundPort* inbound_port_ = nullptr;    // inbound capture: the original port's policy
+  const InboundCapture* capture_ = nullptr;      // inbound capture: the accepting port's
+  net::SocketAddress original_destination_;      // inbound capture
   bool sniff_low_water_ = false;  // SO_RCVLOWAT is 3 while the first bytes are incomplete
   State state_ = State::kResolving;
   Side tls_{*this, true};

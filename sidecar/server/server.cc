@@ -78,7 +78,8 @@ class ServerImpl final : public Server {
             .direction = list == &config_.inbound ? Direction::kInbound : Direction::kOutbound,
             .name = l.name,
             .target = l.target,
-            .authorizer = std::move(authorizer)});
+            .authorizer = std::move(authorizer),
+            .pooled = l.transport == Transport::kPooled});
       }
     }
     MESHTLS_RETURN_IF_ERROR(AddCaptureRuntimes());
@@ -172,7 +173,16 @@ class ServerImpl final : public Server {
                               .idle_timeout = ToMono(config_.limits.idle_timeout),
                               .max_connections = config_.limits.max_connections,
                               .close_on_expiry = config_.tls.close_on_expiry,
-                              .session_resumption = config_.tls.session_resumption};
+                              .session_resumption = config_.tls.session_resumption,
+                              .pooled = {
+                                  .max_streams_per_connection = static_cast<uint32_t>(
+                                      config_.pooled.max_streams_per_connection),
+                                  .max_connections_per_peer =
+                                      static_cast<size_t>(config_.pooled.max_connections_per_peer),
+                                  .idle_timeout = ToMono(config_.pooled.idle_timeout),
+                                  .keepalive_interval = ToMono(config_.pooled.keepalive_interval),
+                                  .keepalive_timeout = ToMono(config_.pooled.keepalive_timeout),
+                              }};
     std::vector<const WorkerCounters*> shards;
     for (int w = 0; w < worker_count; ++w) {
       MESHTLS_ASSIGN_OR_RETURN(
@@ -255,6 +265,10 @@ class ServerImpl final : public Server {
                                                                    : CaptureAction::kDeny;
         rule_listeners.push_back(
             add(Direction::kOutbound, "outbound-rule/" + rule.name, std::move(authorizer)));
+        if (rule.transport == Transport::kPooled) {
+          listeners_.back().pooled = true;
+          listeners_.back().pooled_port = kPooledPort;
+        }
         outbound_capture_->rules.push_back(CaptureRule{.name = rule.name,
                                                        .networks = rule.networks,
                                                        .ports = rule.ports,
@@ -292,14 +306,28 @@ class ServerImpl final : public Server {
             port;
       }
       inbound_capture_->own_ports = config_.OwnPorts();
+      // The pooled port: mutual TLS with ALPN h2 from any workload of the trust domain; each
+      // stream is then authorized by the port it names.
+      port_listeners.push_back(
+          add(Direction::kInbound, "inbound-pooled", PeerAuthorizer::AnyVerified()));
+      inbound_capture_->pooled_port = kPooledPort;
+      inbound_capture_->pooled = InboundPort{
+          .port = kPooledPort, .permissive = false, .mesh_decision = capture_decisions_.size()};
+      capture_decisions_.push_back({Direction::kInbound, "pooled", CaptureAction::kMesh});
+      inbound_capture_->pooled.plaintext_decision = capture_decisions_.size();
+      capture_decisions_.push_back({Direction::kInbound, "pooled", CaptureAction::kPlaintext});
+      inbound_capture_->pooled.deny_decision = capture_decisions_.size();
+      capture_decisions_.push_back({Direction::kInbound, "pooled", CaptureAction::kDeny});
     }
     // listeners_ is complete: point the rules and ports at their runtimes.
     for (size_t i = 0; i < rule_listeners.size(); ++i) {
       outbound_capture_->rules[i].listener = &listeners_[rule_listeners[i]];
     }
     for (size_t i = 0; i < port_listeners.size(); ++i) {
-      (i == 0 ? inbound_capture_->default_port : inbound_capture_->ports[i - 1]).listener =
-          &listeners_[port_listeners[i]];
+      InboundPort& port = i == 0                           ? inbound_capture_->default_port
+                          : i + 1 == port_listeners.size() ? inbound_capture_->pooled
+                                                           : inbound_capture_->ports[i - 1];
+      port.listener = &listeners_[port_listeners[i]];
     }
     return absl::OkStatus();
   }
@@ -323,6 +351,9 @@ class ServerImpl final : public Server {
     }
     store_.Publish(*context);
     generation_.store(generation);
+    for (auto& w : workers_) {
+      w->OnNewCredentials();  // pooled connections of the old context drain
+    }
     base::LogInfo("tls context published",
                   {{"identity", (*context)->identity().str()},
                    {"generation", absl::StrCat(generation)},

@@ -65,7 +65,9 @@ Worker::Worker(int index, const TlsContextStore& tls, WorkerLimits limits,
            .on_closed = nullptr,
            .may_log = nullptr,
            .on_lingering = nullptr,
-           .mesh_sessions = nullptr} {
+           .mesh_sessions = nullptr,
+           .pool = nullptr,
+           .on_handed_off = nullptr} {
   env_.on_closed = [this](uint64_t id) {
     if (lingering_.erase(id) == 0) {
       // A lingering connection gave its place back when it started lingering.
@@ -75,6 +77,24 @@ Worker::Worker(int index, const TlsContextStore& tls, WorkerLimits limits,
     loop_->Defer([this, id] { connections_.erase(id); });
   };
   env_.may_log = [this] { return MayLog(); };
+  env_.on_handed_off = [this](uint64_t id) {
+    // Its place under limits.max_connections went with it, to the pool.
+    loop_->Defer([this, id] { connections_.erase(id); });
+  };
+  pool_ = std::make_unique<Pool>(
+      env_, limits.pooled,
+      Pool::Hooks{
+          .take_slot =
+              [this] {
+                if (open_connections_.fetch_add(1, std::memory_order_relaxed) >=
+                    limits_.max_connections) {
+                  open_connections_.fetch_sub(1, std::memory_order_relaxed);
+                  return false;
+                }
+                return true;
+              },
+          .release_slot = [this] { open_connections_.fetch_sub(1, std::memory_order_relaxed); }});
+  env_.pool = pool_.get();
   if (limits.session_resumption) {
     env_.mesh_sessions = [this](const ListenerRuntime& rule, const net::SocketAddress& to) {
       return MeshSessions(rule, to);
@@ -191,7 +211,12 @@ void Worker::StopAccepting() {
         acceptor->fd.reset();
       }
     }
+    pool_->Drain();
   });
+}
+
+void Worker::OnNewCredentials() {
+  loop_->Post([this] { pool_->OnNewCredentials(); });
 }
 
 void Worker::Stop() {
@@ -207,10 +232,12 @@ void Worker::Stop() {
     for (Connection* c : open) {
       c->Shutdown();
     }
+    pool_->CloseAll();
     loop_->Defer([this] { loop_->Stop(); });
   });
   thread_.join();
   connections_.clear();
+  pool_.reset();
 }
 
 }  // namespace meshtls::sidecar

@@ -17,6 +17,7 @@
 #include "sidecar/dns/resolver.h"
 #include "sidecar/metrics/worker_counters.h"
 #include "sidecar/proxy/connection.h"
+#include "sidecar/proxy/pooled.h"
 #include "sidecar/tls/tls_context.h"
 
 namespace meshtls::sidecar {
@@ -35,6 +36,7 @@ struct WorkerLimits {
   int max_connections = 20000;
   bool close_on_expiry = true;
   bool session_resumption = false;  // outbound listeners keep a session cache per worker
+  PoolSettings pooled;
 };
 
 // kMaxLingeringPerWorker bounds the refused connections one worker keeps in their lingering
@@ -57,8 +59,12 @@ class Worker {
   ~Worker();
 
   void Start();
-  // StopAccepting closes this worker's listening sockets (drain). Thread-safe.
+  // StopAccepting closes this worker's listening sockets and sends GOAWAY on its pooled
+  // connections (drain). Thread-safe.
   void StopAccepting();
+  // OnNewCredentials moves new pooled streams off connections of an older TLS context (a
+  // rotation or trust-bundle change). Thread-safe.
+  void OnNewCredentials();
   // Stop closes every connection and joins the thread. Call from the owning thread.
   void Stop();
   const WorkerCounters& counters() const { return counters_; }
@@ -104,6 +110,9 @@ class Worker {
   ConnectionEnv env_;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
+  // The pooled transport's connections and streams (after connections_: a stream may outlive
+  // the Connection that handed it over, never the other way round).
+  std::unique_ptr<Pool> pool_;
   // Connections in their lingering close (Connection::kLingerMaxBytes), oldest first: ids only
   // grow, and every connection lingers for the same bounded time. They no longer count in
   // open_connections_ (a new client on any worker may take their place under

@@ -241,6 +241,18 @@ void ConfigureResumption(SSL_CTX* ctx, const TlsSettings& settings, bool server)
   }
 }
 
+int SelectAlpn(SSL* /*ssl*/, const unsigned char** out, unsigned char* out_length,
+               const unsigned char* in, unsigned int in_length, void* /*arg*/) {
+  static constexpr unsigned char kH2[] = {2, 'h', '2'};
+  unsigned char* selected = nullptr;
+  if (SSL_select_next_proto(&selected, out_length, kH2, sizeof(kH2), in, in_length) !=
+      OPENSSL_NPN_NEGOTIATED) {
+    return SSL_TLSEXT_ERR_NOACK;  // no h2 offered: the `tls` transport
+  }
+  *out = selected;
+  return SSL_TLSEXT_ERR_OK;
+}
+
 absl::Status Configure(SSL_CTX* ctx, bool server, const pki::CredentialBundle& bundle,
                        const TlsSettings& settings, const TlsContext* self) {
   if (SSL_CTX_set_min_proto_version(ctx, settings.allow_tls12 ? TLS1_2_VERSION : TLS1_3_VERSION) !=
@@ -281,6 +293,11 @@ absl::Status Configure(SSL_CTX* ctx, bool server, const pki::CredentialBundle& b
   if (SSL_CTX_use_PrivateKey(ctx, bundle.key.get()) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
     return pki::OpenSslError(absl::StatusCode::kInvalidArgument,
                              "the private key does not match the certificate");
+  }
+  if (server) {
+    // ALPN h2 asks for the pooled transport (HTTP/2 CONNECT streams over this connection); a
+    // client that offers no ALPN gets one relayed connection, as before.
+    SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, nullptr);
   }
   if (server && SSL_CTX_add_custom_ext(ctx, kDenyExtensionType, SSL_EXT_TLS1_3_NEW_SESSION_TICKET,
                                        DenyInTicket, nullptr, nullptr, nullptr, nullptr) != 1) {
@@ -335,6 +352,10 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(
                                     settings, context.get()));
   ERR_clear_error();
   return std::shared_ptr<const TlsContext>(std::move(context));
+}
+
+void TlsContext::BindPeerCheck(SSL* ssl, PeerCheck* check) {
+  SSL_set_ex_data(ssl, PeerCheckIndex(), check);
 }
 
 absl::StatusOr<SslPtr> TlsContext::NewSsl(bool server, int fd, PeerCheck* check) const {

@@ -66,6 +66,9 @@ class TlsContext {
   // NewSsl makes an SSL for one connection; `check` (owned by the connection, which must
   // outlive the SSL) receives the verification outcome.
   absl::StatusOr<SslPtr> NewSsl(bool server, int fd, PeerCheck* check) const;
+  // BindPeerCheck points an SSL's callbacks at another PeerCheck (a connection handed over to
+  // a new owner, which keeps the check from then on).
+  static void BindPeerCheck(SSL* ssl, PeerCheck* check);
 
  private:
   TlsContext(pki::CredentialBundle bundle, pki::SpiffeId identity, const TlsSettings& settings,

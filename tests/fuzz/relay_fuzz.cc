@@ -192,7 +192,9 @@ class Driver {
                       // A refused peer's lingering close runs to its end here: nothing
                       // needs its place.
                       .on_lingering = nullptr,
-                      .mesh_sessions = nullptr});
+                      .mesh_sessions = nullptr,
+                      .pool = nullptr,
+                      .on_handed_off = nullptr});
     // The accepted side: our own connection to the listener, accepted at once.
     Endpoint& accepted_side = inbound_ ? peer_ : app_;
     base::UniqueFd ours = ConnectBlocking(port);
