@@ -28,8 +28,8 @@ namespace meshtls::sidecar {
 
 // PoolSettings is the `pooled` config section, in the worker's units.
 struct PoolSettings {
-  uint32_t max_streams_per_connection = 128;
-  size_t max_connections_per_peer = 4;
+  uint32_t max_streams_per_connection = 1000;
+  size_t max_connections_per_peer = 8;
   net::MonoDuration idle_timeout = std::chrono::seconds(60);
   net::MonoDuration keepalive_interval = std::chrono::seconds(10);
   net::MonoDuration keepalive_timeout = std::chrono::seconds(5);

@@ -1,8 +1,12 @@
-// The pooled transport end to end: real meshtls-certmgr and meshtls-sidecar processes on
-// loopback, a frontend sidecar whose outbound listener has `transport: pooled`, a backend
-// sidecar whose inbound listener takes the pooled connection (ALPN h2), and an echo app.
+// The pooled transport end to end: real meshtls-sidecar processes on loopback (files identities
+// minted at test time), a frontend whose outbound listener has `transport: pooled`, a backend
+// whose inbound listener takes the pooled connection (ALPN h2), and an echo app; plus Debian's
+// python3-h2 (tests/integration/h2_peer.py) as an independent HTTP/2 client and server.
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 
 #include <atomic>
@@ -11,58 +15,77 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/mesh_processes.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/test_ca.h"
+#include "tests/testing/traffic_load.h"
+
+#ifndef MESHTLS_SOURCE_DIR
+#error "MESHTLS_SOURCE_DIR must name the source tree (tests/integration/h2_peer.py)"
+#endif
 
 namespace meshtls {
 namespace {
 
-using testing::CertmgrProcess;
 using testing::Handshakes;
 using testing::IsOk;
 using testing::SidecarProcess;
+using testing::TestCa;
 
-constexpr char kTd[] = "mesh.test";
 const std::string kFrontend = "spiffe://mesh.test/ns/default/sa/frontend";
 const std::string kBackend = "spiffe://mesh.test/ns/default/sa/backend";
+// Debian's interpreter, where python3-h2 is installed (not a user's pyenv or venv).
+constexpr char kPython[] = "/usr/bin/python3";
 
 std::string Streams(const char* direction, const char* result) {
   return absl::StrCat("meshtls_pooled_streams_total{direction=\"", direction, "\",result=\"",
                       result, "\"}");
 }
 
+std::string H2Peer() { return absl::StrCat(MESHTLS_SOURCE_DIR, "/tests/integration/h2_peer.py"); }
+
 class PooledTest : public ::testing::Test {
  protected:
-  void StartMesh(const std::string& sidecar_extra = "") {
-    MESHTLS_ASSERT_OK_AND_MOVE(certmgr_, CertmgrProcess::Start(dir_, kTd, ""));
+  void SetUp() override { bundle_ = dir_.Write("bundle.pem", ca_.RootPem()); }
+
+  // StartBackend runs the backend sidecar: an inbound listener "http" in front of the echo app
+  // (or `app_port`), allowing the frontend.
+  void StartBackend(const std::string& extra = "", uint16_t app_port = 0) {
     MESHTLS_ASSERT_OK_AND_MOVE(
-        backend_, StartSidecar("backend", kBackend,
-                               absl::StrCat("inbound:\n  - name: http\n    listen: 127.0.0.1:0",
-                                            "\n    forward: 127.0.0.1:", app_.port(),
-                                            "\n    allow: [", kFrontend, "]\n", sidecar_extra)));
+        backend_,
+        SidecarProcess::Start(
+            dir_, "backend",
+            absl::StrCat(testing::FilesConfigHead(dir_, "backend", backend_leaf_, bundle_),
+                         "workers: 1\ninbound:\n  - name: http\n    listen: 127.0.0.1:0",
+                         "\n    forward: 127.0.0.1:", app_port == 0 ? app_.port() : app_port,
+                         "\n    allow: [", kFrontend, "]\n", extra)));
     backend_port_ = backend_->port("inbound.http");
+    ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
+  }
+
+  // StartFrontend runs the frontend sidecar: an outbound listener "backend" with the pooled
+  // transport to `connect_port` (default: the backend's inbound listener).
+  void StartFrontend(const std::string& extra = "", uint16_t connect_port = 0) {
     MESHTLS_ASSERT_OK_AND_MOVE(
         frontend_,
-        StartSidecar("frontend", kFrontend,
-                     absl::StrCat("outbound:\n  - name: backend\n    listen: 127.0.0.1:0",
-                                  "\n    connect: 127.0.0.1:", backend_port_, "\n    expect: [",
-                                  kBackend, "]\n    transport: pooled\n", sidecar_extra)));
+        SidecarProcess::Start(
+            dir_, "frontend",
+            absl::StrCat(
+                testing::FilesConfigHead(dir_, "frontend", frontend_leaf_, bundle_),
+                "workers: 1\noutbound:\n  - name: backend\n    listen: 127.0.0.1:0",
+                "\n    connect: 127.0.0.1:", connect_port == 0 ? backend_port_ : connect_port,
+                "\n    expect: [", kBackend, "]\n    transport: pooled\n", extra)));
     frontend_port_ = frontend_->port("outbound.backend");
-    ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
     ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
   }
 
-  absl::StatusOr<std::unique_ptr<SidecarProcess>> StartSidecar(const std::string& name,
-                                                               const std::string& id,
-                                                               const std::string& listeners) {
-    return SidecarProcess::Start(
-        dir_, name,
-        absl::StrCat("trust_domain: ", kTd, "\n",
-                     certmgr_->SidecarIdentityYaml(certmgr_->TokenFile(id, name + ".token")),
-                     "workers: 1\n", listeners));
+  void StartMesh(const std::string& extra = "") {
+    ASSERT_NO_FATAL_FAILURE(StartBackend(extra));
+    ASSERT_NO_FATAL_FAILURE(StartFrontend(extra));
   }
 
   // RoundTrip opens a new app connection, sends `payload` and reads the echo.
@@ -76,31 +99,62 @@ class PooledTest : public ::testing::Test {
     EXPECT_EQ(*echoed, payload);
   }
 
+  // RunH2Peer runs h2_peer.py with `args` to completion (bounded) and returns its output.
+  std::string RunH2Peer(const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {kPython, H2Peer()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const std::string log = dir_.File(absl::StrCat("h2_peer.", ++h2_runs_, ".log"));
+    absl::StatusOr<std::unique_ptr<testing::Subprocess>> peer =
+        testing::Subprocess::Start(argv, log);
+    EXPECT_THAT(peer, IsOk());
+    if (!peer.ok()) {
+      return "";
+    }
+    std::optional<int> code = (*peer)->WaitForExit(absl::Seconds(30));
+    EXPECT_EQ(code, 0) << (*peer)->Log();
+    return (*peer)->Log();
+  }
+
+  // Credentials writes an identity's certificate and key for h2_peer.py: {cert, key}.
+  std::vector<std::string> Credentials(const std::string& name, const testing::IssuedLeaf& leaf) {
+    return {dir_.Write(name + ".peer.crt", leaf.ChainPem()),
+            dir_.Write(name + ".peer.key", leaf.KeyPem(), 0600)};
+  }
+
   std::string Logs() {
-    auto metrics = [](SidecarProcess& p) {
-      absl::StatusOr<testing::HttpResult> r = testing::HttpGet(p.admin_port(), "/metrics");
+    auto metrics = [](SidecarProcess* p) {
       std::string out;
+      if (p == nullptr) {
+        return out;
+      }
+      absl::StatusOr<testing::HttpResult> r = testing::HttpGet(p->admin_port(), "/metrics");
       if (r.ok()) {
         for (absl::string_view line : absl::StrSplit(r->body, '\n')) {
-          if (!line.empty() && line[0] != '#' && !absl::EndsWith(line, " 0") &&
-              !absl::StrContains(line, "_bucket")) {
-            absl::StrAppend(&out, line, "\n");
+          if (absl::StrContains(line, "pooled") || absl::StrContains(line, "handshakes_total")) {
+            if (!absl::EndsWith(line, " 0") && !absl::StrContains(line, "_bucket")) {
+              absl::StrAppend(&out, line, "\n");
+            }
           }
         }
       }
       return out;
     };
-    return absl::StrCat("frontend:\n", frontend_->process().Log(), metrics(*frontend_),
-                        "\nbackend:\n", backend_->process().Log(), metrics(*backend_));
+    return absl::StrCat("frontend:\n", frontend_ ? frontend_->process().Log() : "",
+                        metrics(frontend_.get()), "\nbackend:\n",
+                        backend_ ? backend_->process().Log() : "", metrics(backend_.get()));
   }
 
   testing::TempDir dir_;
+  TestCa ca_{"mesh.test"};
+  testing::IssuedLeaf frontend_leaf_ = ca_.Issue(kFrontend);
+  testing::IssuedLeaf backend_leaf_ = ca_.Issue(kBackend);
+  std::string bundle_;
   testing::EchoServer app_;
-  std::unique_ptr<CertmgrProcess> certmgr_;
   std::unique_ptr<SidecarProcess> backend_;
   std::unique_ptr<SidecarProcess> frontend_;
   uint16_t backend_port_ = 0;
   uint16_t frontend_port_ = 0;
+  int h2_runs_ = 0;
 };
 
 TEST_F(PooledTest, ManyAppConnectionsShareOneHandshake) {
@@ -114,12 +168,17 @@ TEST_F(PooledTest, ManyAppConnectionsShareOneHandshake) {
   EXPECT_EQ(backend_->Metric(Streams("inbound", "success")), 200);
   EXPECT_EQ(frontend_->Metric(R"(meshtls_pooled_connections{direction="outbound"})"), 1);
   EXPECT_EQ(backend_->Metric(R"(meshtls_pooled_connections{direction="inbound"})"), 1);
+  EXPECT_EQ(app_.connections(), 200);
   EXPECT_TRUE(testing::WaitFor(
       [&] {
         return backend_->Metric(R"(meshtls_pooled_streams_active{direction="inbound"})") == 0 &&
-               frontend_->Metric(R"(meshtls_pooled_streams_active{direction="outbound"})") == 0;
+               frontend_->Metric(R"(meshtls_pooled_streams_active{direction="outbound"})") == 0 &&
+               frontend_->Metric(R"(meshtls_connections_active{direction="outbound"})") == 0;
       },
-      absl::Seconds(10)));
+      absl::Seconds(10)))
+      << Logs();
+  EXPECT_GE(frontend_->Metric(R"(meshtls_pooled_stream_setup_seconds_count{direction="outbound"})"),
+            200);
 }
 
 TEST_F(PooledTest, EightMiBBothWaysAndHalfClose) {
@@ -142,6 +201,238 @@ TEST_F(PooledTest, EightMiBBothWaysAndHalfClose) {
   absl::StatusOr<std::string> rest = testing::RecvUntilEof(conn->get(), absl::Seconds(10), 16);
   ASSERT_THAT(rest, IsOk());
   EXPECT_EQ(*rest, "");
+}
+
+// Thousands of streams, many at once, opened and closed: every byte checked, and afterwards
+// nothing is left open (under the sanitizers, the exit is checked for leaks too).
+TEST_F(PooledTest, ThousandsOfStreamsOpenAndClose) {
+  StartMesh("pooled: {max_streams_per_connection: 100, max_connections_per_peer: 3}\n");
+  constexpr int kRounds = 10;
+  constexpr int kAtOnce = 300;
+  for (int round = 0; round < kRounds; ++round) {
+    std::vector<base::UniqueFd> open;
+    for (int i = 0; i < kAtOnce; ++i) {
+      absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
+      ASSERT_THAT(conn, IsOk());
+      ASSERT_THAT(testing::SendAll(conn->get(), absl::StrCat("stream ", round, " ", i, "\n")),
+                  IsOk());
+      open.push_back(*std::move(conn));
+    }
+    for (int i = 0; i < kAtOnce; ++i) {
+      const std::string want = absl::StrCat("stream ", round, " ", i, "\n");
+      absl::StatusOr<std::string> echoed =
+          testing::RecvExactly(open[i].get(), want.size(), absl::Seconds(20));
+      ASSERT_THAT(echoed, IsOk()) << "round " << round << " stream " << i << "\n" << Logs();
+      ASSERT_EQ(*echoed, want);
+    }
+  }
+  EXPECT_EQ(frontend_->Metric(Streams("outbound", "success")), kRounds * kAtOnce);
+  EXPECT_EQ(backend_->Metric(Streams("inbound", "success")), kRounds * kAtOnce);
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        return backend_->Metric(R"(meshtls_pooled_streams_active{direction="inbound"})") == 0 &&
+               frontend_->Metric(R"(meshtls_pooled_streams_active{direction="outbound"})") == 0;
+      },
+      absl::Seconds(20)))
+      << Logs();
+  // 300 at once, 100 streams per connection: more connections, as many as the limit allows.
+  EXPECT_EQ(frontend_->Metric(R"(meshtls_pooled_connections{direction="outbound"})"), 3);
+}
+
+// One app that never reads holds back its own stream only: its window fills, and another app
+// connection on the same pooled connection still gets through at once.
+TEST_F(PooledTest, SlowReaderDoesNotStallOtherStreams) {
+  StartMesh("pooled: {max_connections_per_peer: 1}\n");
+  absl::StatusOr<base::UniqueFd> stuck = testing::TcpConnect(frontend_port_);
+  ASSERT_THAT(stuck, IsOk());
+  ASSERT_NO_FATAL_FAILURE(RoundTrip("first"));  // the pooled connection is up
+  // Write until nothing moves for 300 ms: the echo app blocks on writing back to us (we never
+  // read), stops reading, and the stream's window fills.
+  ASSERT_EQ(::fcntl(stuck->get(), F_SETFL, O_NONBLOCK), 0);
+  const std::string chunk(64 * 1024, 's');
+  size_t sent = 0;
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < give_up) {
+    const ssize_t n = ::send(stuck->get(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+      continue;
+    }
+    ASSERT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK) << std::strerror(errno);
+    pollfd p{.fd = stuck->get(), .events = POLLOUT, .revents = 0};
+    if (::poll(&p, 1, 300) == 0) {
+      break;  // stalled
+    }
+  }
+  ASSERT_LT(absl::Now(), give_up) << "the stuck stream never stalled";
+  EXPECT_GT(sent, 256u * 1024);  // at least a window's worth went in
+  // The other streams on the same connection move.
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_NO_FATAL_FAILURE(RoundTrip(absl::StrCat("meanwhile ", i)));
+  }
+  EXPECT_EQ(frontend_->Metric(R"(meshtls_pooled_connections{direction="outbound"})"), 1);
+  // And the stuck one loses nothing once its reader wakes up.
+  ASSERT_EQ(::fcntl(stuck->get(), F_SETFL, 0), 0);
+  absl::StatusOr<std::string> echoed = testing::RecvExactly(stuck->get(), sent, absl::Seconds(30));
+  ASSERT_THAT(echoed, IsOk()) << Logs();
+  EXPECT_EQ(*echoed, std::string(sent, 's'));
+}
+
+// python3-h2 as the client of the backend's inbound listener: a CONNECT to the listener's port
+// is relayed to the app; anything else gets a status, and is counted.
+TEST_F(PooledTest, IndependentClientAndForbiddenTargets) {
+  StartBackend();
+  std::vector<std::string> args = {"client", "127.0.0.1", absl::StrCat(backend_port_)};
+  for (const std::string& file : Credentials("frontend", frontend_leaf_)) {
+    args.push_back(file);
+  }
+  args.push_back(bundle_);
+  const std::string good = absl::StrCat("127.0.0.1:", backend_port_);
+  const std::string other_port = absl::StrCat("127.0.0.1:", backend_port_ == 1 ? 2 : 1);
+  args.insert(args.end(), {good, other_port, "not-an-address", "app.example:80"});
+  const std::string out = RunH2Peer(args);
+  EXPECT_TRUE(absl::StrContains(out, absl::StrCat("status ", good, " 200"))) << out;
+  EXPECT_TRUE(absl::StrContains(out, absl::StrCat("echo ", good, " ok"))) << out;
+  EXPECT_TRUE(absl::StrContains(out, absl::StrCat("status ", other_port, " 403"))) << out;
+  EXPECT_TRUE(absl::StrContains(out, "status not-an-address 400")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "status app.example:80 400")) << out;
+  EXPECT_EQ(backend_->Metric(Streams("inbound", "success")), 1);
+  EXPECT_EQ(backend_->Metric(Streams("inbound", "forbidden_target")), 1);
+  EXPECT_EQ(backend_->Metric(Streams("inbound", "malformed")), 2);
+  EXPECT_EQ(app_.connections(), 1);  // nothing but the allowed stream reached the app
+}
+
+// A client that opens more streams than the backend allows at once: the extra ones are
+// refused (REFUSED_STREAM, which a client may retry), the rest served.
+TEST_F(PooledTest, StreamsBeyondTheLimitAreRefused) {
+  StartBackend("pooled: {max_streams_per_connection: 4}\n");
+  std::vector<std::string> args = {"client", "127.0.0.1", absl::StrCat(backend_port_)};
+  for (const std::string& file : Credentials("frontend", frontend_leaf_)) {
+    args.push_back(file);
+  }
+  args.push_back(bundle_);
+  const std::string good = absl::StrCat("127.0.0.1:", backend_port_);
+  for (int i = 0; i < 7; ++i) {
+    args.push_back(good);
+  }
+  const std::string out = RunH2Peer(args);
+  int ok = 0, refused = 0;
+  for (absl::string_view line : absl::StrSplit(out, '\n')) {
+    ok += absl::StartsWith(line, "echo ") && absl::EndsWith(line, " ok") ? 1 : 0;
+    refused += absl::EndsWith(line, " RESET:7") ? 1 : 0;  // REFUSED_STREAM
+  }
+  EXPECT_EQ(ok, 4) << out;
+  EXPECT_EQ(refused, 3) << out;
+  EXPECT_EQ(app_.connections(), 4);
+}
+
+// python3-h2 as the server of the frontend's pooled outbound listener: meshtls' client side
+// speaks HTTP/2 another implementation understands.
+TEST_F(PooledTest, IndependentServer) {
+  std::vector<std::string> args = {"server", "0"};
+  for (const std::string& file : Credentials("backend", backend_leaf_)) {
+    args.push_back(file);
+  }
+  args.push_back(bundle_);
+  std::vector<std::string> argv = {kPython, H2Peer()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::unique_ptr<testing::Subprocess> server;
+  MESHTLS_ASSERT_OK_AND_MOVE(server, testing::Subprocess::Start(argv, dir_.File("h2_server.log")));
+  uint16_t port = 0;
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        for (absl::string_view line : absl::StrSplit(server->Log(), '\n')) {
+          if (absl::ConsumePrefix(&line, "listening ")) {
+            int p = 0;
+            if (absl::SimpleAtoi(line, &p)) {
+              port = static_cast<uint16_t>(p);
+              return true;
+            }
+          }
+        }
+        return false;
+      },
+      absl::Seconds(10)))
+      << server->Log();
+  StartFrontend("", port);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_NO_FATAL_FAILURE(RoundTrip(absl::StrCat("to python ", i)));
+  }
+  EXPECT_TRUE(absl::StrContains(server->Log(), absl::StrCat("connect 127.0.0.1:", port)))
+      << server->Log();
+  EXPECT_EQ(frontend_->Metric(Handshakes("outbound", "success")), 1);
+  server->Signal(SIGKILL);
+  (void)server->WaitForExit(absl::Seconds(5));
+}
+
+// SIGTERM on the backend under load: its pooled connection says GOAWAY, the streams it carries
+// go on to their end, and every new app connection either completes or is refused cleanly
+// (never a short or wrong echo).
+TEST_F(PooledTest, GoawayUnderLoad) {
+  StartMesh("limits: {drain_timeout: 20s}\n");
+  std::vector<base::UniqueFd> held;
+  for (int i = 0; i < 50; ++i) {
+    absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
+    ASSERT_THAT(conn, IsOk());
+    ASSERT_THAT(testing::SendAll(conn->get(), "before\n"), IsOk());
+    ASSERT_THAT(testing::RecvExactly(conn->get(), 7, absl::Seconds(10)), IsOk());
+    held.push_back(*std::move(conn));
+  }
+  // New connections all along: each one's echo is whole, or it is refused before any byte.
+  std::atomic<bool> stop{false};
+  std::atomic<int> completed{0}, refused{0}, broken{0};
+  std::string first_broken;
+  std::thread churn([&] {
+    for (int i = 0; i < 100000 && !stop.load(); ++i) {
+      absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
+      if (!conn.ok()) {
+        refused.fetch_add(1);
+        continue;
+      }
+      const std::string want = absl::StrCat("churn ", i, "\n");
+      if (!testing::SendAll(conn->get(), want).ok()) {
+        refused.fetch_add(1);  // reset before we could write: refused
+        continue;
+      }
+      ::shutdown(conn->get(), SHUT_WR);  // the echo app echoes, then closes
+      absl::StatusOr<std::string> got = testing::RecvUntilEof(conn->get(), absl::Seconds(10), 64);
+      if (got.ok() && got->empty()) {
+        refused.fetch_add(1);
+      } else if (!got.ok() && absl::StrContains(got.status().message(), "reset")) {
+        refused.fetch_add(1);  // reset before any byte came: RecvUntilEof read nothing
+      } else if (got.ok() && *got == want) {
+        completed.fetch_add(1);
+      } else {
+        if (broken.fetch_add(1) == 0) {
+          first_broken = got.ok() ? *got : std::string(got.status().message());
+        }
+      }
+    }
+  });
+  auto churn_running = [&] { return completed.load() > 20; };
+  ASSERT_TRUE(testing::WaitFor(churn_running, absl::Seconds(10))) << Logs();
+  backend_->process().Signal(SIGTERM);
+  // Draining (readiness 503): GOAWAY is sent, the held streams are still open.
+  ASSERT_TRUE(testing::WaitFor([&] { return !backend_->WaitReady(absl::Milliseconds(1)); },
+                               absl::Seconds(10)));
+  // The held streams are still served while the backend drains.
+  for (base::UniqueFd& conn : held) {
+    ASSERT_THAT(testing::SendAll(conn.get(), "during\n"), IsOk());
+    absl::StatusOr<std::string> echoed = testing::RecvExactly(conn.get(), 7, absl::Seconds(10));
+    ASSERT_THAT(echoed, IsOk()) << Logs();
+    EXPECT_EQ(*echoed, "during\n");
+    ::shutdown(conn.get(), SHUT_WR);
+    absl::StatusOr<std::string> rest = testing::RecvUntilEof(conn.get(), absl::Seconds(10), 16);
+    ASSERT_THAT(rest, IsOk());
+    EXPECT_EQ(*rest, "");
+  }
+  std::optional<int> code = backend_->process().WaitForExit(absl::Seconds(30));
+  stop.store(true);
+  churn.join();
+  EXPECT_EQ(code, 0) << backend_->process().Log();
+  EXPECT_EQ(broken.load(), 0) << first_broken << "\n" << Logs();
+  EXPECT_GT(completed.load(), 20);
+  EXPECT_TRUE(absl::StrContains(backend_->process().Log(), "drained")) << Logs();
 }
 
 }  // namespace

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""An independent HTTP/2 CONNECT peer for the pooled transport's interoperability tests:
+Debian's python3-h2 over mutual TLS (Python's ssl, ALPN h2), never meshtls' own code.
+
+  h2_peer.py client HOST PORT CERT KEY CA AUTHORITY...  one CONNECT per authority, at once:
+      prints "status AUTHORITY CODE" for each (RESET:<code> when the stream is reset instead);
+      on a 200 it sends "ping AUTHORITY\\n", half-closes (END_STREAM), and prints
+      "echo AUTHORITY ok" when exactly that came back followed by END_STREAM.
+  h2_peer.py server PORT CERT KEY CA  accepts one connection after another, answers every
+      CONNECT 200 and echoes its bytes, ending the stream when the client does; prints
+      "listening PORT" once bound and "connect AUTHORITY" per request.
+
+Every wait is bounded (10 s of silence ends the client with an error).
+"""
+
+import socket
+import ssl
+import sys
+
+import h2.config
+import h2.connection
+import h2.events
+
+
+def tls_context(server, cert, key, ca):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    ctx.load_verify_locations(ca)
+    ctx.check_hostname = False  # SPIFFE identities are URI SANs, not host names
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def client(host, port, cert, key, ca, authorities):
+    sock = tls_context(False, cert, key, ca).wrap_socket(
+        socket.create_connection((host, int(port)), timeout=10))
+    if sock.selected_alpn_protocol() != "h2":
+        sys.exit(f"ALPN: the server selected {sock.selected_alpn_protocol()!r}, not h2")
+    # python3-h2 4.1 requires :path of every request it sends or receives, CONNECT's included,
+    # against RFC 9113 §8.5: its header validation is off, the rest of its state machine on.
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding="utf-8", validate_outbound_headers=False,
+        normalize_outbound_headers=False))
+    conn.initiate_connection()
+    streams = {}
+    for authority in authorities:
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "CONNECT"), (":authority", authority)])
+        streams[sid] = {"authority": authority, "echo": b"", "done": False}
+    sock.sendall(conn.data_to_send())
+    pending = len(streams)
+    while pending > 0:
+        data = sock.recv(65536)  # socket timeout: 10 s of silence fails
+        if not data:
+            sys.exit("the server closed the connection")
+        for event in conn.receive_data(data):
+            sid = getattr(event, "stream_id", None)
+            s = streams.get(sid)
+            if isinstance(event, h2.events.ResponseReceived):
+                status = dict(event.headers)[":status"]
+                print(f"status {s['authority']} {status}", flush=True)
+                if status == "200":
+                    s["sent"] = f"ping {s['authority']}\n".encode()
+                    conn.send_data(sid, s["sent"], end_stream=True)
+                else:
+                    s["done"] = True
+                    pending -= 1
+            elif isinstance(event, h2.events.DataReceived):
+                conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                s["echo"] += event.data
+            elif isinstance(event, h2.events.StreamEnded) and s and not s["done"]:
+                s["done"] = True
+                pending -= 1
+                if s["echo"] == s.get("sent"):
+                    print(f"echo {s['authority']} ok", flush=True)
+                else:
+                    print(f"echo {s['authority']} bad {s['echo']!r}", flush=True)
+            elif isinstance(event, h2.events.StreamReset) and s and not s["done"]:
+                s["done"] = True
+                pending -= 1
+                print(f"status {s['authority']} RESET:{int(event.error_code)}", flush=True)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                sys.exit(f"GOAWAY from the server: {event.error_code}")
+        sock.sendall(conn.data_to_send())
+    conn.close_connection()
+    sock.sendall(conn.data_to_send())
+    sock.close()
+
+
+def server(port, cert, key, ca):
+    ctx = tls_context(True, cert, key, ca)
+    listener = socket.create_server(("127.0.0.1", int(port)))
+    print(f"listening {listener.getsockname()[1]}", flush=True)
+    while True:
+        raw, _ = listener.accept()
+        try:
+            sock = ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            print(f"handshake failed {e}", flush=True)
+            continue
+        serve(sock)
+
+
+def serve(sock):
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=False, header_encoding="utf-8", validate_inbound_headers=False))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    while True:
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            return
+        if not data:
+            return
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                headers = dict(event.headers)
+                print(f"connect {headers.get(':authority')}", flush=True)
+                conn.send_headers(event.stream_id, [(":status", "200")])
+            elif isinstance(event, h2.events.DataReceived):
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                conn.send_data(event.stream_id, event.data)
+            elif isinstance(event, h2.events.StreamEnded):
+                conn.end_stream(event.stream_id)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                sock.sendall(conn.data_to_send())
+                sock.close()
+                return
+        sock.sendall(conn.data_to_send())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 8 and sys.argv[1] == "client":
+        client(*sys.argv[2:7], sys.argv[7:])
+    elif len(sys.argv) == 6 and sys.argv[1] == "server":
+        server(*sys.argv[2:6])
+    else:
+        sys.exit(__doc__)
