@@ -123,6 +123,9 @@ class PooledStream final : public net::EventHandler {
   bool peer_eof_ = false;     // END_STREAM arrived: FIN to the app once `pending_` is written
   bool app_write_shut_ = false;
   bool data_deferred_ = false;  // nghttp2 waits for the app's next bytes (resume_data)
+  // The app's socket may have bytes: set by epoll, cleared by a short read, so the read after
+  // the one that drained it waits for epoll instead of costing an EAGAIN.
+  bool app_readable_ = true;
   bool finished_ = false;
   // Peer -> app bytes the app has not taken yet; at most a stream window (its flow control).
   std::string pending_;
@@ -182,17 +185,22 @@ class PooledLink final : public net::EventHandler {
 
   // Called by the streams (and the nghttp2 callbacks) of this link.
   void ResumeData(PooledStream& stream);
+  void ResumeDataOnly(PooledStream& stream) { nghttp2_session_resume_data(session_, stream.id_); }
+  nghttp2_session* session() const { return session_; }
   void ResetStream(PooledStream& stream, uint32_t error_code, bool abortive);
   void FinishStream(PooledStream& stream, bool abortive);
   void FlushToApp(PooledStream& stream);
   void OnAppConnected(PooledStream& stream);
 
   uint64_t generation() const { return context_ == nullptr ? 0 : context_->generation(); }
+  const TlsContext* context() const { return context_.get(); }
   const std::string& peer_key() const { return peer_key_; }
   size_t stream_count() const { return streams_.size(); }
 
  private:
   friend struct PooledCallbacks;
+  static long OnSocketBio(BIO* bio, int operation, const char* data, size_t length, int argi,
+                          long argl, int result, size_t* processed);
   void ConnectNext();
   void OnConnected();
   void Handshake();
@@ -226,6 +234,11 @@ class PooledLink final : public net::EventHandler {
   std::string out_;  // serialized frames not yet taken by SSL_write
   size_t out_begin_ = 0;
   bool tls_wants_write_ = false;
+  // Read hints, as Connection's: epoll says the socket is readable; a read shorter than asked
+  // for (seen by the socket BIO's callback) drained it, so the next SSL_read waits for epoll.
+  bool tls_readable_ = true;
+  int tls_socket_reads_ = 0;
+  bool tls_socket_drained_ = false;
   bool draining_ = false;
   bool goaway_sent_ = false;
   bool counted_ = false;  // in pooled_connections
@@ -283,11 +296,17 @@ struct PooledCallbacks {
       stream->data_deferred_ = true;
       return NGHTTP2_ERR_DEFERRED;
     }
+    if (!stream->app_readable_) {
+      stream->data_deferred_ = true;  // EPOLLIN says when (no epoll_ctl if registered already)
+      stream->UpdateAppInterest();
+      return NGHTTP2_ERR_DEFERRED;
+    }
     while (true) {
       const ssize_t n = ::recv(stream->app_.get(), buf, length, 0);
       if (n > 0) {
         stream->counters().bytes_sent[stream->direction()].Add(static_cast<uint64_t>(n));
         stream->last_activity_ = net::EventLoop::Now();
+        stream->app_readable_ = static_cast<size_t>(n) == length;
         return n;
       }
       if (n == 0) {
@@ -300,6 +319,7 @@ struct PooledCallbacks {
         continue;
       }
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        stream->app_readable_ = false;
         stream->data_deferred_ = true;
         stream->UpdateAppInterest();
         return NGHTTP2_ERR_DEFERRED;
@@ -546,12 +566,20 @@ void PooledStream::OnEvents(uint32_t events) {
     if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) != 0 && pending_begin_ < pending_.size()) {
       link->FlushToApp(*this);
     }
-    if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) != 0 && data_deferred_ &&
-        !finished_) {
-      link->ResumeData(*this);
+    if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) != 0) {
+      app_readable_ = true;
+      if (data_deferred_ && !finished_ && link->session() != nullptr) {
+        data_deferred_ = false;  // the interest is left as it is: usually it stays the same
+        link->ResumeDataOnly(*this);
+      }
     }
   }
   link->Pump();
+  // After the pump, which usually defers on the app again: an unchanged interest costs no
+  // epoll_ctl. The stream is alive until the next loop turn even if it finished (Retire).
+  if (!finished_) {
+    UpdateAppInterest();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -801,6 +829,9 @@ absl::Status PooledLink::StartSession() {
                                             kPooledConnectionWindow) != 0) {
     return absl::InternalError("nghttp2: submitting SETTINGS");
   }
+  BIO* socket_bio = SSL_get_rbio(ssl_.get());
+  BIO_set_callback_arg(socket_bio, reinterpret_cast<char*>(this));
+  BIO_set_callback_ex(socket_bio, &PooledLink::OnSocketBio);
   state_ = State::kOpen;
   opened_ = true;
   counted_ = true;
@@ -808,6 +839,16 @@ absl::Status PooledLink::StartSession() {
   last_received_ = net::EventLoop::Now();
   idle_since_ = last_received_;
   return absl::OkStatus();
+}
+
+long PooledLink::OnSocketBio(BIO* bio, int operation, const char* /*data*/, size_t length,
+                             int /*argi*/, long /*argl*/, int result, size_t* processed) {
+  if (operation == (BIO_CB_READ | BIO_CB_RETURN)) {
+    auto* self = reinterpret_cast<PooledLink*>(BIO_get_callback_arg(bio));
+    ++self->tls_socket_reads_;
+    self->tls_socket_drained_ = result <= 0 || processed == nullptr || *processed < length;
+  }
+  return result;
 }
 
 void PooledLink::ArmKeepalive() {
@@ -1159,6 +1200,9 @@ void PooledLink::OnEvents(uint32_t events) {
       if ((events & EPOLLOUT) != 0) {
         tls_wants_write_ = false;
       }
+      if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) != 0) {
+        tls_readable_ = true;
+      }
       Pump();
       return;
   }
@@ -1167,9 +1211,16 @@ void PooledLink::OnEvents(uint32_t events) {
 bool PooledLink::ReadTls() {
   // Bounded per pump: a busy link does not starve the worker's other connections.
   for (int i = 0; i < 16; ++i) {
+    if (!tls_readable_ && SSL_has_pending(ssl_.get()) != 1) {
+      return true;  // nothing to read until epoll says so
+    }
     ERR_clear_error();
+    tls_socket_reads_ = 0;
     const int n = SSL_read(ssl_.get(), pool_.scratch(), Pool::kScratchSize);
     if (n > 0) {
+      if (tls_socket_reads_ > 0 && tls_socket_drained_ && SSL_has_pending(ssl_.get()) != 1) {
+        tls_readable_ = false;  // nothing left in the socket or in OpenSSL's buffer
+      }
       const ssize_t used = nghttp2_session_mem_recv(
           session_, reinterpret_cast<const uint8_t*>(pool_.scratch()), static_cast<size_t>(n));
       if (used < 0) {
@@ -1181,6 +1232,7 @@ bool PooledLink::ReadTls() {
     }
     const int err = SSL_get_error(ssl_.get(), n);
     if (err == SSL_ERROR_WANT_READ) {
+      tls_readable_ = false;
       return true;
     }
     if (err == SSL_ERROR_WANT_WRITE) {
@@ -1445,7 +1497,8 @@ void Pool::Open(const ListenerRuntime& route, const net::SocketAddress* original
   if (original_destination != nullptr) {
     stream->authority_ = original_destination->ToString();
     dial = WithPort(*original_destination, route.pooled_port);
-    key = absl::StrCat(route.id, " ", net::PeerAddress::From(*original_destination).ToString());
+    // One pool per peer sidecar: the destination's address, whatever its port.
+    key = absl::StrCat(route.id, " ", dial->ToString());
   } else {
     key = absl::StrCat(route.id);
   }
@@ -1655,12 +1708,33 @@ void Pool::Drain() {
   }
 }
 
+namespace {
+
+// SameCredentials: the same certificate and trust bundle (a context republished unchanged, as
+// when certmgr's trust-bundle stream repeats the bundle, moves no connection).
+bool SameCredentials(const TlsContext& a, const TlsContext& b) {
+  const pki::CredentialBundle& x = a.bundle();
+  const pki::CredentialBundle& y = b.bundle();
+  if (x.chain.empty() || y.chain.empty() || x.chain[0].ToDer() != y.chain[0].ToDer() ||
+      x.trust_bundle.size() != y.trust_bundle.size()) {
+    return false;
+  }
+  for (size_t i = 0; i < x.trust_bundle.size(); ++i) {
+    if (x.trust_bundle[i].ToDer() != y.trust_bundle[i].ToDer()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 void Pool::OnNewCredentials() {
   std::shared_ptr<const TlsContext> current = env_.tls.Snapshot();
-  const uint64_t generation = current == nullptr ? 0 : current->generation();
   std::vector<PooledLink*> stale;
   for (auto& [raw, owned] : links_) {
-    if (raw->IsOpen() && raw->generation() != generation) {
+    if (raw->IsOpen() && current != nullptr && raw->context() != nullptr &&
+        raw->generation() != current->generation() && !SameCredentials(*raw->context(), *current)) {
       stale.push_back(raw);
     }
   }

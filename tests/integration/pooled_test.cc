@@ -435,5 +435,40 @@ TEST_F(PooledTest, GoawayUnderLoad) {
   EXPECT_TRUE(absl::StrContains(backend_->process().Log(), "drained")) << Logs();
 }
 
+// New certificates for both sidecars (a renewal with the same CA) under pooled traffic: new
+// streams move to a connection made with the new certificates, the old connection drains
+// (GOAWAY) and closes once its long-lived streams end, and no byte is lost on the way.
+TEST_F(PooledTest, RotationUnderPooledTrafficDropsNothing) {
+  StartMesh();
+  testing::TrafficLoad load(frontend_port_, /*long_lived=*/3);
+  ASSERT_TRUE(testing::WaitFor([&] { return load.new_connections() > 20; }, absl::Seconds(10)))
+      << load.first_failure();
+  const std::string frontend_serial = frontend_->ServedSerial();
+  const std::string backend_serial = backend_->ServedSerial();
+  (void)testing::FilesConfigHead(dir_, "frontend", ca_.Issue(kFrontend), bundle_);
+  (void)testing::FilesConfigHead(dir_, "backend", ca_.Issue(kBackend), bundle_);
+  frontend_->process().Signal(SIGHUP);
+  backend_->process().Signal(SIGHUP);
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        return frontend_->ServedSerial() != frontend_serial &&
+               backend_->ServedSerial() != backend_serial;
+      },
+      absl::Seconds(10)))
+      << Logs();
+  const int before = load.new_connections();
+  ASSERT_TRUE(
+      testing::WaitFor([&] { return load.new_connections() > before + 50; }, absl::Seconds(20)))
+      << load.first_failure();
+  EXPECT_GE(frontend_->Metric(Handshakes("outbound", "success")), 2);
+  load.Stop();
+  EXPECT_EQ(load.failures(), 0) << load.first_failure() << "\n" << Logs();
+  // With the long-lived streams gone, only the new connection is left.
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return frontend_->Metric(R"(meshtls_pooled_connections{direction="outbound"})") == 1; },
+      absl::Seconds(10)))
+      << Logs();
+}
+
 }  // namespace
 }  // namespace meshtls

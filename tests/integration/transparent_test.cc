@@ -35,6 +35,7 @@ constexpr uint32_t kProxyUid = 1337;
 constexpr uint16_t kStrictPort = 8080;             // the app's port under inbound.mode strict
 constexpr uint16_t kPermissivePort = 8081;         // ports: [{port: 8081, mode: permissive}]
 constexpr uint16_t kOutsidePort = 9090;            // the service outside the mesh
+constexpr uint16_t kOthersOnlyPort = 8082;         // allows default/others alone
 constexpr uint16_t kExplicitOutboundPort = 15101;  // every sidecar's explicit outbound listener
 
 std::string Spiffe(const std::string& service_account) {
@@ -136,8 +137,8 @@ class TransparentTest : public ::testing::Test {
                         network_->Ipv4Cidr(Subnet::kMesh), ", ", network_->Ipv6Cidr(Subnet::kMesh),
                         "], action: mesh,\n"
                         "         expect: [",
-                        Spiffe("server"),
-                        "]}\n"
+                        Spiffe("server"), "]", pooled_ ? ", transport: pooled" : "",
+                        "}\n"
                         "      - {name: outside, networks: [",
                         outside_->pod->ipv4(),
                         "/32], action: passthrough}\n"
@@ -150,7 +151,8 @@ class TransparentTest : public ::testing::Test {
                         kTd,
                         "/ns/default/*]\n"
                         "    ports: [{port: ",
-                        kPermissivePort, ", mode: permissive}]\n");
+                        kPermissivePort, ", mode: permissive}, {port: ", kOthersOnlyPort,
+                        ", allow: [", Spiffe("others"), "]}]\n");
   }
 
   // Blocked is the destination the deny rule names (nothing is there).
@@ -255,6 +257,7 @@ class TransparentTest : public ::testing::Test {
   std::string certmgr_extra_yaml_;
   std::string certmgr_ca_extra_;
   std::string sidecar_extra_yaml_ = "limits: {handshake_timeout: 3s}\n";
+  bool pooled_ = false;  // the mesh rule's transport: pooled
   // Members in this order: apps and sidecars stop before certmgr, and all before the Network
   // removes the namespaces.
   std::unique_ptr<Network> network_;
@@ -407,6 +410,52 @@ TEST_F(TransparentTest, WrongServerIdentityIsRefusedAndTheServerAppGetsNothing) 
   EXPECT_EQ(client_->sidecar->Metric(Handshakes("outbound", "success")), 0);
   EXPECT_EQ(server_->apps[0]->connections(), 0);
   EXPECT_EQ(server_->apps[0]->bytes_received(), 0u);
+}
+
+// The pooled transport between pods: the mesh rule carries app connections as HTTP/2 CONNECT
+// streams over one mutual-TLS connection to the server pod's port 15008, which the server's
+// inbound capture takes; each stream is authorized by the port it names.
+class TransparentPooledTest : public TransparentTest {
+ protected:
+  TransparentPooledTest() {
+    pooled_ = true;
+    sidecar_extra_yaml_ += "workers: 1\n";  // one pool per sidecar: connections are countable
+  }
+};
+
+TEST_F(TransparentPooledTest, StreamsOverOneConnectionAuthorizedPerPort) {
+  ASSERT_NO_FATAL_FAILURE(StartClientAndServer());
+  ASSERT_NO_FATAL_FAILURE(AddApp(*server_, kOthersOnlyPort));
+  std::unique_ptr<PacketCapture> capture;
+  MESHTLS_ASSERT_OK_AND_MOVE(capture, PacketCapture::Start(*server_->pod));
+  const std::string marker = "pooled-plaintext-marker";
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_THAT(EchoFrom(*client_->pod, server_->pod->ipv4(), kStrictPort, marker), IsOk())
+        << "client sidecar:\n"
+        << client_->sidecar->process().Log() << "\nserver sidecar:\n"
+        << server_->sidecar->process().Log();
+  }
+  EXPECT_THAT(HalfCloseEchoes(*client_->pod, server_->pod->ipv6(), kStrictPort, "over ipv6"),
+              IsOk());
+  // The client's identity is not in port 8082's allow-list: that stream alone is refused (403),
+  // and the app behind it gets nothing.
+  EXPECT_THAT(SentThenClosed(*client_->pod, server_->pod->ipv4(), kOthersOnlyPort,
+                             "must-not-arrive", /*answer_allowed=*/false),
+              IsOk());
+  ASSERT_THAT(capture->Stop(), IsOk());
+  EXPECT_FALSE(capture->SawPayload(marker)) << "plain text crossed the wire: " << capture->path();
+  EXPECT_GT(capture->TcpPayloadBytes(15008), 5 * marker.size()) << "nothing went to port 15008";
+  const std::string streams = R"(meshtls_pooled_streams_total{direction=")";
+  SidecarProcess& c = *client_->sidecar;
+  SidecarProcess& s = *server_->sidecar;
+  EXPECT_EQ(c.Metric(streams + R"(outbound",result="success"})"), 6);
+  EXPECT_EQ(c.Metric(streams + R"(outbound",result="refused"})"), 1);
+  EXPECT_EQ(s.Metric(streams + R"(inbound",result="success"})"), 6);
+  EXPECT_EQ(s.Metric(streams + R"(inbound",result="identity_denied"})"), 1);
+  // One connection per address family, each one handshake.
+  EXPECT_EQ(c.Metric(Handshakes("outbound", "success")), 2);
+  EXPECT_EQ(s.Metric(Decisions("inbound", "pooled", "mesh")), 2);
+  EXPECT_EQ(server_->apps[2]->connections(), 0);
 }
 
 // Short-lived certificates and a CA rotation by the operator's steps, under transparent traffic.
