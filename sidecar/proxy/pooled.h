@@ -43,6 +43,8 @@ struct PoolSettings {
 // the memory a connection can hold is max_streams_per_connection stream windows.
 inline constexpr int32_t kPooledStreamWindow = 256 * 1024;
 inline constexpr int32_t kPooledConnectionWindow = 1 << 30;
+// The largest DATA frame this side accepts (SETTINGS_MAX_FRAME_SIZE; HTTP/2's default is 16 KiB).
+inline constexpr uint32_t kPooledMaxFrame = 64 * 1024;
 
 class PooledLink;
 class PooledStream;

@@ -51,7 +51,11 @@ constexpr const char* kSidecarFamilies[] = {"meshtls_tls_handshakes_total",
                                             "meshtls_cert_renewals_total",
                                             "meshtls_trust_bundle_roots",
                                             "meshtls_trust_bundle_sequence",
-                                            "meshtls_tls_context_generation"};
+                                            "meshtls_tls_context_generation",
+                                            "meshtls_pooled_connections",
+                                            "meshtls_pooled_streams_total",
+                                            "meshtls_pooled_streams_active",
+                                            "meshtls_pooled_stream_setup_seconds"};
 constexpr const char* kCertmgrFamilies[] = {
     "meshtls_certmgr_sign_requests_total", "meshtls_certmgr_sign_duration_seconds",
     "meshtls_certmgr_ca_not_after_timestamp_seconds", "meshtls_certmgr_trust_bundle_watchers"};
@@ -223,9 +227,12 @@ TEST_F(ObservabilityTest, DashboardsAndAlertRulesWorkOnARealPrometheusScrapingAL
                                 "\n    connect: 127.0.0.1:", http_port, "\n    expect: [", kBackend,
                                 "]\n  - name: backend-admin\n    listen: 127.0.0.1:0",
                                 "\n    connect: 127.0.0.1:", admin_port, "\n    expect: [",
-                                kBackend, "]\n")));
+                                kBackend, "]\n  - name: backend-pooled\n    listen: 127.0.0.1:0",
+                                "\n    connect: 127.0.0.1:", http_port, "\n    expect: [",
+                                kBackend, "]\n    transport: pooled\n")));
   const uint16_t to_http = frontend_->port("outbound.backend");
   const uint16_t to_admin = frontend_->port("outbound.backend-admin");
+  const uint16_t to_pooled = frontend_->port("outbound.backend-pooled");
   ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
   ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
   WritePrometheusConfig();
@@ -252,6 +259,14 @@ TEST_F(ObservabilityTest, DashboardsAndAlertRulesWorkOnARealPrometheusScrapingAL
         testing::RecvExactly(conn->get(), payload.size(), absl::Seconds(10));
     ASSERT_THAT(echo, IsOk()) << "round " << rounds;
     ASSERT_EQ(*echo, payload);
+    // The same through the pooled transport: one stream per round, one pooled connection.
+    absl::StatusOr<base::UniqueFd> pooled = testing::TcpConnect(to_pooled);
+    ASSERT_THAT(pooled, IsOk());
+    ASSERT_THAT(testing::SendAll(pooled->get(), payload), IsOk());
+    absl::StatusOr<std::string> pooled_echo =
+        testing::RecvExactly(pooled->get(), payload.size(), absl::Seconds(10));
+    ASSERT_THAT(pooled_echo, IsOk()) << "round " << rounds;
+    ASSERT_EQ(*pooled_echo, payload);
     if (rounds % 10 == 0) {
       auto no_cert = testing::TlsClient::Connect(http_port, {}, "");
       if (no_cert.ok()) {
