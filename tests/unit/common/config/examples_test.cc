@@ -110,7 +110,8 @@ std::string Durations(std::initializer_list<absl::Duration> ds) {
 std::string Dump(const sidecar::ListenerConfig& l) {
   return absl::StrCat("{name=", l.name, " listen=", l.listen.ToString(),
                       " target=", l.target.ToString(), " peers=[", absl::StrJoin(l.peers, ","),
-                      "]}");
+                      "]", l.transport == sidecar::Transport::kPooled ? " transport=pooled" : "",
+                      "}");
 }
 
 std::string Dump(const absl::StatusOr<sidecar::SidecarConfig>& c) {
@@ -138,6 +139,11 @@ std::string Dump(const absl::StatusOr<sidecar::SidecarConfig>& c) {
                   Durations({c->dns.max_ttl, c->dns.negative_ttl}), "\n");
   absl::StrAppend(&out, "log: ", static_cast<int>(c->log.level), " ",
                   static_cast<int>(c->log.format), "\n");
+  absl::StrAppend(&out, "pooled: ", c->pooled.max_streams_per_connection, " ",
+                  c->pooled.max_connections_per_peer, " ",
+                  Durations({c->pooled.idle_timeout, c->pooled.keepalive_interval,
+                             c->pooled.keepalive_timeout}),
+                  "\n");
   const sidecar::TransparentConfig& t = c->transparent;
   if (t.enabled()) {
     auto networks = [](const std::vector<net::Cidr>& list) {
@@ -153,7 +159,8 @@ std::string Dump(const absl::StatusOr<sidecar::SidecarConfig>& c) {
         absl::StrAppend(&out, "  rule ", r.name, " action=", static_cast<int>(r.action),
                         " networks=[", networks(r.networks), "] ports=[",
                         absl::StrJoin(r.ports, ","), "] expect=[", absl::StrJoin(r.expect, ","),
-                        "]\n");
+                        "]", r.transport == sidecar::Transport::kPooled ? " transport=pooled" : "",
+                        "\n");
       }
     }
     if (t.inbound.enabled) {
