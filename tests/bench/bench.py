@@ -62,6 +62,9 @@ PROXY_UID = 1337  # transparent.proxy_uid: the pods' sidecars run as this user
 FIXED_RATE_KEEPALIVE = 1000  # requests/s over FIXED_RATE_CONNECTIONS keep-alive connections
 FIXED_RATE_CONNECTIONS = 4
 FIXED_RATE_NEW = 200  # new connections/s, one request each
+# Row 8 (loopback columns): new connections at this rate, open loop, resumption off; for the
+# pooled column also the stream setup p99 its client sidecar measured meanwhile.
+FIXED_RATE_NEW_HIGH = 1000
 
 
 def log(msg):
@@ -153,6 +156,35 @@ def outbound_handshakes(admin):
     if len(counts) != 2:
         raise RuntimeError(f"no outbound handshake counts in {admin.url('/metrics')}")
     return counts[True], counts[False]
+
+
+def stream_setup_buckets(admin):
+    """The outbound meshtls_pooled_stream_setup_seconds histogram of a sidecar: [(le, count)]."""
+    with in_netns(admin.netns):
+        with NO_PROXY.open(admin.url("/metrics"), timeout=5.0) as r:
+            text = r.read().decode()
+    buckets = []
+    for m in re.finditer(r'^meshtls_pooled_stream_setup_seconds_bucket\{([^}]*)\} (\S+)$', text,
+                         re.M):
+        if 'direction="outbound"' in m.group(1):
+            le = re.search(r'le="([^"]+)"', m.group(1)).group(1)
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(m.group(2))))
+    if not buckets:
+        raise RuntimeError(f"no stream setup histogram in {admin.url('/metrics')}")
+    return sorted(buckets)
+
+
+def histogram_p99_us(before, after):
+    """The p99 of the observations between two scrapes of a cumulative histogram, as the upper
+    bound of the bucket it falls in (microseconds)."""
+    deltas = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
+    total = deltas[-1][1]
+    if total <= 0:
+        raise RuntimeError("no stream was set up during the fixed-rate load")
+    for le, count in deltas:
+        if count >= 0.99 * total:
+            return le * 1e6
+    return float("inf")
 
 
 def serves(endpoint):
@@ -939,6 +971,10 @@ ROWS = [
      "keep-alive conns", "us", False),
     ("fixed_new_p50", f"7. p50 at {FIXED_RATE_NEW} new conns/s (resumption off)", "us", False),
     ("fixed_new_p99", f"7. p99 at {FIXED_RATE_NEW} new conns/s (resumption off)", "us", False),
+    ("new1k_p50", f"8. p50 at {FIXED_RATE_NEW_HIGH:,} new conns/s (resumption off)", "us", False),
+    ("new1k_p99", f"8. p99 at {FIXED_RATE_NEW_HIGH:,} new conns/s (resumption off)", "us", False),
+    ("setup1k_p99", f"8. stream setup p99 at {FIXED_RATE_NEW_HIGH:,} new conns/s (sidecar "
+     "histogram, bucket bound)", "us", False),
 ]
 # Rows that explain another row rather than measure a cost: no verdict against the bar.
 DIAGNOSTIC_ROWS = ["resumed_share"]
@@ -1142,6 +1178,20 @@ def main():
                     r = fixed_rate(pair.endpoint, FIXED_RATE_NEW, args.duration)
                     results[c]["fixed_new_p50"].append(r["p50"])
                     results[c]["fixed_new_p99"].append(r["p99"])
+                if c in LOOPBACK_COLUMNS:
+                    setup_before = stream_setup_buckets(pair.out_admin) if c == "pooled" else None
+                    try:
+                        r = fixed_rate(pair.endpoint, FIXED_RATE_NEW_HIGH, args.duration)
+                    except RuntimeError as e:
+                        # A pair that cannot take the rate (full handshakes on two cores): the
+                        # row stays empty for it, and the log says why.
+                        log(f"  {c}: {FIXED_RATE_NEW_HIGH} new conns/s not sustained: {e}")
+                    else:
+                        results[c]["new1k_p50"].append(r["p50"])
+                        results[c]["new1k_p99"].append(r["p99"])
+                    if setup_before is not None:
+                        results[c]["setup1k_p99"].append(
+                            histogram_p99_us(setup_before, stream_setup_buckets(pair.out_admin)))
                 pair.check_alive()
                 if c not in BASELINES:
                     resumed = pairs[(c, True)]
