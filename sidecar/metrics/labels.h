@@ -20,7 +20,7 @@ inline constexpr std::array<const char*, kDirectionCount> kDirectionNames = {"in
 // reached a strict inbound port; the original destination is the sidecar itself (a connection
 // made to a capture port directly, or one that would loop); the connection reached a capture
 // port without being redirected there, so it has no original destination. `pooled_only`: a TLS
-// connection to the pooled port (15008) that did not select ALPN h2.
+// connection to the pooled port (15008) that selected neither ALPN meshtls-h2 nor h2.
 enum class RefusedReason : uint8_t {
   kNoCredentials,
   kCertificateExpired,

@@ -187,8 +187,8 @@ void Connection::StartSniffing() {
   }
   capture_ = &capture;
   original_destination_ = *destination;
-  inbound_port_ = capture.pooled_port != 0 && port == capture.pooled_port ? &capture.pooled
-                                                                          : &capture.For(port);
+  check_.pooled_port = capture.pooled_port != 0 && port == capture.pooled_port;
+  inbound_port_ = check_.pooled_port ? &capture.pooled : &capture.For(port);
   listener_ = inbound_port_->listener;
   check_.authorizer = &listener_->authorizer;
   target_ = base::HostPort{.host = "127.0.0.1", .port = port, .host_is_ip = true};  // for logs
@@ -573,8 +573,9 @@ void Connection::OnHandshakeDone() {
     const unsigned char* alpn = nullptr;
     unsigned int alpn_length = 0;
     SSL_get0_alpn_selected(ssl_.get(), &alpn, &alpn_length);
-    const bool h2 = alpn_length == 2 && std::memcmp(alpn, "h2", 2) == 0;
-    if (h2 && env_.pool != nullptr) {
+    // The server's ALPN callback selects one of these only for a pooled client (TlsContext).
+    const absl::string_view selected(reinterpret_cast<const char*>(alpn), alpn_length);
+    if ((selected == "meshtls-h2" || selected == "h2") && env_.pool != nullptr) {
       HandOffInbound();
       return;
     }

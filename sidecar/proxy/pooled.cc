@@ -22,7 +22,10 @@ namespace meshtls::sidecar {
 
 namespace {
 
-constexpr unsigned char kAlpnH2[] = {2, 'h', '2'};
+// A pooled client offers `meshtls-h2` (any meshtls inbound port takes it) and `h2` (what the
+// pooled port 15008 and independent HTTP/2 servers take).
+constexpr unsigned char kAlpnOffer[] = {10,  'm', 'e', 's', 'h', 't', 'l',
+                                        's', '-', 'h', '2', 2,   'h', '2'};
 // A request's header block beyond this is refused (a CONNECT needs two short fields).
 constexpr size_t kMaxRequestHeaderBytes = 8 * 1024;
 // What one link serializes ahead of SSL_write: a few records' worth keeps writes large without
@@ -138,9 +141,14 @@ class PooledStream final : public net::EventHandler {
   }
   WorkerCounters& counters() { return pool_.env().counters; }
   void UpdateAppInterest();
+  // CountResult counts how the stream's setup ended, once (the first outcome named wins).
   void CountResult(StreamResult result) {
-    counters().pooled_streams[direction()][static_cast<int>(result)].Add();
+    if (!result_counted_) {
+      result_counted_ = true;
+      counters().pooled_streams[direction()][static_cast<int>(result)].Add();
+    }
   }
+  bool result_counted_ = false;
 };
 
 // PooledLink is one pooled mutual-TLS connection and its HTTP/2 session: the client side of an
@@ -168,6 +176,7 @@ class PooledLink final : public net::EventHandler {
   bool IsOpen() const { return state_ == State::kOpen && !draining_; }
   bool IsOpening() const { return state_ != State::kOpen && state_ != State::kClosed; }
   bool opened() const { return opened_; }
+  void DrainWhenOpen() { drain_when_open_ = true; }
   // QueueReset submits RST_STREAM at the next pump (never from inside nghttp2's callbacks).
   void QueueReset(int32_t id, uint32_t code) {
     resets_.emplace_back(id, code);
@@ -192,6 +201,30 @@ class PooledLink final : public net::EventHandler {
   void ResetStream(PooledStream& stream, uint32_t error_code, bool abortive);
   void FinishStream(PooledStream& stream, bool abortive);
   void FlushToApp(PooledStream& stream);
+  // The connection's window is given back at once for bytes an app took, and for bytes held for
+  // a slow app while the link holds less than kMaxLinkPending of them: one stream that does not
+  // read never stalls the others (its own window holds it back). Beyond that the window is
+  // given back only as apps read (ReleasePending), so a peer cannot make the link buffer more
+  // than kMaxLinkPending plus one connection window.
+  void TakeConnectionWindow(size_t received, size_t buffered) {
+    pending_bytes_ += buffered;
+    size_t now = received;
+    if (pending_bytes_ > kMaxLinkPending) {
+      now -= buffered;
+      unconsumed_ += buffered;
+    }
+    if (now > 0) {
+      nghttp2_session_consume_connection(session_, now);
+    }
+  }
+  void ReleasePending(size_t n) {
+    pending_bytes_ -= std::min(n, pending_bytes_);
+    if (unconsumed_ > 0 && pending_bytes_ <= kMaxLinkPending) {
+      const size_t give = std::min(unconsumed_, n);
+      unconsumed_ -= give;
+      nghttp2_session_consume_connection(session_, give);
+    }
+  }
   void OnAppConnected(PooledStream& stream);
 
   uint64_t generation() const { return context_ == nullptr ? 0 : context_->generation(); }
@@ -238,6 +271,8 @@ class PooledLink final : public net::EventHandler {
   std::string out_;  // serialized frames not yet taken by SSL_write
   size_t out_begin_ = 0;
   bool tls_wants_write_ = false;
+  size_t pending_bytes_ = 0;  // held in streams' pending_ for their apps
+  size_t unconsumed_ = 0;     // connection window not given back yet (over kMaxLinkPending)
   // Read hints, as Connection's: epoll says the socket is readable; a read shorter than asked
   // for (seen by the socket BIO's callback) drained it, so the next SSL_read waits for epoll.
   bool tls_readable_ = true;
@@ -271,8 +306,9 @@ class PooledLink final : public net::EventHandler {
   net::MonoTime idle_since_;
   bool ping_outstanding_ = false;
   net::MonoTime ping_sent_;
-  bool opened_ = false;      // the session started (a failure before fails the waiting streams)
-  bool holds_slot_ = false;  // server: the accepted connection's place under max_connections
+  bool opened_ = false;  // the session started (a failure before fails the waiting streams)
+  bool drain_when_open_ = false;  // credentials changed during the handshake
+  bool holds_slot_ = false;       // server: the accepted connection's place under max_connections
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for deferred pumps
 };
 
@@ -454,11 +490,9 @@ struct PooledCallbacks {
   static int OnDataChunk(nghttp2_session* session, uint8_t /*flags*/, int32_t stream_id,
                          const uint8_t* data, size_t length, void* user_data) {
     auto* link = static_cast<PooledLink*>(user_data);
-    // The connection's window is given back at once: only the stream's window holds a slow
-    // app's bytes, so it never stalls the other streams.
-    nghttp2_session_consume_connection(session, length);
     PooledStream* stream = StreamOf(session, stream_id);
     if (stream == nullptr || stream->finished_) {
+      nghttp2_session_consume_connection(session, length);
       nghttp2_session_consume_stream(session, stream_id, length);
       return 0;
     }
@@ -474,6 +508,7 @@ struct PooledCallbacks {
         written = static_cast<size_t>(n);
         nghttp2_session_consume_stream(session, stream_id, written);
       } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        nghttp2_session_consume_connection(session, length);
         link->QueueReset(stream_id, NGHTTP2_CONNECT_ERROR);
         link->FinishStream(*stream, /*abortive=*/true);
         return 0;
@@ -487,6 +522,7 @@ struct PooledCallbacks {
       stream->pending_.append(bytes + written, length - written);
       stream->UpdateAppInterest();
     }
+    link->TakeConnectionWindow(length, length - written);
     return 0;
   }
 
@@ -498,10 +534,10 @@ struct PooledCallbacks {
       return 0;
     }
     nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
-    if (error_code == NGHTTP2_NO_ERROR && stream->established_) {
+    if (error_code == NGHTTP2_NO_ERROR && stream->established_ && stream->peer_eof_ &&
+        stream->app_eof_) {
       // Both sides sent END_STREAM: the app gets what is left, then FIN (FlushToApp ends it).
-      stream->peer_eof_ = true;
-      stream->app_eof_ = true;
+      // An RST_STREAM(NO_ERROR) before that is a cut stream, reset below like any other.
       link->FlushToApp(*stream);
       if (!stream->finished_ && stream->pending_begin_ == stream->pending_.size()) {
         link->FinishStream(*stream, /*abortive=*/false);
@@ -606,6 +642,11 @@ PooledLink::~PooledLink() {
   if (state_ != State::kClosed) {
     Close(/*graceful=*/false, "the worker stopped");
   }
+  for (net::EventLoop::TimerId t : {timer_, expiry_timer_}) {
+    if (t != 0) {
+      pool_.env().loop.CancelTimer(t);
+    }
+  }
   if (session_ != nullptr) {
     nghttp2_session_del(session_);
   }
@@ -704,7 +745,7 @@ void PooledLink::OnConnected() {
     return;
   }
   ssl_ = *std::move(ssl);
-  SSL_set_alpn_protos(ssl_.get(), kAlpnH2, sizeof(kAlpnH2));
+  SSL_set_alpn_protos(ssl_.get(), kAlpnOffer, sizeof(kAlpnOffer));
   state_ = State::kHandshaking;
   Handshake();
 }
@@ -733,9 +774,10 @@ void PooledLink::Handshake() {
   const unsigned char* alpn = nullptr;
   unsigned int alpn_length = 0;
   SSL_get0_alpn_selected(ssl_.get(), &alpn, &alpn_length);
-  if (alpn_length != 2 || std::memcmp(alpn, "h2", 2) != 0) {
+  const absl::string_view selected(reinterpret_cast<const char*>(alpn), alpn_length);
+  if (selected != "meshtls-h2" && selected != "h2") {
     OnHandshakeFailed(HandshakeResult::kProtocolVersion,
-                      "the peer did not select ALPN h2: it does not take pooled connections");
+                      "the peer selected no ALPN meshtls-h2 or h2: it takes no pooled connections");
     return;
   }
   pool_.env().counters.authz_allow[route_->id].Add();
@@ -755,6 +797,9 @@ void PooledLink::Handshake() {
   }
   ArmKeepalive();
   ArmExpiry();
+  if (drain_when_open_) {
+    draining_ = true;  // the waiting streams open a connection with the new credentials
+  }
   pool_.LinkReady(*this);
   Pump();
 }
@@ -828,6 +873,12 @@ absl::Status PooledLink::StartSession() {
   nghttp2_option_set_no_auto_window_update(option, 1);
   nghttp2_option_set_peer_max_concurrent_streams(option,
                                                  pool_.settings().max_streams_per_connection);
+  // A peer resetting streams in a loop (each CONNECT costs a connection to the app: "rapid
+  // reset", CVE-2023-44487) gets GOAWAY past 1000 resets at once or 33/s; a header block of
+  // more than 8 CONTINUATION frames ends the connection (CVE-2024-28182). Debian's 1.52
+  // carries both fixes.
+  nghttp2_option_set_stream_reset_rate_limit(option, 1000, 33);
+  nghttp2_option_set_max_continuations(option, 8);
   const int rc = role_ == Role::kClient
                      ? nghttp2_session_client_new2(&session_, callbacks, this, option)
                      : nghttp2_session_server_new2(&session_, callbacks, this, option);
@@ -872,6 +923,9 @@ long PooledLink::OnSocketBio(BIO* bio, int operation, const char* /*data*/, size
 }
 
 void PooledLink::ArmKeepalive() {
+  if (state_ != State::kOpen) {
+    return;
+  }
   timer_ =
       pool_.env().loop.AddTimer(pool_.settings().keepalive_interval / 2, [this] { OnKeepalive(); });
 }
@@ -887,20 +941,31 @@ void PooledLink::OnKeepalive() {
     Close(false, "the peer did not answer a PING within pooled.keepalive_timeout");
     return;
   }
-  if (streams_.empty() && now - idle_since_ >= s.idle_timeout) {
+  // Idle connections are closed by the client, which knows when it wants no more streams; the
+  // server waits twice as long, so that its GOAWAY never races a client's new stream.
+  const net::MonoDuration idle_limit = role_ == Role::kClient ? s.idle_timeout : 2 * s.idle_timeout;
+  if (streams_.empty() && now - idle_since_ >= idle_limit) {
     Close(/*graceful=*/true, "idle");
     return;
   }
-  // Streams idle past limits.idle_timeout end, as a `tls` connection would.
+  // Streams idle past limits.idle_timeout end, as a `tls` connection would; an inbound stream
+  // whose request or app connection is not complete within limits.connect_timeout ends too.
   std::vector<PooledStream*> idle;
   for (auto& [raw, owned] : streams_) {
-    if (raw->established_ && now - raw->last_activity_ >= pool_.env().idle_timeout) {
+    if (raw->established_
+            ? now - raw->last_activity_ >= pool_.env().idle_timeout
+            : role_ == Role::kServer && now - raw->start_ >= pool_.env().connect_timeout) {
       idle.push_back(raw);
     }
   }
+  in_pump_ = true;  // the resets are submitted by the pump below, not one pump each
   for (PooledStream* stream : idle) {
-    ResetStream(*stream, NGHTTP2_CANCEL, /*abortive=*/false);
+    if (!stream->established_) {
+      stream->CountResult(StreamResult::kTimeout);
+    }
+    ResetStream(*stream, NGHTTP2_CANCEL, /*abortive=*/!stream->established_);
   }
+  in_pump_ = false;
   if (!ping_outstanding_ && now - last_received_ >= s.keepalive_interval) {
     uint8_t opaque[8] = {};
     if (nghttp2_submit_ping(session_, NGHTTP2_FLAG_NONE, opaque) == 0) {
@@ -909,7 +974,7 @@ void PooledLink::OnKeepalive() {
     }
   }
   ArmKeepalive();
-  Pump();
+  Pump();  // may close the link: nothing of it is used after this
 }
 
 void PooledLink::ArmExpiry() {
@@ -1119,6 +1184,7 @@ void PooledLink::FlushToApp(PooledStream& stream) {
     if (n > 0) {
       stream.pending_begin_ += static_cast<size_t>(n);
       nghttp2_session_consume_stream(session_, stream.id_, static_cast<size_t>(n));
+      ReleasePending(static_cast<size_t>(n));
       continue;
     }
     if (n < 0 && errno == EINTR) {
@@ -1171,6 +1237,9 @@ void PooledLink::FinishStream(PooledStream& stream, bool abortive) {
   stream.finished_ = true;
   if (session_ != nullptr && stream.id_ > 0) {
     nghttp2_session_set_stream_user_data(session_, stream.id_, nullptr);
+  }
+  if (session_ != nullptr && stream.pending_begin_ < stream.pending_.size()) {
+    ReleasePending(stream.pending_.size() - stream.pending_begin_);  // dropped with the stream
   }
   if (stream.app_.valid()) {
     SetInterest(pool_.env().loop, stream.app_.get(), &stream, stream.in_epoll_, stream.registered_,
@@ -1457,6 +1526,21 @@ void PooledLink::Close(bool graceful, absl::string_view why) {
     open.push_back(raw);
   }
   for (PooledStream* stream : open) {
+    if (role_ == Role::kClient && !stream->established_ && !stream->retried_ && !pool_.draining()) {
+      // Never answered, so nothing of its app was read yet: it can go on another connection
+      // (this one failed or closed under it: a GOAWAY and close racing its HEADERS), once.
+      if (session_ != nullptr && stream->id_ > 0) {
+        nghttp2_session_set_stream_user_data(session_, stream->id_, nullptr);
+      }
+      auto it = streams_.find(stream);
+      std::unique_ptr<PooledStream> owned = std::move(it->second);
+      streams_.erase(it);
+      owned->link_ = nullptr;
+      owned->id_ = -1;
+      owned->retried_ = true;
+      pool_.Requeue(std::move(owned));
+      continue;
+    }
     if (!stream->established_) {
       stream->CountResult(role_ == Role::kClient ? StreamResult::kConnectionFailed
                                                  : StreamResult::kReset);
@@ -1567,7 +1651,7 @@ void Pool::Open(const ListenerRuntime& route, const net::SocketAddress* original
     OnWaitTimeout(raw);
   });
   peer->waiting.push_back(std::move(stream));
-  Dispatch(*peer);
+  Dispatch(key);
 }
 
 void Pool::OnWaitTimeout(PooledStream* stream) {
@@ -1588,13 +1672,24 @@ void Pool::OnWaitTimeout(PooledStream* stream) {
       net::SetAbortiveClose(stream->app_.get());
       Retire(std::move(*w));
       waiting.erase(w);
+      if (waiting.empty() && it->second->links.empty()) {
+        peers_.erase(it);
+      }
       return;
     }
   }
 }
 
-void Pool::Dispatch(Peer& peer) {
-  while (!peer.waiting.empty()) {
+void Pool::Dispatch(const std::string& key) {
+  // Links are pumped after the loop: a pump may close a link, and LinkClosed may erase the
+  // Peer, so the Peer is looked up again for every stream and nothing is pumped meanwhile.
+  std::vector<PooledLink*> to_pump;
+  while (true) {
+    auto it = peers_.find(key);
+    if (it == peers_.end() || it->second->waiting.empty()) {
+      break;
+    }
+    Peer& peer = *it->second;
     // The open connection with the fewest streams takes the next one.
     PooledLink* room = nullptr;
     bool opening = false;
@@ -1623,19 +1718,25 @@ void Pool::Dispatch(Peer& peer) {
                    a.ok()) {
           addresses.push_back(*a);
         }
-        raw->StartClient(*peer.route, peer.waiting.front()->peer_key_, std::move(addresses));
+        raw->StartClient(*peer.route, key, std::move(addresses));  // may close, and erase peer
       }
-      return;  // the rest wait for a free stream (or their deadline)
+      break;  // the rest wait for a free stream (or their deadline)
     }
     std::unique_ptr<PooledStream> stream = std::move(peer.waiting.front());
     peer.waiting.pop_front();
     if (!room->Submit(stream)) {
-      stream->CountResult(StreamResult::kConnectionFailed);
-      net::SetAbortiveClose(stream->app_.get());
-      Retire(std::move(stream));
-      continue;
+      // nghttp2 refused a new stream here (its stream ids ran out): this connection takes no
+      // more, and the stream goes first in line for another.
+      room->Drain();
+      Requeue(std::move(stream));
+      break;
     }
-    room->Pump();
+    if (std::find(to_pump.begin(), to_pump.end(), room) == to_pump.end()) {
+      to_pump.push_back(room);
+    }
+  }
+  for (PooledLink* link : to_pump) {
+    link->Pump();  // retired links stay allocated until the next loop turn
   }
 }
 
@@ -1656,7 +1757,7 @@ void Pool::ScheduleDispatch(const std::string& key) {
     auto p = peers_.find(key);
     if (p != peers_.end()) {
       p->second->dispatch_scheduled = false;
-      Dispatch(*p->second);
+      Dispatch(key);
     }
   });
 }
@@ -1667,7 +1768,11 @@ void Pool::LinkClosed(PooledLink& link) {
     if (it != peers_.end()) {
       Peer& peer = *it->second;
       peer.links.erase(std::remove(peer.links.begin(), peer.links.end(), &link), peer.links.end());
-      if (!link.opened()) {
+      bool others_open = false;
+      for (PooledLink* l : peer.links) {
+        others_open = others_open || l->IsOpen() || l->IsOpening();
+      }
+      if (!link.opened() && !others_open) {
         // The connection failed (connect, handshake): the app connections waiting for it are
         // refused now, as a failed `tls` connection's app connection is, rather than each
         // retrying until its deadline.
@@ -1785,6 +1890,10 @@ void Pool::OnNewCredentials() {
   std::shared_ptr<const TlsContext> current = env_.tls.Snapshot();
   std::vector<PooledLink*> stale;
   for (auto& [raw, owned] : links_) {
+    if (raw->IsOpening()) {
+      raw->DrainWhenOpen();  // handshaking with the old credentials: no streams for it
+      continue;
+    }
     if (raw->IsOpen() && current != nullptr && raw->context() != nullptr &&
         raw->generation() != current->generation() && !SameCredentials(*raw->context(), *current)) {
       stale.push_back(raw);

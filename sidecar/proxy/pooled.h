@@ -38,11 +38,15 @@ struct PoolSettings {
 // Flow control. A stream's window bounds what one app connection may have in flight towards a
 // slow app (what this side buffers for it); 256 KiB keeps one stream at full speed on the
 // links a sidecar pair sees (the bulk benchmark compares it with the `tls` transport). The
-// connection's window is opened wide and consumed as soon as bytes arrive, so one stream whose
-// app does not read never stalls the others: each is held back by its own window alone, and
-// the memory a connection can hold is max_streams_per_connection stream windows.
+// connection's window (32 MiB) is given back as soon as bytes arrive, so one stream whose app
+// does not read never stalls the others: each is held back by its own window alone. Only when
+// a connection holds kMaxLinkPending for slow apps does it stop giving the connection's window
+// back, which bounds it at that plus one connection window whatever the peer does.
 inline constexpr int32_t kPooledStreamWindow = 256 * 1024;
-inline constexpr int32_t kPooledConnectionWindow = 1 << 30;
+inline constexpr int32_t kPooledConnectionWindow = 32 * 1024 * 1024;
+// What one pooled connection holds at most for apps that read slower than their peers send,
+// before it stops giving the connection's window back.
+inline constexpr size_t kMaxLinkPending = 16 * 1024 * 1024;
 // The largest DATA frame this side accepts (SETTINGS_MAX_FRAME_SIZE; HTTP/2's default is 16 KiB).
 inline constexpr uint32_t kPooledMaxFrame = 64 * 1024;
 
@@ -116,7 +120,7 @@ class Pool {
 
  private:
   struct Peer;
-  void Dispatch(Peer& peer);
+  void Dispatch(const std::string& key);
   void ScheduleDispatch(const std::string& key);
   void OnWaitTimeout(PooledStream* stream);
   void RetireLink(PooledLink* link);

@@ -51,6 +51,9 @@ struct PeerCheck {
   // Outbound with resumption on: where the server's new session tickets go (the worker's
   // cache for this listener).
   SessionCache* session_cache = nullptr;
+  // Inbound: the connection came to the pooled port (15008), where ALPN `h2` selects the pooled
+  // transport as `meshtls-h2` does everywhere.
+  bool pooled_port = false;
 };
 
 }  // namespace meshtls::sidecar

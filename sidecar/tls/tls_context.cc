@@ -241,13 +241,22 @@ void ConfigureResumption(SSL_CTX* ctx, const TlsSettings& settings, bool server)
   }
 }
 
-int SelectAlpn(SSL* /*ssl*/, const unsigned char** out, unsigned char* out_length,
+int SelectAlpn(SSL* ssl, const unsigned char** out, unsigned char* out_length,
                const unsigned char* in, unsigned int in_length, void* /*arg*/) {
-  static constexpr unsigned char kH2[] = {2, 'h', '2'};
+  // `meshtls-h2` on every port; plain `h2` only on the pooled port (15008), where nothing else
+  // is spoken: elsewhere an HTTP/2 client with a workload certificate of its own is relayed to
+  // the app, as before the pooled transport.
+  static constexpr unsigned char kAnyPort[] = {10,  'm', 'e', 's', 'h', 't',
+                                               'l', 's', '-', 'h', '2'};
+  static constexpr unsigned char kPooledPort[] = {10,  'm', 'e', 's', 'h', 't', 'l',
+                                                  's', '-', 'h', '2', 2,   'h', '2'};
+  const PeerCheck* check = CheckOf(ssl);
+  const bool pooled_port = check != nullptr && check->pooled_port;
   unsigned char* selected = nullptr;
-  if (SSL_select_next_proto(&selected, out_length, kH2, sizeof(kH2), in, in_length) !=
-      OPENSSL_NPN_NEGOTIATED) {
-    return SSL_TLSEXT_ERR_NOACK;  // no h2 offered: the `tls` transport
+  if (SSL_select_next_proto(&selected, out_length, pooled_port ? kPooledPort : kAnyPort,
+                            pooled_port ? sizeof(kPooledPort) : sizeof(kAnyPort), in,
+                            in_length) != OPENSSL_NPN_NEGOTIATED) {
+    return SSL_TLSEXT_ERR_NOACK;  // not offered: the `tls` transport
   }
   *out = selected;
   return SSL_TLSEXT_ERR_OK;
@@ -295,8 +304,8 @@ absl::Status Configure(SSL_CTX* ctx, bool server, const pki::CredentialBundle& b
                              "the private key does not match the certificate");
   }
   if (server) {
-    // ALPN h2 asks for the pooled transport (HTTP/2 CONNECT streams over this connection); a
-    // client that offers no ALPN gets one relayed connection, as before.
+    // ALPN `meshtls-h2` (or `h2` on the pooled port) asks for the pooled transport: HTTP/2
+    // CONNECT streams over this connection. Anything else gets one relayed connection.
     SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, nullptr);
   }
   if (server && SSL_CTX_add_custom_ext(ctx, kDenyExtensionType, SSL_EXT_TLS1_3_NEW_SESSION_TICKET,

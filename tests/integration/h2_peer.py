@@ -6,6 +6,9 @@ Debian's python3-h2 over mutual TLS (Python's ssl, ALPN h2), never meshtls' own 
       prints "status AUTHORITY CODE" for each (RESET:<code> when the stream is reset instead);
       on a 200 it sends "ping AUTHORITY\\n", half-closes (END_STREAM), and prints
       "echo AUTHORITY ok" when exactly that came back followed by END_STREAM.
+  h2_peer.py h2only HOST PORT CERT KEY CA  a TLS client offering ALPN h2 alone, as an app's
+      own HTTP/2 client would: prints "alpn SELECTED" (None when none was), then sends a line
+      and prints "echo ok" when it comes back unchanged.
   h2_peer.py server PORT CERT KEY CA  accepts one connection after another, answers every
       CONNECT 200 and echoes its bytes, ending the stream when the client does; prints
       "listening PORT" once bound and "connect AUTHORITY" per request.
@@ -29,15 +32,17 @@ def tls_context(server, cert, key, ca):
     ctx.load_verify_locations(ca)
     ctx.check_hostname = False  # SPIFFE identities are URI SANs, not host names
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.set_alpn_protocols(["h2"])
+    # A client offers meshtls' own id first (any meshtls inbound port takes it), then h2 (the
+    # pooled port, and other HTTP/2 servers); this server takes h2.
+    ctx.set_alpn_protocols(["h2"] if server else ["meshtls-h2", "h2"])
     return ctx
 
 
 def client(host, port, cert, key, ca, authorities):
     sock = tls_context(False, cert, key, ca).wrap_socket(
         socket.create_connection((host, int(port)), timeout=10))
-    if sock.selected_alpn_protocol() != "h2":
-        sys.exit(f"ALPN: the server selected {sock.selected_alpn_protocol()!r}, not h2")
+    if sock.selected_alpn_protocol() not in ("meshtls-h2", "h2"):
+        sys.exit(f"ALPN: the server selected {sock.selected_alpn_protocol()!r}")
     # python3-h2 4.1 requires :path of every request it sends or receives, CONNECT's included,
     # against RFC 9113 §8.5: its header validation is off, the rest of its state machine on.
     conn = h2.connection.H2Connection(h2.config.H2Configuration(
@@ -89,6 +94,22 @@ def client(host, port, cert, key, ca, authorities):
     sock.close()
 
 
+def h2only(host, port, cert, key, ca):
+    ctx = tls_context(False, cert, key, ca)
+    ctx.set_alpn_protocols(["h2"])
+    sock = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=10))
+    print(f"alpn {sock.selected_alpn_protocol()}", flush=True)
+    line = b"not a sidecar\n"
+    sock.sendall(line)
+    got = b""
+    while len(got) < len(line):
+        data = sock.recv(65536)
+        if not data:
+            break
+        got += data
+    print("echo ok" if got == line else f"echo bad {got!r}", flush=True)
+
+
 def server(port, cert, key, ca):
     ctx = tls_context(True, cert, key, ca)
     listener = socket.create_server(("127.0.0.1", int(port)))
@@ -135,6 +156,8 @@ def serve(sock):
 if __name__ == "__main__":
     if len(sys.argv) >= 8 and sys.argv[1] == "client":
         client(*sys.argv[2:7], sys.argv[7:])
+    elif len(sys.argv) == 7 and sys.argv[1] == "h2only":
+        h2only(*sys.argv[2:7])
     elif len(sys.argv) == 6 and sys.argv[1] == "server":
         server(*sys.argv[2:6])
     else:

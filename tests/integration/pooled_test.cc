@@ -302,6 +302,23 @@ TEST_F(PooledTest, IndependentClientAndForbiddenTargets) {
   EXPECT_EQ(app_.connections(), 1);  // nothing but the allowed stream reached the app
 }
 
+// An HTTP/2 client that is not a sidecar (ALPN h2 alone, an app's own gRPC client with a
+// workload certificate, say) reaching an inbound listener is relayed to the app as before: only
+// `meshtls-h2` selects the pooled transport outside the pooled port.
+TEST_F(PooledTest, PlainH2ClientIsRelayedNotPooled) {
+  StartBackend();
+  std::vector<std::string> args = {"h2only", "127.0.0.1", absl::StrCat(backend_port_)};
+  for (const std::string& file : Credentials("frontend", frontend_leaf_)) {
+    args.push_back(file);
+  }
+  args.push_back(bundle_);
+  const std::string out = RunH2Peer(args);
+  EXPECT_TRUE(absl::StrContains(out, "alpn None")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "echo ok")) << out;
+  EXPECT_EQ(backend_->Metric(R"(meshtls_pooled_connections{direction="inbound"})"), 0);
+  EXPECT_EQ(app_.connections(), 1);
+}
+
 // A client that opens more streams than the backend allows at once: the extra ones are
 // refused (REFUSED_STREAM, which a client may retry), the rest served.
 TEST_F(PooledTest, StreamsBeyondTheLimitAreRefused) {
@@ -433,6 +450,30 @@ TEST_F(PooledTest, GoawayUnderLoad) {
   EXPECT_EQ(broken.load(), 0) << first_broken << "\n" << Logs();
   EXPECT_GT(completed.load(), 20);
   EXPECT_TRUE(absl::StrContains(backend_->process().Log(), "drained")) << Logs();
+}
+
+// A peer that stops answering (SIGSTOP: its socket stays open, nothing comes back) is noticed by
+// the PING keepalive: the pooled connection closes, and the app connections on it are reset at
+// once instead of hanging until some timeout of the app's.
+TEST_F(PooledTest, DeadPeerIsNoticedAndItsStreamsFailFast) {
+  StartMesh("pooled: {keepalive_interval: 300ms, keepalive_timeout: 300ms}\n");
+  absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
+  ASSERT_THAT(conn, IsOk());
+  ASSERT_THAT(testing::SendAll(conn->get(), "alive?"), IsOk());
+  ASSERT_THAT(testing::RecvExactly(conn->get(), 6, absl::Seconds(10)), IsOk());
+  backend_->process().Signal(SIGSTOP);
+  const absl::Time stopped = absl::Now();
+  // Nothing more will come: the connection must end (reset) well within 5 s.
+  absl::StatusOr<std::string> rest = testing::RecvUntilEof(conn->get(), absl::Seconds(5), 16);
+  const absl::Duration took = absl::Now() - stopped;
+  backend_->process().Signal(SIGCONT);
+  EXPECT_FALSE(absl::IsDeadlineExceeded(rest.status())) << "the app connection hung";
+  if (rest.ok()) {
+    EXPECT_EQ(*rest, "");
+  }
+  EXPECT_LT(took, absl::Seconds(3));
+  EXPECT_TRUE(absl::StrContains(frontend_->process().Log(), "did not answer a PING")) << Logs();
+  EXPECT_EQ(frontend_->Metric(R"(meshtls_pooled_connections{direction="outbound"})"), 0);
 }
 
 // New certificates for both sidecars (a renewal with the same CA) under pooled traffic: new
