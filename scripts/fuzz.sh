@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 scripts/setup.sh clang-14 libclang-rt-14-dev
-targets=(spiffe_id svid_chain csr jwt config relay)
+targets=(spiffe_id svid_chain csr jwt config relay pooled)
 if [ $# -gt 1 ]; then
   targets=("${@:2}")
 fi
