@@ -1815,6 +1815,10 @@ void Pool::Retire(std::unique_ptr<PooledStream> stream) {
     stream->wait_timer_ = 0;
   }
   retired_.push_back(std::move(stream));
+  ScheduleRetire();
+}
+
+void Pool::ScheduleRetire() {
   if (!retire_scheduled_) {
     retire_scheduled_ = true;
     env_.loop.Defer([this] {
@@ -1832,14 +1836,7 @@ void Pool::RetireLink(PooledLink* link) {
   }
   retired_links_.push_back(std::move(it->second));
   links_.erase(it);
-  if (!retire_scheduled_) {
-    retire_scheduled_ = true;
-    env_.loop.Defer([this] {
-      retire_scheduled_ = false;
-      retired_.clear();
-      retired_links_.clear();
-    });
-  }
+  ScheduleRetire();
 }
 
 void Pool::Adopt(const InboundRoute& route, base::UniqueFd fd, SslPtr ssl, PeerCheck check,

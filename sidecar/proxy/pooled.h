@@ -124,6 +124,8 @@ class Pool {
   void ScheduleDispatch(const std::string& key);
   void OnWaitTimeout(PooledStream* stream);
   void RetireLink(PooledLink* link);
+  // ScheduleRetire deletes what was retired after the current event batch, once.
+  void ScheduleRetire();
 
   ConnectionEnv& env_;
   PoolSettings settings_;
