@@ -47,6 +47,7 @@ CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/client"
 SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/server"
 RESPONSE_BODY = b"x" * 63 + b"\n"  # the 64-byte response of the request rows
 BULK_BYTES = 100 * 1024 * 1024
+BULK_STREAMS = 8  # row 4's concurrent variant
 IDLE_CONNECTIONS = 2000
 WRK_CONNECTIONS = 32
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -771,6 +772,20 @@ def bulk(endpoint):
     return BULK_BYTES / (1024 * 1024) / float(seconds)
 
 
+def bulk_concurrent(endpoint, streams):
+    """`streams` 100 MiB downloads at once, each on its own connection: total MiB/s, from the
+    first start to the last end. Bounded like bulk()."""
+    cmd = netns_cmd(endpoint.netns) + ["curl", "-s", "--noproxy", "*", "-m", "120", "-o",
+                                       "/dev/null", "-w", "%{size_download}", endpoint.url("/bulk")]
+    start = time.monotonic()
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(streams)]
+    sizes = [p.communicate(timeout=130)[0] for p in procs]
+    seconds = time.monotonic() - start
+    if any(int(size or 0) != BULK_BYTES for size in sizes):
+        raise RuntimeError(f"concurrent bulk at {endpoint}: got {sizes} bytes, want {BULK_BYTES} each")
+    return streams * BULK_BYTES / (1024 * 1024) / seconds
+
+
 def hold_idle_connections(endpoint, count, deadline_s=60.0):
     """Opens `count` keep-alive connections, completes one request on each (so every hop of the
     pair is connected and handshaken), and returns the open sockets."""
@@ -965,6 +980,7 @@ ROWS = [
     ("hs_resumed", "3. handshakes/s, resumption on", "hs/s", True),
     ("resumed_share", "3. share of those resumed (meshtls' metrics)", "%", True),
     ("bulk", "4. bulk, one 100 MiB stream", "MiB/s", True),
+    ("bulk8", "4. bulk, 8 streams of 100 MiB at once (total)", "MiB/s", True),
     ("idle_kib", "5. RSS per idle connection (2000 held)", "KiB", False),
     ("cpu_req", "6. proxy CPU per keep-alive request", "us", False),
     ("cpu_hs", "6. proxy CPU per full handshake", "us", False),
@@ -1173,6 +1189,8 @@ def main():
                     r = wrk(pairs[(c, "dns")].endpoint, args.duration, close=True)
                     results[c]["hs_dns"].append(r["rps"])
                 results[c]["bulk"].append(bulk(pair.endpoint))
+                if c in LOOPBACK_COLUMNS:
+                    results[c]["bulk8"].append(bulk_concurrent(pair.endpoint, BULK_STREAMS))
                 if c in POD_COLUMNS:
                     r = fixed_rate(pair.endpoint, FIXED_RATE_KEEPALIVE, args.duration,
                                    FIXED_RATE_CONNECTIONS)
