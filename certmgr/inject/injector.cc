@@ -215,11 +215,12 @@ absl::StatusOr<std::vector<YamlNode>> ReadOutboundRules(absl::string_view text) 
       return absl::InvalidArgumentError(absl::StrCat(at, " must be a mapping"));
     }
     for (const YamlEntry& e : rule.entries) {
-      static const std::set<std::string> kFields = {"name", "networks", "ports", "action",
-                                                    "expect"};
+      static const std::set<std::string> kFields = {"name",   "networks", "ports",
+                                                    "action", "expect",   "transport"};
       if (!kFields.contains(e.key)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            at, ": unknown field \"", e.key, "\" (name, networks, ports, action, expect)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(at, ": unknown field \"", e.key,
+                         "\" (name, networks, ports, action, expect, transport)"));
       }
     }
     std::optional<std::string> name = ScalarAt(&rule, "name");
@@ -267,6 +268,15 @@ absl::StatusOr<std::vector<YamlNode>> ReadOutboundRules(absl::string_view text) 
     }
     if (Find(rule, "expect") != nullptr && *action != "mesh") {
       return absl::InvalidArgumentError(absl::StrCat(at, ": expect is for mesh rules only"));
+    }
+    if (std::optional<std::string> transport = ScalarAt(&rule, "transport")) {
+      if (*transport != "tls" && *transport != "pooled") {
+        return absl::InvalidArgumentError(
+            absl::StrCat(at, ": transport \"", *transport, "\" is not tls or pooled"));
+      }
+      if (*action != "mesh") {
+        return absl::InvalidArgumentError(absl::StrCat(at, ": transport is for mesh rules only"));
+      }
     }
   }
   return std::move(parsed->items);

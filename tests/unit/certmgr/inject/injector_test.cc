@@ -261,6 +261,7 @@ metadata:
         action: mesh
         expect: [spiffe://cluster.local/ns/pay/sa/api]
       - {name: legacy, networks: [10.0.5.0/24], action: passthrough}
+      - {name: pods, networks: [10.244.0.0/16], action: mesh, transport: pooled}
 spec:
   containers:
     - name: a
@@ -277,10 +278,13 @@ spec:
   EXPECT_THAT(in.exclude_ports, ElementsAre(9999));
   EXPECT_THAT(config->transparent.outbound.exclude_ports, ElementsAre(53, 5432, 6379));
   const auto& rules = config->transparent.outbound.rules;
-  ASSERT_EQ(rules.size(), 3u);
+  ASSERT_EQ(rules.size(), 4u);
   EXPECT_EQ(rules[0].name, "payments");
+  EXPECT_EQ(rules[0].transport, sidecar::Transport::kTls);
   EXPECT_EQ(rules[1].name, "legacy");
-  EXPECT_EQ(rules[2].name, "mesh");
+  EXPECT_EQ(rules[2].name, "pods");
+  EXPECT_EQ(rules[2].transport, sidecar::Transport::kPooled);
+  EXPECT_EQ(rules[3].name, "mesh");
   // A probe of an excluded port reaches the app as before.
   EXPECT_EQ(ScalarAt(pod, "spec.containers[0].livenessProbe.httpGet.path"), "/live");
   EXPECT_TRUE(config->app_probes.empty());
@@ -409,6 +413,14 @@ INSTANTIATE_TEST_SUITE_P(
                 "port: 1}]\"}}\n"
                 "spec: {}",
                 "meshtls.io/outbound-rules[0]: unknown field \"port\""},
+        Refusal{"RuleUnknownTransport",
+                "metadata: {annotations: {meshtls.io/outbound-rules: \"[{name: a, action: mesh, "
+                "transport: quic}]\"}}\nspec: {}",
+                "meshtls.io/outbound-rules[0]: transport \"quic\" is not tls or pooled"},
+        Refusal{"RuleTransportOnPassthrough",
+                "metadata: {annotations: {meshtls.io/outbound-rules: \"[{name: a, action: "
+                "passthrough, transport: pooled}]\"}}\nspec: {}",
+                "transport is for mesh rules only"},
         Refusal{"RuleTakenName",
                 "metadata: {annotations: {meshtls.io/outbound-rules: \"[{name: mesh, action: "
                 "deny}]\"}}\nspec: {}",
