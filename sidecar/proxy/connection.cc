@@ -581,7 +581,8 @@ void Connection::OnHandshakeDone() {
     }
     if (inbound_port_ != nullptr && inbound_port_ == &capture_->pooled) {
       Refuse(RefusedReason::kPooledOnly,
-             "the pooled port takes HTTP/2 (ALPN h2) only; this client negotiated none");
+             "the pooled port takes HTTP/2 (ALPN meshtls-h2 or h2) only; this client "
+             "negotiated neither");
       return;
     }
   }

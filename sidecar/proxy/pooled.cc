@@ -208,21 +208,21 @@ class PooledLink final : public net::EventHandler {
   // than kMaxLinkPending plus one connection window.
   void TakeConnectionWindow(size_t received, size_t buffered) {
     pending_bytes_ += buffered;
-    size_t now = received;
-    if (pending_bytes_ > kMaxLinkPending) {
-      now -= buffered;
-      unconsumed_ += buffered;
-    }
-    if (now > 0) {
-      nghttp2_session_consume_connection(session_, now);
+    // Withhold what the link holds beyond the limit (never more than this chunk's buffered part).
+    const size_t hold = pending_bytes_ > kMaxLinkPending ? pending_bytes_ - kMaxLinkPending : 0;
+    const size_t withhold = hold > unconsumed_ ? std::min(buffered, hold - unconsumed_) : 0;
+    unconsumed_ += withhold;
+    if (received > withhold) {
+      nghttp2_session_consume_connection(session_, received - withhold);
     }
   }
   void ReleasePending(size_t n) {
     pending_bytes_ -= std::min(n, pending_bytes_);
-    if (unconsumed_ > 0 && pending_bytes_ <= kMaxLinkPending) {
-      const size_t give = std::min(unconsumed_, n);
-      unconsumed_ -= give;
-      nghttp2_session_consume_connection(session_, give);
+    // Withhold only what the link holds beyond the limit: the rest of the window goes back.
+    const size_t hold = pending_bytes_ > kMaxLinkPending ? pending_bytes_ - kMaxLinkPending : 0;
+    if (unconsumed_ > hold) {
+      nghttp2_session_consume_connection(session_, unconsumed_ - hold);
+      unconsumed_ = hold;
     }
   }
   void OnAppConnected(PooledStream& stream);
@@ -423,6 +423,7 @@ struct PooledCallbacks {
     }
     stream->header_bytes_ += namelen + valuelen + 32;  // RFC 9113's accounting
     if (stream->header_bytes_ > kMaxRequestHeaderBytes) {
+      stream->CountResult(StreamResult::kMalformed);
       return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // RST_STREAM
     }
     const absl::string_view n(reinterpret_cast<const char*>(name), namelen);
@@ -545,7 +546,7 @@ struct PooledCallbacks {
       return 0;
     }
     if (!stream->established_ && link->role_ == PooledLink::Role::kClient &&
-        error_code == NGHTTP2_REFUSED_STREAM && !stream->retried_) {
+        error_code == NGHTTP2_REFUSED_STREAM && !stream->retried_ && !link->pool_.draining()) {
       // Refused before the peer did anything with it (GOAWAY, its stream limit): nothing was
       // sent for the app yet, so it can go on another connection.
       auto it = link->streams_.find(stream);
@@ -1221,7 +1222,7 @@ void PooledLink::ResetStream(PooledStream& stream, uint32_t error_code, bool abo
     return;
   }
   QueueReset(stream.id_, error_code);
-  if (!stream.established_ && stream.role_ == PooledStream::Role::kOutbound) {
+  if (!stream.established_) {
     stream.CountResult(StreamResult::kReset);
   }
   FinishStream(stream, abortive);
@@ -1602,6 +1603,7 @@ Pool::Pool(ConnectionEnv& env, PoolSettings settings, Hooks hooks)
 Pool::~Pool() { CloseAll(); }
 
 void Pool::CloseAll() {
+  draining_ = true;  // nothing is requeued: every stream ends here
   std::vector<PooledLink*> links;
   for (auto& [raw, owned] : links_) {
     links.push_back(raw);
@@ -1727,8 +1729,8 @@ void Pool::Dispatch(const std::string& key) {
     if (!room->Submit(stream)) {
       // nghttp2 refused a new stream here (its stream ids ran out): this connection takes no
       // more, and the stream goes first in line for another.
+      Requeue(std::move(stream));  // first: the waiting stream keeps the Peer (and its address)
       room->Drain();
-      Requeue(std::move(stream));
       break;
     }
     if (std::find(to_pump.begin(), to_pump.end(), room) == to_pump.end()) {
