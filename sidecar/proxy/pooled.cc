@@ -110,7 +110,6 @@ class PooledStream final : public net::EventHandler {
   bool holds_slot_ = false;      // a place under limits.max_connections
 
   // Outbound: where it goes and how long it may wait for a stream.
-  const ListenerRuntime* route_ = nullptr;
   std::string peer_key_;
   std::string authority_;  // the CONNECT's :authority, the original destination
   net::EventLoop::TimerId wait_timer_ = 0;
@@ -195,9 +194,9 @@ class PooledLink final : public net::EventHandler {
   void Pump();
 
   // Called by the streams (and the nghttp2 callbacks) of this link.
+  // ResumeData has nghttp2 ask the app for bytes again after a DEFERRED read; the caller
+  // updates the stream's epoll interest (usually unchanged, so no epoll_ctl).
   void ResumeData(PooledStream& stream);
-  void ResumeDataOnly(PooledStream& stream) { nghttp2_session_resume_data(session_, stream.id_); }
-  nghttp2_session* session() const { return session_; }
   void ResetStream(PooledStream& stream, uint32_t error_code, bool abortive);
   void FinishStream(PooledStream& stream, bool abortive);
   void FlushToApp(PooledStream& stream);
@@ -622,9 +621,8 @@ void PooledStream::OnEvents(uint32_t events) {
     }
     if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) != 0) {
       app_readable_ = true;
-      if (data_deferred_ && !finished_ && link->session() != nullptr) {
-        data_deferred_ = false;  // the interest is left as it is: usually it stays the same
-        link->ResumeDataOnly(*this);
+      if (!finished_) {
+        link->ResumeData(*this);
       }
     }
   }
@@ -1042,6 +1040,7 @@ void PooledLink::OnResponse(PooledStream& stream, int status) {
     stream.last_activity_ = net::EventLoop::Now();
     net::SetNoDelay(stream.app_.get());
     ResumeData(stream);
+    stream.UpdateAppInterest();
     if (stream.peer_eof_) {
       FlushToApp(stream);
     }
@@ -1121,7 +1120,6 @@ void PooledLink::OnRequest(PooledStream& stream) {
   }
   stream.app_ = *std::move(fd);
   stream.app_connecting_ = true;
-  stream.route_ = listener;
   stream.UpdateAppInterest();
 }
 
@@ -1174,7 +1172,6 @@ void PooledLink::ResumeData(PooledStream& stream) {
     stream.data_deferred_ = false;
     nghttp2_session_resume_data(session_, stream.id_);
   }
-  stream.UpdateAppInterest();
 }
 
 void PooledLink::FlushToApp(PooledStream& stream) {
@@ -1626,7 +1623,6 @@ void Pool::Open(const ListenerRuntime& route, const net::SocketAddress* original
                 base::UniqueFd app, net::MonoTime accepted_at) {
   auto stream = std::make_unique<PooledStream>(*this, PooledStream::Role::kOutbound, std::move(app),
                                                accepted_at);
-  stream->route_ = &route;
   stream->counted_active_ = true;  // the Connection's count of the app connection moves here
   stream->holds_slot_ = true;
   env_.counters.pooled_streams_active[static_cast<int>(Direction::kOutbound)].Add(1);
@@ -1797,12 +1793,14 @@ void Pool::LinkClosed(PooledLink& link) {
 }
 
 void Pool::Requeue(std::unique_ptr<PooledStream> stream) {
+  // Every caller requeues while the stream's link is still in its Peer, so the Peer exists; a
+  // Peer made here would lack the address a mesh rule dials. Refuse rather than misroute.
   auto it = peers_.find(stream->peer_key_);
   if (it == peers_.end()) {
-    std::unique_ptr<Peer>& peer = peers_[stream->peer_key_];
-    peer = std::make_unique<Peer>();
-    peer->route = stream->route_;
-    it = peers_.find(stream->peer_key_);
+    stream->CountResult(StreamResult::kConnectionFailed);
+    net::SetAbortiveClose(stream->app_.get());
+    Retire(std::move(stream));
+    return;
   }
   Peer& peer = *it->second;
   const std::string key = stream->peer_key_;
