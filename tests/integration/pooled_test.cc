@@ -473,7 +473,11 @@ TEST_F(PooledTest, DeadPeerIsNoticedAndItsStreamsFailFast) {
   }
   EXPECT_LT(took, absl::Seconds(3));
   EXPECT_TRUE(absl::StrContains(frontend_->process().Log(), "did not answer a PING")) << Logs();
-  EXPECT_EQ(frontend_->Metric(R"(meshtls_pooled_connections{direction="outbound"})"), 0);
+  // The gauge follows the close on the worker's thread: poll, with a deadline.
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return frontend_->Metric(R"(meshtls_pooled_connections{direction="outbound"})") == 0; },
+      absl::Seconds(5)))
+      << Logs();
 }
 
 // New certificates for both sidecars (a renewal with the same CA) under pooled traffic: new
