@@ -1887,12 +1887,15 @@ void Pool::OnNewCredentials() {
   std::shared_ptr<const TlsContext> current = env_.tls.Snapshot();
   std::vector<PooledLink*> stale;
   for (auto& [raw, owned] : links_) {
-    if (raw->IsOpening()) {
-      raw->DrainWhenOpen();  // handshaking with the old credentials: no streams for it
+    // A publish can reach this worker after a link took the same context (the post races the
+    // first app connections): only links whose credentials differ from the current ones move.
+    if (current == nullptr || raw->context() == nullptr ||
+        raw->generation() == current->generation() || SameCredentials(*raw->context(), *current)) {
       continue;
     }
-    if (raw->IsOpen() && current != nullptr && raw->context() != nullptr &&
-        raw->generation() != current->generation() && !SameCredentials(*raw->context(), *current)) {
+    if (raw->IsOpening()) {
+      raw->DrainWhenOpen();  // handshaking with the old credentials: no streams for it
+    } else if (raw->IsOpen()) {
       stale.push_back(raw);
     }
   }

@@ -121,7 +121,14 @@ def server(port, cert, key, ca):
         except (ssl.SSLError, OSError) as e:
             print(f"handshake failed {e}", flush=True)
             continue
-        serve(sock)
+        # A client may end its connection at any point (an idle or drained pooled connection
+        # closes): that ends the connection, never the server.
+        try:
+            serve(sock)
+        except (ssl.SSLError, OSError) as e:
+            print(f"connection ended {e}", flush=True)
+        finally:
+            sock.close()
 
 
 def serve(sock):

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -68,17 +69,18 @@ class PooledTest : public ::testing::Test {
   }
 
   // StartFrontend runs the frontend sidecar: an outbound listener "backend" with the pooled
-  // transport to `connect_port` (default: the backend's inbound listener).
-  void StartFrontend(const std::string& extra = "", uint16_t connect_port = 0) {
+  // transport to `connect_ip`:`connect_port` (default: the backend's inbound listener).
+  void StartFrontend(const std::string& extra = "", uint16_t connect_port = 0,
+                     const std::string& connect_ip = "127.0.0.1") {
     MESHTLS_ASSERT_OK_AND_MOVE(
         frontend_,
         SidecarProcess::Start(
             dir_, "frontend",
-            absl::StrCat(
-                testing::FilesConfigHead(dir_, "frontend", frontend_leaf_, bundle_),
-                "workers: 1\noutbound:\n  - name: backend\n    listen: 127.0.0.1:0",
-                "\n    connect: 127.0.0.1:", connect_port == 0 ? backend_port_ : connect_port,
-                "\n    expect: [", kBackend, "]\n    transport: pooled\n", extra)));
+            absl::StrCat(testing::FilesConfigHead(dir_, "frontend", frontend_leaf_, bundle_),
+                         "workers: 1\noutbound:\n  - name: backend\n    listen: 127.0.0.1:0",
+                         "\n    connect: ", connect_ip, ":",
+                         connect_port == 0 ? backend_port_ : connect_port, "\n    expect: [",
+                         kBackend, "]\n    transport: pooled\n", extra)));
     frontend_port_ = frontend_->port("outbound.backend");
     ASSERT_TRUE(frontend_->WaitReady()) << frontend_->process().Log();
   }
@@ -478,6 +480,82 @@ TEST_F(PooledTest, DeadPeerIsNoticedAndItsStreamsFailFast) {
       [&] { return frontend_->Metric(R"(meshtls_pooled_connections{direction="outbound"})") == 0; },
       absl::Seconds(5)))
       << Logs();
+}
+
+// The frontend's credentials published again unchanged (a SIGHUP with the same files, or the
+// first publish reaching the worker after its first connection) while a pooled connection is
+// still handshaking: that connection opens and carries the stream. (It used to be drained as
+// "old credentials" the moment it opened, its stream sent to a second connection.) A TCP gate
+// in front of the backend holds the handshake until the republish is done.
+TEST_F(PooledTest, UnchangedCredentialsRepublishedDuringTheHandshakeKeepTheConnection) {
+  StartBackend();
+  // The gate listens on 127.0.0.2 with the backend's port: streams name the port they are for.
+  absl::StatusOr<base::UniqueFd> gate = testing::ListenOn("127.0.0.2", backend_port_);
+  ASSERT_THAT(gate, IsOk());
+  std::atomic<bool> release{false};
+  std::atomic<bool> stop{false};
+  std::atomic<int> accepted{0};
+  std::thread relay([&] {
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    base::UniqueFd held;
+    while (!held.valid() && !stop.load() && absl::Now() < deadline) {
+      pollfd listening = {gate->get(), POLLIN, 0};
+      if (::poll(&listening, 1, 50) == 1) {
+        held = base::UniqueFd(::accept4(gate->get(), nullptr, nullptr, SOCK_CLOEXEC));
+      }
+    }
+    if (!held.valid()) {
+      return;
+    }
+    accepted.fetch_add(1);
+    while (!release.load() && !stop.load() && absl::Now() < deadline) {
+      pollfd none = {-1, 0, 0};
+      ::poll(&none, 1, 10);  // the test's thread releases the gate
+    }
+    absl::StatusOr<base::UniqueFd> upstream = testing::TcpConnect(backend_port_);
+    if (!upstream.ok()) {
+      return;
+    }
+    // Both ways until either side ends, the test stops or the deadline.
+    char buf[16384];
+    pollfd fds[2] = {{held.get(), POLLIN, 0}, {upstream->get(), POLLIN, 0}};
+    while (!stop.load() && absl::Now() < deadline) {
+      if (::poll(fds, 2, 50) <= 0) {
+        continue;
+      }
+      for (int i = 0; i < 2; ++i) {
+        if (fds[i].revents == 0) {
+          continue;
+        }
+        const ssize_t n = ::read(fds[i].fd, buf, sizeof(buf));
+        if (n <= 0 || !testing::SendAll(fds[1 - i].fd, absl::string_view(buf, n)).ok()) {
+          return;
+        }
+      }
+    }
+  });
+  absl::Cleanup join_relay = [&] {
+    stop.store(true);
+    relay.join();
+  };
+  ASSERT_NO_FATAL_FAILURE(StartFrontend("", backend_port_, "127.0.0.2"));
+  absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
+  ASSERT_THAT(conn, IsOk());
+  ASSERT_THAT(testing::SendAll(conn->get(), "held\n"), IsOk());
+  EXPECT_TRUE(testing::WaitFor([&] { return accepted.load() == 1; }, absl::Seconds(10))) << Logs();
+  frontend_->process().Signal(SIGHUP);  // the same files: the same credentials, generation 2
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return absl::StrContains(frontend_->process().Log(), "generation=2"); },
+      absl::Seconds(10)))
+      << Logs();
+  release.store(true);
+  absl::StatusOr<std::string> echoed = testing::RecvExactly(conn->get(), 5, absl::Seconds(10));
+  EXPECT_THAT(echoed, IsOk()) << Logs();
+  if (echoed.ok()) {
+    EXPECT_EQ(*echoed, "held\n");
+  }
+  EXPECT_EQ(frontend_->Metric(Handshakes("outbound", "success")), 1) << Logs();
+  EXPECT_EQ(frontend_->Metric(R"(meshtls_pooled_connections{direction="outbound"})"), 1);
 }
 
 // New certificates for both sidecars (a renewal with the same CA) under pooled traffic: new
