@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/host_port.h"
@@ -28,6 +29,8 @@ constexpr unsigned char kAlpnOffer[] = {10,  'm', 'e', 's', 'h', 't', 'l',
                                         's', '-', 'h', '2', 2,   'h', '2'};
 // A request's header block beyond this is refused (a CONNECT needs two short fields).
 constexpr size_t kMaxRequestHeaderBytes = 8 * 1024;
+// The opaque data of a draining server's PING (Drain): its answer ends the first step.
+constexpr uint8_t kDrainPing[8] = {'d', 'r', 'a', 'i', 'n', 0, 0, 0};
 // What one link serializes ahead of SSL_write: a few records' worth keeps writes large without
 // holding much.
 constexpr size_t kOutHighWater = 64 * 1024;
@@ -121,6 +124,12 @@ class PooledStream final : public net::EventHandler {
   int status_ = 0;  // outbound: the peer's answer
   size_t header_bytes_ = 0;
   bool app_connecting_ = false;
+  // The app's addresses (a `forward` name resolves to several), tried in turn.
+  std::vector<net::SocketAddress> app_addresses_;
+  size_t next_app_address_ = 0;
+  std::string app_connect_error_;
+  // Liveness for the resolver's callback: expires with the stream.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 
   bool established_ = false;  // answered 200: bytes flow both ways
   bool app_eof_ = false;      // the app sent FIN: END_STREAM is (being) sent
@@ -184,9 +193,14 @@ class PooledLink final : public net::EventHandler {
   // Submit starts an outbound stream; false when nghttp2 refused it (the stream stays the
   // caller's).
   bool Submit(std::unique_ptr<PooledStream>& stream);
-  // Drain sends GOAWAY (server) or stops taking streams (client); the link closes when its
-  // last stream ends.
+  // Drain stops new streams; the link closes when its last stream ends. A server says so in
+  // two steps (RFC 9113 §6.8): a GOAWAY naming stream 2^31-1 and a PING, then, once the PING is
+  // answered (every stream the client sent before the notice has arrived) or after
+  // pooled.keepalive_timeout, the GOAWAY naming the last stream it took. A client's new stream
+  // never races the final GOAWAY. A client sends GOAWAY(0).
   void Drain();
+  // SendFinalGoaway is the server's second step (above); a no-op once sent.
+  void SendFinalGoaway();
   // Close ends the link and every stream it carries (reset unless `graceful`).
   void Close(bool graceful, absl::string_view why);
   // Pump moves bytes: TLS in -> nghttp2 -> streams, streams -> nghttp2 -> TLS out. Every event
@@ -251,6 +265,9 @@ class PooledLink final : public net::EventHandler {
   bool FlushOut();
   void ProcessResets();
   void OnRequest(PooledStream& stream);
+  // ConnectApp starts a connect to the stream's next app address; with none left, the stream
+  // is answered 502 with the last error.
+  void ConnectApp(PooledStream& stream);
   void OnResponse(PooledStream& stream, int status);
   void Respond(PooledStream& stream, int status, StreamResult result, absl::string_view why);
   void MaybeClose();
@@ -278,8 +295,10 @@ class PooledLink final : public net::EventHandler {
   int tls_socket_reads_ = 0;
   bool tls_socket_drained_ = false;
   bool draining_ = false;
-  bool goaway_sent_ = false;
-  bool counted_ = false;  // in pooled_connections
+  bool shutdown_notice_sent_ = false;         // server: the first GOAWAY (stream 2^31-1) of a drain
+  bool goaway_sent_ = false;                  // the GOAWAY naming the last stream taken
+  net::EventLoop::TimerId goaway_timer_ = 0;  // sends the final GOAWAY if the PING is unanswered
+  bool counted_ = false;                      // in pooled_connections
   std::unordered_map<PooledStream*, std::unique_ptr<PooledStream>> streams_;
   std::vector<std::pair<int32_t, uint32_t>> resets_;  // RST_STREAMs to submit outside callbacks
   bool in_pump_ = false;
@@ -482,6 +501,12 @@ struct PooledCallbacks {
         // opened again elsewhere.
         link->draining_ = true;
         return 0;
+      case NGHTTP2_PING:
+        if ((frame->hd.flags & NGHTTP2_FLAG_ACK) != 0 && link->shutdown_notice_sent_ &&
+            std::memcmp(frame->ping.opaque_data, kDrainPing, sizeof(kDrainPing)) == 0) {
+          link->SendFinalGoaway();  // the client has seen the notice: nothing more is in flight
+        }
+        return 0;
       default:
         return 0;
     }
@@ -523,6 +548,18 @@ struct PooledCallbacks {
       stream->UpdateAppInterest();
     }
     link->TakeConnectionWindow(length, length - written);
+    return 0;
+  }
+
+  // OnFrameSend: a draining server's PING follows its shutdown notice on the wire (nghttp2
+  // would send a PING submitted with it first), so its answer proves the notice arrived.
+  static int OnFrameSend(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) {
+    auto* link = static_cast<PooledLink*>(user_data);
+    if (frame->hd.type == NGHTTP2_GOAWAY && link->shutdown_notice_sent_ && !link->goaway_sent_ &&
+        frame->goaway.last_stream_id == std::numeric_limits<int32_t>::max() &&
+        nghttp2_submit_ping(session, NGHTTP2_FLAG_NONE, kDrainPing) != 0) {
+      link->SendFinalGoaway();
+    }
     return 0;
   }
 
@@ -641,7 +678,7 @@ PooledLink::~PooledLink() {
   if (state_ != State::kClosed) {
     Close(/*graceful=*/false, "the worker stopped");
   }
-  for (net::EventLoop::TimerId t : {timer_, expiry_timer_}) {
+  for (net::EventLoop::TimerId t : {timer_, expiry_timer_, goaway_timer_}) {
     if (t != 0) {
       pool_.env().loop.CancelTimer(t);
     }
@@ -860,6 +897,7 @@ absl::Status PooledLink::StartSession() {
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks,
                                                             PooledCallbacks::OnDataChunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, PooledCallbacks::OnStreamClose);
+  nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, PooledCallbacks::OnFrameSend);
   nghttp2_session_callbacks_set_data_source_read_length_callback(callbacks,
                                                                  PooledCallbacks::DataFrameLength);
   nghttp2_option* option = nullptr;
@@ -1093,13 +1131,10 @@ void PooledLink::OnRequest(PooledStream& stream) {
                            local_.length == 0 ? 0 : PortOf(local_), ")"));
       return;
     }
-    absl::StatusOr<net::SocketAddress> forward = net::ToSocketAddress(listener->target);
-    if (!forward.ok()) {
-      Respond(stream, 502, StreamResult::kAppUnavailable,
-              "the listener's forward is a name; pooled streams need an IP literal");
-      return;
+    if (absl::StatusOr<net::SocketAddress> forward = net::ToSocketAddress(listener->target);
+        forward.ok()) {
+      target = *forward;
     }
-    target = *forward;
   }
   if (!listener->authorizer.Allows(*check_.peer_id)) {
     pool_.env().counters.authz_deny[listener->id].Add();
@@ -1113,20 +1148,60 @@ void PooledLink::OnRequest(PooledStream& stream) {
     return;
   }
   stream.holds_slot_ = true;
-  absl::StatusOr<base::UniqueFd> fd = net::ConnectTcp(target);
-  if (!fd.ok()) {
-    Respond(stream, 502, StreamResult::kAppUnavailable, fd.status().message());
+  if (target.length != 0) {
+    stream.app_addresses_ = {target};
+    ConnectApp(stream);
     return;
   }
-  stream.app_ = *std::move(fd);
-  stream.app_connecting_ = true;
-  stream.UpdateAppInterest();
+  // `forward` is a name: the worker's resolver (its cache) gives its addresses, as for a `tls`
+  // connection. The callback may run at once (cached), or later from the loop.
+  PooledStream* raw = &stream;
+  pool_.env().resolver.Resolve(
+      listener->target, stream.alive_, [raw](absl::StatusOr<dns::Resolver::Addresses> found) {
+        PooledLink* link = raw->link_;
+        if (link == nullptr || raw->finished_) {
+          return;
+        }
+        if (!found.ok()) {
+          link->Respond(*raw, 502, StreamResult::kAppUnavailable, found.status().message());
+        } else {
+          raw->app_addresses_ = *std::move(found);
+          link->ConnectApp(*raw);
+        }
+        link->Pump();  // a no-op inside the pump; the answer goes out now when called later
+      });
+}
+
+void PooledLink::ConnectApp(PooledStream& stream) {
+  while (stream.next_app_address_ < stream.app_addresses_.size()) {
+    const net::SocketAddress& address = stream.app_addresses_[stream.next_app_address_++];
+    absl::StatusOr<base::UniqueFd> fd = net::ConnectTcp(address);
+    if (!fd.ok()) {
+      stream.app_connect_error_ = std::string(fd.status().message());
+      if (fd.status().code() == absl::StatusCode::kResourceExhausted) {
+        break;  // out of descriptors: another address would not help
+      }
+      continue;
+    }
+    stream.app_ = *std::move(fd);
+    stream.app_connecting_ = true;
+    stream.UpdateAppInterest();
+    return;
+  }
+  Respond(stream, 502, StreamResult::kAppUnavailable,
+          stream.app_connect_error_.empty() ? "no address for the app" : stream.app_connect_error_);
 }
 
 void PooledLink::OnAppConnected(PooledStream& stream) {
   if (int err = net::SocketError(stream.app_.get()); err != 0) {
-    Respond(stream, 502, StreamResult::kAppUnavailable,
-            absl::StrCat("connect to the app: ", std::strerror(err)));
+    stream.app_connect_error_ = absl::StrCat(
+        "connect to the app (", stream.app_addresses_[stream.next_app_address_ - 1].ToString(),
+        "): ", std::strerror(err));
+    SetInterest(pool_.env().loop, stream.app_.get(), &stream, stream.in_epoll_, stream.registered_,
+                0);
+    stream.app_.reset();
+    stream.app_connecting_ = false;
+    ConnectApp(stream);
     return;
   }
   stream.app_connecting_ = false;
@@ -1479,25 +1554,56 @@ void PooledLink::MaybeClose() {
   if (session_ == nullptr) {
     return;
   }
-  const bool done = (draining_ && streams_.empty()) || (nghttp2_session_want_read(session_) == 0 &&
-                                                        nghttp2_session_want_write(session_) == 0);
+  // A draining server waits for its final GOAWAY: a stream sent before the client saw the
+  // notice may still be on its way.
+  const bool drained = draining_ && streams_.empty() &&
+                       (role_ == Role::kClient || goaway_sent_ || !shutdown_notice_sent_);
+  const bool done = drained || (nghttp2_session_want_read(session_) == 0 &&
+                                nghttp2_session_want_write(session_) == 0);
   if (done && out_begin_ == out_.size()) {
     Close(/*graceful=*/true, draining_ ? "drained" : "the session ended");
   }
 }
 
 void PooledLink::Drain() {
-  if (draining_ && goaway_sent_) {
+  if (draining_ && (goaway_sent_ || shutdown_notice_sent_)) {
     return;
   }
   draining_ = true;
-  if (session_ != nullptr && !goaway_sent_) {
-    goaway_sent_ = true;
-    nghttp2_submit_goaway(
-        session_, NGHTTP2_FLAG_NONE,
-        role_ == Role::kServer ? nghttp2_session_get_last_proc_stream_id(session_) : 0,
-        NGHTTP2_NO_ERROR, nullptr, 0);
+  if (session_ == nullptr || goaway_sent_) {
+    Pump();
+    return;
   }
+  if (role_ == Role::kClient) {
+    goaway_sent_ = true;
+    nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, nullptr, 0);
+    Pump();
+    return;
+  }
+  shutdown_notice_sent_ = true;  // OnFrameSend sends the PING once the notice is out
+  if (nghttp2_submit_shutdown_notice(session_) != 0) {
+    SendFinalGoaway();
+    return;
+  }
+  goaway_timer_ = pool_.env().loop.AddTimer(pool_.settings().keepalive_timeout, [this] {
+    goaway_timer_ = 0;
+    SendFinalGoaway();
+  });
+  Pump();
+}
+
+void PooledLink::SendFinalGoaway() {
+  if (goaway_timer_ != 0) {
+    pool_.env().loop.CancelTimer(goaway_timer_);
+    goaway_timer_ = 0;
+  }
+  if (session_ == nullptr || goaway_sent_ || state_ != State::kOpen) {
+    return;
+  }
+  goaway_sent_ = true;
+  nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
+                        nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
+                        nullptr, 0);
   Pump();
 }
 
@@ -1508,7 +1614,7 @@ void PooledLink::Close(bool graceful, absl::string_view why) {
   const bool was_open = state_ == State::kOpen;
   state_ = State::kClosed;
   *alive_ = false;
-  for (net::EventLoop::TimerId* t : {&timer_, &expiry_timer_}) {
+  for (net::EventLoop::TimerId* t : {&timer_, &expiry_timer_, &goaway_timer_}) {
     if (*t != 0) {
       pool_.env().loop.CancelTimer(*t);
       *t = 0;

@@ -12,6 +12,13 @@ Debian's python3-h2 over mutual TLS (Python's ssl, ALPN h2), never meshtls' own 
   h2_peer.py server PORT CERT KEY CA  accepts one connection after another, answers every
       CONNECT 200 and echoes its bytes, ending the stream when the client does; prints
       "listening PORT" once bound and "connect AUTHORITY" per request.
+  h2_peer.py drain HOST PORT CERT KEY CA AUTHORITY ACK  a client that watches how a server
+      ends a connection, frame by frame (python3-h2's state machine ends a connection at its
+      first GOAWAY, so this speaks HTTP/2 with h2's HPACK encoder and its own framing): opens
+      one CONNECT stream, prints "established" at its 200, then "goaway LAST_STREAM_ID" and
+      "ping" as they arrive (answering PINGs only when ACK is "ack"); after a GOAWAY that names
+      a real stream it ends the stream and prints "ended" at the server's END_STREAM, then
+      "closed" at EOF.
 
 Every wait is bounded (10 s of silence ends the client with an error).
 """
@@ -20,9 +27,12 @@ import socket
 import ssl
 import sys
 
+import struct
+
 import h2.config
 import h2.connection
 import h2.events
+import hpack
 
 
 def tls_context(server, cert, key, ca):
@@ -160,6 +170,63 @@ def serve(sock):
         sock.sendall(conn.data_to_send())
 
 
+def drain(host, port, cert, key, ca, authority, ack):
+    sock = tls_context(False, cert, key, ca).wrap_socket(
+        socket.create_connection((host, int(port)), timeout=10))
+
+    def frame(kind, flags, stream, payload=b""):
+        sock.sendall(struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) +
+                     struct.pack(">I", stream) + payload)
+
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    frame(0x4, 0, 0)  # SETTINGS, empty
+    block = hpack.Encoder().encode([(":method", "CONNECT"), (":authority", authority)])
+    frame(0x1, 0x4, 1, block)  # HEADERS, END_HEADERS, stream 1
+    buffered = b""
+
+    def read_exactly(n):
+        nonlocal buffered
+        while len(buffered) < n:
+            data = sock.recv(65536)
+            if not data:
+                return None
+            buffered += data
+        out, buffered = buffered[:n], buffered[n:]
+        return out
+
+    ended = False
+    while True:
+        header = read_exactly(9)
+        if header is None:
+            print("closed", flush=True)
+            return
+        length = int.from_bytes(header[:3], "big")
+        kind, flags = header[3], header[4]
+        stream = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+        payload = read_exactly(length)
+        if payload is None:
+            print("closed", flush=True)
+            return
+        if kind == 0x4 and not flags & 0x1:
+            frame(0x4, 0x1, 0)  # SETTINGS ACK
+        elif kind == 0x1 and stream == 1:
+            print("established", flush=True)
+        elif kind == 0x6 and not flags & 0x1:
+            print("ping", flush=True)
+            if ack == "ack":
+                frame(0x6, 0x1, 0, payload)
+        elif kind == 0x7:
+            last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            print(f"goaway {last}", flush=True)
+            if last < 0x7FFFFFFF and not ended:
+                frame(0x0, 0x1, 1)  # DATA, END_STREAM: the stream is done
+        elif kind == 0x0 and stream == 1 and flags & 0x1:
+            ended = True
+            print("ended", flush=True)
+        elif kind == 0x3 and stream == 1:
+            print(f"reset {int.from_bytes(payload[:4], 'big')}", flush=True)
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 8 and sys.argv[1] == "client":
         client(*sys.argv[2:7], sys.argv[7:])
@@ -167,5 +234,7 @@ if __name__ == "__main__":
         h2only(*sys.argv[2:7])
     elif len(sys.argv) == 6 and sys.argv[1] == "server":
         server(*sys.argv[2:6])
+    elif len(sys.argv) == 9 and sys.argv[1] == "drain":
+        drain(*sys.argv[2:9])
     else:
         sys.exit(__doc__)

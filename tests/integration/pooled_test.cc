@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "tests/testing/dns_server.h"
 #include "tests/testing/harness.h"
 #include "tests/testing/mesh_processes.h"
 #include "tests/testing/status_matchers.h"
@@ -54,16 +55,18 @@ class PooledTest : public ::testing::Test {
   void SetUp() override { bundle_ = dir_.Write("bundle.pem", ca_.RootPem()); }
 
   // StartBackend runs the backend sidecar: an inbound listener "http" in front of the echo app
-  // (or `app_port`), allowing the frontend.
-  void StartBackend(const std::string& extra = "", uint16_t app_port = 0) {
+  // (or `app_port`, at `forward_host`), allowing the frontend.
+  void StartBackend(const std::string& extra = "", uint16_t app_port = 0,
+                    const std::string& forward_host = "127.0.0.1") {
     MESHTLS_ASSERT_OK_AND_MOVE(
         backend_,
         SidecarProcess::Start(
             dir_, "backend",
             absl::StrCat(testing::FilesConfigHead(dir_, "backend", backend_leaf_, bundle_),
                          "workers: 1\ninbound:\n  - name: http\n    listen: 127.0.0.1:0",
-                         "\n    forward: 127.0.0.1:", app_port == 0 ? app_.port() : app_port,
-                         "\n    allow: [", kFrontend, "]\n", extra)));
+                         "\n    forward: ", forward_host, ":",
+                         app_port == 0 ? app_.port() : app_port, "\n    allow: [", kFrontend, "]\n",
+                         extra)));
     backend_port_ = backend_->port("inbound.http");
     ASSERT_TRUE(backend_->WaitReady()) << backend_->process().Log();
   }
@@ -480,6 +483,79 @@ TEST_F(PooledTest, DeadPeerIsNoticedAndItsStreamsFailFast) {
       [&] { return frontend_->Metric(R"(meshtls_pooled_connections{direction="outbound"})") == 0; },
       absl::Seconds(5)))
       << Logs();
+}
+
+// SIGTERM on a sidecar holding a pooled connection, seen frame by frame by an independent
+// client: the two-step GOAWAY of RFC 9113 §6.8 (a notice naming stream 2^31-1 and a PING; once
+// the PING is answered, or after pooled.keepalive_timeout without an answer, the GOAWAY naming
+// the last stream taken), the open stream going on to its end, then the connection's close.
+TEST_F(PooledTest, DrainSaysGoawayInTwoSteps) {
+  for (const bool ack : {true, false}) {
+    SCOPED_TRACE(ack ? "PING answered" : "PING unanswered");
+    ASSERT_NO_FATAL_FAILURE(
+        StartBackend("limits: {drain_timeout: 20s}\npooled: {keepalive_timeout: 1s}\n"));
+    std::vector<std::string> argv = {kPython, H2Peer(), "drain", "127.0.0.1",
+                                     absl::StrCat(backend_port_)};
+    for (const std::string& file : Credentials("frontend", frontend_leaf_)) {
+      argv.push_back(file);
+    }
+    argv.push_back(bundle_);
+    argv.push_back(absl::StrCat("127.0.0.1:", backend_port_));
+    argv.push_back(ack ? "ack" : "noack");
+    std::unique_ptr<testing::Subprocess> client;
+    MESHTLS_ASSERT_OK_AND_MOVE(
+        client, testing::Subprocess::Start(argv, dir_.File(absl::StrCat("drain.", ack, ".log"))));
+    ASSERT_TRUE(testing::WaitFor([&] { return absl::StrContains(client->Log(), "established"); },
+                                 absl::Seconds(10)))
+        << client->Log() << Logs();
+    const absl::Time signalled = absl::Now();
+    backend_->process().Signal(SIGTERM);
+    EXPECT_EQ(client->WaitForExit(absl::Seconds(30)), 0) << client->Log();
+    const absl::Duration took = absl::Now() - signalled;
+    EXPECT_EQ(client->Log(), "established\ngoaway 2147483647\nping\ngoaway 1\nended\nclosed\n")
+        << Logs();
+    if (!ack) {
+      EXPECT_GE(took, absl::Seconds(1)) << "the final GOAWAY must wait for keepalive_timeout";
+    }
+    EXPECT_EQ(backend_->process().WaitForExit(absl::Seconds(30)), 0) << Logs();
+    backend_.reset();
+  }
+}
+
+// An explicit inbound listener whose `forward` is a name: pooled streams resolve it as `tls`
+// connections do (the test's own DNS server), try each address in turn, and answer 502 when
+// none takes the connection.
+TEST_F(PooledTest, ForwardByNameIsResolvedForEachStream) {
+  testing::DnsServer dns;
+  // 127.0.0.2 has no app listening: a connect there is refused, the next address works.
+  dns.SetAnswer("app.mesh.test", {"127.0.0.2", "127.0.0.1"}, 60);
+  ASSERT_NO_FATAL_FAILURE(StartBackend(absl::StrCat("dns: {servers: [\"", dns.address(), "\"]}\n"),
+                                       0, "app.mesh.test"));
+  ASSERT_NO_FATAL_FAILURE(StartFrontend());
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_NO_FATAL_FAILURE(RoundTrip(absl::StrCat("by name ", i)));
+  }
+  EXPECT_EQ(backend_->Metric(Streams("inbound", "success")), 3);
+  EXPECT_GE(dns.Queries("app.mesh.test"), 1);
+
+  // No address takes it: 502, counted, and the app connection is reset.
+  dns.SetAnswer("app.nowhere.test", {"127.0.0.2"}, 60);
+  backend_.reset();
+  ASSERT_NO_FATAL_FAILURE(StartBackend(absl::StrCat("dns: {servers: [\"", dns.address(), "\"]}\n"),
+                                       0, "app.nowhere.test"));
+  frontend_.reset();
+  ASSERT_NO_FATAL_FAILURE(StartFrontend());
+  absl::StatusOr<base::UniqueFd> conn = testing::TcpConnect(frontend_port_);
+  ASSERT_THAT(conn, IsOk());
+  ASSERT_THAT(testing::SendAll(conn->get(), "nobody\n"), IsOk());
+  absl::StatusOr<std::string> rest = testing::RecvUntilEof(conn->get(), absl::Seconds(10), 16);
+  EXPECT_FALSE(rest.ok() && !rest->empty()) << "bytes came back from no app";
+  EXPECT_TRUE(
+      testing::WaitFor([&] { return backend_->Metric(Streams("inbound", "app_unavailable")) == 1; },
+                       absl::Seconds(10)))
+      << Logs();
+  EXPECT_TRUE(absl::StrContains(backend_->process().Log(), "127.0.0.2")) << Logs();
+  EXPECT_EQ(frontend_->Metric(Streams("outbound", "app_unavailable")), 1);
 }
 
 // The frontend's credentials published again unchanged (a SIGHUP with the same files, or the
