@@ -128,8 +128,9 @@ class PooledStream final : public net::EventHandler {
   std::vector<net::SocketAddress> app_addresses_;
   size_t next_app_address_ = 0;
   std::string app_connect_error_;
-  // Liveness for the resolver's callback: expires with the stream.
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  // Liveness for the resolver's callback (made when a name is resolved): expires with the
+  // stream.
+  std::shared_ptr<bool> alive_;
 
   bool established_ = false;  // answered 200: bytes flow both ways
   bool app_eof_ = false;      // the app sent FIN: END_STREAM is (being) sent
@@ -199,8 +200,10 @@ class PooledLink final : public net::EventHandler {
   // pooled.keepalive_timeout, the GOAWAY naming the last stream it took. A client's new stream
   // never races the final GOAWAY. A client sends GOAWAY(0).
   void Drain();
-  // SendFinalGoaway is the server's second step (above); a no-op once sent.
+  // SendFinalGoaway is the server's second step (above), submitted by the next pump after its
+  // reads (SubmitDueGoaway); a no-op once sent.
   void SendFinalGoaway();
+  void SubmitDueGoaway();
   // Close ends the link and every stream it carries (reset unless `graceful`).
   void Close(bool graceful, absl::string_view why);
   // Pump moves bytes: TLS in -> nghttp2 -> streams, streams -> nghttp2 -> TLS out. Every event
@@ -295,10 +298,16 @@ class PooledLink final : public net::EventHandler {
   int tls_socket_reads_ = 0;
   bool tls_socket_drained_ = false;
   bool draining_ = false;
-  bool shutdown_notice_sent_ = false;         // server: the first GOAWAY (stream 2^31-1) of a drain
-  bool goaway_sent_ = false;                  // the GOAWAY naming the last stream taken
-  net::EventLoop::TimerId goaway_timer_ = 0;  // sends the final GOAWAY if the PING is unanswered
-  bool counted_ = false;                      // in pooled_connections
+  // Server drain (Drain): the notice (a GOAWAY naming stream 2^31-1) went out; the final
+  // GOAWAY (naming the last stream taken) went out; the final one is due at the next pump,
+  // after its reads; the timer that makes it due if the PING goes unanswered; the peer said
+  // GOAWAY itself (nghttp2 then sends no notice).
+  bool shutdown_notice_sent_ = false;
+  bool goaway_sent_ = false;
+  bool final_goaway_due_ = false;
+  net::EventLoop::TimerId goaway_timer_ = 0;
+  bool peer_goaway_ = false;
+  bool counted_ = false;  // in pooled_connections
   std::unordered_map<PooledStream*, std::unique_ptr<PooledStream>> streams_;
   std::vector<std::pair<int32_t, uint32_t>> resets_;  // RST_STREAMs to submit outside callbacks
   bool in_pump_ = false;
@@ -500,6 +509,7 @@ struct PooledCallbacks {
         // No new streams here: those above last_stream_id come back as REFUSED_STREAM and are
         // opened again elsewhere.
         link->draining_ = true;
+        link->peer_goaway_ = true;
         return 0;
       case NGHTTP2_PING:
         if ((frame->hd.flags & NGHTTP2_FLAG_ACK) != 0 && link->shutdown_notice_sent_ &&
@@ -1156,6 +1166,7 @@ void PooledLink::OnRequest(PooledStream& stream) {
   // `forward` is a name: the worker's resolver (its cache) gives its addresses, as for a `tls`
   // connection. The callback may run at once (cached), or later from the loop.
   PooledStream* raw = &stream;
+  stream.alive_ = std::make_shared<bool>(true);
   pool_.env().resolver.Resolve(
       listener->target, stream.alive_, [raw](absl::StatusOr<dns::Resolver::Addresses> found) {
         PooledLink* link = raw->link_;
@@ -1250,6 +1261,9 @@ void PooledLink::ResumeData(PooledStream& stream) {
 }
 
 void PooledLink::FlushToApp(PooledStream& stream) {
+  if (!stream.app_.valid() && !stream.finished_) {
+    return;  // the app's name is being resolved: what arrives waits in pending_
+  }
   while (stream.pending_begin_ < stream.pending_.size() && !stream.finished_ &&
          !stream.app_connecting_) {
     const ssize_t n = ::send(stream.app_.get(), stream.pending_.data() + stream.pending_begin_,
@@ -1517,6 +1531,7 @@ void PooledLink::Pump() {
       return;
     }
     ProcessResets();
+    SubmitDueGoaway();
     if (!WriteTls()) {
       in_pump_ = false;
       return;
@@ -1581,7 +1596,8 @@ void PooledLink::Drain() {
     return;
   }
   shutdown_notice_sent_ = true;  // OnFrameSend sends the PING once the notice is out
-  if (nghttp2_submit_shutdown_notice(session_) != 0) {
+  // nghttp2 sends no notice once the peer said GOAWAY: it opens nothing more anyway.
+  if (peer_goaway_ || nghttp2_submit_shutdown_notice(session_) != 0) {
     SendFinalGoaway();
     return;
   }
@@ -1600,11 +1616,21 @@ void PooledLink::SendFinalGoaway() {
   if (session_ == nullptr || goaway_sent_ || state_ != State::kOpen) {
     return;
   }
+  final_goaway_due_ = true;
+  Pump();
+}
+
+void PooledLink::SubmitDueGoaway() {
+  if (!final_goaway_due_ || goaway_sent_ || session_ == nullptr) {
+    return;
+  }
+  // After the pump's reads: a stream whose HEADERS were just read is named, so it is served,
+  // not refused after its app connection was made.
+  final_goaway_due_ = false;
   goaway_sent_ = true;
   nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
                         nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
                         nullptr, 0);
-  Pump();
 }
 
 void PooledLink::Close(bool graceful, absl::string_view why) {

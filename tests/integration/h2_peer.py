@@ -14,11 +14,14 @@ Debian's python3-h2 over mutual TLS (Python's ssl, ALPN h2), never meshtls' own 
       "listening PORT" once bound and "connect AUTHORITY" per request.
   h2_peer.py drain HOST PORT CERT KEY CA AUTHORITY ACK  a client that watches how a server
       ends a connection, frame by frame (python3-h2's state machine ends a connection at its
-      first GOAWAY, so this speaks HTTP/2 with h2's HPACK encoder and its own framing): opens
+      first GOAWAY, so this mode and the next frame HTTP/2 themselves, with h2's HPACK): opens
       one CONNECT stream, prints "established" at its 200, then "goaway LAST_STREAM_ID" and
       "ping" as they arrive (answering PINGs only when ACK is "ack"); after a GOAWAY that names
       a real stream it ends the stream and prints "ended" at the server's END_STREAM, then
       "closed" at EOF.
+  h2_peer.py early HOST PORT CERT KEY CA AUTHORITY  one CONNECT whose bytes and END_STREAM
+      follow its HEADERS at once, before any answer: prints "status CODE", then "echo ok" when
+      exactly those bytes came back with END_STREAM ("reset CODE" if the stream was reset).
 
 Every wait is bounded (10 s of silence ends the client with an error).
 """
@@ -170,61 +173,93 @@ def serve(sock):
         sock.sendall(conn.data_to_send())
 
 
-def drain(host, port, cert, key, ca, authority, ack):
-    sock = tls_context(False, cert, key, ca).wrap_socket(
-        socket.create_connection((host, int(port)), timeout=10))
+class RawH2:
+    """HTTP/2 framing by hand over mutual TLS (python3-h2's HPACK encoder only), for what
+    python3-h2's state machine does not allow: frames after a GOAWAY, DATA before the 200."""
 
-    def frame(kind, flags, stream, payload=b""):
-        sock.sendall(struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) +
-                     struct.pack(">I", stream) + payload)
+    def __init__(self, host, port, cert, key, ca):
+        self.sock = tls_context(False, cert, key, ca).wrap_socket(
+            socket.create_connection((host, int(port)), timeout=10))
+        self.buffered = b""
+        self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        self.send(0x4, 0, 0)  # SETTINGS, empty
 
-    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-    frame(0x4, 0, 0)  # SETTINGS, empty
-    block = hpack.Encoder().encode([(":method", "CONNECT"), (":authority", authority)])
-    frame(0x1, 0x4, 1, block)  # HEADERS, END_HEADERS, stream 1
-    buffered = b""
+    def send(self, kind, flags, stream, payload=b""):
+        self.sock.sendall(struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) +
+                          struct.pack(">I", stream) + payload)
 
-    def read_exactly(n):
-        nonlocal buffered
-        while len(buffered) < n:
-            data = sock.recv(65536)
+    def connect(self, stream, authority):
+        block = hpack.Encoder().encode([(":method", "CONNECT"), (":authority", authority)])
+        self.send(0x1, 0x4, stream, block)  # HEADERS, END_HEADERS
+
+    def _read_exactly(self, n):
+        while len(self.buffered) < n:
+            data = self.sock.recv(65536)
             if not data:
                 return None
-            buffered += data
-        out, buffered = buffered[:n], buffered[n:]
+            self.buffered += data
+        out, self.buffered = self.buffered[:n], self.buffered[n:]
         return out
 
+    def frames(self):
+        """Yields (type, flags, stream, payload) until EOF; answers SETTINGS itself."""
+        while True:
+            header = self._read_exactly(9)
+            payload = None if header is None else self._read_exactly(
+                int.from_bytes(header[:3], "big"))
+            if payload is None:
+                return
+            kind, flags = header[3], header[4]
+            stream = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+            if kind == 0x4 and not flags & 0x1:
+                self.send(0x4, 0x1, 0)  # SETTINGS ACK
+                continue
+            yield kind, flags, stream, payload
+
+
+def drain(host, port, cert, key, ca, authority, ack):
+    conn = RawH2(host, port, cert, key, ca)
+    conn.connect(1, authority)
     ended = False
-    while True:
-        header = read_exactly(9)
-        if header is None:
-            print("closed", flush=True)
-            return
-        length = int.from_bytes(header[:3], "big")
-        kind, flags = header[3], header[4]
-        stream = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
-        payload = read_exactly(length)
-        if payload is None:
-            print("closed", flush=True)
-            return
-        if kind == 0x4 and not flags & 0x1:
-            frame(0x4, 0x1, 0)  # SETTINGS ACK
-        elif kind == 0x1 and stream == 1:
+    for kind, flags, stream, payload in conn.frames():
+        if kind == 0x1 and stream == 1:
             print("established", flush=True)
         elif kind == 0x6 and not flags & 0x1:
             print("ping", flush=True)
             if ack == "ack":
-                frame(0x6, 0x1, 0, payload)
+                conn.send(0x6, 0x1, 0, payload)
         elif kind == 0x7:
             last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
             print(f"goaway {last}", flush=True)
             if last < 0x7FFFFFFF and not ended:
-                frame(0x0, 0x1, 1)  # DATA, END_STREAM: the stream is done
+                conn.send(0x0, 0x1, 1)  # DATA, END_STREAM: the stream is done
         elif kind == 0x0 and stream == 1 and flags & 0x1:
             ended = True
             print("ended", flush=True)
         elif kind == 0x3 and stream == 1:
             print(f"reset {int.from_bytes(payload[:4], 'big')}", flush=True)
+    print("closed", flush=True)
+
+
+def early(host, port, cert, key, ca, authority):
+    conn = RawH2(host, port, cert, key, ca)
+    conn.connect(1, authority)
+    line = b"sent before the answer\n"
+    conn.send(0x0, 0x1, 1, line)  # DATA with END_STREAM, before any 200
+    echo = b""
+    for kind, flags, stream, payload in conn.frames():
+        if kind == 0x1 and stream == 1:
+            status = hpack.Decoder().decode(payload)
+            print(f"status {dict(status).get(':status')}", flush=True)
+        elif kind == 0x0 and stream == 1:
+            echo += payload
+            if flags & 0x1:
+                print("echo ok" if echo == line else f"echo bad {echo!r}", flush=True)
+                return
+        elif kind == 0x3 and stream == 1:
+            print(f"reset {int.from_bytes(payload[:4], 'big')}", flush=True)
+            return
+    print("closed", flush=True)
 
 
 if __name__ == "__main__":
@@ -236,5 +271,7 @@ if __name__ == "__main__":
         server(*sys.argv[2:6])
     elif len(sys.argv) == 9 and sys.argv[1] == "drain":
         drain(*sys.argv[2:9])
+    elif len(sys.argv) == 8 and sys.argv[1] == "early":
+        early(*sys.argv[2:8])
     else:
         sys.exit(__doc__)
