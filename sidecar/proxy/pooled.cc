@@ -573,6 +573,23 @@ struct PooledCallbacks {
     return 0;
   }
 
+  // OnInvalidFrameRecv counts the requests nghttp2 refuses itself (REFUSED_STREAM beyond the
+  // SETTINGS_MAX_CONCURRENT_STREAMS it sent but the client has not acknowledged yet): they never
+  // reach OnBeginHeaders.
+  static int OnInvalidFrameRecv(nghttp2_session* /*session*/, const nghttp2_frame* frame,
+                                int lib_error_code, void* user_data) {
+    auto* link = static_cast<PooledLink*>(user_data);
+    if (link->role_ == PooledLink::Role::kServer && frame->hd.type == NGHTTP2_HEADERS &&
+        lib_error_code == NGHTTP2_ERR_REFUSED_STREAM) {
+      link->pool_.env()
+          .counters
+          .pooled_streams[static_cast<int>(Direction::kInbound)]
+                         [static_cast<int>(StreamResult::kRefused)]
+          .Add();
+    }
+    return 0;
+  }
+
   static int OnStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
                            void* user_data) {
     auto* link = static_cast<PooledLink*>(user_data);
@@ -908,6 +925,8 @@ absl::Status PooledLink::StartSession() {
                                                             PooledCallbacks::OnDataChunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, PooledCallbacks::OnStreamClose);
   nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, PooledCallbacks::OnFrameSend);
+  nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(callbacks,
+                                                               PooledCallbacks::OnInvalidFrameRecv);
   nghttp2_session_callbacks_set_data_source_read_length_callback(callbacks,
                                                                  PooledCallbacks::DataFrameLength);
   nghttp2_option* option = nullptr;

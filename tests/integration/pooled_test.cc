@@ -346,6 +346,10 @@ TEST_F(PooledTest, StreamsBeyondTheLimitAreRefused) {
   EXPECT_EQ(ok, 4) << out;
   EXPECT_EQ(refused, 3) << out;
   EXPECT_EQ(app_.connections(), 4);
+  // Counted whether meshtls or nghttp2 (beyond the SETTINGS it sent) refused them.
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return backend_->Metric(Streams("inbound", "refused")) == 3; }, absl::Seconds(5)))
+      << Logs();
 }
 
 // python3-h2 as the server of the frontend's pooled outbound listener: meshtls' client side
