@@ -63,8 +63,9 @@ inline constexpr std::array<const char*, kDnsLookupResultCount> kDnsLookupResult
 // `identity_denied` (403: the peer's identity is not allowed on the target port), `malformed`
 // (400: not a CONNECT, or no usable authority), `max_connections` (503: over
 // limits.max_connections), `app_unavailable` (502: the app refused or did not answer; the
-// outbound side counts a 502 from its peer here too). `refused`: the outbound side's peer
-// answered another status, or refused the stream. `connection_failed`: no pooled connection
+// outbound side counts a 502 from its peer here too). `refused`: inbound, a request beyond the
+// stream limit (REFUSED_STREAM, by meshtls or nghttp2); outbound, the peer answered another
+// status, or refused the stream twice. `connection_failed`: no pooled connection
 // could be opened to the peer, or it failed before the stream was answered. `timeout`: no stream
 // could be opened, or no answer came, within limits.connect_timeout. `reset`: the stream was
 // reset before it was answered (a peer or an app gone).

@@ -570,16 +570,12 @@ void Connection::OnHandshakeDone() {
   }
   SetInterest(tls_, 0);
   if (listener_->direction == Direction::kInbound) {
-    const unsigned char* alpn = nullptr;
-    unsigned int alpn_length = 0;
-    SSL_get0_alpn_selected(ssl_.get(), &alpn, &alpn_length);
-    // The server's ALPN callback selects one of these only for a pooled client (TlsContext).
-    const absl::string_view selected(reinterpret_cast<const char*>(alpn), alpn_length);
-    if ((selected == "meshtls-h2" || selected == "h2") && env_.pool != nullptr) {
+    // The server's ALPN callback selects a pooled id only for a pooled client (TlsContext).
+    if (SelectedPooledAlpn(ssl_.get()) && env_.pool != nullptr) {
       HandOffInbound();
       return;
     }
-    if (inbound_port_ != nullptr && inbound_port_ == &capture_->pooled) {
+    if (check_.pooled_port) {
       Refuse(RefusedReason::kPooledOnly,
              "the pooled port takes HTTP/2 (ALPN meshtls-h2 or h2) only; this client "
              "negotiated neither");

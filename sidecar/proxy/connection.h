@@ -76,8 +76,9 @@ struct ConnectionEnv {
                                               const net::SocketAddress& destination)>
       mesh_sessions;
   // pool (null without the pooled transport) takes app connections of `pooled` listeners and
-  // inbound connections that selected ALPN h2; a connection handed to it ends with
-  // on_handed_off instead of on_closed (its place under limits.max_connections goes with it).
+  // inbound connections that selected ALPN `meshtls-h2` (or `h2` on the pooled port); a connection
+  // handed to it ends with on_handed_off instead of on_closed (its place under
+  // limits.max_connections goes with it).
   Pool* pool = nullptr;
   std::function<void(uint64_t id)> on_handed_off;
 };
@@ -166,7 +167,7 @@ class Connection {
   void DecideOutbound();
   // HandOffOutbound gives the app's connection to the pool (a `pooled` listener or rule), to
   // `destination` (a mesh rule's) or the listener's `connect`; HandOffInbound gives a verified
-  // inbound connection that selected ALPN h2 to the pool, whose streams it carries.
+  // inbound connection that selected a pooled ALPN id to the pool, whose streams it carries.
   void HandOffOutbound(const net::SocketAddress* destination);
   void HandOffInbound();
   void StartSniffing();

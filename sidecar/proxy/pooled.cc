@@ -23,10 +23,6 @@ namespace meshtls::sidecar {
 
 namespace {
 
-// A pooled client offers `meshtls-h2` (any meshtls inbound port takes it) and `h2` (what the
-// pooled port 15008 and independent HTTP/2 servers take).
-constexpr unsigned char kAlpnOffer[] = {10,  'm', 'e', 's', 'h', 't', 'l',
-                                        's', '-', 'h', '2', 2,   'h', '2'};
 // A request's header block beyond this is refused (a CONNECT needs two short fields).
 constexpr size_t kMaxRequestHeaderBytes = 8 * 1024;
 // The opaque data of a draining server's PING (Drain): its answer ends the first step.
@@ -185,7 +181,6 @@ class PooledLink final : public net::EventHandler {
   bool IsOpen() const { return state_ == State::kOpen && !draining_; }
   bool IsOpening() const { return state_ != State::kOpen && state_ != State::kClosed; }
   bool opened() const { return opened_; }
-  void DrainWhenOpen() { drain_when_open_ = true; }
   // QueueReset submits RST_STREAM at the next pump (never from inside nghttp2's callbacks).
   void QueueReset(int32_t id, uint32_t code) {
     resets_.emplace_back(id, code);
@@ -222,24 +217,25 @@ class PooledLink final : public net::EventHandler {
   // read never stalls the others (its own window holds it back). Beyond that the window is
   // given back only as apps read (ReleasePending), so a peer cannot make the link buffer more
   // than kMaxLinkPending plus one connection window.
+  // The window not given back is always PendingOverLimit(): what the link holds beyond
+  // kMaxLinkPending.
   void TakeConnectionWindow(size_t received, size_t buffered) {
+    const size_t held_before = PendingOverLimit();
     pending_bytes_ += buffered;
-    // Withhold what the link holds beyond the limit (never more than this chunk's buffered part).
-    const size_t hold = pending_bytes_ > kMaxLinkPending ? pending_bytes_ - kMaxLinkPending : 0;
-    const size_t withhold = hold > unconsumed_ ? std::min(buffered, hold - unconsumed_) : 0;
-    unconsumed_ += withhold;
+    const size_t withhold = PendingOverLimit() - held_before;  // at most `buffered`
     if (received > withhold) {
       nghttp2_session_consume_connection(session_, received - withhold);
     }
   }
   void ReleasePending(size_t n) {
+    const size_t held_before = PendingOverLimit();
     pending_bytes_ -= std::min(n, pending_bytes_);
-    // Withhold only what the link holds beyond the limit: the rest of the window goes back.
-    const size_t hold = pending_bytes_ > kMaxLinkPending ? pending_bytes_ - kMaxLinkPending : 0;
-    if (unconsumed_ > hold) {
-      nghttp2_session_consume_connection(session_, unconsumed_ - hold);
-      unconsumed_ = hold;
+    if (held_before > PendingOverLimit()) {
+      nghttp2_session_consume_connection(session_, held_before - PendingOverLimit());
     }
+  }
+  size_t PendingOverLimit() const {
+    return pending_bytes_ > kMaxLinkPending ? pending_bytes_ - kMaxLinkPending : 0;
   }
   void OnAppConnected(PooledStream& stream);
 
@@ -268,6 +264,18 @@ class PooledLink final : public net::EventHandler {
   bool FlushOut();
   void ProcessResets();
   void OnRequest(PooledStream& stream);
+  // MayRequeue: a client stream never answered (nothing of its app was read yet) may go on
+  // another connection, once, unless the pool is draining. RequeueUnanswered moves it there.
+  bool MayRequeue(const PooledStream& stream) const;
+  void RequeueUnanswered(PooledStream& stream);
+  // CountInboundRefused counts a request refused with REFUSED_STREAM (the stream limit).
+  void CountInboundRefused() {
+    pool_.env()
+        .counters
+        .pooled_streams[static_cast<int>(Direction::kInbound)]
+                       [static_cast<int>(StreamResult::kRefused)]
+        .Add();
+  }
   // ConnectApp starts a connect to the stream's next app address; with none left, the stream
   // is answered 502 with the last error.
   void ConnectApp(PooledStream& stream);
@@ -291,7 +299,6 @@ class PooledLink final : public net::EventHandler {
   size_t out_begin_ = 0;
   bool tls_wants_write_ = false;
   size_t pending_bytes_ = 0;  // held in streams' pending_ for their apps
-  size_t unconsumed_ = 0;     // connection window not given back yet (over kMaxLinkPending)
   // Read hints, as Connection's: epoll says the socket is readable; a read shorter than asked
   // for (seen by the socket BIO's callback) drained it, so the next SSL_read waits for epoll.
   bool tls_readable_ = true;
@@ -333,9 +340,8 @@ class PooledLink final : public net::EventHandler {
   net::MonoTime idle_since_;
   bool ping_outstanding_ = false;
   net::MonoTime ping_sent_;
-  bool opened_ = false;  // the session started (a failure before fails the waiting streams)
-  bool drain_when_open_ = false;  // credentials changed during the handshake
-  bool holds_slot_ = false;       // server: the accepted connection's place under max_connections
+  bool opened_ = false;      // the session started (a failure before fails the waiting streams)
+  bool holds_slot_ = false;  // server: the accepted connection's place under max_connections
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for deferred pumps
 };
 
@@ -421,11 +427,7 @@ struct PooledCallbacks {
       // nghttp2 refuses streams beyond the SETTINGS it sent once they are acknowledged; this
       // covers the first flight too.
       link->QueueReset(frame->hd.stream_id, NGHTTP2_REFUSED_STREAM);
-      link->pool_.env()
-          .counters
-          .pooled_streams[static_cast<int>(Direction::kInbound)]
-                         [static_cast<int>(StreamResult::kRefused)]
-          .Add();
+      link->CountInboundRefused();
       return 0;
     }
     auto stream = std::make_unique<PooledStream>(link->pool_, PooledStream::Role::kInbound,
@@ -581,11 +583,7 @@ struct PooledCallbacks {
     auto* link = static_cast<PooledLink*>(user_data);
     if (link->role_ == PooledLink::Role::kServer && frame->hd.type == NGHTTP2_HEADERS &&
         lib_error_code == NGHTTP2_ERR_REFUSED_STREAM) {
-      link->pool_.env()
-          .counters
-          .pooled_streams[static_cast<int>(Direction::kInbound)]
-                         [static_cast<int>(StreamResult::kRefused)]
-          .Add();
+      link->CountInboundRefused();
     }
     return 0;
   }
@@ -608,17 +606,9 @@ struct PooledCallbacks {
       }
       return 0;
     }
-    if (!stream->established_ && link->role_ == PooledLink::Role::kClient &&
-        error_code == NGHTTP2_REFUSED_STREAM && !stream->retried_ && !link->pool_.draining()) {
-      // Refused before the peer did anything with it (GOAWAY, its stream limit): nothing was
-      // sent for the app yet, so it can go on another connection.
-      auto it = link->streams_.find(stream);
-      std::unique_ptr<PooledStream> owned = std::move(it->second);
-      link->streams_.erase(it);
-      owned->link_ = nullptr;
-      owned->id_ = -1;
-      owned->retried_ = true;
-      link->pool_.Requeue(std::move(owned));
+    if (error_code == NGHTTP2_REFUSED_STREAM && link->MayRequeue(*stream)) {
+      // Refused before the peer did anything with it (GOAWAY, its stream limit).
+      link->RequeueUnanswered(*stream);
       return 0;
     }
     if (!stream->established_) {
@@ -808,7 +798,7 @@ void PooledLink::OnConnected() {
     return;
   }
   ssl_ = *std::move(ssl);
-  SSL_set_alpn_protos(ssl_.get(), kAlpnOffer, sizeof(kAlpnOffer));
+  SSL_set_alpn_protos(ssl_.get(), kPooledAlpn, sizeof(kPooledAlpn));
   state_ = State::kHandshaking;
   Handshake();
 }
@@ -834,11 +824,7 @@ void PooledLink::Handshake() {
     OnHandshakeFailed(HandshakeResult::kInternal, "handshake completed without peer verification");
     return;
   }
-  const unsigned char* alpn = nullptr;
-  unsigned int alpn_length = 0;
-  SSL_get0_alpn_selected(ssl_.get(), &alpn, &alpn_length);
-  const absl::string_view selected(reinterpret_cast<const char*>(alpn), alpn_length);
-  if (selected != "meshtls-h2" && selected != "h2") {
+  if (!SelectedPooledAlpn(ssl_.get())) {
     OnHandshakeFailed(HandshakeResult::kProtocolVersion,
                       "the peer selected no ALPN meshtls-h2 or h2: it takes no pooled connections");
     return;
@@ -860,9 +846,8 @@ void PooledLink::Handshake() {
   }
   ArmKeepalive();
   ArmExpiry();
-  if (drain_when_open_) {
-    draining_ = true;  // the waiting streams open a connection with the new credentials
-  }
+  // Drained while it handshook (credentials changed): it takes no stream, and LinkReady sends
+  // the waiting ones to a connection with the new credentials.
   pool_.LinkReady(*this);
   Pump();
 }
@@ -934,8 +919,9 @@ absl::Status PooledLink::StartSession() {
     nghttp2_session_callbacks_del(callbacks);
     return absl::ResourceExhaustedError("nghttp2_option_new");
   }
-  // Windows are given back by hand: the connection's at once, a stream's as its app takes the
-  // bytes (OnDataChunk, FlushToApp).
+  // Windows are given back by hand: the connection's at once up to kMaxLinkPending held for apps
+  // (TakeConnectionWindow, ReleasePending), a stream's as its app takes the bytes (OnDataChunk,
+  // FlushToApp).
   nghttp2_option_set_no_auto_window_update(option, 1);
   nghttp2_option_set_peer_max_concurrent_streams(option,
                                                  pool_.settings().max_streams_per_connection);
@@ -1652,6 +1638,23 @@ void PooledLink::SubmitDueGoaway() {
                         nullptr, 0);
 }
 
+bool PooledLink::MayRequeue(const PooledStream& stream) const {
+  return role_ == Role::kClient && !stream.established_ && !stream.retried_ && !pool_.draining();
+}
+
+void PooledLink::RequeueUnanswered(PooledStream& stream) {
+  if (session_ != nullptr && stream.id_ > 0) {
+    nghttp2_session_set_stream_user_data(session_, stream.id_, nullptr);
+  }
+  auto it = streams_.find(&stream);
+  std::unique_ptr<PooledStream> owned = std::move(it->second);
+  streams_.erase(it);
+  owned->link_ = nullptr;
+  owned->id_ = -1;
+  owned->retried_ = true;
+  pool_.Requeue(std::move(owned));
+}
+
 void PooledLink::Close(bool graceful, absl::string_view why) {
   if (state_ == State::kClosed) {
     return;
@@ -1675,19 +1678,9 @@ void PooledLink::Close(bool graceful, absl::string_view why) {
     open.push_back(raw);
   }
   for (PooledStream* stream : open) {
-    if (role_ == Role::kClient && !stream->established_ && !stream->retried_ && !pool_.draining()) {
-      // Never answered, so nothing of its app was read yet: it can go on another connection
-      // (this one failed or closed under it: a GOAWAY and close racing its HEADERS), once.
-      if (session_ != nullptr && stream->id_ > 0) {
-        nghttp2_session_set_stream_user_data(session_, stream->id_, nullptr);
-      }
-      auto it = streams_.find(stream);
-      std::unique_ptr<PooledStream> owned = std::move(it->second);
-      streams_.erase(it);
-      owned->link_ = nullptr;
-      owned->id_ = -1;
-      owned->retried_ = true;
-      pool_.Requeue(std::move(owned));
+    if (MayRequeue(*stream)) {
+      // This connection failed or closed under it (a GOAWAY and close racing its HEADERS).
+      RequeueUnanswered(*stream);
       continue;
     }
     if (!stream->established_) {
@@ -2039,14 +2032,11 @@ void Pool::OnNewCredentials() {
   std::vector<PooledLink*> stale;
   for (auto& [raw, owned] : links_) {
     // A publish can reach this worker after a link took the same context (the post races the
-    // first app connections): only links whose credentials differ from the current ones move.
-    if (current == nullptr || raw->context() == nullptr ||
-        raw->generation() == current->generation() || SameCredentials(*raw->context(), *current)) {
-      continue;
-    }
-    if (raw->IsOpening()) {
-      raw->DrainWhenOpen();  // handshaking with the old credentials: no streams for it
-    } else if (raw->IsOpen()) {
+    // first app connections): only links whose credentials differ from the current ones move,
+    // open or still handshaking (Drain keeps those from taking streams once open).
+    if (current != nullptr && raw->context() != nullptr &&
+        raw->generation() != current->generation() && !SameCredentials(*raw->context(), *current) &&
+        (raw->IsOpen() || raw->IsOpening())) {
       stale.push_back(raw);
     }
   }

@@ -88,8 +88,8 @@ class Pool {
     net::SocketAddress arrived_at;  // transparent: the connection's original destination
   };
   // Adopt takes an inbound mutual-TLS connection whose handshake (verified, authorized for
-  // `route.listener`) selected ALPN h2. It keeps its place under limits.max_connections until
-  // it closes.
+  // `route.listener`) selected ALPN `meshtls-h2` (or `h2` on the pooled port). It keeps its place
+  // under limits.max_connections until it closes.
   void Adopt(const InboundRoute& route, base::UniqueFd fd, SslPtr ssl, PeerCheck check,
              std::shared_ptr<const TlsContext> context, net::PeerAddress peer);
 
@@ -114,8 +114,9 @@ class Pool {
   // handed back with Requeue).
   void LinkReady(PooledLink& link);
   void LinkClosed(PooledLink& link);
-  // Requeue puts an outbound stream that a peer refused before it was processed (REFUSED_STREAM,
-  // GOAWAY) back into its pool, once.
+  // Requeue puts an outbound stream never answered back into its pool, once: refused before the
+  // peer processed it (REFUSED_STREAM, GOAWAY), its connection closed under it, or no stream id
+  // left on it.
   void Requeue(std::unique_ptr<PooledStream> stream);
   // Retire deletes a finished stream after the current event (its handler may be on the stack).
   void Retire(std::unique_ptr<PooledStream> stream);

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "common/base/status_macros.h"
 #include "common/pki/openssl_error.h"
 #include "sidecar/tls/server_session_store.h"
@@ -246,15 +247,11 @@ int SelectAlpn(SSL* ssl, const unsigned char** out, unsigned char* out_length,
   // `meshtls-h2` on every port; plain `h2` only on the pooled port (15008), where nothing else
   // is spoken: elsewhere an HTTP/2 client with a workload certificate of its own is relayed to
   // the app, as before the pooled transport.
-  static constexpr unsigned char kAnyPort[] = {10,  'm', 'e', 's', 'h', 't',
-                                               'l', 's', '-', 'h', '2'};
-  static constexpr unsigned char kPooledPort[] = {10,  'm', 'e', 's', 'h', 't', 'l',
-                                                  's', '-', 'h', '2', 2,   'h', '2'};
   const PeerCheck* check = CheckOf(ssl);
   const bool pooled_port = check != nullptr && check->pooled_port;
   unsigned char* selected = nullptr;
-  if (SSL_select_next_proto(&selected, out_length, pooled_port ? kPooledPort : kAnyPort,
-                            pooled_port ? sizeof(kPooledPort) : sizeof(kAnyPort), in,
+  if (SSL_select_next_proto(&selected, out_length, kPooledAlpn,
+                            pooled_port ? sizeof(kPooledAlpn) : kMeshtlsH2AlpnLength, in,
                             in_length) != OPENSSL_NPN_NEGOTIATED) {
     return SSL_TLSEXT_ERR_NOACK;  // not offered: the `tls` transport
   }
@@ -379,6 +376,14 @@ absl::StatusOr<SslPtr> TlsContext::NewSsl(bool server, int fd, PeerCheck* check)
     SSL_set_connect_state(ssl.get());
   }
   return ssl;
+}
+
+bool SelectedPooledAlpn(const SSL* ssl) {
+  const unsigned char* alpn = nullptr;
+  unsigned int length = 0;
+  SSL_get0_alpn_selected(ssl, &alpn, &length);
+  const absl::string_view selected(reinterpret_cast<const char*>(alpn), length);
+  return selected == "meshtls-h2" || selected == "h2";
 }
 
 }  // namespace meshtls::sidecar

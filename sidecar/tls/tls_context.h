@@ -17,6 +17,15 @@
 
 namespace meshtls::sidecar {
 
+// The pooled transport's ALPN ids, in wire format: `meshtls-h2` (any meshtls inbound port takes
+// it), then `h2` (the pooled port 15008, and independent HTTP/2 servers). A pooled client offers
+// both; a server selects the first alone outside the pooled port (SelectAlpn).
+inline constexpr unsigned char kPooledAlpn[] = {10,  'm', 'e', 's', 'h', 't', 'l',
+                                                's', '-', 'h', '2', 2,   'h', '2'};
+inline constexpr unsigned int kMeshtlsH2AlpnLength = 11;  // `meshtls-h2` alone
+// SelectedPooledAlpn: the handshake of `ssl` selected one of kPooledAlpn's ids.
+bool SelectedPooledAlpn(const SSL* ssl);
+
 struct TlsSettings {
   bool allow_tls12 = false;  // TLS 1.2 with ECDHE + AEAD only, when configured
   // TLS 1.3 session resumption: the server issues one ticket per handshake, the client offers

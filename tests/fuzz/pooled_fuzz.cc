@@ -149,8 +149,7 @@ class Driver {
     }
     peer_ssl_ = *world_.peer->NewSsl(/*server=*/false, peer_fd_.get(), &peer_check_);
     peer_check_.authorizer = &world_.expect_sidecar;
-    static constexpr unsigned char kAlpn[] = {10, 'm', 'e', 's', 'h', 't', 'l', 's', '-', 'h', '2'};
-    SSL_set_alpn_protos(peer_ssl_.get(), kAlpn, sizeof(kAlpn));
+    SSL_set_alpn_protos(peer_ssl_.get(), kPooledAlpn, kMeshtlsH2AlpnLength);
     connection_ = std::make_unique<Connection>(
         1, *env_, *listener_, nullptr, std::move(accepted),
         net::PeerAddress::From(reinterpret_cast<sockaddr*>(&from), from_length));
