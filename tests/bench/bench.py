@@ -1205,14 +1205,17 @@ def main():
                         r = fixed_rate(pair.endpoint, FIXED_RATE_NEW_HIGH, args.duration)
                     except RuntimeError as e:
                         # A pair that cannot take the rate (full handshakes on two cores): the
-                        # row stays empty for it, and the log says why.
+                        # row stays empty for it, and the log says why. The pooled transport is
+                        # what the row is for: its failure fails the run.
+                        if c == "pooled":
+                            raise
                         log(f"  {c}: {FIXED_RATE_NEW_HIGH} new conns/s not sustained: {e}")
                     else:
                         results[c]["new1k_p50"].append(r["p50"])
                         results[c]["new1k_p99"].append(r["p99"])
-                    if setup_before is not None:
-                        results[c]["setup1k_p99"].append(
-                            histogram_p99_us(setup_before, stream_setup_buckets(pair.out_admin)))
+                        if setup_before is not None:
+                            results[c]["setup1k_p99"].append(histogram_p99_us(
+                                setup_before, stream_setup_buckets(pair.out_admin)))
                 pair.check_alive()
                 if c not in BASELINES:
                     resumed = pairs[(c, True)]

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """An independent HTTP/2 CONNECT peer for the pooled transport's interoperability tests:
-Debian's python3-h2 over mutual TLS (Python's ssl, ALPN h2), never meshtls' own code.
+Debian's python3-h2 over mutual TLS (Python's ssl; ALPN meshtls-h2 or h2), never meshtls'
+own code.
 
   h2_peer.py client HOST PORT CERT KEY CA AUTHORITY...  one CONNECT per authority, at once:
       prints "status AUTHORITY CODE" for each (RESET:<code> when the stream is reset instead);
